@@ -1,0 +1,253 @@
+"""Stage 4: a resolved `Deployment` -> the text of a Modal app module. Pure: objects in, text out.
+
+Safety: the Jinja environment's `finalize` refuses any value that did not pass through the `py`
+filter, which turns a value into a Python literal (`repr` for strings, so quotes, backslashes and
+newlines are escaped), or the `note` filter, which admits one line of printable text for a
+comment. A model id or a name can therefore only ever become a string constant. Output is
+deterministic: the same deployment renders to the same bytes, and its content hash is the
+sha256 of everything below the header.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+
+from renderer import __version__, spec
+from renderer.gpus import gpu_info
+
+TEMPLATE = "app.py.j2"
+HASH_PREFIX = "# fleetform-hash: "
+_RUNTIME = Path(__file__).with_name("runtime.py")
+
+
+class Literal(str):
+    """Text the `py` filter made from a value: a valid Python literal."""
+
+
+class Note(str):
+    """One line of printable text, safe inside a `#` comment."""
+
+
+class Trusted(str):
+    """Source code fleetform itself ships (the runtime module), placed verbatim."""
+
+
+class RenderError(Exception):
+    pass
+
+
+def py(value: Any) -> Literal:
+    """The one escaping filter: a value as a Python literal, or an error for anything else."""
+    if value is None or isinstance(value, (bool, str)):
+        return Literal(repr(value))
+    if isinstance(value, int):
+        return Literal(repr(value))
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RenderError(f"cannot render non-finite number {value!r}")
+        return Literal(repr(value))
+    if isinstance(value, (list, tuple)):
+        return Literal("[" + ", ".join(py(v) for v in value) + "]")
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise RenderError(f"cannot render dict key {k!r}")
+            items.append(f"{py(k)}: {py(v)}")
+        return Literal("{" + ", ".join(items) + "}")
+    raise RenderError(f"cannot render {type(value).__name__} as a Python literal")
+
+
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+
+
+def note(text: str) -> Note:
+    if not isinstance(text, str) or not _PRINTABLE.match(text):
+        raise RenderError(f"comment text must be one line of printable ASCII: {text!r}")
+    return Note(text)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, (Literal, Note, Trusted)):
+        return value
+    raise RenderError(f"value {value!r} reached the template without the `py` filter")
+
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+        finalize=_finalize,
+    )
+    env.filters["py"] = py
+    env.filters["note"] = note
+    return env
+
+
+@functools.cache
+def runtime_source() -> Trusted:
+    return Trusted(_RUNTIME.read_text(encoding="utf-8").rstrip("\n"))
+
+
+@dataclass(frozen=True)
+class RenderedApp:
+    deployment: spec.Deployment
+    text: str
+    content_hash: str  # "sha256:<hex>" of the body below the header
+
+    @property
+    def filename(self) -> str:
+        return f"{self.deployment.name}.py"
+
+    @property
+    def short_hash(self) -> str:
+        return self.content_hash.split(":", 1)[1][:12]
+
+
+def _gpu_note(d: spec.Deployment) -> str:
+    info = gpu_info(d.gpu.type)
+    what = f"{d.gpu.count} x {info.name} ({info.memory_gib:g} GB each)"
+    if d.gpu.type.endswith("!"):
+        what += ", never upgraded"
+    if d.gpu.fallbacks:
+        what += "; then " + ", ".join(d.gpu.fallbacks) + " if short"
+    return what
+
+
+def _auth_note(d: spec.Deployment) -> tuple[bool, str]:
+    if d.auth.mode == "proxy":
+        return False, "callers need Modal proxy-auth tokens (Modal-Key / Modal-Secret headers)"
+    if d.auth.mode == "api_key":
+        return True, "vLLM checks the API key (VLLM_API_KEY from the Secret) on /v1 routes"
+    return True, "OPEN TO ANYONE: auth.mode is none"
+
+
+def content_hash(body: str) -> str:
+    return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def render(d: spec.Deployment) -> RenderedApp:
+    """Render one deployment. Raises RenderError if a value cannot be rendered safely."""
+    unauthenticated, auth_note = _auth_note(d)
+    image_env = {"HF_XET_HIGH_PERFORMANCE": "1", **dict(d.engine.env)}
+    context = {
+        "version": __version__,
+        "d": d,
+        "docstring": f"{d.name}: {d.model.id} on {_gpu_note(d).split(';')[0]}, served by vLLM {d.engine.vllm_version}.",
+        "executable": spec.VLLM_EXECUTABLE,
+        "image_env": image_env,
+        "hf_cache_path": spec.HF_CACHE_PATH,
+        "vllm_cache_path": spec.VLLM_CACHE_PATH,
+        "gpu_note": _gpu_note(d),
+        "unauthenticated": unauthenticated,
+        "auth_note": auth_note,
+        "compute_region": list(d.region) if d.region else None,
+        "app_tags": {"managed-by": "fleetform"},
+        "runtime_source": runtime_source(),
+        "hash": Trusted("{hash}"),
+    }
+    try:
+        text = environment().get_template(TEMPLATE).render(context)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{d.source}: template error: {exc}") from None
+    header, body = _split(text)
+    digest = content_hash(body)
+    text = header.replace("{hash}", digest) + body
+    try:
+        ast.parse(text, filename=f"{d.name}.py")
+    except SyntaxError as exc:  # a bug in fleetform, never in the user's YAML
+        raise RenderError(f"rendered module for {d.name} does not parse: {exc}") from None
+    return RenderedApp(d, text, digest)
+
+
+def _split(text: str) -> tuple[str, str]:
+    """(the two header lines, the body)."""
+    first = text.index("\n") + 1
+    second = text.index("\n", first) + 1
+    return text[:second], text[second:]
+
+
+def hash_of_module(text: str) -> str | None:
+    """The content hash a rendered module declares in its header, if any."""
+    for line in text.splitlines()[:3]:
+        if line.startswith(HASH_PREFIX):
+            return line[len(HASH_PREFIX):].strip()
+    return None
+
+
+def render_fleet(deployments: Iterable[spec.Deployment]) -> list[RenderedApp]:
+    return [render(d) for d in deployments]
+
+
+# --- writing output atomically -------------------------------------------------------------------
+
+
+def write_all(apps: list[RenderedApp], out_dir: str | Path, *, prune: bool = True) -> list[Path]:
+    """Write every module into `out_dir`, all or nothing.
+
+    Each file is written to a temporary file in the same directory and only renamed into place
+    once every module is on disk, so a failure (disk full, permission) leaves the earlier output
+    untouched. With `prune`, stale fleetform-generated modules of deployments that no longer exist
+    are removed (only files whose header says fleetform generated them).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for app in apps:
+            fd, tmp = tempfile.mkstemp(prefix=f".{app.deployment.name}.", suffix=".tmp", dir=out)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(app.text)
+            staged.append((Path(tmp), out / app.filename))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    if prune:
+        keep = {a.filename for a in apps}
+        for old in out.glob("*.py"):
+            if old.name not in keep and _is_generated(old):
+                old.unlink()
+    return [final for _, final in staged]
+
+
+def _is_generated(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith("# Generated by fleetform")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def stale(apps: list[RenderedApp], out_dir: str | Path) -> list[str]:
+    """Names of files in `out_dir` that differ from what would be rendered now (or are missing/extra)."""
+    out = Path(out_dir)
+    problems = []
+    for app in apps:
+        path = out / app.filename
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.read_text(encoding="utf-8") != app.text:
+            problems.append(f"{path}: out of date")
+    keep = {a.filename for a in apps}
+    if out.is_dir():
+        for old in sorted(out.glob("*.py")):
+            if old.name not in keep and _is_generated(old):
+                problems.append(f"{old}: no deployment renders it any more")
+    return problems

@@ -1,0 +1,281 @@
+"""Stage 3: fleet defaults + environment overlays + deployment -> frozen, typed `Deployment`s.
+
+Layers, lowest first (maps merge, scalars and lists replace):
+
+    schema defaults < fleet.yaml `defaults` < fleet.yaml `environments.ENV.overrides`
+                    < the deployment file < its own `environments.ENV`
+
+then `environments.ENV.modal_environment` picks the Modal environment. The merged tree keeps each
+value's origin, so a problem a default causes is reported where the default was written. The vLLM
+command line is built here, once; the renderer and `fleetform serve --local` only read it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from renderer import spec
+from renderer.diagnostics import Diagnostic, did_you_mean
+from renderer.load import Document, LoadedFleet, Node
+from renderer.validate import (
+    DEPLOYMENT_SCHEMA,
+    FLEET_SCHEMA,
+    Claim,
+    RuleContext,
+    check_rules,
+    check_schema,
+    check_tree,
+    load_schema,
+    parse_duration,
+    undeclared_environments,
+    unique_across_fleet,
+)
+
+
+class UnknownEnvironment(Exception):
+    """`--env NAME` names no environment of fleet.yaml: a usage error, not a file error."""
+
+    def __init__(self, name: str, declared: list[str]):
+        hint = did_you_mean(name, declared)
+        known = ", ".join(declared) if declared else "none (add `environments:` to fleet.yaml)"
+        super().__init__(f"unknown environment {name!r}; fleet.yaml declares: {known}" + (f"; {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class ResolvedFleet:
+    deployments: tuple[spec.Deployment, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    environment: str | None
+    prices: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.is_error for d in self.diagnostics)
+
+
+# --- merging -----------------------------------------------------------------------------------
+
+
+def merge(base: Node | None, over: Node | None) -> Node | None:
+    """Overlay `over` on `base`: mappings merge key by key, everything else is replaced."""
+    if over is None:
+        return base
+    if base is None or not (isinstance(base.value, dict) and isinstance(over.value, dict)):
+        return over
+    value = dict(base.value)
+    marks = dict(base.key_marks or {})
+    for key, node in over.value.items():
+        value[key] = merge(value.get(key), node)
+        if over.key_marks and key in over.key_marks:
+            marks[key] = over.key_marks[key]
+    return Node(value, over.mark, marks)
+
+
+def _child(node: Node | None, *path: str) -> Node | None:
+    for p in path:
+        if node is None or not isinstance(node.value, dict):
+            return None
+        node = node.value.get(p)
+    return node
+
+
+def _without(node: Node, key: str) -> Node:
+    value = {k: v for k, v in node.value.items() if k != key}
+    marks = {k: m for k, m in (node.key_marks or {}).items() if k != key}
+    return Node(value, node.mark, marks)
+
+
+@functools.cache
+def schema_defaults() -> dict[str, Any]:
+    """The `default` of every deployment field, nested as the YAML is, read from the schema."""
+    schema = load_schema(DEPLOYMENT_SCHEMA)
+    defs = schema["$defs"]
+    out: dict[str, Any] = {}
+    for key, prop in schema["properties"].items():
+        target = defs[prop["$ref"].split("/")[-1]] if "$ref" in prop else prop
+        if "default" in prop or "default" in target:
+            out[key] = prop.get("default", target.get("default"))
+        elif target.get("type") == "object" and "properties" in target:
+            section = {k: v["default"] for k, v in target["properties"].items() if "default" in v}
+            for k, v in target["properties"].items():
+                if "default" not in v and "$ref" in v:
+                    ref = defs[v["$ref"].split("/")[-1]]
+                    if "default" in ref:
+                        section[k] = ref["default"]
+            out[key] = section
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --- the vLLM command line ------------------------------------------------------------------------
+
+
+def _num(value: float | int) -> str:
+    return repr(value)
+
+
+def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tuple[spec.Arg, ...]:
+    """Every `vllm serve` argument a deployment implies, each with the reason it is there.
+
+    Only what the YAML sets is passed: a knob left unset keeps vLLM's own default, so the command
+    line says exactly what the deployment chose.
+    """
+    A = spec.Arg
+    args = [
+        A((model.id,), "the model, fetched from the Hugging Face Hub into the cache Volume"),
+        A(("--revision", model.revision), "pinned weights: avoid nasty surprises when the repository changes"),
+        A(("--served-model-name", *model.served_model_names), "names clients put in the request's `model` field"),
+        A(("--host", "0.0.0.0"), "listen on every interface, so Modal's proxy can reach the server"),
+        A(("--port", str(engine.port)), "the port the app exposes"),
+        A(("--uvicorn-log-level", "info"), "one log line per request"),
+        A(("--enforce-eager",), "fast_boot: no torch.compile or CUDA graphs; boots sooner, serves slower")
+        if engine.fast_boot
+        else A(("--no-enforce-eager",), "torch.compile and CUDA graphs: slower boot, about 2x the throughput"),
+        A(("--tensor-parallel-size", str(gpu.tensor_parallel_size)), "split each layer over this many GPUs"),
+    ]
+    if model.dtype is not None:
+        args.append(A(("--dtype", model.dtype), "activation and unquantized weight dtype"))
+    if model.max_model_len is not None:
+        args.append(A(("--max-model-len", str(model.max_model_len)), "longest context; bounds KV cache per request"))
+    if model.quantize_on_load:
+        args.append(A(("--quantization", model.quantization), "quantize the 16-bit checkpoint while loading"))
+    if model.tokenizer is not None:
+        args.append(A(("--tokenizer", model.tokenizer), "tokenizer from another repository"))
+    if model.chat_template is not None:
+        args.append(A(("--chat-template", model.chat_template), "chat template instead of the tokenizer's"))
+    if engine.gpu_memory_utilization is not None:
+        args.append(A(("--gpu-memory-utilization", _num(engine.gpu_memory_utilization)),
+                      "share of GPU memory for weights and KV cache"))
+    if engine.max_num_seqs is not None:
+        args.append(A(("--max-num-seqs", str(engine.max_num_seqs)), "most sequences batched at once"))
+    if engine.enable_prefix_caching is not None:
+        flag = "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"
+        args.append(A((flag,), "reuse KV cache across requests that share a prefix"))
+    if engine.kv_cache_dtype is not None:
+        args.append(A(("--kv-cache-dtype", engine.kv_cache_dtype), "KV cache element type"))
+    if engine.extra_args:
+        args.append(A(engine.extra_args, "engine.extra_args, passed through unchecked"))
+    return tuple(args)
+
+
+# --- building typed objects ----------------------------------------------------------------------------
+
+
+def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
+    d = _deep_merge(schema_defaults(), data)
+    m, g, s, e = d["model"], d["gpu"], d["scaling"], d["engine"]
+    model = spec.Model(
+        id=m["id"], revision=m["revision"],
+        served_model_names=tuple(m.get("served_model_names") or [m["id"]]),
+        quantization=m["quantization"], quantize_on_load=m["quantize_on_load"], dtype=m.get("dtype"),
+        max_model_len=m.get("max_model_len"), tokenizer=m.get("tokenizer"), chat_template=m.get("chat_template"),
+        parameters_b=m.get("parameters_b"),
+    )
+    gpu = spec.Gpu(type=g["type"], count=g["count"], fallbacks=tuple(g["fallbacks"]),
+                   tensor_parallel_size=g.get("tensor_parallel_size") or g["count"])
+    scaling = spec.Scaling(
+        min_containers=s["min_containers"], max_containers=s.get("max_containers"),
+        buffer_containers=s["buffer_containers"], scaledown_window=parse_duration(s["scaledown_window"]),
+        target_concurrency=s["target_concurrency"], max_concurrency=s.get("max_concurrency"),
+        startup_timeout=parse_duration(s["startup_timeout"]),
+    )
+    engine = spec.Engine(
+        vllm_version=e["vllm_version"], fast_boot=e["fast_boot"], port=e["port"],
+        gpu_memory_utilization=e.get("gpu_memory_utilization"), max_num_seqs=e.get("max_num_seqs"),
+        enable_prefix_caching=e.get("enable_prefix_caching"), kv_cache_dtype=e.get("kv_cache_dtype"),
+        extra_args=tuple(e["extra_args"]), env=tuple(sorted(e["env"].items())),
+    )
+    auth = spec.Auth(mode=d["auth"]["mode"], api_key_secret=d["auth"].get("api_key_secret"))
+    secrets = list(d["secrets"])
+    if auth.mode == "api_key" and auth.api_key_secret not in secrets:
+        secrets.append(auth.api_key_secret)
+    region = d.get("region")
+    return spec.Deployment(
+        name=d["name"], description=d.get("description"), source=source, fleet_environment=fleet_env,
+        model=model, gpu=gpu, scaling=scaling, engine=engine,
+        image=spec.Image(python_version=d["image"]["python_version"], pip=tuple(d["image"]["pip"])),
+        cache=spec.Cache(huggingface_volume=d["cache"]["huggingface_volume"], vllm_volume=d["cache"]["vllm_volume"]),
+        secrets=tuple(secrets), auth=auth,
+        region=None if region is None else (region,) if isinstance(region, str) else tuple(region),
+        routing_region=d["routing_region"], environment=d.get("environment"),
+        vllm_args=build_vllm_args(model, gpu, engine),
+    )
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def _environment_overlay(fleet: Document | None, env: str | None) -> tuple[Node | None, Node | None]:
+    """(overrides, modal_environment) of fleet environment `env`."""
+    if env is None or fleet is None:
+        return None, None
+    entry = _child(fleet.root, "environments", env)
+    return _child(entry, "overrides"), _child(entry, "modal_environment")
+
+
+def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
+    """Validate and resolve every deployment of the fleet for environment `env` (None: no overlay).
+
+    Raises UnknownEnvironment for an `env` that fleet.yaml does not declare; everything wrong in
+    the files is returned as diagnostics, never raised.
+    """
+    diags: list[Diagnostic] = list(loaded.diagnostics)
+    fleet = loaded.fleet
+    fleet_ok = True
+    declared: list[str] = []
+    prices: dict[str, float] = {}
+    if fleet is not None:
+        fleet_diags = check_schema(fleet, FLEET_SCHEMA)
+        diags.extend(fleet_diags)
+        fleet_ok = not any(d.is_error for d in fleet_diags)
+        data = fleet.data
+        if fleet_ok:
+            declared = sorted((data.get("environments") or {}).keys())
+            prices = dict(data.get("prices") or {})
+    if env is not None and fleet_ok and env not in declared:
+        raise UnknownEnvironment(env, declared)
+
+    defaults = _child(fleet.root, "defaults") if fleet is not None and fleet_ok else None
+    env_overrides, modal_env = _environment_overlay(fleet, env) if fleet_ok else (None, None)
+
+    built: list[spec.Deployment] = []
+    name_claims: list[Claim] = []
+    served_claims: list[Claim] = []
+    for doc in loaded.deployments:
+        raw = check_schema(doc, DEPLOYMENT_SCHEMA) + undeclared_environments(doc.root, declared)
+        diags.extend(raw)
+        if any(d.is_error for d in raw) or not fleet_ok:
+            continue
+        own_env = _child(doc.root, "environments", env) if env else None
+        tree = merge(merge(merge(defaults, env_overrides), _without(doc.root, "environments")), own_env)
+        assert tree is not None
+        if modal_env is not None:
+            tree = merge(tree, Node({"environment": modal_env}, modal_env.mark, {"environment": modal_env.mark}))
+        merged = check_tree(tree, DEPLOYMENT_SCHEMA)
+        diags.extend(merged)
+        if any(d.is_error for d in merged):
+            continue
+        ctx = RuleContext(tree=tree, data=tree.plain())
+        rules = check_rules(ctx)
+        diags.extend(rules)
+        if any(d.is_error for d in rules):
+            continue
+        deployment = _build(ctx.data, doc.path, env)
+        built.append(deployment)
+        name_claims.append(Claim(deployment.name, ctx.mark("name"), ("name",)))
+        names_node = _child(tree, "model", "served_model_names")
+        for i, served in enumerate(deployment.model.served_model_names):
+            mark = names_node.value[i].mark if names_node is not None else ctx.mark("model", "id")
+            served_claims.append(Claim(served, mark, ("model", "served_model_names", i)))
+
+    diags.extend(unique_across_fleet(name_claims, "deployment name", "duplicate-name"))
+    diags.extend(unique_across_fleet(served_claims, "served model name", "duplicate-served-name"))
+    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices)

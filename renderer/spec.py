@@ -1,0 +1,123 @@
+"""The typed, fully resolved form of a deployment: what `resolve` produces and later stages read.
+
+Every field here has already been merged (fleet defaults, environment overlays, schema defaults)
+and validated; objects are frozen, so no later stage can change what was checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Where the cache Volumes are mounted in the container (as in Modal's vLLM example).
+HF_CACHE_PATH = "/root/.cache/huggingface"
+VLLM_CACHE_PATH = "/root/.cache/vllm"
+
+# The executable that the rendered app runs; `fleetform serve --local --vllm ...` can replace it.
+VLLM_EXECUTABLE: tuple[str, ...] = ("vllm", "serve")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One group of vLLM command-line tokens, and why it is there (rendered as a comment)."""
+
+    tokens: tuple[str, ...]
+    why: str
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    revision: str
+    served_model_names: tuple[str, ...]
+    quantization: str
+    quantize_on_load: bool
+    dtype: str | None
+    max_model_len: int | None
+    tokenizer: str | None
+    chat_template: str | None
+    parameters_b: float | None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    type: str  # as written, possibly with "!"
+    count: int
+    fallbacks: tuple[str, ...]
+    tensor_parallel_size: int
+
+    @property
+    def modal_gpu(self) -> str | list[str]:
+        """What `@app.server(gpu=...)` takes: "H100", "H100:2", or a ranked list with fallbacks."""
+        specs = [t if self.count == 1 else f"{t}:{self.count}" for t in (self.type, *self.fallbacks)]
+        return specs[0] if len(specs) == 1 else specs
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_containers: int
+    max_containers: int | None
+    buffer_containers: int
+    scaledown_window: int  # seconds
+    target_concurrency: int | float
+    max_concurrency: int | None
+    startup_timeout: int  # seconds
+
+
+@dataclass(frozen=True)
+class Engine:
+    vllm_version: str
+    fast_boot: bool
+    port: int
+    gpu_memory_utilization: float | None
+    max_num_seqs: int | None
+    enable_prefix_caching: bool | None
+    kv_cache_dtype: str | None
+    extra_args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]  # sorted (name, value) pairs
+
+
+@dataclass(frozen=True)
+class Image:
+    python_version: str
+    pip: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cache:
+    huggingface_volume: str
+    vllm_volume: str
+
+
+@dataclass(frozen=True)
+class Auth:
+    mode: str  # proxy | api_key | none
+    api_key_secret: str | None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    description: str | None
+    source: str  # the YAML file it came from, as named on the command line
+    fleet_environment: str | None  # the `--env` it was resolved for
+    model: Model
+    gpu: Gpu
+    scaling: Scaling
+    engine: Engine
+    image: Image
+    cache: Cache
+    secrets: tuple[str, ...]  # Modal Secret names, including auth.api_key_secret
+    auth: Auth
+    region: tuple[str, ...] | None
+    routing_region: str
+    environment: str | None  # Modal environment
+    vllm_args: tuple[Arg, ...]  # after the executable; see `argv`
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The whole `vllm serve` command line, as the rendered app runs it."""
+        return VLLM_EXECUTABLE + tuple(t for a in self.vllm_args for t in a.tokens)
+
+    @property
+    def pip_packages(self) -> tuple[str, ...]:
+        return (f"vllm=={self.engine.vllm_version}", *self.image.pip)
