@@ -136,6 +136,14 @@ def _auth_note(d: spec.Deployment) -> tuple[bool, str]:
     return True, "OPEN TO ANYONE: auth.mode is none"
 
 
+def display_source(path: str) -> str:
+    """The YAML's path as the header shows it: relative to the working directory when inside it,
+    with forward slashes, so the same checkout renders the same bytes however the path was given."""
+    rel = os.path.relpath(os.path.abspath(path))
+    chosen = path if rel.startswith("..") else rel
+    return Path(chosen).as_posix()
+
+
 def content_hash(body: str) -> str:
     return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
@@ -147,6 +155,7 @@ def render(d: spec.Deployment) -> RenderedApp:
     context = {
         "version": __version__,
         "d": d,
+        "source": display_source(d.source),
         "docstring": f"{d.name}: {d.model.id} on {_gpu_note(d).split(';')[0]}, served by vLLM {d.engine.vllm_version}.",
         "executable": spec.VLLM_EXECUTABLE,
         "image_env": image_env,
@@ -210,9 +219,9 @@ def write_all(apps: list[RenderedApp], out_dir: str | Path, *, prune: bool = Tru
     try:
         for app in apps:
             fd, tmp = tempfile.mkstemp(prefix=f".{app.deployment.name}.", suffix=".tmp", dir=out)
+            staged.append((Path(tmp), out / app.filename))
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(app.text)
-            staged.append((Path(tmp), out / app.filename))
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -354,16 +354,18 @@ _SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL", re.IGN
 @rule
 def no_literal_credentials(ctx: RuleContext) -> Iterator[Diagnostic]:
     hint = "put it in a Modal Secret (`modal secret create NAME VAR=...`) and list the Secret's name under `secrets`"
+    flagged: set[tuple] = set()
     for path, node in ctx.tree.walk():
         if isinstance(node.value, str):
             for pattern, what in _TOKEN_PATTERNS:
                 if pattern.search(node.value):
+                    flagged.add(path)
                     yield Diagnostic(node.mark, path, f"looks like {what}: credentials never belong in YAML",
                                      "literal-credential", hint=hint)
                     break
     env = ctx.get("engine", "env", default={}) or {}
     for key, value in env.items():
-        if _SECRET_NAME.search(key) and value not in ("", None):
+        if _SECRET_NAME.search(key) and value not in ("", None) and ("engine", "env", key) not in flagged:
             yield ctx.error(("engine", "env", key), f"{key} looks like a credential, set as a literal value",
                             "literal-credential", hint=hint)
     args = ctx.get("engine", "extra_args", default=[]) or []

@@ -1,0 +1,108 @@
+"""Stage 5 (offline): what the rendered fleet would run, and what it would cost.
+
+The live view (create / update / unchanged / orphan against what Modal runs) is `deploy.live_plan`;
+this module needs no credentials and no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from renderer import spec
+from renderer.gpus import GPU_TYPES, PRICES_AS_OF, PRICES_SOURCE, parse_gpu_type
+from renderer.render import RenderedApp
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    name: str
+    source: str
+    model: str  # id@short revision
+    gpu: str  # "H100 x 2 (+H200)"
+    containers: str  # "0-4"
+    concurrency: str  # "32 target / 64 max"
+    content_hash: str
+    usd_per_hour_min: float
+    usd_per_hour_max: float | None  # None: no max_containers, no ceiling
+    environment: str | None
+    auth: str
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def gpu_hourly(d: spec.Deployment, prices: dict[str, float]) -> float:
+    """$/hour of one container: its GPUs at the primary type's price (CPU and memory not counted)."""
+    name = parse_gpu_type(d.gpu.type)[0]
+    return prices.get(name, GPU_TYPES[name].usd_per_hour) * d.gpu.count
+
+
+def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
+    d = app.deployment
+    per = gpu_hourly(d, prices)
+    s = d.scaling
+    gpu = f"{d.gpu.type} x {d.gpu.count}" + (f" (+{', '.join(d.gpu.fallbacks)})" if d.gpu.fallbacks else "")
+    conc = f"{s.target_concurrency:g} target" + (f" / {s.max_concurrency} max" if s.max_concurrency else "")
+    return PlanRow(
+        name=d.name, source=d.source, model=f"{d.model.id}@{d.model.revision[:7]}", gpu=gpu,
+        containers=f"{s.min_containers}-{s.max_containers if s.max_containers is not None else 'any'}",
+        concurrency=conc, content_hash=app.short_hash,
+        usd_per_hour_min=round(per * s.min_containers, 4),
+        usd_per_hour_max=None if s.max_containers is None else round(per * s.max_containers, 4),
+        environment=d.environment, auth=d.auth.mode,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    rows: tuple[PlanRow, ...]
+    environment: str | None
+    prices_overridden: tuple[str, ...]
+
+    @property
+    def idle_usd_per_day(self) -> float:
+        return round(sum(r.usd_per_hour_min for r in self.rows) * 24, 2)
+
+    @property
+    def ceiling_usd_per_hour(self) -> float | None:
+        if any(r.usd_per_hour_max is None for r in self.rows):
+            return None
+        return round(sum(r.usd_per_hour_max or 0 for r in self.rows), 2)
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "deployments": [r.to_dict() for r in self.rows],
+            "totals": {"idle_usd_per_day": self.idle_usd_per_day, "ceiling_usd_per_hour": self.ceiling_usd_per_hour},
+            "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "overridden": list(self.prices_overridden)},
+        }
+
+
+def make_plan(apps: list[RenderedApp], prices: dict[str, float], environment: str | None) -> Plan:
+    return Plan(tuple(plan_row(a, prices) for a in apps), environment, tuple(sorted(prices)))
+
+
+def _money(v: float | None) -> str:
+    return "no limit" if v is None else f"${v:,.2f}"
+
+
+def print_plan(plan: Plan, console) -> None:
+    """A table per the fleet, then totals and where prices come from."""
+    from rich.table import Table
+
+    title = "fleetform plan" + (f" (env: {plan.environment})" if plan.environment else "")
+    table = Table(title=title, title_justify="left")
+    for col, kw in (("deployment", {}), ("model@revision", {}), ("GPU", {}), ("containers", {"justify": "right"}),
+                    ("concurrency", {}), ("hash", {}), ("$/h at min", {"justify": "right"}),
+                    ("$/h at max", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in plan.rows:
+        table.add_row(r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash,
+                      _money(r.usd_per_hour_min), _money(r.usd_per_hour_max))
+    console.print(table)
+    console.print(f"{len(plan.rows)} deployment(s). Idle floor {_money(plan.idle_usd_per_day)}/day; "
+                  f"ceiling {_money(plan.ceiling_usd_per_hour)}/hour at max containers.")
+    src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
+    if plan.prices_overridden:
+        src += f"; overridden in fleet.yaml: {', '.join(plan.prices_overridden)}"
+    console.print(src + ". GPU time only: CPU, memory and region multipliers are not included.", style="dim")

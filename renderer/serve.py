@@ -1,0 +1,77 @@
+"""`fleetform serve NAME --local`: run a deployment's own vLLM command line on this machine.
+
+The command line is the one `resolve` built for the rendered app (`Deployment.argv`); only what
+must differ on a local machine is changed: the executable (vLLM may have no console script), the
+model source (a local copy instead of the hub id), the load format and the port. Start-up goes
+through `runtime.VLLMProcess`, the same code the rendered app embeds.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass
+
+from renderer import runtime, spec
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    model_path: str | None = None  # serve this directory instead of the hub id (drops --revision)
+    load_format: str | None = None  # e.g. "dummy": random weights of the right shape
+    port: int | None = None
+    vllm: tuple[str, ...] = spec.VLLM_EXECUTABLE  # e.g. ("python3", "-m", "vllm.entrypoints.cli.main", "serve")
+    startup_timeout: int | None = None  # default: the deployment's
+
+
+def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
+    """The deployment's argv with the local substitutions applied."""
+    args: list[str] = []
+    for arg in d.vllm_args:
+        tokens = list(arg.tokens)
+        if tokens == [d.model.id] and opts.model_path:
+            tokens = [opts.model_path]
+        elif tokens[0] == "--revision" and opts.model_path:
+            continue  # a local directory has no revisions
+        elif tokens[0] == "--port" and opts.port is not None:
+            tokens = ["--port", str(opts.port)]
+        args.extend(tokens)
+    if opts.load_format:
+        args.extend(["--load-format", opts.load_format])
+    return [*opts.vllm, *args]
+
+
+def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> int:
+    """Start vLLM, wait for health, then stay in the foreground until it exits or Ctrl-C."""
+    port = opts.port if opts.port is not None else d.engine.port
+    proc = runtime.VLLMProcess(local_argv(d, opts), port=port, env=dict(d.engine.env), log=log)
+    proc.start()
+    stopping = False
+
+    def _stop(signum, frame):  # forward Ctrl-C / SIGTERM as a clean shutdown of vLLM
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            log("stopping vLLM ...")
+            proc.stop()
+
+    old_int = signal.signal(signal.SIGINT, _stop)
+    old_term = signal.signal(signal.SIGTERM, _stop)
+    try:
+        try:
+            proc.wait_healthy(timeout=opts.startup_timeout or d.scaling.startup_timeout)
+        except (runtime.ServerExited, runtime.StartupTimeout) as exc:
+            if stopping:
+                return 130
+            log(f"error: {exc}")
+            proc.stop()
+            return 1
+        names = ", ".join(d.model.served_model_names)
+        log(f"serving {names} at http://127.0.0.1:{port}/v1 (Ctrl-C to stop)")
+        code = proc.proc.wait()
+        return 130 if stopping else code
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        proc.stop()
+        sys.stdout.flush()

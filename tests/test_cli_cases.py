@@ -1,0 +1,118 @@
+"""Tests as data: every invalid deployment in cases/invalid, through the real CLI, with its exact message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+CASES = sorted((Path(__file__).parent / "cases" / "invalid").glob("*.yaml"))
+
+
+def test_there_are_invalid_cases():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_invalid_case_reports_exact_message(case: Path):
+    rel = case.relative_to(REPO).as_posix()
+    result = run_cli("validate", rel)
+    expected = case.with_suffix(".expected").read_text()
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [l for l in result.stderr.splitlines() if "nothing was rendered" not in l]
+    assert "\n".join(lines) + "\n" == expected
+    # every error line names file:line:col and a field path
+    for line in lines:
+        if not line.startswith("    hint:"):
+            assert line.startswith(f"{rel}:"), line
+
+
+def test_examples_validate_clean():
+    result = run_cli("validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok: 4 deployment(s) valid"
+    assert result.stderr == ""
+
+
+def test_json_output_lists_every_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: Bad\nmodel:\n  id: a/b\n  revision: main\ngpu:\n  type: H10\n")
+    result = run_cli("validate", str(bad), "--format", "json")
+    assert result.returncode == 1
+    import json
+
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    got = {(d["path"], d["line"], d["column"]) for d in data["diagnostics"]}
+    assert got == {("name", 1, 7), ("model.revision", 4, 13), ("gpu.type", 6, 9)}
+
+
+def test_github_format_annotates(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: ok\nmodel:\n  id: a/b\n  revision: main\ngpu:\n  type: H100\n")
+    result = run_cli("validate", str(bad), "--format", "github")
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"::error file={bad},line=4,col=13,title=fleetform schema-pattern::model.revision: ")
+
+
+def test_missing_path_is_a_clear_error():
+    result = run_cli("validate", "no/such/file.yaml")
+    assert result.returncode == 1
+    assert result.stderr.startswith("no/such/file.yaml:1:1: error: (document): no such file")
+
+
+def test_unknown_environment_is_a_usage_error():
+    result = run_cli("plan", "--env", "prd")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: unknown environment 'prd'; fleet.yaml declares: dev, prod; did you mean \"prod\"?"
+
+
+def test_usage_error_exit_code():
+    assert run_cli("validate", "--format", "xml").returncode == 2
+    assert run_cli().returncode == 2
+
+
+def test_validate_does_not_import_modal(tmp_path):
+    code = ("import sys, renderer.cli as c; rc = c.main(['validate', 'deployments']); "
+            "print(rc, 'modal' in sys.modules, 'aiohttp' in sys.modules, 'jinja2' in sys.modules)")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.stdout.split()[-4:] == ["0", "False", "False", "False"]
+
+
+def test_plan_table_and_json():
+    result = run_cli("plan", "--env", "prod", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    plan = json.loads(result.stdout)
+    rows = {r["name"]: r for r in plan["deployments"]}
+    big = rows["llama-3-3-70b-fp8"]
+    # 2 x H100 at the list price, 1 to 2 containers in prod
+    from renderer.gpus import GPU_TYPES
+
+    h100 = GPU_TYPES["H100"].usd_per_hour
+    assert big["usd_per_hour_min"] == pytest.approx(2 * h100 * 1)
+    assert big["usd_per_hour_max"] == pytest.approx(2 * h100 * 2)
+    assert big["containers"] == "1-2"
+    assert big["model"] == "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic@f50dbad"
+    assert plan["totals"]["idle_usd_per_day"] == pytest.approx(round(2 * h100 * 24, 2))
+    assert plan["prices"]["as_of"]
+    text = run_cli("plan").stdout
+    assert "llama-3-1-8b-fp8" in text and "$/h at max" in text and "as of" in text
+
+
+def test_render_check_detects_stale(tmp_path):
+    out = tmp_path / "build"
+    assert run_cli("render", "--out", str(out)).returncode == 0
+    assert run_cli("render", "--out", str(out), "--check").returncode == 0
+    victim = out / "qwen2-5-7b-awq.py"
+    victim.write_text(victim.read_text() + "# edited\n")
+    result = run_cli("render", "--out", str(out), "--check")
+    assert result.returncode == 1
+    assert f"stale: {victim}: out of date" in result.stderr
