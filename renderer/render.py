@@ -151,7 +151,7 @@ def content_hash(body: str) -> str:
 def render(d: spec.Deployment) -> RenderedApp:
     """Render one deployment. Raises RenderError if a value cannot be rendered safely."""
     unauthenticated, auth_note = _auth_note(d)
-    image_env = {"HF_XET_HIGH_PERFORMANCE": "1", **dict(d.engine.env)}
+    image_env = {"HF_XET_HIGH_PERFORMANCE": "1"}
     context = {
         "version": __version__,
         "d": d,

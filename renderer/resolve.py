@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from renderer import spec
+from renderer.runtime import GUARD_MIDDLEWARE
 from renderer.diagnostics import Diagnostic, did_you_mean
 from renderer.load import Document, LoadedFleet, Node
 from renderer.validate import (
@@ -161,6 +162,10 @@ def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tu
         args.append(A((flag,), "reuse KV cache across requests that share a prefix"))
     if engine.kv_cache_dtype is not None:
         args.append(A(("--kv-cache-dtype", engine.kv_cache_dtype), "KV cache element type"))
+    if engine.cold_start == "snapshot":
+        args.append(A(("--enable-sleep-mode",), "cold_start snapshot: sleep before the GPU snapshot, wake after restore"))
+        args.append(A(("--middleware", GUARD_MIDDLEWARE),
+                      "only the container itself may call the sleep/wake development endpoints"))
     if engine.extra_args:
         args.append(A(engine.extra_args, "engine.extra_args, passed through unchecked"))
     return tuple(args)
@@ -188,7 +193,7 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         startup_timeout=parse_duration(s["startup_timeout"]),
     )
     engine = spec.Engine(
-        vllm_version=e["vllm_version"], fast_boot=e["fast_boot"], port=e["port"],
+        vllm_version=e["vllm_version"], fast_boot=e["fast_boot"], cold_start=e["cold_start"], port=e["port"],
         gpu_memory_utilization=e.get("gpu_memory_utilization"), max_num_seqs=e.get("max_num_seqs"),
         enable_prefix_caching=e.get("enable_prefix_caching"), kv_cache_dtype=e.get("kv_cache_dtype"),
         extra_args=tuple(e["extra_args"]), env=tuple(sorted(e["env"].items())),

@@ -7,11 +7,67 @@ code, so a local run proves the one on Modal. It must therefore use the standard
 
 import json
 import os
+import secrets
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+
+# --- the guard for sleep mode's development endpoints -------------------------------------------------
+#
+# Sleep mode needs VLLM_SERVER_DEV_MODE=1, which also serves /sleep, /wake_up, /collective_rpc and
+# other routes nobody outside the container may call. vLLM loads this ASGI middleware
+# (`--middleware fleetform_guard.DevRouteGuard`): public API routes pass; every other route needs
+# the per-container admin token that only this process and vLLM's environment know.
+
+GUARD_MODULE = "fleetform_guard"
+GUARD_MIDDLEWARE = GUARD_MODULE + ".DevRouteGuard"
+ADMIN_HEADER = "x-fleetform-admin"
+GUARD_SOURCE = '''
+import hmac
+import json
+import os
+
+PUBLIC = ("/v1/", "/v2/", "/health", "/ping", "/version", "/metrics", "/tokenize", "/detokenize",
+          "/invocations", "/pooling", "/classify", "/score", "/rerank")
+
+
+class DevRouteGuard:
+    """ASGI middleware: public routes pass, every other route needs the admin token."""
+
+    def __init__(self, app):
+        self.app = app
+        self.token = os.environ.get("FLEETFORM_ADMIN_TOKEN", "").encode()
+
+    def _allowed(self, scope):
+        path = scope.get("path", "")
+        for prefix in PUBLIC:
+            if path.startswith(prefix) if prefix.endswith("/") else (path == prefix or path.startswith(prefix + "/")):
+                return True
+        sent = dict(scope.get("headers") or []).get(b"x-fleetform-admin", b"")
+        return bool(self.token) and hmac.compare_digest(sent, self.token)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self._allowed(scope):
+            return await self.app(scope, receive, send)
+        body = json.dumps({"error": {"message": "forbidden", "type": "forbidden", "code": 403}}).encode()
+        await send({"type": "http.response.start", "status": 403,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+'''
+
+
+def install_guard():
+    """Write the guard module where the vLLM process can import it; returns env for that process."""
+    directory = tempfile.mkdtemp(prefix="fleetform-guard-")
+    with open(os.path.join(directory, GUARD_MODULE + ".py"), "w") as fh:
+        fh.write(GUARD_SOURCE)
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": directory + (os.pathsep + path if path else ""),
+            "FLEETFORM_ADMIN_TOKEN": secrets.token_urlsafe(32)}
 
 
 class ServerExited(RuntimeError):
@@ -29,6 +85,8 @@ class VLLMProcess:
         self.argv = [str(a) for a in argv]  # a list, run without a shell: nothing in it is interpreted
         self.port = int(port)
         self.env = dict(env or {})
+        if "--middleware" in self.argv and GUARD_MIDDLEWARE in self.argv:
+            self.env.update(install_guard())
         self.log = log
         self.proc = None
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -59,6 +117,8 @@ class VLLMProcess:
         key = self.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        if self.env.get("FLEETFORM_ADMIN_TOKEN"):
+            headers[ADMIN_HEADER] = self.env["FLEETFORM_ADMIN_TOKEN"]
         return headers
 
     def request(self, method, path, body=None, timeout=60.0):
@@ -123,3 +183,36 @@ class VLLMProcess:
         if status != 200:
             raise RuntimeError(f"wake_up failed with HTTP {status}: {answer}")
         return time.monotonic() - t0
+
+
+# --- the start-up sequences --------------------------------------------------------------------------------
+
+
+def boot(proc, timeout):
+    """cold_start standard: start vLLM and wait until it is healthy. Returns seconds to healthy."""
+    proc.start()
+    return proc.wait_healthy(timeout)
+
+
+def boot_for_snapshot(proc, timeout, model, warmup_requests=3):
+    """cold_start snapshot, before the snapshot: boot, warm up with real requests, then sleep.
+
+    Returns the seconds each step took. Sleeping (level 1) offloads the weights and frees the KV
+    cache, so the GPU snapshot holds little device memory.
+    """
+    timings = {"boot_s": boot(proc, timeout)}
+    t0 = time.monotonic()
+    proc.warm_up(model, requests=warmup_requests)
+    timings["warmup_s"] = time.monotonic() - t0
+    timings["sleep_s"] = proc.sleep(level=1)
+    proc.log("asleep: ready for the snapshot (boot %.1f s, warm-up %.1f s, sleep %.1f s)"
+             % (timings["boot_s"], timings["warmup_s"], timings["sleep_s"]))
+    return timings
+
+
+def after_restore(proc):
+    """cold_start snapshot, after restore: wake vLLM. Returns seconds taken."""
+    seconds = proc.wake_up()
+    proc.log("awake after %.2f s" % seconds)
+    sys.stdout.flush()
+    return seconds

@@ -44,23 +44,27 @@ def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
 def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> int:
     """Start vLLM, wait for health, then stay in the foreground until it exits or Ctrl-C."""
     port = opts.port if opts.port is not None else d.engine.port
-    proc = runtime.VLLMProcess(local_argv(d, opts), port=port, env=dict(d.engine.env), log=log)
-    proc.start()
+    proc = runtime.VLLMProcess(local_argv(d, opts), port=port, env=d.process_env, log=log)
     stopping = False
 
-    def _stop(signum, frame):  # forward Ctrl-C / SIGTERM as a clean shutdown of vLLM
+    def _stop(signum, frame):  # forward Ctrl-C / SIGTERM to vLLM; the main thread waits for it to exit
         nonlocal stopping
-        if not stopping:
+        if not stopping and proc.proc is not None and proc.proc.poll() is None:
             stopping = True
             log("stopping vLLM ...")
-            proc.stop()
+            proc.proc.send_signal(signal.SIGTERM)  # no waiting in a signal handler: wait() is not reentrant
 
     old_int = signal.signal(signal.SIGINT, _stop)
     old_term = signal.signal(signal.SIGTERM, _stop)
     try:
+        timeout = opts.startup_timeout or d.scaling.startup_timeout
         try:
-            proc.wait_healthy(timeout=opts.startup_timeout or d.scaling.startup_timeout)
-        except (runtime.ServerExited, runtime.StartupTimeout) as exc:
+            if d.snapshot:  # the same sequence as on Modal: boot, warm up, sleep; then wake
+                runtime.boot_for_snapshot(proc, timeout=timeout, model=d.model.served_model_names[0])
+                runtime.after_restore(proc)
+            else:
+                runtime.boot(proc, timeout=timeout)
+        except (runtime.ServerExited, runtime.StartupTimeout, RuntimeError) as exc:
             if stopping:
                 return 130
             log(f"error: {exc}")

@@ -67,6 +67,7 @@ class Scaling:
 class Engine:
     vllm_version: str
     fast_boot: bool
+    cold_start: str  # standard | snapshot
     port: int
     gpu_memory_utilization: float | None
     max_num_seqs: int | None
@@ -117,6 +118,18 @@ class Deployment:
     def argv(self) -> tuple[str, ...]:
         """The whole `vllm serve` command line, as the rendered app runs it."""
         return VLLM_EXECUTABLE + tuple(t for a in self.vllm_args for t in a.tokens)
+
+    @property
+    def snapshot(self) -> bool:
+        return self.engine.cold_start == "snapshot"
+
+    @property
+    def process_env(self) -> dict[str, str]:
+        """Environment of the vLLM process, on Modal and in `serve --local` alike."""
+        env = dict(self.engine.env)
+        if self.snapshot:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # exposes /sleep and /wake_up; runtime's guard fences them
+        return env
 
     @property
     def pip_packages(self) -> tuple[str, ...]:

@@ -394,8 +394,25 @@ MANAGED_FLAGS = {
     "--gpu-memory-utilization": "engine.gpu_memory_utilization", "--max-num-seqs": "engine.max_num_seqs",
     "--enable-prefix-caching": "engine.enable_prefix_caching",
     "--no-enable-prefix-caching": "engine.enable_prefix_caching", "--kv-cache-dtype": "engine.kv_cache_dtype",
-    "--uvicorn-log-level": "(fleetform)",
+    "--uvicorn-log-level": "(fleetform)", "--enable-sleep-mode": "engine.cold_start",
+    "--middleware": "(fleetform)",
 }
+
+
+SLEEP_MODE_SINCE = (0, 8, 0)  # vLLM release whose server exposes /sleep and /wake_up in dev mode
+
+
+@rule
+def snapshot_supported(ctx: RuleContext) -> Iterator[Diagnostic]:
+    if ctx.get("engine", "cold_start") != "snapshot":
+        return
+    version = ctx.get("engine", "vllm_version", default="0.26.0")
+    if tuple(int(p) for p in version.split(".")[:3]) < SLEEP_MODE_SINCE:
+        yield ctx.error(("engine", "cold_start"), f"cold_start snapshot needs vLLM sleep mode, which vLLM {version} "
+                                                  "does not serve", "snapshot-vllm",
+                        hint="use engine.vllm_version 0.8.0 or newer")
+    yield ctx.warning(("engine", "cold_start"), "GPU memory snapshots are an alpha Modal feature", "snapshot-alpha",
+                      hint="watch the first deploy's restore times; `cold_start: standard` is the safe fallback")
 
 
 @rule

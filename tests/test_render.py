@@ -108,7 +108,7 @@ def test_module_image_pins_vllm_and_imports_only_modal(rendered_dir):
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert "renderer" not in imported and "fleetform" not in imported
-        assert imported - {"modal", "json", "os", "signal", "subprocess", "time", "urllib"} == set()
+        assert imported - {"modal"} <= set(sys.stdlib_module_names), imported
         assert "shell=True" not in path.read_text()
         assert ".uv_pip_install('vllm==0.26.0')" in path.read_text()
 

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""A stand-in for `vllm serve` in tests: the same command line, a few of the same routes.
+
+It parses the real argv the runtime passes (`serve MODEL ... --port N [--middleware X.Y]`),
+answers /health after FAKE_VLLM_BOOT_S seconds, serves a tiny chat completion, and implements
+sleep mode's /sleep, /wake_up and /is_sleeping. When given `--middleware`, it imports that ASGI
+class exactly as vLLM does (from PYTHONPATH) and puts it in front of every route, so tests prove
+the guard the runtime installs. Every request is appended to FAKE_VLLM_LOG as JSON lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+argv = sys.argv[1:]
+assert argv[0] == "serve", argv
+PORT = int(argv[argv.index("--port") + 1])
+MODEL_NAMES = []
+if "--served-model-name" in argv:
+    i = argv.index("--served-model-name") + 1
+    while i < len(argv) and not argv[i].startswith("--"):
+        MODEL_NAMES.append(argv[i])
+        i += 1
+BOOT_S = float(os.environ.get("FAKE_VLLM_BOOT_S", "0.2"))
+EXIT_EARLY = os.environ.get("FAKE_VLLM_EXIT")  # exit with this code instead of serving
+LOG = os.environ.get("FAKE_VLLM_LOG")
+STARTED = time.monotonic()
+STATE = {"sleeping": False}
+
+MIDDLEWARE = None
+if "--middleware" in argv:
+    module, _, cls = argv[argv.index("--middleware") + 1].rpartition(".")
+    MIDDLEWARE = getattr(importlib.import_module(module), cls)
+
+
+def log(entry: dict) -> None:
+    if LOG:
+        with open(LOG, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+
+def route(method: str, path: str) -> tuple[int, dict]:
+    if path == "/health":
+        return (200, {}) if time.monotonic() - STARTED >= BOOT_S else (503, {})
+    if path == "/v1/models":
+        return 200, {"data": [{"id": n} for n in MODEL_NAMES]}
+    if path == "/v1/chat/completions" and method == "POST":
+        if STATE["sleeping"]:
+            return 503, {"error": "asleep"}
+        return 200, {"choices": [{"message": {"content": "hello"}}], "usage": {"completion_tokens": 1}}
+    if path.startswith("/sleep") and method == "POST":
+        STATE["sleeping"] = True
+        return 200, {}
+    if path == "/wake_up" and method == "POST":
+        STATE["sleeping"] = False
+        return 200, {}
+    if path == "/is_sleeping":
+        return 200, {"is_sleeping": STATE["sleeping"]}
+    return 404, {"error": "not found"}
+
+
+async def asgi_inner(scope, receive, send):
+    status, body = route(scope["method"], scope["path"])
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    app = MIDDLEWARE(asgi_inner) if MIDDLEWARE else asgi_inner
+    scope = {"type": "http", "method": method, "path": path.split("?")[0],
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    out: dict = {}
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        else:
+            out["body"] = out.get("body", b"") + message.get("body", b"")
+
+    asyncio.run(app(scope, receive, send))
+    return out["status"], out.get("body", b"")
+
+
+class Handler(BaseHTTPRequestHandler):
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        status, body = through_middleware(method, self.path, dict(self.headers))
+        log({"method": method, "path": self.path, "status": status})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        self._serve("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._serve("POST")
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    if EXIT_EARLY:
+        sys.exit(int(EXIT_EARLY))
+    log({"argv": argv, "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE")})
+    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

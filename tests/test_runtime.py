@@ -1,0 +1,197 @@
+"""The start-up logic shared by rendered apps and `serve --local`, run for real against a stand-in vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from renderer import runtime
+from renderer.load import load_fleet
+from renderer.resolve import resolve
+from renderer.serve import LocalOptions, local_argv
+
+FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py")), "serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deployment(tmp_path: Path, extra: str = "", name: str = "demo"):
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(f"name: {name}\nmodel:\n  id: org/model\n  revision: {'a' * 40}\n  served_model_names: [m1, m2]\n"
+                 f"gpu:\n  type: H100\n{extra}")
+    fleet = resolve(load_fleet([str(f)]))
+    assert fleet.ok, fleet.diagnostics
+    return fleet.deployments[0]
+
+
+# --- the guard ------------------------------------------------------------------------------------
+
+
+def guard_status(path: str, headers: dict[bytes, bytes] | None = None, token: str = "s3cret") -> int:
+    namespace: dict = {}
+    os.environ["FLEETFORM_ADMIN_TOKEN"] = token
+    try:
+        exec(runtime.GUARD_SOURCE, namespace)
+        seen = {}
+
+        async def inner(scope, receive, send):
+            seen["passed"] = True
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        sent = {}
+
+        async def send(msg):
+            if msg["type"] == "http.response.start":
+                sent["status"] = msg["status"]
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        app = namespace["DevRouteGuard"](inner)
+        asyncio.run(app({"type": "http", "path": path, "headers": list((headers or {}).items())}, receive, send))
+        assert seen.get("passed", False) == (sent["status"] == 200)
+        return sent["status"]
+    finally:
+        del os.environ["FLEETFORM_ADMIN_TOKEN"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version",
+                                  "/tokenize", "/v2/rerank"])
+def test_guard_lets_public_routes_through(path):
+    assert guard_status(path) == 200
+
+
+@pytest.mark.parametrize("path", ["/sleep", "/wake_up", "/is_sleeping", "/collective_rpc", "/reset_prefix_cache",
+                                  "/healthz", "/v1", "/docs", "/"])
+def test_guard_blocks_everything_else_without_the_token(path):
+    assert guard_status(path) == 403
+    assert guard_status(path, {b"x-fleetform-admin": b"wrong"}) == 403
+    assert guard_status(path, {b"x-fleetform-admin": b"s3cret"}) == 200
+
+
+def test_guard_with_no_token_configured_blocks_even_an_empty_header():
+    assert guard_status("/sleep", {b"x-fleetform-admin": b""}, token="") == 403
+
+
+# --- the process ------------------------------------------------------------------------------------------
+
+
+def test_boot_waits_for_health_and_stops(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_BOOT_S", "0.5")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, log=lambda m: None)
+    try:
+        elapsed = runtime.boot(proc, timeout=20)
+        assert 0.5 <= elapsed < 15
+        assert proc.healthy()
+    finally:
+        code = proc.stop(grace=5)
+    assert code is not None and proc.proc.poll() is not None
+
+
+def test_process_that_dies_is_reported(monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_EXIT", "3")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, log=lambda m: None)
+    with pytest.raises(runtime.ServerExited, match="code 3"):
+        runtime.boot(proc, timeout=20)
+
+
+def test_startup_timeout(monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_BOOT_S", "60")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, log=lambda m: None)
+    try:
+        with pytest.raises(runtime.StartupTimeout):
+            runtime.boot(proc, timeout=1)
+    finally:
+        proc.stop(grace=5)
+
+
+def test_snapshot_sequence_with_the_guard_in_front(tmp_path, monkeypatch):
+    """boot -> warm up -> sleep -> wake, through the guard vLLM loads with --middleware."""
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    assert "--enable-sleep-mode" in d.argv and runtime.GUARD_MIDDLEWARE in d.argv
+    log_file = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log_file))
+    port = free_port()
+    argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port))
+    proc = runtime.VLLMProcess(argv, port=port, env=d.process_env, log=lambda m: None)
+    try:
+        timings = runtime.boot_for_snapshot(proc, timeout=20, model="m1")
+        assert set(timings) == {"boot_s", "warmup_s", "sleep_s"}
+        # from outside (no token) the dev routes are closed; the public API stays open
+        for path, want in (("/sleep?level=1", 403), ("/wake_up", 403), ("/v1/models", 200)):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if "models" not in path else "GET")
+            try:
+                status = urllib.request.urlopen(req, timeout=5).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == want, path
+        runtime.after_restore(proc)
+    finally:
+        proc.stop(grace=5)
+    entries = [json.loads(l) for l in log_file.read_text().splitlines()]
+    assert entries[0]["env_dev_mode"] == "1"
+    calls = [(e["method"], e["path"].split("?")[0], e["status"]) for e in entries[1:] if e.get("path") != "/health"]
+    assert calls == [("POST", "/v1/chat/completions", 200)] * 3 + [
+        ("POST", "/sleep", 200), ("POST", "/sleep", 403), ("POST", "/wake_up", 403), ("GET", "/v1/models", 200),
+        ("POST", "/wake_up", 200)]
+
+
+# --- serve --local -----------------------------------------------------------------------------------------
+
+
+def test_local_argv_substitutions(example_fleet):
+    d = next(d for d in example_fleet.deployments if d.name == "llama-3-1-8b-fp8")
+    argv = local_argv(d, LocalOptions(model_path="/tmp/dummy-llama-8b", load_format="dummy", port=8123,
+                                      vllm=("python3", "-m", "vllm.entrypoints.cli.main", "serve")))
+    assert argv == [
+        "python3", "-m", "vllm.entrypoints.cli.main", "serve", "/tmp/dummy-llama-8b",
+        "--served-model-name", "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", "llm",
+        "--host", "0.0.0.0", "--port", "8123", "--uvicorn-log-level", "info",
+        "--no-enforce-eager", "--tensor-parallel-size", "1", "--load-format", "dummy",
+    ]
+    # without options it is the rendered app's command line, token for token
+    assert local_argv(d, LocalOptions()) == list(d.argv)
+
+
+def test_serve_local_cli_runs_until_ctrl_c(tmp_path):
+    d_file = tmp_path / "demo.yaml"
+    d_file.write_text(f"name: demo\nmodel:\n  id: org/model\n  revision: {'a' * 40}\ngpu:\n  type: H100\n")
+    port = free_port()
+    log_file = tmp_path / "requests.jsonl"
+    cmd = [sys.executable, "-m", "renderer", "serve", "demo", str(d_file), "--local", "--port", str(port),
+           "--vllm", f"{sys.executable} {Path(__file__).with_name('fake_vllm.py')}", "--startup-timeout", "30"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "FAKE_VLLM_LOG": str(log_file)})
+    try:
+        deadline = time.monotonic() + 30
+        line = ""
+        while "serving" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        assert f"serving org/model at http://127.0.0.1:{port}/v1" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    argv = json.loads(log_file.read_text().splitlines()[0])["argv"]
+    assert argv[:2] == ["serve", "org/model"] and argv[argv.index("--port") + 1] == str(port)
