@@ -276,3 +276,35 @@ def test_write_prunes_only_generated_files(tmp_path, example_fleet):
     write_all(render_fleet(example_fleet.deployments), out)
     names = {p.name for p in out.iterdir()}
     assert "handwritten.py" in names and "old-deployment.py" not in names
+
+
+def test_snapshot_mode_builds_snapshot_objects(tmp_path):
+    from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
+    from modal._utils.async_utils import synchronizer
+
+    f = tmp_path / "d.yaml"
+    f.write_text(BENIGN_YAML.replace("engine:\n", "engine:\n  cold_start: snapshot\n"))
+    fleet = resolve(load_fleet([str(f)]))
+    assert fleet.ok
+    assert [d.code for d in fleet.diagnostics if not d.is_error] == ["snapshot-alpha", "extra-args"]
+    out = tmp_path / "snap.py"
+    out.write_text(render(fleet.deployments[0]).text)
+    cfg = server_config(out)
+    assert cfg.function.checkpointing_enabled is True
+    assert dict(cfg.data.experimental_options) == {"enable_gpu_snapshot": "True"}
+    module = import_module(out)
+    user_cls = synchronizer._translate_in(module.Serve)._user_cls
+    pre = _find_partial_methods_for_user_cls(user_cls, _PartialFunctionFlags.ENTER_PRE_SNAPSHOT)
+    post = _find_partial_methods_for_user_cls(user_cls, _PartialFunctionFlags.ENTER_POST_SNAPSHOT)
+    assert list(pre) == ["start"] and list(post) == ["wake"]
+    assert module.VLLM_ENV["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "--enable-sleep-mode" in module.VLLM_COMMAND
+    assert module.VLLM_COMMAND[module.VLLM_COMMAND.index("--middleware") + 1] == "fleetform_guard.DevRouteGuard"
+
+
+def test_standard_mode_has_no_snapshot(rendered_dir):
+    cfg = server_config(rendered_dir / "llama-3-1-8b-fp8.py")
+    assert cfg.function.checkpointing_enabled is False
+    assert dict(cfg.data.experimental_options) == {}
+    module = import_module(rendered_dir / "llama-3-1-8b-fp8.py")
+    assert "VLLM_SERVER_DEV_MODE" not in module.VLLM_ENV and "--enable-sleep-mode" not in module.VLLM_COMMAND
