@@ -1,0 +1,150 @@
+"""An in-memory `Backend` for testing the orchestrator: it records every call, keeps a Modal-like
+version history per app, and can be told to fail, hang for a while, or run a hook mid-deploy."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from renderer.deploy import SmokeOutcome
+from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
+from renderer.render import RenderedApp
+
+
+@dataclass
+class FakeApp:
+    name: str
+    env: str | None
+    managed: bool = True
+    versions: list[Version] = field(default_factory=list)  # oldest first
+    live: int | None = None
+    stopped: bool = False
+
+
+class FakeBackend(Backend):
+    def __init__(self, *, credentials: bool = True, deploy_delay: float = 0.0):
+        self.credentials = credentials
+        self.deploy_delay = deploy_delay
+        self.apps: dict[tuple[str | None, str], FakeApp] = {}
+        self.calls: list[tuple] = []
+        self.deploy_errors: dict[str, BackendError] = {}  # name -> raised by deploy
+        self.list_error: BackendError | None = None
+        self.rollback_error: BackendError | None = None
+        self.on_deploy: Callable[[str], None] | None = None  # runs at the start of each deploy
+        self.started: list[str] = []  # deploys in the order they started
+        self.finished: list[str] = []
+        self.max_concurrent = 0
+        self._running = 0
+        self._lock = threading.Lock()
+
+    # -- setting up live state
+
+    def add_live(self, name: str, tag: str, *, env: str | None = None, managed: bool = True, versions: int = 1) -> FakeApp:
+        app = FakeApp(name, env, managed)
+        for i in range(versions):
+            app.versions.append(Version(i + 1, tag if i == versions - 1 else f"ff-old{i + 1}"))
+        app.live = versions
+        self.apps[(env, name)] = app
+        return app
+
+    def _live(self, name: str, env: str | None) -> FakeApp | None:
+        app = self.apps.get((env, name))
+        return app if app is not None and not app.stopped and app.live is not None else None
+
+    def _describe(self, app: FakeApp) -> LiveApp:
+        versions = effective_tags(app.versions)
+        current = next(v for v in versions if v.version == app.live)
+        return LiveApp(app.name, f"ap-{app.name}", app.env, app.managed, current.version, current.tag)
+
+    def calls_of(self, method: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == method]
+
+    # -- Backend
+
+    def credentials_available(self) -> bool:
+        return self.credentials
+
+    def list_apps(self, env: str | None) -> list[LiveApp]:
+        self.calls.append(("list_apps", env))
+        if self.list_error:
+            raise self.list_error
+        return [self._describe(a) for (e, _), a in sorted(self.apps.items(), key=lambda kv: kv[0][1]) if e == env and self._live(a.name, e)]
+
+    def get_app(self, name: str, env: str | None) -> LiveApp | None:
+        self.calls.append(("get_app", name, env))
+        app = self._live(name, env)
+        return self._describe(app) if app else None
+
+    def history(self, name: str, env: str | None) -> list[Version]:
+        self.calls.append(("history", name, env))
+        app = self._live(name, env)
+        if app is None:
+            raise BackendError(f"no app {name}")
+        return sorted(effective_tags(app.versions), key=lambda v: v.version, reverse=True)
+
+    def deploy(self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None) -> DeployOutcome:
+        name = app.deployment.name
+        with self._lock:
+            self.calls.append(("deploy", name, env, tag, strategy))
+            self.started.append(name)
+            self._running += 1
+            self.max_concurrent = max(self.max_concurrent, self._running)
+        try:
+            if self.on_deploy:
+                self.on_deploy(name)
+            if self.deploy_delay:
+                time.sleep(self.deploy_delay)
+            if name in self.deploy_errors:
+                raise self.deploy_errors[name]
+            with self._lock:
+                fake = self.apps.get((env, name))
+                if fake is None or fake.stopped:
+                    fake = self.apps[(env, name)] = FakeApp(name, env, managed=True)
+                fake.managed = True  # the rendered module carries the tag
+                fake.versions.append(Version(len(fake.versions) + 1, tag))
+                fake.live = len(fake.versions)
+            return DeployOutcome(app_id=f"ap-{name}", url=f"https://{name}.example.test")
+        finally:
+            with self._lock:
+                self._running -= 1
+                self.finished.append(name)
+
+    def rollback(self, name: str, env: str | None, version: int | None = None) -> None:
+        self.calls.append(("rollback", name, env, version))
+        if self.rollback_error:
+            raise self.rollback_error
+        app = self._live(name, env)
+        assert app is not None
+        target = version if version is not None else app.live - 1
+        app.versions.append(Version(len(app.versions) + 1, "", rollback_of=target))
+        app.live = len(app.versions)
+
+    def stop(self, name: str, env: str | None) -> None:
+        self.calls.append(("stop", name, env))
+        app = self._live(name, env)
+        assert app is not None
+        app.stopped = True
+
+    def web_url(self, name: str, env: str | None) -> str | None:
+        self.calls.append(("web_url", name, env))
+        return f"https://{name}.example.test" if self._live(name, env) else None
+
+
+class FakeSmoke:
+    """A smoke tester that fails for the names in `failing` and records what it tested."""
+
+    def __init__(self, failing: set[str] | None = None, preflight_failing: set[str] | None = None):
+        self.failing = failing or set()
+        self.preflight_failing = preflight_failing or set()
+        self.tested: list[tuple[str, str]] = []
+
+    def preflight(self, app: RenderedApp) -> str | None:
+        return "no proxy token" if app.deployment.name in self.preflight_failing else None
+
+    def __call__(self, app: RenderedApp, url: str) -> SmokeOutcome:
+        self.tested.append((app.deployment.name, url))
+        if app.deployment.name in self.failing:
+            return SmokeOutcome(False, "health: server not healthy after 600s")
+        return SmokeOutcome(True, "ok")

@@ -1,0 +1,550 @@
+"""The deploy orchestrator against an in-memory backend: planning, parallelism, smoke-test
+recovery, Ctrl-C, status, rollback and destroy. Nothing here talks to Modal."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import io
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from fake_backend import FakeBackend, FakeSmoke
+from rich.console import Console
+
+from renderer.deploy import (
+    CONFLICT,
+    CREATE,
+    DEPLOYED,
+    FAILED,
+    KEPT,
+    ORPHAN,
+    PLANNED,
+    ROLLED_BACK,
+    SKIPPED,
+    STOPPED,
+    UNCHANGED,
+    UPDATE,
+    ClientSmokeTester,
+    DeployOptions,
+    NullProgress,
+    RichProgress,
+    environment_for,
+    live_plan,
+    plan_exit_code,
+    render_plan,
+    run_deploy,
+    run_destroy,
+    run_rollback,
+    run_status,
+)
+from renderer.load import load_fleet
+from renderer.modal_api import NO_CREDENTIALS, CapacityError, EnvironmentNotFound, NetworkError, deployment_tag
+from renderer.render import render_fleet
+from renderer.resolve import resolve
+
+DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
+ENV = "dev"  # the example fleet's `dev` overlay deploys into Modal environment "dev"
+
+
+@pytest.fixture(scope="module")
+def apps():
+    resolved = resolve(load_fleet([str(DEPLOYMENTS)]), ENV)
+    assert resolved.ok, resolved.diagnostics
+    rendered = render_fleet(resolved.deployments)
+    assert len(rendered) >= 4 and all(a.deployment.environment == ENV for a in rendered)
+    return rendered
+
+
+def names(apps):
+    return [a.deployment.name for a in apps]
+
+
+def live_all(backend, apps, *, stale=()):
+    """Make every app live: with its current tag, or an older one for the names in `stale`."""
+    for a in apps:
+        n = a.deployment.name
+        backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(a), env=ENV, versions=2)
+
+
+def deploy(backend, apps, smoke=None, **options):
+    options.setdefault("yes", True)
+    return run_deploy(
+        apps, backend, DeployOptions(**options), smoke_tester=smoke or FakeSmoke(), progress=NullProgress()
+    )
+
+
+def text(report) -> str:
+    out = io.StringIO()
+    report.render(Console(file=out, width=200))
+    return out.getvalue()
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+def test_tag_is_the_short_hash_and_a_valid_modal_tag(apps):
+    tag = deployment_tag(apps[0])
+    assert tag == "ff-" + apps[0].short_hash
+    assert len(tag) <= 50 and tag.replace("-", "").isalnum()
+
+
+def test_live_plan_actions(apps):
+    b = FakeBackend()
+    a0, a1, a2, a3 = (a.deployment.name for a in apps[:4])
+    b.add_live(a0, deployment_tag(apps[0]), env=ENV)
+    b.add_live(a1, "ff-000000000000", env=ENV)
+    b.add_live(a2, "hand-made", env=ENV, managed=False)
+    b.add_live("retired-model", "ff-111111111111", env=ENV)
+    b.add_live("someone-elses-app", "", env=ENV, managed=False)
+    rows = live_plan(apps, b)
+    actions = {r.name: r.action for r in rows}
+    assert actions == {a0: UNCHANGED, a1: UPDATE, a2: CONFLICT, a3: CREATE, "retired-model": ORPHAN}
+    assert plan_exit_code(rows) == 2
+    unchanged_only = [r for r in rows if r.action in (UNCHANGED, ORPHAN)]
+    assert plan_exit_code(unchanged_only) == 0  # orphans alone are not changes `deploy` would make
+    out = io.StringIO()
+    render_plan(rows, Console(file=out, width=200))
+    assert "retired-model" in out.getvalue() and "fleetform destroy retired-model" in out.getvalue()
+
+
+# --- deploying ------------------------------------------------------------------------------------
+
+
+def test_unchanged_deployments_cause_no_deploy_call(apps):
+    b = FakeBackend()
+    live_all(b, apps)
+    report = deploy(b, apps)
+    assert b.calls_of("deploy") == []
+    assert report.names(UNCHANGED) == names(apps)
+    assert report.exit_code == 0
+
+
+def test_only_changed_deployments_are_deployed_with_their_tag(apps):
+    b = FakeBackend()
+    live_all(b, apps[1:], stale=[apps[1].deployment.name])
+    smoke = FakeSmoke()
+    report = deploy(b, apps, smoke, strategy="recreate")
+    deployed = {c[1]: c for c in b.calls_of("deploy")}
+    assert set(deployed) == {apps[0].deployment.name, apps[1].deployment.name}
+    for a in apps[:2]:
+        assert deployed[a.deployment.name] == ("deploy", a.deployment.name, ENV, deployment_tag(a), "recreate")
+    assert {r.name: r.action for r in report.results if r.status == DEPLOYED} == {
+        apps[0].deployment.name: CREATE,
+        apps[1].deployment.name: UPDATE,
+    }
+    assert sorted(n for n, _ in smoke.tested) == sorted(deployed)
+    assert report.exit_code == 0
+    assert b.get_app(apps[1].deployment.name, ENV).tag == deployment_tag(apps[1])
+
+
+def test_two_changed_deployments_deploy_in_parallel(apps):
+    delay = 0.4
+    b = FakeBackend(deploy_delay=delay)
+    live_all(b, apps[2:])  # the first two are new
+    t0 = time.monotonic()
+    report = deploy(b, apps, parallel=4)
+    wall = time.monotonic() - t0
+    assert report.names(DEPLOYED) == names(apps[:2])
+    assert b.max_concurrent == 2
+    assert wall < delay * 1.6, f"two deploys took {wall:.2f}s: not parallel"
+
+
+def test_parallel_one_deploys_one_at_a_time(apps):
+    delay = 0.15
+    b = FakeBackend(deploy_delay=delay)
+    t0 = time.monotonic()
+    deploy(b, apps[:3], parallel=1)
+    assert time.monotonic() - t0 >= 3 * delay
+    assert b.max_concurrent == 1
+
+
+def test_smoke_failure_rolls_back_that_app_only(apps):
+    b = FakeBackend()
+    live_all(b, apps, stale=names(apps[:2]))
+    bad, good = apps[0].deployment.name, apps[1].deployment.name
+    report = deploy(b, apps, FakeSmoke(failing={bad}))
+    assert b.calls_of("rollback") == [("rollback", bad, ENV, 2)]  # the version live before
+    assert b.calls_of("stop") == []
+    by_name = {r.name: r for r in report.results}
+    assert by_name[bad].status == FAILED and by_name[bad].recovery == ROLLED_BACK
+    assert by_name[good].status == DEPLOYED
+    assert b.get_app(bad, ENV).tag == "ff-000000000000"  # the rollback restored the old tag
+    assert report.exit_code == 1
+    out = text(report)
+    assert "rolled back to v2" in out and "smoke test failed" in out
+    assert f"1 deployed ({good})" in out and f"1 failed ({bad})" in out
+
+
+def test_first_deploy_that_fails_its_smoke_test_is_stopped(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    report = deploy(b, apps[:1], FakeSmoke(failing={name}))
+    assert b.calls_of("stop") == [("stop", name, ENV)]
+    assert b.calls_of("rollback") == []
+    assert report.results[0].recovery == STOPPED
+    assert b.get_app(name, ENV) is None
+    assert report.exit_code == 1
+
+
+def test_no_rollback_keeps_the_failing_version(apps):
+    b = FakeBackend()
+    live_all(b, apps[:1], stale=names(apps[:1]))
+    report = deploy(b, apps[:1], FakeSmoke(failing=set(names(apps[:1]))), rollback=False)
+    assert b.calls_of("rollback") == [] and b.calls_of("stop") == []
+    assert report.results[0].recovery == KEPT
+    assert b.get_app(apps[0].deployment.name, ENV).tag == deployment_tag(apps[0])
+    assert "--no-rollback" in text(report)
+    assert report.exit_code == 1
+
+
+def test_failed_rollback_is_reported(apps):
+    b = FakeBackend()
+    live_all(b, apps[:1], stale=names(apps[:1]))
+    b.rollback_error = NetworkError("roll back x: cannot reach Modal (boom): check the network connection and retry")
+    report = deploy(b, apps[:1], FakeSmoke(failing=set(names(apps[:1]))))
+    assert report.results[0].recovery == "recovery_failed"
+    assert "rollback FAILED" in text(report)
+
+
+def test_one_failing_deployment_does_not_stop_the_others(apps):
+    b = FakeBackend()
+    bad = apps[1].deployment.name
+    b.deploy_errors[bad] = CapacityError(f"deploy {bad}: Modal refused for lack of quota or capacity (no H100)")
+    report = deploy(b, apps, parallel=1)
+    assert report.names(FAILED) == [bad]
+    assert report.names(DEPLOYED) == [n for n in names(apps) if n != bad]
+    assert b.calls_of("rollback") == [] and b.calls_of("stop") == []  # nothing was published
+    summary = report.to_dict()["summary"]
+    assert summary["failed"] == [bad] and bad not in summary["deployed"]
+    assert "quota" in report.results[1].error
+    json.dumps(report.to_dict())  # serializable
+
+
+def test_fail_fast_starts_nothing_after_a_failure(apps):
+    b = FakeBackend()
+    first = apps[0].deployment.name
+    b.deploy_errors[first] = CapacityError("no GPUs")
+    report = deploy(b, apps, parallel=1, fail_fast=True)
+    assert b.started == [first]
+    assert report.names(SKIPPED) == names(apps[1:])
+    assert report.stopped_early and report.exit_code == 1
+    assert "--fail-fast" in text(report)
+
+
+def test_dry_run_deploys_nothing(apps):
+    b = FakeBackend()
+    live_all(b, apps[1:], stale=names(apps[1:2]))
+    report = deploy(b, apps, dry_run=True)
+    assert b.calls_of("deploy") == []
+    assert report.names(PLANNED) == names(apps[:2])
+    assert report.exit_code == 0
+
+
+def test_only_limits_the_deploy_and_rejects_unknown_names(apps):
+    b = FakeBackend()
+    target = apps[2].deployment.name
+    b.add_live("retired-model", "ff-1", env=ENV)
+    report = deploy(b, apps, only=(target,))
+    assert [c[1] for c in b.calls_of("deploy")] == [target]
+    assert report.orphans == []  # a partial deploy says nothing about the rest of the environment
+    bad = deploy(FakeBackend(), apps, only=("nope",))
+    assert bad.exit_code == 1 and "nope" in bad.error
+
+
+def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    b.add_live(name, "", env=ENV, managed=False)
+    report = deploy(b, apps[:1])
+    assert b.calls_of("deploy") == []
+    assert report.results[0].status == FAILED and "does not manage" in report.results[0].error
+    adopted = deploy(b, apps[:1], adopt=True)
+    assert adopted.names(DEPLOYED) == [name]
+
+
+def test_credentials_missing_gives_one_line_error(apps):
+    b = FakeBackend(credentials=False)
+    report = deploy(b, apps)
+    assert report.error == NO_CREDENTIALS and report.exit_code == 1
+    assert b.calls == []  # nothing was asked of Modal
+    out = text(report).strip()
+    assert out.count("\n") == 0 and "modal token new" in out and "MODAL_TOKEN_ID" in out
+    assert run_status(apps, b).error == NO_CREDENTIALS
+    assert run_rollback("x", b).message == NO_CREDENTIALS
+    assert run_destroy("x", b, yes=True).message == NO_CREDENTIALS
+
+
+def test_wrong_environment_is_one_clear_line(apps):
+    b = FakeBackend()
+    b.list_error = EnvironmentNotFound("Modal environment 'dev' does not exist: check `modal environment list`")
+    report = deploy(b, apps)
+    assert report.exit_code == 1 and report.results == []
+    assert text(report).strip() == f"error: {b.list_error}"
+
+
+def test_smoke_preflight_failure_deploys_nothing_for_that_app(apps):
+    b = FakeBackend()
+    blocked = apps[0].deployment.name
+    report = deploy(b, apps[:2], FakeSmoke(preflight_failing={blocked}))
+    assert [c[1] for c in b.calls_of("deploy")] == [apps[1].deployment.name]
+    assert report.results[0].status == FAILED and report.results[0].error.startswith("not deployed:")
+
+
+def test_confirmation_declined_deploys_nothing(apps):
+    b = FakeBackend()
+    asked = []
+    report = run_deploy(
+        apps[:1], b, DeployOptions(), smoke_tester=FakeSmoke(), progress=NullProgress(),
+        confirm=lambda q: asked.append(q) or False,
+    )
+    assert asked and apps[0].deployment.name in asked[0]
+    assert b.calls_of("deploy") == [] and report.aborted and report.exit_code == 1
+
+
+def test_without_yes_and_without_a_terminal_deploy_refuses(apps, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    b = FakeBackend()
+    report = run_deploy(apps[:1], b, DeployOptions(), smoke_tester=FakeSmoke(), progress=NullProgress())
+    assert b.calls_of("deploy") == [] and "--yes" in report.error
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+
+
+def test_cancel_event_stops_new_deploys_and_lets_running_ones_finish(apps):
+    b = FakeBackend(deploy_delay=0.2)
+    cancel = threading.Event()
+    b.on_deploy = lambda name: cancel.set()  # "Ctrl-C" as soon as the first deploy starts
+    smoke = FakeSmoke()
+    report = run_deploy(
+        apps, b, DeployOptions(yes=True, parallel=1), smoke_tester=smoke, progress=NullProgress(), cancel=cancel
+    )
+    first = apps[0].deployment.name
+    assert b.started == [first] and b.finished == [first]
+    assert smoke.tested == [(first, f"https://{first}.example.test")]  # it went on to its smoke test
+    assert report.names(DEPLOYED) == [first]
+    assert report.names(SKIPPED) == names(apps[1:])
+    assert report.interrupted and report.exit_code == 1
+    assert "Interrupted" in text(report)
+
+
+def test_sigint_during_deploys(apps):
+    """A real SIGINT (as Ctrl-C sends) while two deploys run: both finish, the rest never start."""
+    b = FakeBackend(deploy_delay=0.3)
+
+    def interrupt_when_second_starts(name):
+        if len(b.started) == 2:
+            _thread.interrupt_main()  # delivers SIGINT to the main thread's handler
+
+    b.on_deploy = interrupt_when_second_starts
+    out = io.StringIO()
+    report = run_deploy(
+        apps, b, DeployOptions(yes=True, parallel=2), smoke_tester=FakeSmoke(),
+        progress=RichProgress(Console(file=out, width=200)),
+    )
+    assert len(b.started) == 2 and sorted(b.finished) == sorted(b.started)
+    assert sorted(report.names(DEPLOYED)) == sorted(b.started)
+    assert sorted(report.names(SKIPPED)) == sorted(set(names(apps)) - set(b.started))
+    assert report.interrupted and report.exit_code == 1
+    assert "Interrupted" in out.getvalue()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+
+
+# --- progress and output --------------------------------------------------------------------------
+
+
+def test_progress_lines_without_a_terminal(apps):
+    b = FakeBackend()
+    out = io.StringIO()
+    run_deploy(apps[:1], b, DeployOptions(yes=True), smoke_tester=FakeSmoke(), progress=RichProgress(Console(file=out)))
+    lines = out.getvalue()
+    name = apps[0].deployment.name
+    assert f"{name}: deploying" in lines and f"{name}: smoke test" in lines and f"{name}: deployed" in lines
+
+
+def test_json_report(apps):
+    b = FakeBackend()
+    live_all(b, apps, stale=names(apps[:1]))
+    b.add_live("retired-model", "ff-1", env=ENV)
+    report = deploy(b, apps, format="json")
+    out = io.StringIO()
+    assert report.emit(Console(file=out, width=200), "json") == 0
+    doc = json.loads(out.getvalue())
+    assert doc["summary"]["deployed"] == names(apps[:1])
+    assert doc["summary"]["unchanged"] == names(apps[1:])
+    assert [o["name"] for o in doc["orphans"]] == ["retired-model"]
+    assert doc["deployments"][0]["tag"] == deployment_tag(apps[0])
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def test_status_reports_sync_drift_absence_and_orphans(apps):
+    b = FakeBackend()
+    a0, a1, a2 = (a.deployment.name for a in apps[:3])
+    b.add_live(a0, deployment_tag(apps[0]), env=ENV)
+    b.add_live(a1, "ff-000000000000", env=ENV, versions=3)
+    b.add_live("retired-model", "ff-111111111111", env=ENV)
+    report = run_status(apps, b, ENV)
+    rows = {r.name: r for r in report.rows}
+    assert rows[a0].state == "in_sync" and rows[a0].url == f"https://{a0}.example.test"
+    assert (rows[a1].state, rows[a1].live_version, rows[a1].live_tag) == ("drifted", 3, "ff-000000000000")
+    assert rows[a2].state == "not_deployed" and rows[a2].url is None
+    assert rows["retired-model"].state == "orphan"
+    assert report.exit_code == 0
+    assert json.loads(json.dumps(report.to_dict()))["deployments"][0]["name"] == a0
+
+
+# --- rollback and destroy -------------------------------------------------------------------------
+
+
+def test_rollback_to_previous_version(apps):
+    b = FakeBackend()
+    b.add_live("m", "ff-new", env=ENV, versions=3)  # v1 ff-old1, v2 ff-old2, v3 ff-new
+    report = run_rollback("m", b, environment=ENV)
+    assert report.ok, report.message
+    assert b.calls_of("rollback") == [("rollback", "m", ENV, 2)]
+    assert "from v3 (ff-new) to v2 (ff-old2)" in report.message
+    assert b.get_app("m", ENV).tag == "ff-old2"
+
+
+@pytest.mark.parametrize("to, version", [("v1", 1), ("1", 1), ("ff-old1", 1)])
+def test_rollback_to_a_given_version_or_tag(to, version):
+    b = FakeBackend()
+    b.add_live("m", "ff-new", env=ENV, versions=3)
+    assert run_rollback("m", b, environment=ENV, to=to).ok
+    assert b.calls_of("rollback") == [("rollback", "m", ENV, version)]
+
+
+def test_rollback_refusals():
+    b = FakeBackend()
+    b.add_live("m", "ff-new", env=ENV, versions=2)
+    b.add_live("theirs", "x", env=ENV, managed=False, versions=2)
+    assert "no version 'v9'" in run_rollback("m", b, environment=ENV, to="v9").message
+    assert "already the live version" in run_rollback("m", b, environment=ENV, to="v2").message
+    assert "does not manage" in run_rollback("theirs", b, environment=ENV).message
+    assert "no deployed app named ghost" in run_rollback("ghost", b, environment=ENV).message
+    assert b.calls_of("rollback") == []
+
+
+def test_destroy_asks_and_refuses_unmanaged_apps():
+    b = FakeBackend()
+    b.add_live("m", "ff-new", env=ENV)
+    b.add_live("theirs", "x", env=ENV, managed=False)
+    declined = run_destroy("m", b, environment=ENV, confirm=lambda q: False)
+    assert not declined.ok and b.calls_of("stop") == []
+    refused = run_destroy("theirs", b, environment=ENV, yes=True)
+    assert not refused.ok and "does not manage" in refused.message and b.calls_of("stop") == []
+    asked = []
+    done = run_destroy("m", b, environment=ENV, confirm=lambda q: asked.append(q) or True)
+    assert done.ok and b.calls_of("stop") == [("stop", "m", ENV)] and "m" in asked[0]
+    assert b.get_app("m", ENV) is None
+
+
+def test_environment_for(apps):
+    assert environment_for(apps[0].deployment.name, apps) == ENV
+    assert environment_for("retired-model", apps, "prod") == "prod"
+
+
+# --- the real smoke tester against a local OpenAI-compatible server --------------------------------
+
+
+class _LocalServer:
+    """/health, /v1/models and /v1/chat/completions (plain and streamed), on a thread of its own."""
+
+    def __init__(self, models, chat_status=200):
+        from aiohttp import web
+
+        self.models, self.chat_status, self.seen_headers = models, chat_status, []
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._app, self._ready = app, threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from aiohttp import web
+
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self._app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self._ready.set()
+        self._loop.run_forever()
+
+    def __enter__(self):
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc):
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    async def _health(self, request):
+        from aiohttp import web
+
+        self.seen_headers.append(dict(request.headers))
+        return web.Response(text="")
+
+    async def _models(self, request):
+        from aiohttp import web
+
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+
+    async def _chat(self, request):
+        from aiohttp import web
+
+        body = await request.json()
+        if self.chat_status != 200:
+            return web.json_response({"error": {"message": "engine dead"}}, status=self.chat_status)
+        if not body.get("stream"):
+            return web.json_response({
+                "object": "chat.completion",
+                "choices": [{"message": {"role": "assistant", "content": "ready"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+            })
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "ready"}, "index": 0}]}
+        usage = {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+        for data in (chunk, usage):
+            await resp.write(f"data: {json.dumps(data)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+def test_client_smoke_tester_passes_against_a_healthy_server(apps):
+    app = apps[0]
+    assert app.deployment.auth.mode == "proxy"
+    env = {"MODAL_PROXY_TOKEN_ID": "wk-test", "MODAL_PROXY_TOKEN_SECRET": "ws-test"}
+    with _LocalServer(list(app.deployment.model.served_model_names)) as server:
+        outcome = ClientSmokeTester(environ=env)(app, server.url)
+    assert outcome.ok, outcome.detail
+    assert server.seen_headers[0]["Modal-Key"] == "wk-test"  # the deployment's auth mode was used
+
+
+def test_client_smoke_tester_fails_on_a_broken_chat(apps):
+    app = apps[0]
+    env = {"MODAL_PROXY_TOKEN_ID": "wk-test", "MODAL_PROXY_TOKEN_SECRET": "ws-test"}
+    with _LocalServer(list(app.deployment.model.served_model_names), chat_status=500) as server:
+        outcome = ClientSmokeTester(environ=env)(app, server.url)
+    assert not outcome.ok and "engine dead" in outcome.detail
+
+
+def test_client_smoke_tester_preflight_names_missing_proxy_tokens(apps):
+    why = ClientSmokeTester(environ={}).preflight(apps[0])
+    assert why and "MODAL_PROXY_TOKEN_ID" in why
+    assert ClientSmokeTester(environ={"MODAL_PROXY_TOKEN_ID": "a", "MODAL_PROXY_TOKEN_SECRET": "b"}).preflight(apps[0]) is None
