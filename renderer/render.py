@@ -165,6 +165,7 @@ def render(d: spec.Deployment) -> RenderedApp:
         "unauthenticated": unauthenticated,
         "auth_note": auth_note,
         "compute_region": list(d.region) if d.region else None,
+        "lora_adapters": [a.to_runtime() for a in d.model.lora_adapters],
         "app_tags": {"managed-by": "fleetform"},
         "runtime_source": runtime_source(),
         "hash": Trusted("{hash}"),

@@ -162,6 +162,12 @@ def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tu
         args.append(A((flag,), "reuse KV cache across requests that share a prefix"))
     if engine.kv_cache_dtype is not None:
         args.append(A(("--kv-cache-dtype", engine.kv_cache_dtype), "KV cache element type"))
+    if model.lora_adapters:
+        args.append(A(("--enable-lora",), "serve LoRA adapters on top of the base model"))
+        args.append(A(("--lora-modules", *(f"{a.name}={a.path}" for a in model.lora_adapters)),
+                      "adapter name=folder; fetched at their pinned revisions before vLLM starts"))
+        if model.max_lora_rank is not None:
+            args.append(A(("--max-lora-rank", str(model.max_lora_rank)), "largest adapter rank to load"))
     if engine.cold_start == "snapshot":
         args.append(A(("--enable-sleep-mode",), "cold_start snapshot: sleep before the GPU snapshot, wake after restore"))
         args.append(A(("--middleware", GUARD_MIDDLEWARE),
@@ -183,6 +189,8 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         quantization=m["quantization"], quantize_on_load=m["quantize_on_load"], dtype=m.get("dtype"),
         max_model_len=m.get("max_model_len"), tokenizer=m.get("tokenizer"), chat_template=m.get("chat_template"),
         parameters_b=m.get("parameters_b"),
+        lora_adapters=tuple(spec.LoraAdapter(a["name"], a["id"], a["revision"]) for a in m["lora_adapters"]),
+        max_lora_rank=m.get("max_lora_rank"),
     )
     gpu = spec.Gpu(type=g["type"], count=g["count"], fallbacks=tuple(g["fallbacks"]),
                    tensor_parallel_size=g.get("tensor_parallel_size") or g["count"])
@@ -280,6 +288,9 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
         for i, served in enumerate(deployment.model.served_model_names):
             mark = names_node.value[i].mark if names_node is not None else ctx.mark("model", "id")
             served_claims.append(Claim(served, mark, ("model", "served_model_names", i)))
+        for i, adapter in enumerate(deployment.model.lora_adapters):
+            path = ("model", "lora_adapters", i, "name")
+            served_claims.append(Claim(adapter.name, ctx.mark(*path), path))
 
     diags.extend(unique_across_fleet(name_claims, "deployment name", "duplicate-name"))
     diags.extend(unique_across_fleet(served_claims, "served model name", "duplicate-served-name"))

@@ -188,19 +188,43 @@ class VLLMProcess:
 # --- the start-up sequences --------------------------------------------------------------------------------
 
 
-def boot(proc, timeout):
-    """cold_start standard: start vLLM and wait until it is healthy. Returns seconds to healthy."""
+def fetch_adapters(adapters, log=print):
+    """Download each LoRA adapter at its pinned revision into its folder, unless already there.
+
+    `adapters` are dicts with name, id, revision and path (the folder vLLM's --lora-modules names).
+    A marker file records the revision, so a folder is trusted only for the commit it was made for.
+    """
+    for a in adapters:
+        marker = os.path.join(a["path"], ".fleetform-revision")
+        try:
+            with open(marker) as fh:
+                if fh.read().strip() == a["revision"]:
+                    continue
+        except OSError:
+            pass
+        from huggingface_hub import snapshot_download  # in the vLLM image; only needed with adapters
+
+        t0 = time.monotonic()
+        snapshot_download(repo_id=a["id"], revision=a["revision"], local_dir=a["path"])
+        with open(marker, "w") as fh:
+            fh.write(a["revision"])
+        log("fetched adapter %s (%s@%s) in %.1f s" % (a["name"], a["id"], a["revision"][:7], time.monotonic() - t0))
+
+
+def boot(proc, timeout, adapters=()):
+    """cold_start standard: fetch adapters, start vLLM, wait until healthy. Returns seconds to healthy."""
+    fetch_adapters(adapters, log=proc.log)
     proc.start()
     return proc.wait_healthy(timeout)
 
 
-def boot_for_snapshot(proc, timeout, model, warmup_requests=3):
+def boot_for_snapshot(proc, timeout, model, warmup_requests=3, adapters=()):
     """cold_start snapshot, before the snapshot: boot, warm up with real requests, then sleep.
 
     Returns the seconds each step took. Sleeping (level 1) offloads the weights and frees the KV
     cache, so the GPU snapshot holds little device memory.
     """
-    timings = {"boot_s": boot(proc, timeout)}
+    timings = {"boot_s": boot(proc, timeout, adapters)}
     t0 = time.monotonic()
     proc.warm_up(model, requests=warmup_requests)
     timings["warmup_s"] = time.monotonic() - t0

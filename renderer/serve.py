@@ -8,6 +8,7 @@ through `runtime.VLLMProcess`, the same code the rendered app embeds.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,17 @@ class LocalOptions:
     port: int | None = None
     vllm: tuple[str, ...] = spec.VLLM_EXECUTABLE  # e.g. ("python3", "-m", "vllm.entrypoints.cli.main", "serve")
     startup_timeout: int | None = None  # default: the deployment's
+    lora_dir: str | None = None  # where adapters go on this machine (default: under ~/.cache/fleetform)
+
+
+def _local_lora_root(opts: LocalOptions) -> str:
+    return opts.lora_dir or os.path.join(os.path.expanduser("~"), ".cache", "fleetform", "lora")
+
+
+def local_adapters(d: spec.Deployment, opts: LocalOptions) -> list[dict[str, str]]:
+    """The deployment's adapters with their folders moved from the Modal Volume to this machine."""
+    root = _local_lora_root(opts)
+    return [{**a.to_runtime(), "path": a.path.replace(spec.LORA_ROOT, root, 1)} for a in d.model.lora_adapters]
 
 
 def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
@@ -35,6 +47,8 @@ def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
             continue  # a local directory has no revisions
         elif tokens[0] == "--port" and opts.port is not None:
             tokens = ["--port", str(opts.port)]
+        elif tokens[0] == "--lora-modules":
+            tokens = [t.replace(spec.LORA_ROOT, _local_lora_root(opts), 1) for t in tokens]
         args.extend(tokens)
     if opts.load_format:
         args.extend(["--load-format", opts.load_format])
@@ -60,10 +74,11 @@ def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> int:
         timeout = opts.startup_timeout or d.scaling.startup_timeout
         try:
             if d.snapshot:  # the same sequence as on Modal: boot, warm up, sleep; then wake
-                runtime.boot_for_snapshot(proc, timeout=timeout, model=d.model.served_model_names[0])
+                runtime.boot_for_snapshot(proc, timeout=timeout, model=d.model.served_model_names[0],
+                                          adapters=local_adapters(d, opts))
                 runtime.after_restore(proc)
             else:
-                runtime.boot(proc, timeout=timeout)
+                runtime.boot(proc, timeout=timeout, adapters=local_adapters(d, opts))
         except (runtime.ServerExited, runtime.StartupTimeout, RuntimeError) as exc:
             if stopping:
                 return 130

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 HF_CACHE_PATH = "/root/.cache/huggingface"
 VLLM_CACHE_PATH = "/root/.cache/vllm"
 
+# Where LoRA adapters are fetched to (on the Hugging Face cache Volume), one folder per adapter.
+LORA_ROOT = HF_CACHE_PATH + "/fleetform-lora"
+
 # The executable that the rendered app runs; `fleetform serve --local --vllm ...` can replace it.
 VLLM_EXECUTABLE: tuple[str, ...] = ("vllm", "serve")
 
@@ -22,6 +25,21 @@ class Arg:
 
     tokens: tuple[str, ...]
     why: str
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    name: str
+    id: str
+    revision: str
+
+    @property
+    def path(self) -> str:
+        """Where the container keeps this adapter's pinned files (vLLM's `--lora-modules` path)."""
+        return f"{LORA_ROOT}/{self.name}-{self.revision[:12]}"
+
+    def to_runtime(self) -> dict[str, str]:
+        return {"name": self.name, "id": self.id, "revision": self.revision, "path": self.path}
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,13 @@ class Model:
     tokenizer: str | None
     chat_template: str | None
     parameters_b: float | None
+    lora_adapters: tuple[LoraAdapter, ...] = ()
+    max_lora_rank: int | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a request's `model` may carry: the served names, then the adapters'."""
+        return self.served_model_names + tuple(a.name for a in self.lora_adapters)
 
 
 @dataclass(frozen=True)

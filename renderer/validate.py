@@ -395,7 +395,8 @@ MANAGED_FLAGS = {
     "--enable-prefix-caching": "engine.enable_prefix_caching",
     "--no-enable-prefix-caching": "engine.enable_prefix_caching", "--kv-cache-dtype": "engine.kv_cache_dtype",
     "--uvicorn-log-level": "(fleetform)", "--enable-sleep-mode": "engine.cold_start",
-    "--middleware": "(fleetform)",
+    "--middleware": "(fleetform)", "--enable-lora": "model.lora_adapters", "--lora-modules": "model.lora_adapters",
+    "--max-lora-rank": "model.max_lora_rank",
 }
 
 

@@ -195,3 +195,60 @@ def test_serve_local_cli_runs_until_ctrl_c(tmp_path):
         proc.stderr.close()
     argv = json.loads(log_file.read_text().splitlines()[0])["argv"]
     assert argv[:2] == ["serve", "org/model"] and argv[argv.index("--port") + 1] == str(port)
+
+
+LORA = ("model:\n  id: org/model\n  revision: " + "a" * 40 + "\n  served_model_names: [m1]\n  max_lora_rank: 64\n"
+        "  lora_adapters:\n    - {name: sql, id: org/sql-lora, revision: " + "b" * 40 + "}\n"
+        "    - {name: chat, id: org/chat-lora, revision: " + "c" * 40 + "}\n")
+
+
+def test_lora_adapters_render_flags_and_local_paths(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("name: demo\n" + LORA + "gpu:\n  type: H100\n")
+    fleet = resolve(load_fleet([str(f)]))
+    assert fleet.ok, fleet.diagnostics
+    d = fleet.deployments[0]
+    argv = list(d.argv)
+    assert argv[argv.index("--enable-lora"):] == [
+        "--enable-lora", "--lora-modules",
+        "sql=/root/.cache/huggingface/fleetform-lora/sql-bbbbbbbbbbbb",
+        "chat=/root/.cache/huggingface/fleetform-lora/chat-cccccccccccc",
+        "--max-lora-rank", "64"]
+    assert d.model.names == ("m1", "sql", "chat")
+    local = local_argv(d, LocalOptions(lora_dir=str(tmp_path / "lora")))
+    assert f"sql={tmp_path}/lora/sql-bbbbbbbbbbbb" in local
+
+
+def test_fetch_adapters_downloads_pinned_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(repo_id, revision, local_dir):
+        calls.append((repo_id, revision))
+        os.makedirs(local_dir, exist_ok=True)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    adapters = [{"name": "sql", "id": "org/sql-lora", "revision": "b" * 40, "path": str(tmp_path / "sql")}]
+    runtime.fetch_adapters(adapters, log=lambda m: None)
+    runtime.fetch_adapters(adapters, log=lambda m: None)  # already there at that revision: no download
+    assert calls == [("org/sql-lora", "b" * 40)]
+    runtime.fetch_adapters([{**adapters[0], "revision": "d" * 40}], log=lambda m: None)
+    assert calls[-1] == ("org/sql-lora", "d" * 40)
+
+
+def test_adapter_names_are_unique_across_the_fleet(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\n" + LORA + "gpu:\n  type: H100\n")
+    (tmp_path / "b.yaml").write_text(f"name: b\nmodel:\n  id: org/other\n  revision: {'e' * 40}\n"
+                                     "  served_model_names: [sql]\ngpu:\n  type: H100\n")
+    fleet = resolve(load_fleet([str(tmp_path)]))
+    [err] = [d for d in fleet.diagnostics if d.is_error]
+    assert err.code == "duplicate-served-name" and err.mark.file.endswith("b.yaml") and "'sql'" in err.message
+
+
+def test_adapter_without_pinned_revision_is_rejected(tmp_path):
+    f = tmp_path / "d.yaml"
+    f.write_text("name: demo\n" + LORA.replace("c" * 40, "main") + "gpu:\n  type: H100\n")
+    fleet = resolve(load_fleet([str(f)]))
+    [err] = fleet.diagnostics
+    assert err.path == ("model", "lora_adapters", 1, "revision") and "not pinned" in err.message
