@@ -170,6 +170,35 @@ def cmd_plan(args) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args) -> int:
+    resolved = _resolve(args)
+    d = _one(resolved, args.name)
+    rows = resolved.explain(d.name)
+    if args.format == "json":
+        from renderer.diagnostics import dumps, format_path
+
+        print(dumps({"name": d.name, "environment": resolved.environment, "fields": [
+            {"path": format_path(p), "value": v, "from": None if m is None else
+             {"file": m.file, "line": m.line, "column": m.col}} for p, v, m in rows]}))
+        return EXIT_OK
+    from rich.table import Table
+
+    from renderer.diagnostics import format_path
+
+    table = Table(title=f"{d.name}" + (f" (env: {resolved.environment})" if resolved.environment else ""),
+                  title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("from")
+    for path, value, mark in rows:
+        table.add_row(format_path(path), repr(value) if isinstance(value, str) else str(value),
+                      str(mark) if mark else "default (schema)")
+    console = _console()
+    console.print(table)
+    console.print("vLLM command: " + " ".join(d.argv), style="dim")
+    return EXIT_OK
+
+
 def cmd_serve(args) -> int:
     import shlex
 
@@ -237,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     _add_common(p, ("text", "json"))
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("explain", help="show a deployment's resolved values and where each came from",
+                       description="Print every field of one resolved deployment with the file:line:column it came "
+                                   "from: the deployment file, fleet.yaml defaults, an environment's overrides, "
+                                   "or the schema's default.",
+                       epilog="example: fleetform explain llama-3-3-70b-fp8 --env prod", formatter_class=raw)
+    p.add_argument("name", help="the deployment to explain")
+    _add_common(p, ("text", "json"))
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="run a deployment's vLLM command on this machine",
                        description="Run the exact vLLM command line the rendered app runs, on this machine's GPU, "

@@ -13,12 +13,12 @@ command line is built here, once; the renderer and `fleetform serve --local` onl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from renderer import spec
 from renderer.runtime import GUARD_MIDDLEWARE
-from renderer.diagnostics import Diagnostic, did_you_mean
+from renderer.diagnostics import Diagnostic, Mark, did_you_mean
 from renderer.load import Document, LoadedFleet, Node
 from renderer.validate import (
     DEPLOYMENT_SCHEMA,
@@ -50,6 +50,17 @@ class ResolvedFleet:
     diagnostics: tuple[Diagnostic, ...]
     environment: str | None
     prices: dict[str, float]
+    # deployment name -> every value of its merged (pre-default) tree: path -> (value, where it was written)
+    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
+
+    def explain(self, name: str) -> list[tuple[tuple, Any, Mark | None]]:
+        """Every leaf field of a resolved deployment: (path, value, where it was written; None: schema default)."""
+        written = self.origins[name]
+        full = _deep_merge(schema_defaults(), _unflatten(written))
+        full.pop("environments", None)  # overlays are already applied above
+        order = list(load_schema(DEPLOYMENT_SCHEMA)["properties"])
+        rows = [(path, value, written[path][1] if path in written else None) for path, value in _leaves(full)]
+        return sorted(rows, key=lambda r: (order.index(r[0][0]) if r[0][0] in order else len(order), r[0]))
 
     @property
     def ok(self) -> bool:
@@ -107,6 +118,25 @@ def schema_defaults() -> dict[str, Any]:
                         section[k] = ref["default"]
             out[key] = section
     return out
+
+
+def _unflatten(leaves: dict[tuple, tuple[Any, Mark]]) -> dict:
+    out: dict = {}
+    for path, (value, _) in leaves.items():
+        cur = out
+        for part in path[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[path[-1]] = value
+    return out
+
+
+def _leaves(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """Scalars and lists of a nested dict, depth first; a list counts as one value."""
+    if isinstance(data, dict) and data:
+        for k, v in data.items():
+            yield from _leaves(v, (*path, k))
+    else:
+        yield path, data
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -260,6 +290,7 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
     env_overrides, modal_env = _environment_overlay(fleet, env) if fleet_ok else (None, None)
 
     built: list[spec.Deployment] = []
+    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
     name_claims: list[Claim] = []
     served_claims: list[Claim] = []
     for doc in loaded.deployments:
@@ -283,6 +314,9 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
             continue
         deployment = _build(ctx.data, doc.path, env)
         built.append(deployment)
+        origins[deployment.name] = {  # lists count as one value, as they replace rather than merge
+            p: (n.plain(), n.mark) for p, n in tree.walk()
+            if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)}
         name_claims.append(Claim(deployment.name, ctx.mark("name"), ("name",)))
         names_node = _child(tree, "model", "served_model_names")
         for i, served in enumerate(deployment.model.served_model_names):
@@ -294,4 +328,4 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
 
     diags.extend(unique_across_fleet(name_claims, "deployment name", "duplicate-name"))
     diags.extend(unique_across_fleet(served_claims, "served model name", "duplicate-served-name"))
-    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices)
+    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices, origins)

@@ -116,3 +116,23 @@ def test_render_check_detects_stale(tmp_path):
     result = run_cli("render", "--out", str(out), "--check")
     assert result.returncode == 1
     assert f"stale: {victim}: out of date" in result.stderr
+
+
+def test_explain_names_where_each_value_came_from():
+    import json
+
+    result = run_cli("explain", "llama-3-3-70b-fp8", "--env", "prod", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    fields = {f["path"]: f for f in json.loads(result.stdout)["fields"]}
+    where = lambda p: (fields[p]["from"]["file"], fields[p]["from"]["line"]) if fields[p]["from"] else None
+    # fleet.yaml's prod overrides, the deployment's own prod overlay, the deployment, fleet defaults, schema
+    assert fields["scaling.buffer_containers"]["value"] == 1
+    assert where("scaling.buffer_containers") == ("deployments/fleet.yaml", 27)
+    assert fields["scaling.min_containers"]["value"] == 1
+    assert where("scaling.min_containers") == ("deployments/llama-3-3-70b-fp8.yaml", 38)
+    assert where("gpu.type") == ("deployments/llama-3-3-70b-fp8.yaml", 19)
+    assert where("engine.vllm_version") == ("deployments/fleet.yaml", 8)
+    assert fields["engine.port"] == {"path": "engine.port", "value": 8000, "from": None}
+    assert where("environment") == ("deployments/fleet.yaml", 24) and fields["environment"]["value"] == "prod"
+    assert "environments" not in fields
+    assert run_cli("explain", "llama-3-3-70b").returncode == 2
