@@ -177,6 +177,12 @@ def render_plan(rows: Sequence[PlanRow], console: Console) -> None:
             console.print(f"[magenta]orphan:[/magenta] {_orphan_message(r.live)}")
 
 
+def _write_json(console: Console, doc: dict[str, Any]) -> None:
+    """Exactly one JSON document, unstyled and unwrapped, on the console's stream."""
+    console.file.write(json.dumps(doc, indent=2) + "\n")
+    console.file.flush()
+
+
 def _conflict_message(row: PlanRow) -> str:
     return (
         f"an app named {row.name} already runs in Modal environment {_env(row.environment)} "
@@ -404,6 +410,7 @@ class DeployReport:
     results: list[DeploymentResult] = field(default_factory=list)
     orphans: list[LiveApp] = field(default_factory=list)
     error: str | None = None  # a failure of the whole run (credentials, environment, network)
+    usage_error: bool = False  # the error is in the options (exit code 2)
     dry_run: bool = False
     interrupted: bool = False  # Ctrl-C
     stopped_early: bool = False  # --fail-fast
@@ -418,6 +425,8 @@ class DeployReport:
 
     @property
     def exit_code(self) -> int:
+        if self.usage_error:
+            return 2
         return 0 if self.ok else 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -440,7 +449,7 @@ class DeployReport:
     def emit(self, console: Console, fmt: str = "text") -> int:
         """Print the report as the CLI should (JSON on stdout for --format json); return the exit code."""
         if fmt == "json":
-            console.print_json(json.dumps(self.to_dict()))
+            _write_json(console, self.to_dict())
         else:
             self.render(console)
         return self.exit_code
@@ -465,7 +474,7 @@ def run_deploy(
     report = DeployReport(dry_run=options.dry_run)
     problem = _check_options(apps, options)
     if problem:
-        report.error = problem
+        report.error, report.usage_error = problem, True
         return report
     selected = [a for a in apps if not options.only or a.deployment.name in options.only]
     if not backend.credentials_available():
@@ -496,8 +505,8 @@ def run_deploy(
         todo = []
     if todo and not options.yes:
         question = _confirm_question(todo)
-        try:
-            go = _ask(question, console, confirm)
+        try:  # with --format json the question goes to stderr: stdout is for the document
+            go = _ask(question, _stderr_console() if options.format == "json" else console, confirm)
         except ConfirmationUnavailable as exc:
             report.error = str(exc)
             go = False
@@ -560,12 +569,18 @@ def _ask(question: str, console: Console | None, confirm: Callable[[str], bool] 
     return Confirm.ask(question, console=console or RichConsole(), default=False)
 
 
+def _stderr_console() -> Console:
+    from rich.console import Console as RichConsole
+
+    return RichConsole(stderr=True, highlight=False)
+
+
 def _default_progress(console: Console | None, fmt: str) -> Progress:
     from rich.console import Console as RichConsole
 
     if fmt == "json":  # stdout is for the JSON document
-        return RichProgress(RichConsole(stderr=True))
-    return RichProgress(console or RichConsole())
+        return RichProgress(_stderr_console())
+    return RichProgress(console or RichConsole(highlight=False))
 
 
 def _execute(
@@ -849,7 +864,7 @@ class StatusReport:
 
     def emit(self, console: Console, fmt: str = "text") -> int:
         if fmt == "json":
-            console.print_json(json.dumps(self.to_dict()))
+            _write_json(console, self.to_dict())
         else:
             self.render(console)
         return self.exit_code
@@ -914,7 +929,7 @@ class ActionReport:
 
     def emit(self, console: Console, fmt: str = "text") -> int:
         if fmt == "json":
-            console.print_json(json.dumps(self.to_dict()))
+            _write_json(console, self.to_dict())
         else:
             self.render(console)
         return self.exit_code

@@ -253,7 +253,7 @@ def test_only_limits_the_deploy_and_rejects_unknown_names(apps):
     assert [c[1] for c in b.calls_of("deploy")] == [target]
     assert report.orphans == []  # a partial deploy says nothing about the rest of the environment
     bad = deploy(FakeBackend(), apps, only=("nope",))
-    assert bad.exit_code == 1 and "nope" in bad.error
+    assert bad.exit_code == 2 and "nope" in bad.error  # a usage error
 
 
 def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
@@ -379,6 +379,15 @@ def test_json_report(apps):
     assert doc["summary"]["unchanged"] == names(apps[1:])
     assert [o["name"] for o in doc["orphans"]] == ["retired-model"]
     assert doc["deployments"][0]["tag"] == deployment_tag(apps[0])
+
+
+def test_json_format_keeps_stdout_for_the_document(apps, capsys):
+    b = FakeBackend()
+    report = run_deploy(apps[:1], b, DeployOptions(yes=True, format="json"), smoke_tester=FakeSmoke())
+    progress = capsys.readouterr()
+    assert progress.out == "" and f"{apps[0].deployment.name}: deployed" in progress.err
+    report.emit(Console(), "json")
+    assert json.loads(capsys.readouterr().out)["summary"]["deployed"] == names(apps[:1])
 
 
 # --- status ---------------------------------------------------------------------------------------
