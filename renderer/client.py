@@ -192,7 +192,7 @@ def http_error(status: int, body: str, endpoint: Endpoint, what: str) -> ClientE
 
 async def _error_from_response(resp: aiohttp.ClientResponse, endpoint: Endpoint, what: str) -> ClientError:
     try:
-        body = (await resp.content.read(64 * 1024)).decode("utf-8", "replace")
+        body = (await resp.read()).decode("utf-8", "replace")
     except (aiohttp.ClientError, asyncio.TimeoutError):
         body = ""
     return http_error(resp.status, body, endpoint, what)
@@ -353,24 +353,31 @@ def _bad_stream(message: str) -> ClientError:
     return ClientError(FailureKind.BAD_STREAM, f"bad stream from {CHAT_PATH}: {message}")
 
 
-async def _read_events(resp: aiohttp.ClientResponse, start: float, keep_text: bool) -> StreamResult:
-    """Parse the SSE body line by line; only ``data:`` lines matter."""
-    first = last = 0.0
-    got_token = done = False
-    itl: list[float] = []
-    parts: list[str] = []
-    usage: dict[str, Any] | None = None
-    perf_counter = time.perf_counter
-    async for line in resp.content:
+class _EventParser:
+    """Token timings of one SSE stream, fed line by line (see StreamResult)."""
+
+    __slots__ = ("keep_text", "first", "last", "got_token", "done", "itl", "parts", "usage")
+
+    def __init__(self, keep_text: bool) -> None:
+        self.keep_text = keep_text
+        self.first = self.last = 0.0
+        self.got_token = self.done = False
+        self.itl: list[float] = []
+        self.parts: list[str] = []
+        self.usage: dict[str, Any] = {}
+
+    def line(self, line: bytes) -> bool:
+        """Handle one line; True once ``data: [DONE]`` arrived. Only ``data:``
+        lines matter: blank separators, comments and event:/id: fields don't."""
         if not line.startswith(b"data:"):
-            continue  # blank separators, comments (": ping"), event:/id: fields
+            return False
         data = line[5:].strip()
         if data == b"[DONE]":
-            done = True
-            break
+            self.done = True
+            return True
         try:
-            chunk = json.loads(data)
-        except ValueError:
+            chunk = json.loads(data.decode())  # str: spares json its encoding sniffing
+        except ValueError:  # includes UnicodeDecodeError
             raise _bad_stream(f"chunk is not JSON: {data[:120]!r}") from None
         if not isinstance(chunk, dict):
             raise _bad_stream(f"chunk is not a JSON object: {data[:120]!r}")
@@ -383,33 +390,52 @@ async def _read_events(resp: aiohttp.ClientResponse, start: float, keep_text: bo
             raise _bad_stream(f"chunk object is {chunk.get('object')!r}, not 'chat.completion.chunk'")
         choices = chunk.get("choices")
         if choices and not _role_only(choices[0]):
-            now = perf_counter()
-            if got_token:
-                itl.append(now - last)
+            now = time.perf_counter()
+            if self.got_token:
+                self.itl.append(now - self.last)
             else:
-                got_token, first = True, now
-            last = now
-            if keep_text:
+                self.got_token, self.first = True, now
+            self.last = now
+            if self.keep_text:
                 content = (choices[0].get("delta") or {}).get("content")
                 if content:
-                    parts.append(content)
+                    self.parts.append(content)
         if chunk.get("usage"):
-            usage = chunk["usage"]
-    if not done:
-        raise _bad_stream("ended without `data: [DONE]` (truncated)")
-    if not got_token:
-        raise _bad_stream("no chunk carried any choices")
+            self.usage = chunk["usage"]
+        return False
+
+    def result(self, start: float) -> StreamResult:
+        if not self.done:
+            raise _bad_stream("ended without `data: [DONE]` (truncated)")
+        if not self.got_token:
+            raise _bad_stream("no chunk carried any choices")
+        return StreamResult(
+            start=start,
+            ttft=self.first - start,
+            latency=self.last - start,
+            itl=self.itl,
+            prompt_tokens=self.usage.get("prompt_tokens"),
+            output_tokens=self.usage.get("completion_tokens"),
+            text="".join(self.parts),
+        )
+
+
+async def _read_events(resp: aiohttp.ClientResponse, start: float, keep_text: bool) -> StreamResult:
+    """Split the body into lines as bytes arrive: one await per network read,
+    not one per line, which keeps the client cheap at thousands of chunks/s."""
+    parser = _EventParser(keep_text)
+    pending = b""
+    async for block in resp.content.iter_any():
+        lines = (pending + block).split(b"\n")
+        pending = lines.pop()
+        if any(parser.line(line) for line in lines):
+            break
+    else:
+        if pending:
+            parser.line(pending)  # a last line without its newline
+    result = parser.result(start)
     await _drain(resp)
-    usage = usage or {}
-    return StreamResult(
-        start=start,
-        ttft=first - start,
-        latency=last - start,
-        itl=itl,
-        prompt_tokens=usage.get("prompt_tokens"),
-        output_tokens=usage.get("completion_tokens"),
-        text="".join(parts),
-    )
+    return result
 
 
 def _role_only(choice: dict[str, Any]) -> bool:

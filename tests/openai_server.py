@@ -48,6 +48,7 @@ class Fault(str, Enum):
     TRUNCATE = "truncate"  # stream stops cleanly but without `data: [DONE]`
     BAD_JSON = "bad_json"  # one chunk is not valid JSON (non-stream: the body)
     HANG = "hang"  # stop sending, keep the connection open
+    STREAM_ERROR = "stream_error"  # vLLM-style `data: {"error": ...}` event mid-stream
 
 
 @dataclass
@@ -72,6 +73,9 @@ class ServerConfig:
     health_failures: int = 0
     # Upper bound on a HANG, so a broken test cannot wedge the suite.
     max_hang_s: float = 10.0
+    # Send every stream write in two halves a moment apart, so events (and
+    # lines) straddle network reads.
+    split_writes: bool = False
     # Send the usage chunk when the request asks for it (False: never).
     report_usage: bool = True
     # Keep each chat request body in RunningServer.requests (off for speed).
@@ -274,7 +278,7 @@ async def _stream(
             finish = "length" if i == n_out - 1 else None
             pending.append(_chunk(rid, model, created, {"content": f"tok{i} "}, finish))
             if not batch:
-                await resp.write(b"".join(pending))
+                await _write(resp, b"".join(pending), config.split_writes)
                 pending.clear()
         if config.report_usage and (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
@@ -282,11 +286,20 @@ async def _stream(
                     "model": model, "choices": [], "usage": usage}
             pending.append(b"data: " + json.dumps(last).encode() + b"\n\n")
         pending.append(b"data: [DONE]\n\n")
-        await resp.write(b"".join(pending))
+        await _write(resp, b"".join(pending), config.split_writes)
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away (timeout) or the server was killed
     return resp
+
+
+async def _write(resp: web.StreamResponse, data: bytes, split: bool) -> None:
+    if split and len(data) > 1:
+        half = len(data) // 2
+        await resp.write(data[:half])
+        await asyncio.sleep(0.002)
+        data = data[half:]
+    await resp.write(data)
 
 
 async def _strike(state: ServerState, resp: web.StreamResponse, fault: Fault) -> web.StreamResponse:
@@ -296,6 +309,9 @@ async def _strike(state: ServerState, resp: web.StreamResponse, fault: Fault) ->
     elif fault is Fault.HANG:
         await _hang(state)
         return resp
+    elif fault is Fault.STREAM_ERROR:
+        error = {"error": {"message": "simulated engine crash", "type": "InternalServerError", "code": 500}}
+        await resp.write(b"data: " + json.dumps(error).encode() + b"\n\ndata: [DONE]\n\n")
     # TRUNCATE (and after BAD_JSON): finish the HTTP response without [DONE].
     await resp.write_eof()
     return resp

@@ -239,6 +239,7 @@ def test_progress_bar_and_table_render():
         (Fault.TRUNCATE, FailureKind.BAD_STREAM, "without `data: [DONE]`"),
         (Fault.BAD_JSON, FailureKind.BAD_STREAM, "chunk is not JSON"),
         (Fault.HANG, FailureKind.TIMEOUT, "idle timeout"),
+        (Fault.STREAM_ERROR, FailureKind.SERVER_ERROR, "inside the stream: simulated engine crash"),
     ],
 )
 def test_faults_are_counted_by_kind(fault, kind, needle):

@@ -161,6 +161,48 @@ def test_render_smoke_report_shows_steps_and_texts():
     assert "passed" in out and "stream 2" in out and "tok0 tok1 tok2" in out and JAR_JAR in out
 
 
+def test_events_split_across_network_reads_are_reassembled():
+    report, _ = smoke(ServerConfig(ttft_ms=5, itl_ms=5, output_tokens=6, split_writes=True))
+    assert report.ok, report.to_dict()
+    s = step(report, "stream 1")
+    assert s.text == "tok0 tok1 tok2 tok3 tok4 tok5 " and s.completion_tokens == 6
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "needle"),
+    [
+        (b'data: {"object": "chat.completion", "choices": []}', FailureKind.BAD_STREAM, "not 'chat.completion.chunk'"),
+        (b"data: [1, 2]", FailureKind.BAD_STREAM, "not a JSON object"),
+        (b"data: \xff\xfe", FailureKind.BAD_STREAM, "not JSON"),
+        (b'data: {"object": "error", "message": "oom"}', FailureKind.SERVER_ERROR, "oom"),
+    ],
+)
+def test_stream_parser_rejects_bad_events(line, kind, needle):
+    from renderer.client import _EventParser
+
+    with pytest.raises(ClientError) as info:
+        _EventParser(True).line(line)
+    assert info.value.kind is kind and needle in info.value.message
+
+
+def test_stream_parser_skips_role_opener_and_non_data_lines():
+    from renderer.client import _EventParser
+
+    def chunk(delta: dict, usage: dict | None = None) -> bytes:
+        body = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}] if delta else []}
+        if usage:
+            body["usage"] = usage
+        return b"data: " + json.dumps(body).encode()
+
+    parser = _EventParser(True)
+    lines = [b": ping", b"event: message", chunk({"role": "assistant", "content": ""}), b"",
+             chunk({"content": "a"}), chunk({"reasoning_content": "r"}), chunk({}, {"completion_tokens": 2}),
+             b"data: [DONE]"]
+    assert [parser.line(x) for x in lines] == [False] * 7 + [True]
+    result = parser.result(0.0)
+    assert result.text == "a" and len(result.itl) == 1 and result.output_tokens == 2
+
+
 # ---------------------------------------------------------------- smoke test: failures
 
 
