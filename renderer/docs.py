@@ -35,8 +35,13 @@ _NAMED_TYPES = {
 class _Schemas:
     """Both schema files, with `$ref` lookup across them."""
 
-    def __init__(self) -> None:
-        self.files = {DEPLOYMENT_SCHEMA: load_schema(DEPLOYMENT_SCHEMA), FLEET_SCHEMA: load_schema(FLEET_SCHEMA)}
+    def __init__(self, schema_dir: Path | None = None) -> None:
+        def read(name: str) -> dict:
+            if schema_dir is None:
+                return load_schema(name)
+            return json.loads((schema_dir / name).read_text(encoding="utf-8"))
+
+        self.files = {DEPLOYMENT_SCHEMA: read(DEPLOYMENT_SCHEMA), FLEET_SCHEMA: read(FLEET_SCHEMA)}
 
     def target(self, ref: str, current: str) -> tuple[str, str, dict]:
         """(file, definition name, schema) a `$ref` points at."""
@@ -219,9 +224,9 @@ def _shared_types(schemas: _Schemas) -> str:
 _SECTION_KEYS = frozenset({"model", "gpu", "scaling", "engine", "image", "cache", "auth"})
 
 
-def render_schema_markdown() -> str:
-    """The whole of docs/schema.md."""
-    schemas = _Schemas()
+def render_schema_markdown(schema_dir: Path | None = None) -> str:
+    """The whole of docs/schema.md, from the schemas fleetform loads (or those in `schema_dir`)."""
+    schemas = _Schemas(schema_dir)
     deployment = schemas.files[DEPLOYMENT_SCHEMA]
     fleet = schemas.files[FLEET_SCHEMA]
     doc = _Doc(schemas)
@@ -237,8 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m renderer.docs", description="Write docs/schema.md from schema/.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write (default: docs/schema.md)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is stale")
+    parser.add_argument("--schema-dir", type=Path, metavar="DIR",
+                        help="read the schemas from DIR (default: the ones fleetform validates with)")
     args = parser.parse_args(argv)
-    text = render_schema_markdown()
+    text = render_schema_markdown(args.schema_dir)
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else None
         if current != text:

@@ -22,6 +22,26 @@ def test_schema_reference_is_current():
         "docs/schema.md is stale: run `python -m renderer.docs` and commit the result")
 
 
+def test_a_schema_change_makes_the_reference_stale(tmp_path):
+    """What the staleness test guards against: a field added to schema/ but not to the docs."""
+    import json
+    import shutil
+
+    from renderer.validate import schema_dir
+
+    shutil.copytree(schema_dir(), tmp_path / "schema")
+    path = tmp_path / "schema" / DEPLOYMENT_SCHEMA
+    schema = json.loads(path.read_text())
+    schema["$defs"]["scaling"]["properties"]["warmup_requests"] = {
+        "description": "Requests sent to a new container before it serves.", "type": "integer", "default": 0}
+    path.write_text(json.dumps(schema))
+    changed = docs.render_schema_markdown(tmp_path / "schema")
+    assert changed != SCHEMA_MD.read_text(encoding="utf-8")
+    assert ("| `warmup_requests` | integer | `0` | Requests sent to a new container before it serves. |  |"
+            in _section(changed, "### `scaling`"))
+    assert docs.main(["--check", "--schema-dir", str(tmp_path / "schema"), "--out", str(SCHEMA_MD)]) == 1
+
+
 def _section(text: str, heading: str) -> str:
     """The text under one heading, up to the next heading of any level."""
     start = text.index(f"\n{heading}\n")
