@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -43,19 +44,32 @@ def start_server(tokens: int) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
-async def measure(url: str, levels: list[int], duration: float, tokens: int) -> None:
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of another process, from /proc; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(url: str, server_pid: int, levels: list[int], duration: float, tokens: int) -> None:
     endpoint = Endpoint(url)
     warmup = BenchConfig(concurrency=[max(levels)], num_requests=200, input_len=32, output_len=tokens)
     await run_bench(endpoint, None, warmup, progress=False)
-    print(f"{'concurrency':>11} {'requests':>9} {'req/s':>9} {'tok/s':>10} {'client CPU':>11} {'failed':>7}")
+    head = f"{'concurrency':>11} {'requests':>9} {'req/s':>8} {'tok/s':>8} {'client CPU':>11} {'server CPU':>11} {'failed':>7}"
+    print(head)
     for level in levels:
         config = BenchConfig(concurrency=[level], duration=duration, input_len=32, output_len=tokens)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        cpu0, srv0, wall0 = time.process_time(), cpu_seconds(server_pid), time.perf_counter()
         (result,) = await run_bench(endpoint, None, config, progress=False)
-        cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        wall = time.perf_counter() - wall0
+        cpu = (time.process_time() - cpu0) / wall
+        srv1 = cpu_seconds(server_pid)
+        srv = f"{(srv1 - srv0) / wall:.0%}" if srv0 is not None and srv1 is not None else "?"
         print(
-            f"{level:>11} {result.completed:>9} {result.request_throughput:>9.0f} "
-            f"{result.output_throughput:>10.0f} {cpu:>10.0%} {result.failed:>7}"
+            f"{level:>11} {result.completed:>9} {result.request_throughput:>8.0f} "
+            f"{result.output_throughput:>8.0f} {cpu:>11.0%} {srv:>11} {result.failed:>7}"
         )
 
 
@@ -69,7 +83,7 @@ def main() -> None:
     proc, url = start_server(args.tokens)
     try:
         print(f"test server at {url}: zero delays, {args.tokens} tokens per response, {args.duration:g} s per level")
-        asyncio.run(measure(url, levels, args.duration, args.tokens))
+        asyncio.run(measure(url, proc.pid, levels, args.duration, args.tokens))
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
