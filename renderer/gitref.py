@@ -57,7 +57,8 @@ class _Entry:
 def _git(args: Sequence[str], cwd: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"})
+                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_LITERAL_PATHSPECS": "1",
+                                   "LC_ALL": "C"})
     except FileNotFoundError:
         raise GitError("git is not installed, and --against reads the fleet from git") from None
 
@@ -74,7 +75,7 @@ def resolve_commit(ref: str, root: str | Path) -> str:
     """The full commit id `ref` names (a branch, tag, remote branch, sha, `HEAD~1`, ...)."""
     if not ref or ref.startswith("-") or any(c in ref for c in "\n\0"):
         raise GitError(f"not a git revision: {ref!r}")
-    result = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], root)
+    result = _git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], root)  # no option: no leading "-"
     if result.returncode != 0:
         hint = ""
         if "/" in ref and not ref.startswith("refs/"):

@@ -175,6 +175,15 @@ def test_unknown_revision_is_one_clear_line(fleet_repo):
         load_fleet_at("--output=/tmp/x", ["deployments"])
 
 
+def test_folder_names_are_literal_not_patterns(git_env, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, "two fleets", {"fleet[1]/a.yaml": deployment_yaml("a"), "fleet1/b.yaml": deployment_yaml("b")})
+    monkeypatch.chdir(repo)
+    assert _names(load_fleet_at("HEAD", ["fleet[1]"]).loaded) == ["fleet[1]/a.yaml"]
+
+
 def test_outside_a_repository_is_one_clear_line(git_env, tmp_path, monkeypatch):
     (tmp_path / "deployments").mkdir()
     monkeypatch.chdir(tmp_path)
