@@ -901,8 +901,9 @@ def run_new(options: Any, console: Any) -> int:
     (`text` or `json`), prices (GPU name -> $/hour). Errors are one line on stderr: 1 for a model
     that cannot be read or fit, 2 for a bad request.
     """
-    get = lambda key, default=None: getattr(options, key, default) if getattr(options, key, None) is not None \
-        else default  # noqa: E731
+    def get(key: str, default: Any = None) -> Any:
+        value = getattr(options, key, None)
+        return default if value is None else value
 
     def fail(message: str, code: int) -> int:
         print(f"error: {message}", file=sys.stderr)

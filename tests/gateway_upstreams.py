@@ -29,6 +29,7 @@ class UpstreamConfig:
     chunk_interval: float = 0.0  # seconds between streamed chunks
     fail_first: int = 0  # answer 503 to this many requests before serving
     require_headers: dict[str, str] = field(default_factory=dict)  # else 401
+    die_after_chunks: int | None = None  # drop the connection after this many streamed chunks
 
 
 @dataclass
@@ -93,6 +94,10 @@ def make_app(state: RunningUpstream) -> web.Application:
                 chunk = {"object": "chat.completion.chunk", "model": data["model"], "upstream": cfg.name, "index": i,
                          "sent_at": time.monotonic(), "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if cfg.die_after_chunks is not None and i + 1 >= cfg.die_after_chunks:
+                    assert request.transport is not None
+                    request.transport.abort()  # the container died mid-answer
+                    return resp
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -407,6 +407,22 @@ def test_caller_disconnect_stops_the_upstream_stream():
     assert a.stream_aborted == 1 and a.stream_finished == 0
 
 
+def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event():
+    async def body():
+        async with serve_upstream(alpha_config(chunks=10, die_after_chunks=2)) as a:
+            app = make_gateway(a.url, None)
+            answer = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat", "stream": True})
+            await app.aclose()
+            return answer
+
+    answer = run(body())
+    assert answer.status == 200 and answer.complete  # the status was sent; the stream still ends cleanly
+    events = [e for _, e in answer.events()]
+    assert [e["index"] for e in events[:-1]] == [0, 1]
+    assert events[-1]["error"]["code"] == "upstream_disconnected"
+    assert events[-1]["error"]["message"].startswith("deployment alpha stopped mid-stream: ")
+
+
 def test_lifespan_closes_the_pool():
     async def body():
         app = make_gateway("http://127.0.0.1:9", None)
