@@ -753,7 +753,7 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
     from rich.table import Table
 
     if report.error:
-        console.print(f"[red]error:[/red] {report.error}", highlight=False)
+        console.print(f"[red]error:[/red] {report.error}", highlight=False, soft_wrap=True)
         if not report.results:
             return
     if report.results:
@@ -776,7 +776,7 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             line = f"[red]{r.name}:[/red] {r.error}"
             if r.recovery_detail:
                 line += f"; {r.recovery_detail}"
-            console.print(line, highlight=False)
+            console.print(line, highlight=False, soft_wrap=True)
         for w in r.warnings:
             console.print(f"[yellow]{r.name}: warning:[/yellow] {w}", highlight=False)
     for o in report.orphans:
@@ -843,7 +843,7 @@ class StatusReport:
         from rich.table import Table
 
         if self.error:
-            console.print(f"[red]error:[/red] {self.error}", highlight=False)
+            console.print(f"[red]error:[/red] {self.error}", highlight=False, soft_wrap=True)
             return
         styles = {IN_SYNC: "green", DRIFTED: "yellow", NOT_DEPLOYED: "dim", UNMANAGED: "red", ORPHAN: "magenta"}
         table = Table(title="Fleet status")
@@ -925,7 +925,7 @@ class ActionReport:
         if self.ok:
             console.print(self.message, highlight=False)
         else:
-            console.print(f"[red]error:[/red] {self.message}", highlight=False)
+            console.print(f"[red]error:[/red] {self.message}", highlight=False, soft_wrap=True)
 
     def emit(self, console: Console, fmt: str = "text") -> int:
         if fmt == "json":

@@ -461,7 +461,7 @@ class ModalBackend(Backend):
         resp = await client._stub.AppGetByDeploymentName(
             api_pb2.AppGetByDeploymentNameRequest(name=name, environment_name=self._environment(env))
         )
-        if not resp.app_id or resp.lifecycle.app_state != api_pb2.APP_STATE_DEPLOYED:
+        if not resp.app_id:  # set only while an app of that name is deployed (as the `modal app` CLI reads it)
             return None
         return await self._describe(client, name, resp.app_id, env)
 
