@@ -247,7 +247,7 @@ class ClientSmokeTester:
             endpoint = client.Endpoint.from_env(url, d.auth.mode, self.environ)
             report = client.run_smoke(
                 endpoint,
-                list(d.model.served_model_names),
+                list(_expected_models(d)),
                 prompts=[SMOKE_PROMPT],
                 health_timeout=float(d.scaling.startup_timeout),
                 request_timeout=self.request_timeout,
@@ -261,6 +261,12 @@ class ClientSmokeTester:
             return SmokeOutcome(True, "health, models and chat ok", report.to_dict())
         failed = next(s for s in report.steps if not s.ok)
         return SmokeOutcome(False, f"{failed.name}: {failed.error}", report.to_dict())
+
+
+def _expected_models(d: Any) -> tuple[str, ...]:
+    """Every name /v1/models must list: the served names, then any LoRA adapters' (the chat
+    request uses the first served name)."""
+    return tuple(getattr(d.model, "names", d.model.served_model_names))
 
 
 # --- progress -------------------------------------------------------------------------------------

@@ -539,7 +539,7 @@ def test_client_smoke_tester_passes_against_a_healthy_server(apps):
     app = apps[0]
     assert app.deployment.auth.mode == "proxy"
     env = {"MODAL_PROXY_TOKEN_ID": "wk-test", "MODAL_PROXY_TOKEN_SECRET": "ws-test"}
-    with _LocalServer(list(app.deployment.model.served_model_names)) as server:
+    with _LocalServer(list(app.deployment.model.names)) as server:
         outcome = ClientSmokeTester(environ=env)(app, server.url)
     assert outcome.ok, outcome.detail
     assert server.seen_headers[0]["Modal-Key"] == "wk-test"  # the deployment's auth mode was used
@@ -548,9 +548,17 @@ def test_client_smoke_tester_passes_against_a_healthy_server(apps):
 def test_client_smoke_tester_fails_on_a_broken_chat(apps):
     app = apps[0]
     env = {"MODAL_PROXY_TOKEN_ID": "wk-test", "MODAL_PROXY_TOKEN_SECRET": "ws-test"}
-    with _LocalServer(list(app.deployment.model.served_model_names), chat_status=500) as server:
+    with _LocalServer(list(app.deployment.model.names), chat_status=500) as server:
         outcome = ClientSmokeTester(environ=env)(app, server.url)
     assert not outcome.ok and "engine dead" in outcome.detail
+
+
+def test_client_smoke_tester_fails_when_a_served_name_is_missing(apps):
+    app = apps[0]
+    env = {"MODAL_PROXY_TOKEN_ID": "wk-test", "MODAL_PROXY_TOKEN_SECRET": "ws-test"}
+    with _LocalServer(["some-other-model"]) as server:
+        outcome = ClientSmokeTester(environ=env)(app, server.url)
+    assert not outcome.ok and app.deployment.model.served_model_names[0] in outcome.detail
 
 
 def test_client_smoke_tester_preflight_names_missing_proxy_tokens(apps):
