@@ -496,12 +496,7 @@ def run_deploy(
     rows = [r for r in rows if r.action != ORPHAN]
     if options.adopt:
         rows = [replace(r, action=UPDATE) if r.action == CONFLICT else r for r in rows]
-    results: dict[str, DeploymentResult] = {}
-    for r in rows:
-        if r.action == UNCHANGED:
-            results[r.name] = DeploymentResult.from_row(r, UNCHANGED)
-        elif r.action == CONFLICT:
-            results[r.name] = DeploymentResult.from_row(r, FAILED, error=_conflict_message(r))
+    results = _results_without_deploying(rows)
     todo = [r for r in rows if r.action in CHANGES]
     tester = smoke_tester if smoke_tester is not None else ClientSmokeTester()
     if options.smoke_test and not options.dry_run:
@@ -509,17 +504,9 @@ def run_deploy(
     if options.dry_run:
         results.update({r.name: DeploymentResult.from_row(r, PLANNED) for r in todo})
         todo = []
-    if todo and not options.yes:
-        question = _confirm_question(todo)
-        try:  # with --format json the question goes to stderr: stdout is for the document
-            go = _ask(question, _stderr_console() if options.format == "json" else console, confirm)
-        except ConfirmationUnavailable as exc:
-            report.error = str(exc)
-            go = False
-        if not go:
-            report.aborted = report.error is None
-            results.update({r.name: DeploymentResult.from_row(r, SKIPPED, error="not confirmed") for r in todo})
-            todo = []
+    if todo and not options.yes and not _confirmed(todo, report, options, console, confirm):
+        results.update({r.name: DeploymentResult.from_row(r, SKIPPED, error="not confirmed") for r in todo})
+        todo = []
     if todo:
         if progress is None:
             progress = _default_progress(console, options.format)
@@ -528,6 +515,36 @@ def run_deploy(
         report.interrupted, report.stopped_early = interrupted, stopped_early
     report.results = [results[r.name] for r in rows if r.name in results]
     return report
+
+
+def _results_without_deploying(rows: Sequence[PlanRow]) -> dict[str, DeploymentResult]:
+    """Results known from the plan alone: unchanged apps, and conflicts (never overwritten)."""
+    results = {}
+    for r in rows:
+        if r.action == UNCHANGED:
+            results[r.name] = DeploymentResult.from_row(r, UNCHANGED)
+        elif r.action == CONFLICT:
+            results[r.name] = DeploymentResult.from_row(r, FAILED, error=_conflict_message(r))
+    return results
+
+
+def _confirmed(
+    todo: Sequence[PlanRow],
+    report: DeployReport,
+    options: DeployOptions,
+    console: Console | None,
+    confirm: Callable[[str], bool] | None,
+) -> bool:
+    """Ask before deploying; records a refusal (or the impossibility to ask) in the report."""
+    # With --format json the question goes to stderr: stdout is for the document.
+    where = _stderr_console() if options.format == "json" else console
+    try:
+        go = _ask(_confirm_question(todo), where, confirm)
+    except ConfirmationUnavailable as exc:
+        report.error = str(exc)
+        return False
+    report.aborted = not go
+    return go
 
 
 def _check_options(apps: Sequence[RenderedApp], options: DeployOptions) -> str | None:
