@@ -41,6 +41,7 @@ from renderer.client import (
     list_models,
     open_session,
     stream_chat,
+    wait_for_health,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class BenchConfig:
     seed: int = 0
     idle_timeout: float = 120.0  # a stream silent this long fails with TIMEOUT
     connect_timeout: float = 30.0
+    # Before the first level, wait this long for /health (a cold start), untimed.
+    health_timeout: float = 600.0
+    health_interval: float = 2.0
     # Stop a level after this many failures in a row (a dead server), None = never.
     max_consecutive_failures: int | None = 100
 
@@ -100,6 +104,8 @@ class BenchConfig:
             raise ValueError("max_concurrency must be >= 1")
         if self.input_len < 1 or self.output_len < 1:
             raise ValueError("input_len and output_len must be >= 1")
+        if self.dataset is not None:
+            load_dataset(self.dataset)  # a bad file fails here, not mid-run
 
     @property
     def open_loop(self) -> bool:
@@ -118,7 +124,11 @@ class BenchConfig:
 def load_dataset(path: str | Path) -> list[list[dict[str, Any]]]:
     """Read a JSONL file of ``{"prompt": str}`` or ``{"messages": [...]}`` lines."""
     entries: list[list[dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as fh:
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the dataset ({exc.strerror})") from None
+    with fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -456,8 +466,10 @@ async def run_bench(
 ) -> list[BenchResult]:
     """Run every level of ``config`` against ``endpoint``; one result per level.
 
-    Checks first that ``model`` is served (``None``: the server's first model)
-    and raises ClientError if the server cannot be reached or lacks it; from
+    First waits for ``/health`` (up to ``config.health_timeout``: a cold start
+    is not measured) and checks that ``model`` is served (``None``: the
+    server's first model), raising ClientError if the server cannot be
+    reached, refuses the credentials or lacks the model; from
     then on failed requests are only counted, and a level whose last
     ``max_consecutive_failures`` requests all failed (a dead server) stops
     early with ``aborted`` set, keeping the figures gathered so far.
@@ -468,6 +480,7 @@ async def run_bench(
     prompts = prompt_source(config, random.Random(f"prompts-{config.seed}"))
     results: list[BenchResult] = []
     async with open_session(endpoint, limit=config.pool_size()) as session:
+        await wait_for_health(endpoint, config.health_timeout, config.health_interval, session=session)
         model = await resolve_model(session, endpoint, model)
         with _progress(progress, console) as bar:
             for concurrency, rate in _levels(config):

@@ -146,7 +146,9 @@ def test_dataset_jsonl(tmp_path):
     assert results[0].total_input_tokens == 3 + 4 + 3  # server-reported (word count)
     path.write_text('{"prompt": "ok"}\n{"text": "nope"}\n')
     with pytest.raises(ValueError, match=r"prompts.jsonl:2"):
-        load_dataset(path)
+        BenchConfig(num_requests=1, dataset=path).validate()
+    with pytest.raises(ValueError, match=r"cannot read the dataset"):
+        BenchConfig(num_requests=1, dataset=tmp_path / "missing.jsonl").validate()
 
 
 # ---------------------------------------------------------------- against the server
@@ -212,6 +214,12 @@ def test_synthetic_prompts_are_seeded():
     first = prompts(7)
     assert first == prompts(7) != prompts(8)
     assert len(set(first)) == 5  # distinct prompts: no prefix-cache flattery
+
+
+def test_waits_out_a_cold_start_before_measuring():
+    results, state = bench(ServerConfig(health_failures=2, ttft_ms=5), BenchConfig(num_requests=2, health_timeout=5, health_interval=0.01))
+    assert state.health_count == 3 and results[0].completed == 2
+    assert results[0].duration_s < 0.5  # the wait for /health is not part of the level
 
 
 def test_model_none_takes_the_servers_first():
@@ -302,5 +310,5 @@ def test_preflight_errors_are_raised_clearly(server, model, kind, needle):
 def test_connection_refused_is_raised_clearly():
     endpoint = Endpoint(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ClientError) as info:
-        asyncio.run(run_bench(endpoint, MODEL, BenchConfig(num_requests=1), False))
+        asyncio.run(run_bench(endpoint, MODEL, BenchConfig(num_requests=1, health_timeout=0.2), False))
     assert info.value.kind is FailureKind.CONNECT and "cannot connect" in info.value.message
