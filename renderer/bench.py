@@ -20,9 +20,11 @@ lib/endpoint_request_func.py): see :func:`compute_metrics`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -337,7 +339,8 @@ def compute_metrics(
 class _Budget:
     """Decides whether another request may start in this level."""
 
-    def __init__(self, config: BenchConfig, start: float) -> None:
+    def __init__(self, config: BenchConfig, start: float, stop: asyncio.Event | None) -> None:
+        self.stop = stop
         self.remaining = config.num_requests
         self.deadline = start + config.duration if config.duration is not None else None
         self.max_failures = config.max_consecutive_failures
@@ -345,7 +348,7 @@ class _Budget:
         self.aborted: str | None = None
 
     def take(self) -> bool:
-        if self.aborted is not None:
+        if self.aborted is not None or (self.stop is not None and self.stop.is_set()):
             return False
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             return False
@@ -378,8 +381,10 @@ class _Level:
         config: BenchConfig,
         prompts: Iterator[list[dict[str, Any]]],
         on_done: Callable[[RequestRecord], None],
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.session = session
+        self.stop = stop
         self.endpoint = endpoint
         self.model = model
         self.config = config
@@ -389,7 +394,7 @@ class _Level:
             total=None, sock_connect=config.connect_timeout, sock_read=config.idle_timeout
         )
         self.records: list[RequestRecord] = []
-        self.budget = _Budget(config, time.perf_counter())
+        self.budget = _Budget(config, time.perf_counter(), stop)
 
     async def one(self, messages: list[dict[str, Any]]) -> None:
         """Issue one request and record it; never raises ClientError."""
@@ -408,9 +413,12 @@ class _Level:
             while self.budget.take():
                 await self.one(next(self.prompts))
 
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await self._finish([asyncio.create_task(worker()) for _ in range(workers)])
 
     async def open_loop(self, rate: float, rng: random.Random, cap: int | None) -> None:
+        await self._finish([asyncio.create_task(self._arrivals(rate, rng, cap))])
+
+    async def _arrivals(self, rate: float, rng: random.Random, cap: int | None) -> None:
         gate = asyncio.Semaphore(cap) if cap else None
 
         async def gated(messages: list[dict[str, Any]]) -> None:
@@ -431,6 +439,29 @@ class _Level:
             tasks.append(asyncio.create_task(gated(messages) if gate else self.one(messages)))
             next_at += rng.expovariate(rate)
         await asyncio.gather(*tasks)
+
+    async def _finish(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for the level's tasks, or cancel them once ``stop`` is set
+        (Ctrl-C): requests cut short count as neither completed nor failed."""
+        everything = asyncio.gather(*tasks)
+        if self.stop is None:
+            await everything
+            return
+        stopper = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({everything, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            everything.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if everything.done():
+            everything.result()
+            return
+        self.budget.aborted = "interrupted: requests in flight were dropped"
+        everything.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await everything
 
 
 async def resolve_model(session: aiohttp.ClientSession, endpoint: Endpoint, model: str | None) -> str:
@@ -463,6 +494,7 @@ async def run_bench(
     progress: bool = True,
     *,
     console: Console | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[BenchResult]:
     """Run every level of ``config`` against ``endpoint``; one result per level.
 
@@ -472,7 +504,9 @@ async def run_bench(
     reached, refuses the credentials or lacks the model; from
     then on failed requests are only counted, and a level whose last
     ``max_consecutive_failures`` requests all failed (a dead server) stops
-    early with ``aborted`` set, keeping the figures gathered so far.
+    early with ``aborted`` set, keeping the figures gathered so far. Setting
+    ``stop`` ends the run the same way: the current level is cut short and
+    reported, later levels are skipped.
     """
     config.validate()
     # Separate streams, so the prompts do not depend on the arrival times drawn.
@@ -486,7 +520,7 @@ async def run_bench(
             for concurrency, rate in _levels(config):
                 label = f"{rate:g} req/s" if rate is not None else f"concurrency {concurrency}"
                 on_done = _progress_callback(bar, label, config.num_requests)
-                level = _Level(session, endpoint, model, config, prompts, on_done)
+                level = _Level(session, endpoint, model, config, prompts, on_done, stop)
                 start = time.perf_counter()
                 if rate is not None:
                     await level.open_loop(rate, rng, concurrency)
@@ -502,6 +536,8 @@ async def run_bench(
                 )
                 result.aborted = level.budget.aborted
                 results.append(result)
+                if stop is not None and stop.is_set():
+                    break
     return results
 
 
@@ -513,8 +549,35 @@ def run_bench_sync(
     *,
     console: Console | None = None,
 ) -> list[BenchResult]:
-    """Blocking wrapper around :func:`run_bench` for the CLI."""
-    return asyncio.run(run_bench(endpoint, model, config, progress, console=console))
+    """Blocking wrapper around :func:`run_bench` for the CLI.
+
+    The first Ctrl-C stops the run and returns what was measured so far (the
+    level cut short has ``aborted`` set); a second one aborts at once with
+    KeyboardInterrupt.
+    """
+    return asyncio.run(_run_bench_stoppable(endpoint, model, config, progress, console))
+
+
+async def _run_bench_stoppable(
+    endpoint: Endpoint, model: str | None, config: BenchConfig, progress: bool, console: Console | None
+) -> list[BenchResult]:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_sigint() -> None:
+        stop.set()
+        loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl-C raises KeyboardInterrupt
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals, or not the main thread
+        installed = False
+    try:
+        return await run_bench(endpoint, model, config, progress, console=console, stop=stop)
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
 
 
 # --------------------------------------------------------------------------- display

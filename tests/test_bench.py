@@ -6,8 +6,12 @@ import asyncio
 import io
 import json
 import random
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from openai_server import Fault, ServerConfig, serve
@@ -312,3 +316,66 @@ def test_connection_refused_is_raised_clearly():
     with pytest.raises(ClientError) as info:
         asyncio.run(run_bench(endpoint, MODEL, BenchConfig(num_requests=1, health_timeout=0.2), False))
     assert info.value.kind is FailureKind.CONNECT and "cannot connect" in info.value.message
+
+
+def test_stop_event_cuts_the_run_short_and_keeps_figures():
+    async def go():
+        async with serve(ServerConfig(ttft_ms=20, itl_ms=10, output_tokens=5)) as srv:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(0.4, stop.set)
+            cfg = BenchConfig(concurrency=[2, 4], duration=5)
+            t0 = time.perf_counter()
+            results = await run_bench(Endpoint(srv.url), MODEL, cfg, False, stop=stop)
+            return results, time.perf_counter() - t0, srv.state.chat_count
+
+    results, took, served = asyncio.run(go())
+    assert took < 1.5 and len(results) == 1  # the second level never ran
+    r = results[0]
+    assert r.aborted.startswith("interrupted") and r.failed == 0
+    assert 6 <= r.completed <= served <= r.completed + 2  # in-flight ones dropped, not failed
+    assert 0.35 <= r.duration_s < 0.6
+
+
+_CTRL_C_SCRIPT = """
+import asyncio, json, sys, threading
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from openai_server import ServerConfig, serve
+from renderer.bench import BenchConfig, run_bench_sync
+from renderer.client import Endpoint
+
+box, ready = {}, threading.Event()
+
+def server():
+    async def main():
+        async with serve(ServerConfig(ttft_ms=20, itl_ms=10, output_tokens=5)) as srv:
+            box["url"] = srv.url
+            ready.set()
+            await asyncio.sleep(30)
+    asyncio.run(main())
+
+threading.Thread(target=server, daemon=True).start()
+ready.wait(10)
+print("ready", flush=True)
+results = run_bench_sync(Endpoint(box["url"]), None, BenchConfig(concurrency=[2, 4], duration=20), False)
+print(json.dumps([r.to_dict() for r in results]), flush=True)
+"""
+
+
+def test_ctrl_c_returns_the_figures_so_far():
+    tests_dir = Path(__file__).resolve().parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_SCRIPT, str(tests_dir), str(tests_dir.parent)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    (result,) = json.loads(out)
+    assert result["aborted"].startswith("interrupted") and result["completed"] > 0
+
