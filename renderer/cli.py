@@ -199,6 +199,114 @@ def cmd_explain(args) -> int:
     return EXIT_OK
 
 
+def _target(args):
+    """(endpoint, model names) for TARGET: a URL, or a deployment name whose URL Modal knows.
+
+    With a deployment name (or --deployment NAME beside a URL), the served names and the auth
+    mode come from its YAML, so the test checks exactly what the fleet declares.
+    """
+    from renderer.client import Endpoint
+
+    is_url = args.target.startswith(("http://", "https://"))
+    deployment = None
+    if not is_url or args.deployment:
+        deployment = _one(_resolve(args), args.deployment or args.target)
+    names = list(args.model or (deployment.model.names if deployment else []))
+    auth = args.auth or (deployment.auth.mode if deployment else "none")
+    url = args.target
+    if not is_url:
+        from renderer import modal_api
+
+        backend = modal_api.default_backend()
+        if not backend.credentials_available():
+            print(f"error: {modal_api.NO_CREDENTIALS}", file=sys.stderr)
+            raise Abort(EXIT_INVALID)
+        try:
+            url = backend.web_url(deployment.name, deployment.environment)
+        except modal_api.BackendError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise Abort(EXIT_INVALID) from None
+        if not url:
+            print(f"error: {deployment.name} is not deployed (no URL); run `fleetform deploy` first", file=sys.stderr)
+            raise Abort(EXIT_INVALID)
+    return Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names
+
+
+def cmd_test(args) -> int:
+    from renderer.client import ClientError, render_smoke_report, run_smoke
+
+    try:
+        endpoint, names = _target(args)
+        if not names:
+            print("error: name the model(s) to expect with --model, or give a deployment name", file=sys.stderr)
+            return EXIT_USAGE
+        prompts = args.prompt or None
+        report = run_smoke(endpoint, names, prompts=prompts, health_timeout=args.timeout,
+                           max_tokens=args.max_tokens)
+    except ClientError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.format == "json":
+        from renderer.diagnostics import dumps
+
+        print(dumps(report.to_dict()))
+    else:
+        render_smoke_report(report, _console())
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _numbers(text: str, kind: type) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_bench(args) -> int:
+    from renderer.bench import BenchConfig, render_bench_results, run_bench_sync
+    from renderer.client import ClientError
+
+    config = BenchConfig(
+        concurrency=tuple(args.concurrency or [1]), request_rates=args.request_rate,
+        max_concurrency=args.max_concurrency, num_requests=args.num_requests,
+        duration=args.duration, input_len=args.input_len, output_len=args.output_len, ignore_eos=args.ignore_eos,
+        dataset=args.dataset, seed=args.seed,
+    )
+    if config.num_requests is None and config.duration is None:
+        import dataclasses
+
+        config = dataclasses.replace(config, num_requests=100)
+    try:
+        config.validate()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        endpoint, names = _target(args)
+        console = _console(stderr=args.format == "json")
+        results = run_bench_sync(endpoint, names[0] if names else None, config, progress=True, console=console)
+    except ClientError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    data = [r.to_dict() for r in results]
+    if args.output:
+        import json
+
+        with open(args.output, "w", encoding="utf-8") as fh:
+            json.dump({"config": {k: v for k, v in config.__dict__.items() if k != "dataset"} |
+                       {"dataset": str(config.dataset) if config.dataset else None, "base_url": endpoint.base_url},
+                       "results": data}, fh, indent=2, default=str)
+    if args.format == "json":
+        from renderer.diagnostics import dumps
+
+        print(dumps(data))
+    else:
+        render_bench_results(results, _console())
+    failed = sum(r.failed for r in results)
+    completed = sum(r.completed for r in results)
+    return EXIT_OK if completed and not failed else EXIT_INVALID
+
+
 def cmd_serve(args) -> int:
     import shlex
 
@@ -275,6 +383,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the deployment to explain")
     _add_common(p, ("text", "json"))
     p.set_defaults(func=cmd_explain)
+
+    def add_target(p: argparse.ArgumentParser) -> None:
+        p.add_argument("target", metavar="TARGET", help="a deployment name (its URL comes from Modal) or a base URL")
+        p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
+        p.add_argument("--env", metavar="ENV", help="environment of the deployment")
+        p.add_argument("--deployment", metavar="NAME", help="with a URL: take served names and auth from this deployment")
+        p.add_argument("--model", action="append", metavar="NAME", help="model name to use (repeatable for test)")
+        p.add_argument("--auth", choices=("proxy", "api_key", "none"),
+                       help="proxy: MODAL_PROXY_TOKEN_ID/SECRET; api_key: Bearer from --api-key-env (default: the "
+                            "deployment's mode, or none for a bare URL)")
+        p.add_argument("--api-key-env", default="FLEETFORM_API_KEY", metavar="VAR",
+                       help="environment variable holding the API key (default: FLEETFORM_API_KEY)")
+        p.add_argument("--format", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("test", help="smoke-test an endpoint: health, models, chat, streaming chat",
+                       description="Check a deployment end to end: GET /health (waiting out a cold start), "
+                                   "/v1/models lists every served name, one chat completion and one streaming chat "
+                                   "completion per prompt (the reference example's two system prompts by default). "
+                                   "Prints status, time to first token, tokens/s and the text.",
+                       epilog="examples:\n  fleetform test llama-3-1-8b-fp8\n"
+                              "  fleetform test http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8\n"
+                              "  fleetform test http://127.0.0.1:8000 --model llm --prompt 'Say hi.'",
+                       formatter_class=raw)
+    add_target(p)
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="user prompt (repeatable)")
+    p.add_argument("--max-tokens", type=int, default=256, metavar="N")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds to wait for /health")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("bench", help="load-test an endpoint with vLLM's serving metrics",
+                       description="Generate load against /v1/chat/completions (streaming, token counts from the "
+                                   "server's usage) and report request and token throughput, TTFT, TPOT, ITL and "
+                                   "end-to-end latency (mean, median, p90, p99) as `vllm bench serve` defines them, "
+                                   "plus errors by kind.",
+                       epilog="examples:\n  fleetform bench llama-3-1-8b-fp8 --concurrency 1,16,64 --num-requests 200\n"
+                              "  fleetform bench http://127.0.0.1:8000 --model llm --request-rate 4 --duration 60\n"
+                              "  fleetform bench URL --model llm --input-len 512 --output-len 128 --ignore-eos "
+                              "--output results.json", formatter_class=raw)
+    add_target(p)
+    p.add_argument("--concurrency", type=lambda t: _numbers(t, int), metavar="C[,C...]",
+                   help="closed loop: sweep these concurrency levels (default 1)")
+    p.add_argument("--request-rate", type=lambda t: _numbers(t, float), metavar="R[,R...]",
+                   help="open loop: Poisson arrivals at R requests/s (each rate a level)")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="open loop: cap on requests in flight")
+    p.add_argument("--num-requests", type=int, metavar="N", help="requests per level (default 100 without --duration)")
+    p.add_argument("--duration", type=float, metavar="S", help="seconds per level")
+    p.add_argument("--input-len", type=int, default=128, metavar="N", help="synthetic prompt length (~tokens)")
+    p.add_argument("--output-len", type=int, default=128, metavar="N", help="max_tokens of each request")
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
+    p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", metavar="FILE", help="write config and results as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("serve", help="run a deployment's vLLM command on this machine",
                        description="Run the exact vLLM command line the rendered app runs, on this machine's GPU, "
