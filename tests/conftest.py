@@ -11,10 +11,34 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real `fleetform` command line in a subprocess."""
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None,
+            unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run the real `fleetform` command line in a subprocess (`unset`: variables to remove from its env)."""
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     return subprocess.run([sys.executable, "-m", "renderer", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+                          env=full, timeout=120)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_independent(tmp_path_factory):
+    """Every test, and every command a test runs, sees an empty Hugging Face cache and no Modal
+    credentials, whatever this machine has: `validate` reads the cache (the model-fit rule) and
+    `plan` goes live with credentials, so results would otherwise depend on who runs the suite."""
+    home = tmp_path_factory.mktemp("machine")
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith("MODAL_")]:
+        del os.environ[key]
+    os.environ.update({"HF_HOME": str(home / "hf"), "HF_HUB_CACHE": str(home / "hf" / "hub"),
+                       "MODAL_CONFIG_PATH": str(home / "no-modal.toml")})
+    constants = sys.modules.get("huggingface_hub.constants")  # read the variables when first imported
+    cached = (constants.HF_HOME, constants.HF_HUB_CACHE) if constants else None
+    if constants:
+        constants.HF_HOME, constants.HF_HUB_CACHE = os.environ["HF_HOME"], os.environ["HF_HUB_CACHE"]
+    yield
+    if constants and cached:
+        constants.HF_HOME, constants.HF_HUB_CACHE = cached
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
