@@ -466,6 +466,36 @@ def weights_fit(ctx: RuleContext) -> Iterator[Diagnostic]:
                               "weights-fit", hint="more or larger GPUs, or a quantized checkpoint")
 
 
+def _cached_snapshot(model_id: str, revision: str) -> bool:
+    """Whether the local Hugging Face cache holds this commit of the model (its snapshot folder).
+
+    A look at the cache's documented layout (`models--ORG--NAME/snapshots/COMMIT`) before anything
+    else: reading the cache through `huggingface_hub` costs about 0.2 s of imports, which `validate`
+    pays only for a model that is actually there. The schema pins `revision` to a full commit, so
+    the folder is named by it exactly.
+    """
+    from huggingface_hub import constants
+
+    repo = "models--" + model_id.replace("/", "--")
+    return (Path(constants.HF_HUB_CACHE) / repo / "snapshots" / revision).is_dir()
+
+
+@rule
+def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """vLLM refuses to start when weights plus one full-length sequence's KV cache exceed a GPU's
+    budget; with the model's config.json and weight files in the local cache, say so now."""
+    model_id, revision = ctx.get("model", "id"), ctx.get("model", "revision")
+    if not (model_id and revision and ctx.get("gpu", "type")) or not _cached_snapshot(model_id, revision):
+        return
+    from renderer.sizing import check_fit, metadata_offline
+
+    meta = metadata_offline(model_id, revision)
+    if meta:
+        d = check_fit(ctx.data, meta.shape, meta.weights_bytes, mark=ctx.mark)
+        if d:
+            yield d
+
+
 def check_rules(ctx: RuleContext) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     for fn in RULES:
