@@ -19,7 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol, Sequence
 
 import jinja2
 
@@ -108,6 +108,11 @@ class RenderedApp:
     deployment: spec.Deployment
     text: str
     content_hash: str  # "sha256:<hex>" of the body below the header
+
+    @property
+    def name(self) -> str:
+        """The Modal app name; the gateway module (`RenderedGateway`) has one too."""
+        return self.deployment.name
 
     @property
     def filename(self) -> str:
@@ -206,20 +211,32 @@ def render_fleet(deployments: Iterable[spec.Deployment]) -> list[RenderedApp]:
 # --- writing output atomically -------------------------------------------------------------------
 
 
-def write_all(apps: list[RenderedApp], out_dir: str | Path, *, prune: bool = True) -> list[Path]:
+class Module(Protocol):
+    """What gets written: a deployment's `RenderedApp` or the fleet's `RenderedGateway`."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+def write_all(apps: Sequence[Module], out_dir: str | Path, *, prune: bool = True) -> list[Path]:
     """Write every module into `out_dir`, all or nothing.
 
     Each file is written to a temporary file in the same directory and only renamed into place
     once every module is on disk, so a failure (disk full, permission) leaves the earlier output
-    untouched. With `prune`, stale fleetform-generated modules of deployments that no longer exist
-    are removed (only files whose header says fleetform generated them).
+    untouched. With `prune`, stale fleetform-generated modules that nothing renders any more are
+    removed (only files whose header says fleetform generated them); pass the gateway module with
+    the apps, or it counts as stale.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
     try:
         for app in apps:
-            fd, tmp = tempfile.mkstemp(prefix=f".{app.deployment.name}.", suffix=".tmp", dir=out)
+            # Named after the file it becomes: every module has a file name, not every one a deployment.
+            fd, tmp = tempfile.mkstemp(prefix=f".{app.filename}.", suffix=".tmp", dir=out)
             staged.append((Path(tmp), out / app.filename))
             with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
                 fh.write(app.text)
@@ -245,7 +262,7 @@ def _is_generated(path: Path) -> bool:
         return False
 
 
-def stale(apps: list[RenderedApp], out_dir: str | Path) -> list[str]:
+def stale(apps: Sequence[Module], out_dir: str | Path) -> list[str]:
     """Names of files in `out_dir` that differ from what would be rendered now (or are missing/extra)."""
     out = Path(out_dir)
     problems = []

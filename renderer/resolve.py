@@ -52,6 +52,12 @@ class ResolvedFleet:
     prices: dict[str, float]
     # deployment name -> every value of its merged (pre-default) tree: path -> (value, where it was written)
     origins: dict[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
+    # fleet.yaml's `gateway` mapping as written (None: absent); render and plan build the gateway from it
+    gateway: dict[str, Any] | None = None
+    fleet_file: str | None = None  # fleet.yaml's path as named, for the gateway module's header
+    # the Modal environment `--env` selects (its `modal_environment`): where rollback, destroy and
+    # status look for an app that no deployment file names
+    modal_environment: str | None = None
 
     def explain(self, name: str) -> list[tuple[tuple, Any, Mark | None]]:
         """Every leaf field of a resolved deployment: (path, value, where it was written; None: schema default)."""
@@ -328,4 +334,27 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
 
     diags.extend(unique_across_fleet(name_claims, "deployment name", "duplicate-name"))
     diags.extend(unique_across_fleet(served_claims, "served model name", "duplicate-served-name"))
-    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices, origins)
+    gateway = fleet.data.get("gateway") if fleet is not None and fleet_ok else None
+    if not any(d.is_error for d in diags):
+        diags.extend(gateway_diagnostics(fleet, gateway, built))
+    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices, origins,
+                         gateway=gateway, fleet_file=fleet.path if fleet is not None else None,
+                         modal_environment=modal_env.plain() if modal_env is not None else None)
+
+
+def gateway_diagnostics(fleet: Document | None, gateway: dict | None,
+                        deployments: list[spec.Deployment]) -> list[Diagnostic]:
+    """What `gateway.check_gateway` finds wrong with an enabled gateway, as errors at fleet.yaml's
+    `gateway:` key, so that `validate` (and the pre-commit hook) refuse a fleet `render` would.
+
+    The gateway module is imported only for a fleet that enables it: it loads the template engine,
+    which `validate` otherwise never needs.
+    """
+    if fleet is None or not (gateway or {}).get("enabled"):
+        return []
+    from renderer.gateway import check_gateway, gateway_config
+
+    mark = (fleet.root.key_marks or {}).get("gateway", fleet.root.mark)
+    return [Diagnostic(mark, ("gateway",), problem, "gateway",
+                       hint="fix it under `gateway` in fleet.yaml, or set gateway.enabled: false")
+            for problem in check_gateway(deployments, gateway_config(gateway))]
