@@ -23,9 +23,11 @@ EPILOG = """\
 examples:
   fleetform validate                      check every file in deployments/
   fleetform plan --env prod               what would run in prod, and what it costs
+  fleetform plan --against origin/main    what this branch changes, field by field
   fleetform render --out build            write one Modal app module per deployment
   fleetform render --out build --check   fail if build/ is stale (for CI)
-  modal deploy build/llama-3-1-8b-fp8.py  deploy one rendered app by hand
+  fleetform deploy --env prod             deploy what changed, smoke test, roll back failures
+  fleetform new ORG/MODEL --revision SHA  size a model and write its deployment file
 
 exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error
 """
@@ -109,10 +111,53 @@ def _one(resolved, name: str):
     raise Abort(EXIT_USAGE)
 
 
+def _gateway(resolved) -> Any:
+    """The fleet's gateway module (`RenderedGateway`) when fleet.yaml enables it, else None."""
+    if not (resolved.gateway or {}).get("enabled"):
+        return None
+    from renderer.gateway import render_gateway
+    from renderer.render import RenderError
+
+    try:
+        return render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise Abort(EXIT_INVALID) from None
+
+
+def _backend() -> Any:
+    """The Modal backend, looked up on its module at call time so tests can swap in a fake."""
+    from renderer import modal_api
+
+    return modal_api.default_backend()
+
+
+def _emit(report, fmt: str, failed: bool) -> int:
+    """Print a deploy-stage report; return its exit code.
+
+    JSON always goes to stdout (one document). Text goes to stdout too, except a report that is
+    nothing but an error: that is one line on stderr, like every other error of the CLI.
+    """
+    return report.emit(_console(stderr=failed and fmt == "text"), fmt)
+
+
+def _interrupted(what: str) -> int:
+    """Ctrl-C while planning or at a yes/no prompt: one line, on a line of its own (the prompt's
+    line is still open on a terminal), and the usual 130."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(f"interrupted: {what}", file=sys.stderr)
+    return 130
+
+
 # --- commands -------------------------------------------------------------------------------------------
 
 
 def cmd_validate(args) -> int:
+    if args.format == "github":
+        from renderer.diff import validate_github
+
+        return validate_github(args.paths or DEFAULT_PATHS, args.env)
     resolved = _resolve(args)
     n, warnings = len(resolved.deployments), sum(not d.is_error for d in resolved.diagnostics)
     if args.format == "json":
@@ -128,18 +173,22 @@ def cmd_validate(args) -> int:
 def cmd_render(args) -> int:
     from renderer.render import stale, write_all
 
-    apps = _render(_resolve(args))
+    resolved = _resolve(args)
+    modules = _render(resolved)
+    gateway = _gateway(resolved)
+    if gateway is not None:
+        modules.append(gateway)
     if args.check:
-        problems = stale(apps, args.out)
+        problems = stale(modules, args.out)
         for p in problems:
             print(f"stale: {p}", file=sys.stderr)
         if problems:
             print(f"run `fleetform render --out {args.out}` and commit the result", file=sys.stderr)
             return EXIT_INVALID
-        print(f"ok: {len(apps)} module(s) in {args.out} are up to date")
+        print(f"ok: {len(modules)} module(s) in {args.out} are up to date")
         return EXIT_OK
     try:
-        written = write_all(apps, args.out)
+        written = write_all(modules, args.out)
     except OSError as exc:
         print(f"error: cannot write to {args.out}: {exc.strerror or exc}; earlier output left as it was",
               file=sys.stderr)
@@ -147,27 +196,90 @@ def cmd_render(args) -> int:
     if args.format == "json":
         from renderer.diagnostics import dumps
 
-        print(dumps([{"name": a.deployment.name, "path": str(p), "content_hash": a.content_hash}
-                     for a, p in zip(apps, written)]))
+        print(dumps([{"name": m.name, "path": str(p), "content_hash": m.content_hash}
+                     for m, p in zip(modules, written)]))
     else:
-        for a, p in zip(apps, written):
-            print(f"wrote {p}  ({a.short_hash})")
+        for m, p in zip(modules, written):
+            print(f"wrote {p}  ({m.short_hash})")
     return EXIT_OK
+
+
+def _gateway_row(gateway, resolved) -> Any:
+    """The gateway as a row of the offline plan. It runs on CPUs only, and the plan counts GPU
+    time only, so its cost is $0 at any scale."""
+    from renderer.plan import PlanRow
+
+    g = gateway.config
+    return PlanRow(
+        name=gateway.name, source=resolved.fleet_file, model=f"gateway: {len(gateway.routes)} model name(s)",
+        gpu="CPU only", containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
+        concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max", content_hash=gateway.short_hash,
+        usd_per_hour_min=0.0, usd_per_hour_max=0.0, environment=resolved.modal_environment, auth="api_key",
+    )
+
+
+def _offline_plan(resolved, apps) -> Any:
+    """What would run and what it costs, from the YAML alone: one row per deployment, and the gateway."""
+    import dataclasses
+
+    from renderer.plan import make_plan
+
+    plan = make_plan(apps, resolved.prices, resolved.environment)
+    gateway = _gateway(resolved)
+    if gateway is None:
+        return plan
+    return dataclasses.replace(plan, rows=(*plan.rows, _gateway_row(gateway, resolved)))
+
+
+def _live_rows(resolved, apps) -> tuple[list | None, str | None]:
+    """(what `deploy` would do to each app, None), or (None, why Modal could not tell)."""
+    from renderer.deploy import live_plan
+    from renderer.modal_api import BackendError
+
+    try:
+        return live_plan(apps, _backend(), resolved.modal_environment), None
+    except BackendError as exc:
+        return None, str(exc)
 
 
 def cmd_plan(args) -> int:
-    from renderer.plan import make_plan, print_plan
+    if args.against:
+        from renderer.diff import plan_against
+
+        return plan_against(args.against, args.paths or DEFAULT_PATHS, args.env, args.format, args.detailed_exitcode)
+    if args.format == "github":
+        print("error: --format github annotates changes, so it needs --against REF (e.g. --against origin/main)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from renderer import modal_api
+
+    live = modal_api.credentials_available()
+    if args.detailed_exitcode and not live:
+        print("error: cannot tell what changes without Modal credentials; use --against REF", file=sys.stderr)
+        return EXIT_INVALID
+    from renderer.deploy import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code, plan_to_dict, render_plan
+    from renderer.plan import print_plan
 
     resolved = _resolve(args)
     apps = _render(resolved)
-    plan = make_plan(apps, resolved.prices, resolved.environment)
+    plan = _offline_plan(resolved, apps)
+    rows, error = _live_rows(resolved, apps) if live else (None, None)
+    if not live:
+        print(NO_CREDENTIALS_PLAN_NOTE, file=sys.stderr)  # stderr: stdout stays the table or the JSON
     if args.format == "json":
         from renderer.diagnostics import dumps
 
-        print(dumps(plan.to_dict()))
+        doc = {**plan.to_dict(), "live": None if rows is None else plan_to_dict(rows)}
+        print(dumps(doc | ({"error": error} if error else {})))
     else:
-        print_plan(plan, _console())
-    return EXIT_OK
+        console = _console()
+        print_plan(plan, console)
+        if rows is not None:
+            render_plan(rows, console)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    return plan_exit_code(rows) if args.detailed_exitcode and rows is not None else EXIT_OK
 
 
 def cmd_explain(args) -> int:
@@ -307,6 +419,90 @@ def cmd_bench(args) -> int:
     return EXIT_OK if completed and not failed else EXIT_INVALID
 
 
+def cmd_deploy(args) -> int:
+    from renderer.deploy import DeployOptions, run_deploy
+
+    resolved = _resolve(args)
+    apps = _render(resolved)
+    options = DeployOptions(
+        only=tuple(args.only or ()), parallel=args.parallel, dry_run=args.dry_run, yes=args.yes,
+        rollback=not args.no_rollback, fail_fast=args.fail_fast, format=args.format,
+        smoke_test=not args.skip_smoke_test, strategy=args.strategy, environment=resolved.modal_environment,
+    )
+    try:
+        report = run_deploy(apps, _backend(), options, _console())
+    except KeyboardInterrupt:  # while planning or at the prompt; once deploys run, run_deploy handles Ctrl-C
+        return _interrupted("nothing was deployed")
+    return _emit(report, args.format, failed=bool(report.error) and not report.results)
+
+
+def cmd_status(args) -> int:
+    from renderer.deploy import run_status
+
+    resolved = _resolve(args)
+    report = run_status(_render(resolved), _backend(), resolved.modal_environment)
+    return _emit(report, args.format, failed=bool(report.error))
+
+
+def _app_environment(args) -> tuple[Any, str | None]:
+    """(the resolved fleet, the Modal environment of app NAME): its deployment's, or for a name no
+    deployment file has (an orphan), the one `--env` selects."""
+    from renderer.deploy import environment_for
+
+    resolved = _resolve(args)
+    return resolved, environment_for(args.name, _render(resolved), resolved.modal_environment)
+
+
+def cmd_rollback(args) -> int:
+    from renderer.deploy import run_rollback
+
+    _, environment = _app_environment(args)
+    report = run_rollback(args.name, _backend(), environment=environment, to=args.to)
+    return _emit(report, args.format, failed=not report.ok)
+
+
+def cmd_destroy(args) -> int:
+    from renderer.deploy import run_destroy
+
+    _, environment = _app_environment(args)
+    prompt = _console(stderr=args.format == "json")  # the question never mixes into the JSON document
+    try:
+        report = run_destroy(args.name, _backend(), environment=environment, yes=args.yes, console=prompt)
+    except KeyboardInterrupt:
+        return _interrupted(f"{args.name} left running")
+    return _emit(report, args.format, failed=not report.ok)
+
+
+def _fleet_prices(out: str) -> dict[str, float] | None:
+    """GPU prices of the fleet that `new` writes into: OUT/fleet.yaml's `prices`, so the cheapest fit
+    is judged as `plan` will price it. None without a fleet.yaml; Abort(1) if it does not validate."""
+    from pathlib import Path
+
+    from renderer.load import FLEET_FILE, LoadError, load_file
+    from renderer.validate import FLEET_SCHEMA, check_schema
+
+    path = Path(out) / FLEET_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = load_file(path)
+        problems = [d for d in check_schema(doc, FLEET_SCHEMA) if d.is_error]
+    except LoadError as exc:
+        problems = list(exc.diagnostics)
+    if problems:
+        _print_diagnostics(problems, "text")
+        print(f"error: {path} does not validate, so its GPU prices cannot be used; fix it first", file=sys.stderr)
+        raise Abort(EXIT_INVALID)
+    return dict(doc.data.get("prices") or {}) or None
+
+
+def cmd_new(args) -> int:
+    from renderer.sizing import run_new
+
+    args.prices = _fleet_prices(args.out)
+    return run_new(args, _console())
+
+
 def cmd_serve(args) -> int:
     import shlex
 
@@ -338,6 +534,77 @@ def _add_common(p: argparse.ArgumentParser, formats=("text", "json", "github")) 
     p.add_argument("--format", choices=formats, default="text", help="output format (default: text)")
 
 
+def _add_deploy_commands(sub) -> None:
+    """deploy, status, rollback, destroy: the commands that change or read what Modal runs."""
+    raw = argparse.RawDescriptionHelpFormatter
+    needs = "Needs Modal credentials (`modal token new`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)."
+
+    p = sub.add_parser("deploy", help="deploy what changed to Modal, smoke test it, roll back what fails",
+                       description="Render the fleet, compare each deployment with the app Modal runs (its "
+                                   "ff-<content hash> tag) and deploy only what changed, several at a time. Each "
+                                   "deployed app is smoke tested (health, /v1/models, one chat completion); one that "
+                                   "fails is rolled back to the version live before (a first deploy is stopped). Asks "
+                                   "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
+                                   f"finish. {needs} See docs/deploying.md.",
+                       epilog="examples:\n"
+                              "  fleetform deploy --env prod --dry-run          what would be deployed, nothing more\n"
+                              "  fleetform deploy --env prod                    ask, then deploy what changed\n"
+                              "  fleetform deploy --only llama-3-1-8b-fp8 --yes one deployment, no question\n"
+                              "  fleetform deploy --env prod --yes --format json   for CI: one JSON report on stdout\n"
+                              "\nexit codes: 0 all deployed or unchanged, 1 a deployment or the run failed, "
+                              "2 usage error", formatter_class=raw)
+    _add_common(p, ("text", "json"))
+    p.add_argument("--only", action="append", metavar="NAME", help="deploy just this deployment (repeatable)")
+    p.add_argument("--parallel", type=int, default=4, metavar="N", help="deploys at a time (default: 4)")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deployed; deploy nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
+    p.add_argument("--no-rollback", action="store_true",
+                   help="leave a version that fails its smoke test live, for debugging")
+    p.add_argument("--fail-fast", action="store_true", help="after the first failure, start no new deploy")
+    p.add_argument("--strategy", choices=("rolling", "recreate"), default="rolling",
+                   help="Modal's deployment strategy: rolling starts new containers before old ones drain "
+                        "(default); recreate stops the old ones first")
+    p.add_argument("--skip-smoke-test", action="store_true",
+                   help="do not test deployed apps (so nothing is ever rolled back)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("status", help="show what Modal runs for each deployment: in sync, drifted, not deployed",
+                       description="Per deployment: the live version and its tag, the tag the YAML renders to, "
+                                   "the state (in sync, drifted, not deployed, unmanaged) and the URL; then the "
+                                   f"orphans, managed apps no YAML describes. {needs}",
+                       epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json",
+                       formatter_class=raw)
+    _add_common(p, ("text", "json"))
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", help="make an earlier version of a deployed app live again",
+                       description="Roll a managed app back to the version before the live one (skipping versions "
+                                   "that ran the same module), or to --to VERSION. Modal records the rollback as a "
+                                   "new version; `status` then shows the app as drifted until the YAML matches. "
+                                   f"Apps fleetform does not manage are refused. {needs}",
+                       epilog="examples:\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
+                              "  fleetform rollback llama-3-1-8b-fp8 --to v3\n"
+                              "  fleetform rollback llama-3-1-8b-fp8 --to ff-1a2b3c4d5e6f",
+                       formatter_class=raw)
+    p.add_argument("name", help="the deployment (or orphaned app) to roll back")
+    _add_common(p, ("text", "json"))
+    p.add_argument("--to", metavar="VERSION",
+                   help="a version number (v3 or 3, as `modal app history` lists them) or a deployment tag (ff-...)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("destroy", help="stop a deployed app: its containers terminate, its URL stops answering",
+                       description="Stop a managed app, after a yes/no question unless --yes (without a terminal, "
+                                   "--yes is required). Volumes with the weights and caches are kept. Apps fleetform "
+                                   f"does not manage are refused. {needs}",
+                       epilog="examples:\n  fleetform destroy old-model --env dev\n"
+                              "  fleetform destroy old-model --env dev --yes --format json",
+                       formatter_class=raw)
+    p.add_argument("name", help="the deployment (or orphaned app) to stop")
+    _add_common(p, ("text", "json"))
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_destroy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from renderer import __version__
 
@@ -354,7 +621,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check deployment files against the schema and the rules",
                        description="Check every deployment file: the JSON Schema in schema/, then semantic rules "
                                    "(GPU counts, FP8 hardware, literal credentials, ...). Every problem is reported "
-                                   "as file:line:column with the field path and a hint.", formatter_class=raw)
+                                   "as file:line:column with the field path and a hint. A model whose config.json and "
+                                   "weights are in the local Hugging Face cache is also checked to fit its GPUs.",
+                       epilog="examples:\n"
+                              "  fleetform validate                            every file in deployments/\n"
+                              "  fleetform validate deployments/chat.yaml      one file (with the fleet.yaml beside it)\n"
+                              "  fleetform validate --env prod                 with prod's overrides applied\n"
+                              "  fleetform validate --format github            annotations and a summary for CI "
+                              "(docs/ci.md)\n"
+                              "\nexit codes: 0 valid (warnings allowed), 1 errors, 2 usage error",
+                       formatter_class=raw)
     _add_common(p)
     p.set_defaults(func=cmd_validate)
 
@@ -368,11 +644,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is not what render would write")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("plan", help="show what would run and what it costs",
+    p = sub.add_parser("plan", help="show what would run, what it costs, and what a deploy would change",
                        description="Render the fleet and show, per deployment, the model and revision, GPUs, "
-                                   "container range, concurrency, content hash and estimated GPU cost per hour.",
+                                   "container range, concurrency, content hash and estimated GPU cost per hour "
+                                   "(the gateway, when fleet.yaml enables it, is a CPU-only row at $0). With Modal "
+                                   "credentials it also shows what `deploy` would do to each app (create, update, "
+                                   "unchanged, conflict, orphan); without them it says so in one line and shows "
+                                   "the offline plan. --against REF instead compares with the fleet at a git "
+                                   "revision, offline: see docs/ci.md.",
+                       epilog="examples:\n"
+                              "  fleetform plan --env prod                       cost, and the live view with credentials\n"
+                              "  fleetform plan --against origin/main            what this branch changes, field by field\n"
+                              "  fleetform plan --against origin/main --format github   annotations for a pull request\n"
+                              "  fleetform plan --env prod --detailed-exitcode   exit 2 if deploy would change something\n"
+                              "\nexit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 no changes, "
+                              "2 changes pending, 1 any error",
                        formatter_class=raw)
-    _add_common(p, ("text", "json"))
+    _add_common(p, ("text", "json", "github"))
+    p.add_argument("--against", metavar="REF",
+                   help="compare with the fleet at git revision REF (e.g. origin/main): what changes, field by field, "
+                        "and which changes start new containers")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0 if nothing changes, 2 if changes are pending, 1 on error (without --against: "
+                        "against what Modal runs, which needs credentials)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("explain", help="show a deployment's resolved values and where each came from",
@@ -383,6 +677,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the deployment to explain")
     _add_common(p, ("text", "json"))
     p.set_defaults(func=cmd_explain)
+
+    _add_deploy_commands(sub)
+
+    p = sub.add_parser("new", help="size a model and write a deployment for it on the cheapest GPUs that fit",
+                       description="Read a model's config.json and weight sizes (from --from-dir, the local Hugging "
+                                   "Face cache, or the Hub), weigh every GPU type and count for its weights plus the "
+                                   "KV cache of --concurrency sequences of --max-model-len tokens, print the options, "
+                                   "and write OUT/NAME.yaml on the cheapest that fits. GPU prices come from "
+                                   "OUT/fleet.yaml's `prices` when it has them.",
+                       epilog="examples:\n"
+                              "  fleetform new meta-llama/Llama-3.1-8B-Instruct --revision 0e9e39f249a16976918f6564b8830bc894c89659\n"
+                              "  fleetform new ORG/MODEL --revision SHA --max-model-len 8192 --concurrency 16\n"
+                              "  fleetform new ORG/MODEL --revision SHA --from-dir ./checkpoint --quantization fp8\n"
+                              "\nexit codes: 0 written, 1 the model cannot be read or fit (or the file exists), "
+                              "2 usage error", formatter_class=raw)
+    p.add_argument("model_id", metavar="MODEL_ID", help="Hugging Face repository id, e.g. meta-llama/Llama-3.1-8B")
+    p.add_argument("--revision", required=True, metavar="SHA", help="the full 40-character commit to pin")
+    p.add_argument("--max-model-len", type=int, metavar="N",
+                   help="longest context to serve (default: the model's own limit)")
+    p.add_argument("--concurrency", type=int, metavar="C",
+                   help="sequences of that length to hold at once (default 1); also the autoscaler's target")
+    p.add_argument("--from-dir", metavar="DIR", help="read config.json and weights from this folder (offline)")
+    p.add_argument("--name", help="deployment name (default: derived from the model id)")
+    p.add_argument("--quantization", choices=["none", "fp8", "awq", "gptq", "compressed-tensors", "bitsandbytes"],
+                   help="the checkpoint's format, or fp8/bitsandbytes to quantize a 16-bit checkpoint on load")
+    p.add_argument("--gpu-memory-utilization", type=float, metavar="U",
+                   help="share of GPU memory vLLM may use (default 0.9)")
+    p.add_argument("--out", default="deployments", metavar="DIR", help="folder to write NAME.yaml into "
+                                                                      "(default: deployments)")
+    p.add_argument("--force", action="store_true", help="replace an existing NAME.yaml")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    p.set_defaults(func=cmd_new)
 
     def add_target(p: argparse.ArgumentParser) -> None:
         p.add_argument("target", metavar="TARGET", help="a deployment name (its URL comes from Modal) or a base URL")

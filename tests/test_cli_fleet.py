@@ -1,0 +1,172 @@
+"""Fleet-wide output through the real CLI: `plan --against` and the GitHub formats, and the gateway
+module that fleet.yaml's `gateway` adds to render, plan and validate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import REPO, run_cli
+from renderer.gateway import render_gateway
+from renderer.load import load_fleet
+from renderer.render import render_fleet, write_all
+from renderer.resolve import resolve
+from test_gitref import FLEET_YAML, REV_2, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
+
+# --- plan --against and the GitHub formats ------------------------------------------------------------------
+
+
+def test_plan_against_a_revision(fleet_repo):
+    short = git(fleet_repo, "rev-parse", "--short=7", "HEAD~1")
+    result = run_cli("plan", "--against", "HEAD~1", cwd=fleet_repo)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith(f"fleetform plan: the working tree against HEAD~1 ({short})\n")
+    assert result.stdout.endswith("Plan: 1 to create, 2 to update (1 with new containers), 1 to remove, 0 unchanged.\n")
+
+
+def test_plan_against_detailed_exitcode(fleet_repo):
+    assert run_cli("plan", "--against", "HEAD~1", "--detailed-exitcode", cwd=fleet_repo).returncode == 2
+    assert run_cli("plan", "--against", "HEAD", "--detailed-exitcode", cwd=fleet_repo).returncode == 0
+    write(fleet_repo, {"deployments/chat.yaml": deployment_yaml("chat", REV_2, max_containers=3)})
+    result = run_cli("plan", "--against", "HEAD", "--detailed-exitcode", "--format", "json", cwd=fleet_repo)
+    doc = json.loads(result.stdout)
+    assert result.returncode == 2 and doc["summary"] == {"create": 0, "update": 1, "remove": 0, "unchanged": 2}
+
+
+def test_plan_against_github_annotates_and_summarises(fleet_repo, tmp_path):
+    summary = tmp_path / "summary.md"
+    result = run_cli("plan", "--against", "HEAD~1", "--env", "prod", "--format", "github", cwd=fleet_repo,
+                     env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("::notice file=deployments/batch.yaml,line=8,col=19,title=fleetform plan::batch: "
+                                    "scaling.max_containers: 4 -> 8: scaling")
+    assert "\n::warning file=deployments/chat.yaml,line=4," in result.stdout
+    assert summary.read_text().startswith("## fleetform plan\n")
+
+
+def test_plan_against_an_unknown_revision_is_one_line(fleet_repo):
+    result = run_cli("plan", "--against", "no-such-branch", cwd=fleet_repo)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+def test_validate_github(fleet_repo, tmp_path):
+    summary = tmp_path / "summary.md"
+    environ = {"GITHUB_STEP_SUMMARY": str(summary)}
+    result = run_cli("validate", "--format", "github", cwd=fleet_repo, env=environ)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert summary.read_text() == "## fleetform validate\n\n**3 deployment(s) valid**.\n\n"
+    write(fleet_repo, {"deployments/chat.yaml": deployment_yaml("chat", "main")})
+    result = run_cli("validate", "--format", "github", cwd=fleet_repo, env=environ)
+    assert result.returncode == 1
+    assert result.stdout.startswith("::error file=deployments/chat.yaml,line=4,col=13,title=fleetform schema-pattern::")
+
+
+# --- the gateway ----------------------------------------------------------------------------------------
+
+GATEWAY = "gateway:\n  enabled: true\n  min_containers: 1\n"
+
+
+@pytest.fixture
+def gateway_fleet(tmp_path, monkeypatch):
+    """The example fleet, with the gateway enabled in its fleet.yaml, as the working directory."""
+    shutil.copytree(REPO / "deployments", tmp_path / "deployments")
+    fleet = tmp_path / "deployments" / "fleet.yaml"
+    fleet.write_text(fleet.read_text() + "\n" + GATEWAY)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def gateway_line(root) -> int:
+    lines = (root / "deployments" / "fleet.yaml").read_text().splitlines()
+    return lines.index("gateway:") + 1
+
+
+def test_resolve_carries_the_gateway_and_the_modal_environment(gateway_fleet):
+    resolved = resolve(load_fleet(["deployments"]), "dev")
+    assert resolved.gateway == {"enabled": True, "min_containers": 1}
+    assert (resolved.fleet_file, resolved.modal_environment) == ("deployments/fleet.yaml", "dev")
+    plain = resolve(load_fleet(["deployments"]))
+    assert plain.modal_environment is None
+
+
+def test_render_writes_the_gateway_module_and_check_sees_it(gateway_fleet):
+    result = run_cli("render", "--out", "build", "--format", "json", cwd=gateway_fleet)
+    assert result.returncode == 0, result.stderr
+    written = {m["name"]: m["path"] for m in json.loads(result.stdout)}
+    assert written["fleetform-gateway"] == "build/fleetform-gateway.py" and len(written) == 5
+    module = (gateway_fleet / "build" / "fleetform-gateway.py").read_text()
+    assert module.startswith("# Generated by fleetform ") and "'deployments/fleet.yaml'" in module.splitlines()[0]
+    check = run_cli("render", "--out", "build", "--check", cwd=gateway_fleet)
+    assert (check.returncode, check.stdout) == (0, "ok: 5 module(s) in build are up to date\n")
+    with open(gateway_fleet / "build" / "fleetform-gateway.py", "a") as fh:
+        fh.write("# edited\n")
+    check = run_cli("render", "--out", "build", "--check", cwd=gateway_fleet)
+    assert check.returncode == 1 and "stale: build/fleetform-gateway.py: out of date" in check.stderr
+
+
+def test_rendering_again_keeps_the_gateway_and_disabling_it_prunes_it(gateway_fleet):
+    assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 0
+    assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 0
+    assert (gateway_fleet / "build" / "fleetform-gateway.py").is_file()
+    fleet = gateway_fleet / "deployments" / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace("enabled: true", "enabled: false"))
+    check = run_cli("render", "--out", "build", "--check", cwd=gateway_fleet)
+    assert check.returncode == 1 and "stale: build/fleetform-gateway.py: no deployment renders it any more" in check.stderr
+    assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 0
+    assert sorted(p.name for p in (gateway_fleet / "build").iterdir()) == [
+        "llama-3-1-8b-fp8.py", "llama-3-3-70b-fp8.py", "qwen2-5-7b-awq.py", "qwen2-5-7b-instruct.py"]
+
+
+def test_write_all_names_temporary_files_after_the_module_file(gateway_fleet, tmp_path, monkeypatch):
+    """The gateway has no deployment: write_all stages every module under its own file name."""
+    import tempfile
+
+    resolved = resolve(load_fleet(["deployments"]))
+    apps = render_fleet(resolved.deployments)
+    gateway = render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
+    prefixes = []
+    real = tempfile.mkstemp
+
+    def mkstemp(**kw):
+        prefixes.append(kw["prefix"])
+        return real(**kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    written = write_all([*apps, gateway], tmp_path / "out")
+    assert [p.name for p in written] == [*(a.filename for a in apps), "fleetform-gateway.py"]
+    assert prefixes == [f".{a.filename}." for a in apps] + [".fleetform-gateway.py."]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in written)  # no leftovers
+
+
+def test_plan_lists_the_gateway_at_no_gpu_cost(gateway_fleet):
+    result = run_cli("plan", "--env", "prod", "--format", "json", cwd=gateway_fleet)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    rows = {r["name"]: r for r in doc["deployments"]}
+    gw = rows["fleetform-gateway"]
+    assert (gw["gpu"], gw["usd_per_hour_min"], gw["usd_per_hour_max"]) == ("CPU only", 0.0, 0.0)
+    assert (gw["containers"], gw["concurrency"], gw["environment"]) == ("1-any", "200 target / 1000 max", "prod")
+    assert gw["model"] == "gateway: 5 model name(s)" and gw["source"] == "deployments/fleet.yaml"
+    assert len(rows) == 5
+    text = run_cli("plan", "--env", "prod", cwd=gateway_fleet).stdout
+    assert "fleetform-gateway" in text and "CPU only" in text
+
+
+def test_a_gateway_problem_is_a_validate_error_at_the_gateway_key(gateway_fleet):
+    fleet = gateway_fleet / "deployments" / "fleet.yaml"
+    fleet.write_text(fleet.read_text() + "  name: qwen2-5-7b-awq\n  upstream_timeout: 2h\n")
+    result = run_cli("validate", cwd=gateway_fleet)
+    line = gateway_line(gateway_fleet)
+    assert (result.returncode, result.stdout) == (1, "")
+    hint = "    hint: fix it under `gateway` in fleet.yaml, or set gateway.enabled: false"
+    assert result.stderr.splitlines() == [
+        f"deployments/fleet.yaml:{line}:1: error: gateway: gateway.request_timeout (3600 s) must be longer than "
+        "gateway.upstream_timeout (7200 s)", hint,
+        f"deployments/fleet.yaml:{line}:1: error: gateway: gateway.name 'qwen2-5-7b-awq' is also a deployment's name: "
+        "pick another", hint,
+        "2 error(s); nothing was rendered or deployed"]
+    assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 1
+    assert not (gateway_fleet / "build").exists()

@@ -1,0 +1,144 @@
+"""Sizing through the real CLI: `fleetform new` writes a deployment `validate` accepts, and
+`validate` refuses a deployment whose cached model cannot fit its GPUs. The Hugging Face cache is
+a temporary folder laid out as huggingface_hub lays it out; nothing reaches the Hub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from test_sizing import LLAMA_8B_FILES, REVISION, model_dir
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """Llama-3.1-8B's config.json and its four safetensors files (sparse: sized, not filled)."""
+    return model_dir(tmp_path / "checkpoint")
+
+
+def new(out, checkpoint, *extra: str):
+    return run_cli("new", MODEL, "--revision", REVISION, "--from-dir", str(checkpoint), "--out", str(out), *extra)
+
+
+# --- fleetform new ---------------------------------------------------------------------------------------
+
+
+def test_new_writes_a_deployment_that_validates(tmp_path, checkpoint):
+    out = tmp_path / "deployments"
+    result = new(out, checkpoint, "--max-model-len", "8192", "--concurrency", "16")
+    assert result.returncode == 0, result.stderr
+    path = out / "llama-3-1-8b-instruct.yaml"
+    assert f"wrote {path.as_posix()}: 2 x L4 at $1.60/hour a container" in result.stdout
+    assert "chosen" in result.stdout and result.stderr == ""
+    check = run_cli("validate", str(path))
+    assert (check.returncode, check.stdout, check.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
+
+
+def test_new_json_and_refusing_to_overwrite(tmp_path, checkpoint):
+    out = tmp_path / "deployments"
+    result = new(out, checkpoint, "--max-model-len", "8192", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["chosen"]["gpu"], doc["chosen"]["count"]) == ("L4", 1)
+    assert doc["path"] == (out / "llama-3-1-8b-instruct.yaml").as_posix()
+    again = new(out, checkpoint, "--max-model-len", "8192")
+    assert again.returncode == 1
+    assert again.stderr == f"error: {out / 'llama-3-1-8b-instruct.yaml'} already exists: pass --force to replace it, " \
+                           "or --name NAME\n"
+    assert new(out, checkpoint, "--max-model-len", "8192", "--force").returncode == 0
+
+
+def test_new_prices_come_from_the_fleet_it_joins(tmp_path, checkpoint):
+    """An L4 priced out of reach in OUT/fleet.yaml: the next cheapest fit is chosen instead."""
+    out = tmp_path / "deployments"
+    out.mkdir()
+    (out / "fleet.yaml").write_text("prices:\n  L4: 50.0\n")
+    result = new(out, checkpoint, "--max-model-len", "8192", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads(result.stdout)["chosen"]
+    assert (chosen["gpu"], chosen["count"]) == ("A10", 1)
+    assert run_cli("validate", str(out)).returncode == 0
+
+
+def test_new_refuses_a_fleet_yaml_that_does_not_validate(tmp_path, checkpoint):
+    out = tmp_path / "deployments"
+    out.mkdir()
+    (out / "fleet.yaml").write_text("prices:\n  L4: cheap\n")
+    result = new(out, checkpoint)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[-1] == (f"error: {out / 'fleet.yaml'} does not validate, so its GPU prices cannot "
+                                              "be used; fix it first")
+    assert f"{out / 'fleet.yaml'}:2:7: error: prices.L4: " in result.stderr
+    assert not (out / "llama-3-1-8b-instruct.yaml").exists()
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["new", MODEL], 2, "the following arguments are required: --revision"),
+    (["new", MODEL, "--revision", "main"], 2, "error: --revision 'main': pin a full 40-character commit hash"),
+    (["new", MODEL, "--revision", REVISION, "--quantization", "int3"], 2, "argument --quantization: invalid choice"),
+    (["new", MODEL, "--revision", REVISION, "--from-dir", "no/such/dir"], 1, "error: --from-dir no/such/dir: not a "
+                                                                              "directory"),
+])
+def test_new_errors_are_one_line(tmp_path, argv, code, message):
+    result = run_cli(*argv, "--out", str(tmp_path))
+    assert result.returncode == code and message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+# --- validate: does the cached model fit? -----------------------------------------------------------------
+
+DEPLOYMENT = f"""\
+name: llama-8b
+model:
+  id: {MODEL}
+  revision: {REVISION}
+  max_model_len: {{max_model_len}}
+gpu:
+  type: L4
+"""
+
+
+@pytest.fixture
+def hf_cache(tmp_path):
+    """A Hugging Face cache holding Llama-3.1-8B-Instruct at REVISION: config.json and its weights."""
+    hub = tmp_path / "hf" / "hub"
+    model_dir(hub / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots" / REVISION, files=LLAMA_8B_FILES)
+    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub)}
+
+
+def write_deployment(tmp_path, max_model_len: int):
+    path = tmp_path / "fleet" / "llama-8b.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(DEPLOYMENT.format(max_model_len=max_model_len))
+    return path
+
+
+def test_a_cached_model_that_cannot_fit_is_an_error_at_its_line(tmp_path, hf_cache):
+    """14.96 GiB of weights + 16 GiB of KV for one 131072-token sequence (128 KiB a token) on one L4:
+    0.9 x 24 GiB = 21.6 GiB, 20.6 GiB after 1 GiB of overhead. What fits beside the weights:
+    (21.6 - 14.96 - 1) GiB / 128 KiB = 46223 tokens, offered rounded down to 46080."""
+    path = write_deployment(tmp_path, 131072)
+    result = run_cli("validate", str(path), env=hf_cache)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"{path}:5:18: error: model.max_model_len: 15.0 GiB of weights + 16.0 GiB of KV cache for one 131072-token "
+        "sequence do not fit 1 x L4 at 0.9 utilization (20.6 GiB after overhead): vLLM would refuse to start\n"
+        "    hint: set model.max_model_len to at most 46080, or 2 x L4 ($1.60/h) is the cheapest that fits\n"
+        "1 error(s); nothing was rendered or deployed\n")
+
+
+def test_a_cached_model_that_fits_passes(tmp_path, hf_cache):
+    result = run_cli("validate", str(write_deployment(tmp_path, 32768)), env=hf_cache)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
+
+
+def test_without_the_model_in_the_cache_the_fit_is_not_checked(tmp_path, hf_cache):
+    """The session's own cache is empty, and another revision is not the cached one: no check, no network."""
+    path = write_deployment(tmp_path, 131072)
+    assert run_cli("validate", str(path)).returncode == 0
+    path.write_text(path.read_text().replace(REVISION, "a" * 40))
+    assert run_cli("validate", str(path), env=hf_cache).returncode == 0
