@@ -45,7 +45,7 @@ model:
   dtype: bfloat16
   max_model_len: 8192
   tokenizer: org/tok
-  chat_template: /root/template.jinja
+  chat_template: "{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}"
   quantization: fp8
   quantize_on_load: true
   max_lora_rank: 64

@@ -85,4 +85,4 @@ case $PART in
   snapshot) snapshot ;;
   all) boots eager true; boots graphs false; snapshot ;;
 esac
-column -t -s $'\t' "$results"
+(command -v column >/dev/null && column -t -s $'\t' "$results") || cat "$results"

@@ -1,0 +1,85 @@
+"""Every flag fleetform puts on a `vllm serve` command line exists in the pinned vLLM.
+
+The fixture lists the option strings of vLLM 0.26.0's own `serve` parser, written by
+`benchmarks/check_vllm_argv.py` on a machine with vLLM installed (where that script also parses
+each full command line with the real parser). This test needs no vLLM: it checks the command
+lines of every example and of a deployment that turns on every optional flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from renderer.load import load_fleet
+from renderer.resolve import resolve
+
+FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.26.0-serve-options.txt"
+ALL_KNOBS = """\
+name: all-knobs
+model:
+  id: org/model
+  revision: {rev}
+  served_model_names: [a, b]
+  dtype: bfloat16
+  max_model_len: 8192
+  tokenizer: org/tok
+  chat_template: "{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}"
+  quantization: fp8
+  quantize_on_load: true
+  max_lora_rank: 64
+  lora_adapters:
+    - {{name: sql, id: org/sql-lora, revision: {rev}}}
+gpu: {{type: H100, count: 2}}
+engine:
+  fast_boot: true
+  cold_start: snapshot
+  gpu_memory_utilization: 0.85
+  max_num_seqs: 128
+  enable_prefix_caching: false
+  kv_cache_dtype: fp8
+"""
+
+
+def vllm_options() -> set[str]:
+    lines = FIXTURE.read_text().splitlines()
+    assert lines[0].startswith("# `vllm serve` option strings of vLLM 0.26.0")
+    return {l for l in lines[1:] if l}
+
+
+def command_lines(tmp_path: Path) -> dict[str, list[str]]:
+    out = {d.name: list(d.argv) for d in resolve(load_fleet([str(REPO / "deployments")])).deployments}
+    f = tmp_path / "all-knobs.yaml"
+    f.write_text(ALL_KNOBS.format(rev="a" * 40))
+    fleet = resolve(load_fleet([str(f)]))
+    assert fleet.ok, fleet.diagnostics
+    out["all-knobs"] = list(fleet.deployments[0].argv)
+    return out
+
+
+def test_examples_pin_the_vllm_the_fixture_was_read_from():
+    for d in resolve(load_fleet([str(REPO / "deployments")])).deployments:
+        assert d.engine.vllm_version == "0.26.0"
+
+
+def test_every_flag_exists_in_vllm(tmp_path):
+    options = vllm_options()
+    assert len(options) > 300
+    lines = command_lines(tmp_path)
+    emitted = {t for argv in lines.values() for t in argv if t.startswith("-")}
+    # the all-knobs deployment really exercises every optional flag fleetform knows
+    assert {"--enable-sleep-mode", "--middleware", "--lora-modules", "--quantization", "--chat-template",
+            "--no-enable-prefix-caching", "--enforce-eager", "--no-enforce-eager", "--kv-cache-dtype"} <= emitted
+    unknown = sorted(emitted - options)
+    assert unknown == [], f"flags the pinned vLLM does not accept: {unknown}"
+
+
+def test_a_misspelled_flag_would_be_caught():
+    assert "--tensor-paralel-size" not in vllm_options() and "--tensor-parallel-size" in vllm_options()
+
+
+@pytest.mark.parametrize("flag", ["--served-model-name", "--revision", "--port", "--host"])
+def test_core_flags_present(flag):
+    assert flag in vllm_options()
