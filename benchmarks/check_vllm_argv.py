@@ -35,32 +35,8 @@ def serve_parser():
     return parser, cmds[0]
 
 
-VARIANTS = {
-    "all-knobs": """
-name: all-knobs
-model:
-  id: org/model
-  revision: {rev}
-  served_model_names: [a, b]
-  dtype: bfloat16
-  max_model_len: 8192
-  tokenizer: org/tok
-  chat_template: "{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}"
-  quantization: fp8
-  quantize_on_load: true
-  max_lora_rank: 64
-  lora_adapters:
-    - {{name: sql, id: org/sql-lora, revision: {rev}}}
-gpu: {{type: H100, count: 2}}
-engine:
-  fast_boot: true
-  cold_start: snapshot
-  gpu_memory_utilization: 0.85
-  max_num_seqs: 128
-  enable_prefix_caching: false
-  kv_cache_dtype: fp8
-""",
-}
+# Turns on every optional flag fleetform can emit (shared with tests/test_vllm_flags.py).
+VARIANTS = [Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "all-knobs.yaml"]
 
 
 def main() -> int:
@@ -72,13 +48,10 @@ def main() -> int:
     import vllm
 
     argvs = {d.name: list(d.argv) for d in resolve(load_fleet(["deployments"])).deployments}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, text in VARIANTS.items():
-            path = Path(tmp) / f"{name}.yaml"
-            path.write_text(text.format(rev="a" * 40))
-            fleet = resolve(load_fleet([str(path)]))
-            assert fleet.ok, fleet.diagnostics
-            argvs[name] = list(fleet.deployments[0].argv)
+    for path in VARIANTS:
+        fleet = resolve(load_fleet([str(path)]))
+        assert fleet.ok, fleet.diagnostics
+        argvs[fleet.deployments[0].name] = list(fleet.deployments[0].argv)
 
     parser, cmd = serve_parser()
     failures = 0

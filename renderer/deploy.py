@@ -411,8 +411,28 @@ class DeploymentResult:
         }
 
 
+class _Report:
+    """What every report shares: `emit` prints it as the CLI should and returns the exit code."""
+
+    exit_code: int
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def render(self, console: Console) -> None:
+        raise NotImplementedError
+
+    def emit(self, console: Console, fmt: str = "text") -> int:
+        """JSON on stdout for --format json, else the rendered text; returns the exit code."""
+        if fmt == "json":
+            _write_json(console, self.to_dict())
+        else:
+            self.render(console)
+        return self.exit_code
+
+
 @dataclass
-class DeployReport:
+class DeployReport(_Report):
     results: list[DeploymentResult] = field(default_factory=list)
     orphans: list[LiveApp] = field(default_factory=list)
     error: str | None = None  # a failure of the whole run (credentials, environment, network)
@@ -451,14 +471,6 @@ class DeployReport:
 
     def render(self, console: Console) -> None:
         render_deploy_report(self, console)
-
-    def emit(self, console: Console, fmt: str = "text") -> int:
-        """Print the report as the CLI should (JSON on stdout for --format json); return the exit code."""
-        if fmt == "json":
-            _write_json(console, self.to_dict())
-        else:
-            self.render(console)
-        return self.exit_code
 
 
 def run_deploy(
@@ -851,7 +863,7 @@ class StatusRow:
 
 
 @dataclass
-class StatusReport:
+class StatusReport(_Report):
     rows: list[StatusRow] = field(default_factory=list)
     error: str | None = None
 
@@ -884,13 +896,6 @@ class StatusReport:
                 r.url or "-",
             )
         console.print(table)
-
-    def emit(self, console: Console, fmt: str = "text") -> int:
-        if fmt == "json":
-            _write_json(console, self.to_dict())
-        else:
-            self.render(console)
-        return self.exit_code
 
 
 _PLAN_TO_STATE = {CREATE: NOT_DEPLOYED, UPDATE: DRIFTED, UNCHANGED: IN_SYNC, CONFLICT: UNMANAGED, ORPHAN: ORPHAN}
@@ -930,7 +935,7 @@ def _url_or_none(backend: Backend, row: PlanRow) -> str | None:
 
 
 @dataclass
-class ActionReport:
+class ActionReport(_Report):
     """The outcome of `rollback` or `destroy`: one line to print."""
 
     ok: bool
@@ -949,13 +954,6 @@ class ActionReport:
             console.print(self.message, highlight=False)
         else:
             console.print(f"[red]error:[/red] {self.message}", highlight=False, soft_wrap=True)
-
-    def emit(self, console: Console, fmt: str = "text") -> int:
-        if fmt == "json":
-            _write_json(console, self.to_dict())
-        else:
-            self.render(console)
-        return self.exit_code
 
 
 def _managed_app(name: str, backend: Backend, env: str | None, verb: str) -> LiveApp | ActionReport:

@@ -17,30 +17,7 @@ from renderer.load import load_fleet
 from renderer.resolve import resolve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.26.0-serve-options.txt"
-ALL_KNOBS = """\
-name: all-knobs
-model:
-  id: org/model
-  revision: {rev}
-  served_model_names: [a, b]
-  dtype: bfloat16
-  max_model_len: 8192
-  tokenizer: org/tok
-  chat_template: "{{% for m in messages %}}{{{{ m.content }}}}{{% endfor %}}"
-  quantization: fp8
-  quantize_on_load: true
-  max_lora_rank: 64
-  lora_adapters:
-    - {{name: sql, id: org/sql-lora, revision: {rev}}}
-gpu: {{type: H100, count: 2}}
-engine:
-  fast_boot: true
-  cold_start: snapshot
-  gpu_memory_utilization: 0.85
-  max_num_seqs: 128
-  enable_prefix_caching: false
-  kv_cache_dtype: fp8
-"""
+ALL_KNOBS = Path(__file__).parent / "fixtures" / "all-knobs.yaml"
 
 
 def vllm_options() -> set[str]:
@@ -51,9 +28,7 @@ def vllm_options() -> set[str]:
 
 def command_lines(tmp_path: Path) -> dict[str, list[str]]:
     out = {d.name: list(d.argv) for d in resolve(load_fleet([str(REPO / "deployments")])).deployments}
-    f = tmp_path / "all-knobs.yaml"
-    f.write_text(ALL_KNOBS.format(rev="a" * 40))
-    fleet = resolve(load_fleet([str(f)]))
+    fleet = resolve(load_fleet([str(ALL_KNOBS)]))
     assert fleet.ok, fleet.diagnostics
     out["all-knobs"] = list(fleet.deployments[0].argv)
     return out
