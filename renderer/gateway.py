@@ -16,16 +16,13 @@ shortens host names over 63 characters.
 
 from __future__ import annotations
 
-import ast
 import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import jinja2
-
 from renderer import __version__, spec
-from renderer.render import HASH_PREFIX, RenderError, Trusted, content_hash, display_source, environment
+from renderer.render import RenderError, Trusted, display_source, render_module
 from renderer.validate import FLEET_SCHEMA, load_schema, parse_duration
 
 TEMPLATE = "gateway.py.j2"
@@ -208,18 +205,5 @@ def render_gateway(deployments: Iterable[spec.Deployment], gateway: GatewayConfi
         "gateway_source": gateway_source(),
         "hash": Trusted("{hash}"),
     }
-    try:
-        text = environment().get_template(TEMPLATE).render(context)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"gateway: template error: {exc}") from None
-    first = text.index("\n") + 1
-    second = text.index("\n", first) + 1
-    header, body = text[:second], text[second:]
-    assert header.splitlines()[1].startswith(HASH_PREFIX)
-    digest = content_hash(body)
-    text = header.replace("{hash}", digest) + body
-    try:
-        ast.parse(text, filename=f"{config.name}.py")
-    except SyntaxError as exc:  # a bug in fleetform, never in the user's YAML
-        raise RenderError(f"rendered gateway module does not parse: {exc}") from None
+    text, digest = render_module(TEMPLATE, context, f"{config.name}.py", "gateway")
     return RenderedGateway(config, tuple(upstreams), text, digest)

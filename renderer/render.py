@@ -85,7 +85,10 @@ def _finalize(value: Any) -> Any:
 
 
 @functools.cache
-def environment() -> jinja2.Environment:
+def environment() -> "jinja2.Environment":
+    """The one Jinja environment (imported here, not at the top: validating a fleet never needs it)."""
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
         undefined=jinja2.StrictUndefined,
@@ -175,25 +178,34 @@ def render(d: spec.Deployment) -> RenderedApp:
         "runtime_source": runtime_source(),
         "hash": Trusted("{hash}"),
     }
-    try:
-        text = environment().get_template(TEMPLATE).render(context)
-    except jinja2.TemplateError as exc:
-        raise RenderError(f"{d.source}: template error: {exc}") from None
-    header, body = _split(text)
-    digest = content_hash(body)
-    text = header.replace("{hash}", digest) + body
-    try:
-        ast.parse(text, filename=f"{d.name}.py")
-    except SyntaxError as exc:  # a bug in fleetform, never in the user's YAML
-        raise RenderError(f"rendered module for {d.name} does not parse: {exc}") from None
+    text, digest = render_module(TEMPLATE, context, f"{d.name}.py", d.source)
     return RenderedApp(d, text, digest)
 
 
-def _split(text: str) -> tuple[str, str]:
-    """(the two header lines, the body)."""
+def render_module(template: str, context: dict[str, Any], filename: str, what: str) -> tuple[str, str]:
+    """Render a module template and seal it: (text, content hash).
+
+    The template's first two lines are the header; the second carries a `{hash}` placeholder that
+    becomes the sha256 of everything below the header. The result must parse as Python: a module
+    that does not is a bug in fleetform, never in the user's YAML.
+    """
+    import jinja2  # loaded by environment() already; named here for its exception type
+
+    try:
+        text = environment().get_template(template).render(context)
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"{what}: template error: {exc}") from None
     first = text.index("\n") + 1
     second = text.index("\n", first) + 1
-    return text[:second], text[second:]
+    header, body = text[:second], text[second:]
+    assert header.splitlines()[1].startswith(HASH_PREFIX), "template header lacks the hash line"
+    digest = content_hash(body)
+    text = header.replace("{hash}", digest) + body
+    try:
+        ast.parse(text, filename=filename)
+    except SyntaxError as exc:
+        raise RenderError(f"rendered module {filename} does not parse: {exc}") from None
+    return text, digest
 
 
 def hash_of_module(text: str) -> str | None:
