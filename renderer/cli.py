@@ -344,6 +344,12 @@ def _target(args):
     return Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names
 
 
+def _say_waiting(url: str, timeout: float) -> None:
+    """Waiting for /health can take minutes (a cold start): say so before the first request."""
+    print(f"checking {url.rstrip('/')}/health (waits up to {timeout:g} s for a cold start)", file=sys.stderr,
+          flush=True)
+
+
 def cmd_test(args) -> int:
     from renderer.client import ClientError, render_smoke_report, run_smoke
 
@@ -353,6 +359,7 @@ def cmd_test(args) -> int:
             print("error: name the model(s) to expect with --model, or give a deployment name", file=sys.stderr)
             return EXIT_USAGE
         prompts = args.prompt or None
+        _say_waiting(endpoint.base_url, args.timeout)
         report = run_smoke(endpoint, names, prompts=prompts, health_timeout=args.timeout,
                            max_tokens=args.max_tokens)
     except ClientError as exc:
@@ -382,7 +389,7 @@ def cmd_bench(args) -> int:
         concurrency=tuple(args.concurrency or [1]), request_rates=args.request_rate,
         max_concurrency=args.max_concurrency, num_requests=args.num_requests,
         duration=args.duration, input_len=args.input_len, output_len=args.output_len, ignore_eos=args.ignore_eos,
-        dataset=args.dataset, seed=args.seed,
+        dataset=args.dataset, seed=args.seed, health_timeout=args.health_timeout,
     )
     if config.num_requests is None and config.duration is None:
         import dataclasses
@@ -396,6 +403,7 @@ def cmd_bench(args) -> int:
     try:
         endpoint, names = _target(args)
         console = _console(stderr=args.format == "json")
+        _say_waiting(endpoint.base_url, args.health_timeout)
         results = run_bench_sync(endpoint, names[0] if names else None, config, progress=True, console=console)
     except ClientError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -760,6 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
     p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--health-timeout", type=float, default=600.0, metavar="S",
+                   help="seconds to wait for /health before measuring (a cold start is not measured)")
     p.add_argument("--output", metavar="FILE", help="write config and results as JSON")
     p.set_defaults(func=cmd_bench)
 
