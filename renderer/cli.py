@@ -204,31 +204,12 @@ def cmd_render(args) -> int:
     return EXIT_OK
 
 
-def _gateway_row(gateway, resolved) -> Any:
-    """The gateway as a row of the offline plan. It runs on CPUs only, and the plan counts GPU
-    time only, so its cost is $0 at any scale."""
-    from renderer.plan import PlanRow
-
-    g = gateway.config
-    return PlanRow(
-        name=gateway.name, source=resolved.fleet_file, model=f"gateway: {len(gateway.routes)} model name(s)",
-        gpu="CPU only", containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
-        concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max", content_hash=gateway.short_hash,
-        usd_per_hour_min=0.0, usd_per_hour_max=0.0, environment=resolved.modal_environment, auth="api_key",
-    )
-
-
 def _offline_plan(resolved, apps) -> Any:
     """What would run and what it costs, from the YAML alone: one row per deployment, and the gateway."""
-    import dataclasses
-
     from renderer.plan import make_plan
 
-    plan = make_plan(apps, resolved.prices, resolved.environment)
-    gateway = _gateway(resolved)
-    if gateway is None:
-        return plan
-    return dataclasses.replace(plan, rows=(*plan.rows, _gateway_row(gateway, resolved)))
+    return make_plan(apps, resolved.prices, resolved.environment, gateway=_gateway(resolved),
+                     gateway_source=resolved.fleet_file, gateway_environment=resolved.modal_environment)
 
 
 def _live_rows(resolved, apps) -> tuple[list | None, str | None]:

@@ -78,8 +78,24 @@ class Plan:
         }
 
 
-def make_plan(apps: list[RenderedApp], prices: dict[str, float], environment: str | None) -> Plan:
-    return Plan(tuple(plan_row(a, prices) for a in apps), environment, tuple(sorted(prices)))
+def gateway_row(gateway, source: str | None, environment: str | None) -> PlanRow:
+    """The fleet's gateway (a `RenderedGateway`) as a row. It runs on CPUs only and the plan
+    counts GPU time only, so its cost is $0 at any scale."""
+    g = gateway.config
+    return PlanRow(
+        name=gateway.name, source=source or "", model=f"gateway: {len(gateway.routes)} model name(s)",
+        gpu="CPU only", containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
+        concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max", content_hash=gateway.short_hash,
+        usd_per_hour_min=0.0, usd_per_hour_max=0.0, environment=environment, auth="api_key",
+    )
+
+
+def make_plan(apps: list[RenderedApp], prices: dict[str, float], environment: str | None, *, gateway=None,
+              gateway_source: str | None = None, gateway_environment: str | None = None) -> Plan:
+    rows = [plan_row(a, prices) for a in apps]
+    if gateway is not None:
+        rows.append(gateway_row(gateway, gateway_source, gateway_environment))
+    return Plan(tuple(rows), environment, tuple(sorted(prices)))
 
 
 def _money(v: float | None) -> str:
@@ -100,7 +116,9 @@ def print_plan(plan: Plan, console) -> None:
         table.add_row(r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash,
                       _money(r.usd_per_hour_min), _money(r.usd_per_hour_max))
     console.print(table)
-    console.print(f"{len(plan.rows)} deployment(s). Idle floor {_money(plan.idle_usd_per_day)}/day; "
+    gpu_rows = sum(r.gpu != "CPU only" for r in plan.rows)
+    extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
+    console.print(f"{gpu_rows} deployment(s){extra}. Idle floor {_money(plan.idle_usd_per_day)}/day; "
                   f"ceiling {_money(plan.ceiling_usd_per_hour)}/hour at max containers.")
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
     if plan.prices_overridden:
