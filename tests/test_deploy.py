@@ -343,6 +343,7 @@ def test_sigint_during_deploys(apps):
 
     b.on_deploy = interrupt_when_second_starts
     out = io.StringIO()
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a background shell
     report = run_deploy(
         apps, b, DeployOptions(yes=True, parallel=2), smoke_tester=FakeSmoke(),
         progress=RichProgress(Console(file=out, width=200)),
@@ -352,7 +353,7 @@ def test_sigint_during_deploys(apps):
     assert sorted(report.names(SKIPPED)) == sorted(set(names(apps)) - set(b.started))
     assert report.interrupted and report.exit_code == 1
     assert "Interrupted" in out.getvalue()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler put back
+    assert signal.getsignal(signal.SIGINT) is before  # handler put back
 
 
 # --- progress and output --------------------------------------------------------------------------
