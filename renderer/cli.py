@@ -204,12 +204,26 @@ def cmd_render(args) -> int:
     return EXIT_OK
 
 
-def _offline_plan(resolved, apps) -> Any:
-    """What would run and what it costs, from the YAML alone: one row per deployment, and the gateway."""
-    from renderer.plan import make_plan
+def _offline_plan(args, resolved, apps) -> Any:
+    """What would run and what it costs, from the YAML alone: one row per deployment, the gateway,
+    and the cost of every environment fleet.yaml declares (each resolved with its overlays)."""
+    import dataclasses
 
-    return make_plan(apps, resolved.prices, resolved.environment, gateway=_gateway(resolved),
+    from renderer.load import load_fleet
+    from renderer.plan import environment_totals, make_plan
+    from renderer.resolve import resolve
+
+    plan = make_plan(apps, resolved.prices, resolved.environment, gateway=_gateway(resolved),
                      gateway_source=resolved.fleet_file, gateway_environment=resolved.modal_environment)
+    if not resolved.declared_environments:
+        return plan
+    loaded = load_fleet(args.paths or DEFAULT_PATHS)
+    totals = []
+    for env in (None, *resolved.declared_environments):
+        fleet = resolved if env == resolved.environment else resolve(loaded, env)
+        if fleet.ok:  # an overlay that breaks a deployment shows up when that --env is planned
+            totals.append(environment_totals(env, fleet.deployments, fleet.prices))
+    return dataclasses.replace(plan, by_environment=tuple(totals))
 
 
 def _live_rows(resolved, apps) -> tuple[list | None, str | None]:
@@ -243,7 +257,7 @@ def cmd_plan(args) -> int:
 
     resolved = _resolve(args)
     apps = _render(resolved)
-    plan = _offline_plan(resolved, apps)
+    plan = _offline_plan(args, resolved, apps)
     rows, error = _live_rows(resolved, apps) if live else (None, None)
     if not live:
         print(NO_CREDENTIALS_PLAN_NOTE, file=sys.stderr)  # stderr: stdout stays the table or the JSON

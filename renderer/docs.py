@@ -198,8 +198,8 @@ HEADER = """\
 
 Every field of a deployment file (`deployments/NAME.yaml`, one deployment each) and of the fleet
 file (`deployments/fleet.yaml`). Values are merged in this order, later wins: the defaults below,
-then fleet.yaml `defaults`, then fleet.yaml `environments.ENV.overrides` (with `--env ENV`), then
-the deployment file, then its own `environments.ENV`. Maps merge key by key; scalars and lists
+then fleet.yaml `defaults`, then the deployment file, then fleet.yaml `environments.ENV.overrides`
+(with `--env ENV`), then the deployment's own `environments.ENV`. Maps merge key by key; scalars and lists
 replace. `fleetform explain NAME` shows every resolved value and where it came from.
 
 "-" in the Default column means unset: the field is left out and the description says what that

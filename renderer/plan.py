@@ -54,10 +54,32 @@ def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
 
 
 @dataclass(frozen=True)
+class EnvironmentTotals:
+    """What one environment of the fleet costs: GPUs kept warm, and GPUs at full scale."""
+
+    environment: str | None  # None: no --env (fleet defaults and the files alone)
+    deployments: int
+    idle_usd_per_day: float  # min_containers around the clock
+    ceiling_usd_per_hour: float | None  # every deployment at max_containers; None: some have no max
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def environment_totals(environment: str | None, deployments, prices: dict[str, float]) -> EnvironmentTotals:
+    idle = sum(gpu_hourly(d, prices) * d.scaling.min_containers for d in deployments) * 24
+    ceiling = None if any(d.scaling.max_containers is None for d in deployments) else \
+        sum(gpu_hourly(d, prices) * d.scaling.max_containers for d in deployments)
+    return EnvironmentTotals(environment, len(deployments), round(idle, 2),
+                             None if ceiling is None else round(ceiling, 2))
+
+
+@dataclass(frozen=True)
 class Plan:
     rows: tuple[PlanRow, ...]
     environment: str | None
     prices_overridden: tuple[str, ...]
+    by_environment: tuple[EnvironmentTotals, ...] = ()
 
     @property
     def idle_usd_per_day(self) -> float:
@@ -74,6 +96,7 @@ class Plan:
             "environment": self.environment,
             "deployments": [r.to_dict() for r in self.rows],
             "totals": {"idle_usd_per_day": self.idle_usd_per_day, "ceiling_usd_per_hour": self.ceiling_usd_per_hour},
+            "by_environment": [t.to_dict() for t in self.by_environment],
             "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "overridden": list(self.prices_overridden)},
         }
 
@@ -120,6 +143,14 @@ def print_plan(plan: Plan, console) -> None:
     extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
     console.print(f"{gpu_rows} deployment(s){extra}. Idle floor {_money(plan.idle_usd_per_day)}/day; "
                   f"ceiling {_money(plan.ceiling_usd_per_hour)}/hour at max containers.")
+    if plan.by_environment:
+        totals = Table(title="cost by environment", title_justify="left")
+        for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
+            totals.add_column(col, justify="left" if col == "environment" else "right")
+        for t in plan.by_environment:
+            totals.add_row(t.environment or "(no --env)", str(t.deployments), _money(t.idle_usd_per_day),
+                           _money(t.ceiling_usd_per_hour))
+        console.print(totals)
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
     if plan.prices_overridden:
         src += f"; overridden in fleet.yaml: {', '.join(plan.prices_overridden)}"

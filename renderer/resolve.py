@@ -2,8 +2,11 @@
 
 Layers, lowest first (maps merge, scalars and lists replace):
 
-    schema defaults < fleet.yaml `defaults` < fleet.yaml `environments.ENV.overrides`
-                    < the deployment file < its own `environments.ENV`
+    schema defaults < fleet.yaml `defaults` < the deployment file
+                    < fleet.yaml `environments.ENV.overrides` < the deployment's own `environments.ENV`
+
+(what an environment says beats what holds everywhere; what one deployment says beats what the
+whole fleet says at the same level),
 
 then `environments.ENV.modal_environment` picks the Modal environment. The merged tree keeps each
 value's origin, so a problem a default causes is reported where the default was written. The vLLM
@@ -58,6 +61,7 @@ class ResolvedFleet:
     # the Modal environment `--env` selects (its `modal_environment`): where rollback, destroy and
     # status look for an app that no deployment file names
     modal_environment: str | None = None
+    declared_environments: tuple[str, ...] = ()  # every environment fleet.yaml declares
 
     def explain(self, name: str) -> list[tuple[tuple, Any, Mark | None]]:
         """Every leaf field of a resolved deployment: (path, value, where it was written; None: schema default)."""
@@ -305,7 +309,7 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
         if any(d.is_error for d in raw) or not fleet_ok:
             continue
         own_env = _child(doc.root, "environments", env) if env else None
-        tree = merge(merge(merge(defaults, env_overrides), _without(doc.root, "environments")), own_env)
+        tree = merge(merge(merge(defaults, _without(doc.root, "environments")), env_overrides), own_env)
         assert tree is not None
         if modal_env is not None:
             tree = merge(tree, Node({"environment": modal_env}, modal_env.mark, {"environment": modal_env.mark}))
@@ -339,7 +343,8 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
         diags.extend(gateway_diagnostics(fleet, gateway, built))
     return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices, origins,
                          gateway=gateway, fleet_file=fleet.path if fleet is not None else None,
-                         modal_environment=modal_env.plain() if modal_env is not None else None)
+                         modal_environment=modal_env.plain() if modal_env is not None else None,
+                         declared_environments=tuple(declared))
 
 
 def gateway_diagnostics(fleet: Document | None, gateway: dict | None,

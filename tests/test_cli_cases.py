@@ -127,12 +127,49 @@ def test_explain_names_where_each_value_came_from():
     where = lambda p: (fields[p]["from"]["file"], fields[p]["from"]["line"]) if fields[p]["from"] else None
     # fleet.yaml's prod overrides, the deployment's own prod overlay, the deployment, fleet defaults, schema
     assert fields["scaling.buffer_containers"]["value"] == 1
-    assert where("scaling.buffer_containers") == ("deployments/fleet.yaml", 27)
+    assert where("scaling.buffer_containers") == ("deployments/fleet.yaml", 28)
     assert fields["scaling.min_containers"]["value"] == 1
     assert where("scaling.min_containers") == ("deployments/llama-3-3-70b-fp8.yaml", 38)
     assert where("gpu.type") == ("deployments/llama-3-3-70b-fp8.yaml", 19)
-    assert where("engine.vllm_version") == ("deployments/fleet.yaml", 8)
+    assert where("engine.vllm_version") == ("deployments/fleet.yaml", 9)
     assert fields["engine.port"] == {"path": "engine.port", "value": 8000, "from": None}
-    assert where("environment") == ("deployments/fleet.yaml", 24) and fields["environment"]["value"] == "prod"
+    assert where("environment") == ("deployments/fleet.yaml", 25) and fields["environment"]["value"] == "prod"
     assert "environments" not in fields
     assert run_cli("explain", "llama-3-3-70b").returncode == 2
+
+
+def test_environment_overrides_beat_the_deployment_file(tmp_path):
+    """fleet.yaml defaults < deployment file < the environment's overrides < the deployment's own overlay."""
+    import json
+
+    (tmp_path / "fleet.yaml").write_text(
+        "defaults:\n  scaling: {max_containers: 9, buffer_containers: 3}\n"
+        "environments:\n  dev:\n    modal_environment: dev\n    overrides:\n"
+        "      scaling: {max_containers: 1, min_containers: 0}\n")
+    (tmp_path / "a.yaml").write_text(
+        f"name: a\nmodel: {{id: org/m, revision: {'a' * 40}}}\ngpu: {{type: L4}}\n"
+        "scaling: {max_containers: 4, buffer_containers: 2}\n"
+        "environments:\n  dev:\n    scaling: {min_containers: 1}\n")
+    got = lambda *env: {f["path"]: f["value"] for f in json.loads(
+        run_cli("explain", "a", str(tmp_path), "--format", "json", *env).stdout)["fields"]}
+    base, dev = got(), got("--env", "dev")
+    assert (base["scaling.max_containers"], base["scaling.buffer_containers"], base["scaling.min_containers"]) == (4, 2, 0)
+    assert (dev["scaling.max_containers"], dev["scaling.buffer_containers"], dev["scaling.min_containers"]) == (1, 2, 1)
+    assert dev["environment"] == "dev"
+
+
+def test_plan_totals_per_environment():
+    import json
+
+    from renderer.gpus import GPU_TYPES
+
+    plan = json.loads(run_cli("plan", "--format", "json").stdout)
+    totals = {t["environment"]: t for t in plan["by_environment"]}
+    assert set(totals) == {None, "dev", "prod"}
+    price = {k: v.usd_per_hour for k, v in GPU_TYPES.items()}
+    # dev caps every deployment at one container
+    assert totals["dev"]["ceiling_usd_per_hour"] == pytest.approx(
+        round(price["B200"] + 2 * price["H100"] + price["L4"] + price["L40S"], 2))
+    # prod keeps the 70B model's two H100s warm around the clock
+    assert totals["prod"]["idle_usd_per_day"] == pytest.approx(round(2 * price["H100"] * 24, 2))
+    assert totals[None]["ceiling_usd_per_hour"] is None  # the reference deployment sets no max
