@@ -46,9 +46,8 @@ def _validator(name: str, fragment: str = "") -> Any:
     registry = Registry().with_resources(
         (n, Resource.from_contents(load_schema(n))) for n in (DEPLOYMENT_SCHEMA, FLEET_SCHEMA)
     )
-    schema: dict = {"$ref": f"{name}#{fragment}"} if fragment else load_schema(name)
-    if fragment:
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    schema = ({"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": f"{name}#{fragment}"}
+              if fragment else load_schema(name))
     return Draft202012Validator(schema, registry=registry)
 
 
@@ -192,11 +191,12 @@ def check_schema(doc: Document, schema_name: str = DEPLOYMENT_SCHEMA) -> list[Di
     return check_tree(doc.root, schema_name)
 
 
-def check_tree(root: Node, schema_name: str, fragment: str = "") -> list[Diagnostic]:
-    validator = _validator(schema_name, fragment)
+def check_tree(root: Node, schema_name: str) -> list[Diagnostic]:
+    """Every schema error of a tree (a file, or a merged deployment whose nodes keep their origins)."""
+    validator = _validator(schema_name)
     out: list[Diagnostic] = []
     for err in validator.iter_errors(root.plain()):
-        out.extend(_schema_error_diags(err, root, schema_name if not fragment else "", ()))
+        out.extend(_schema_error_diags(err, root, schema_name, ()))
     return sorted(out, key=Diagnostic.sort_key)
 
 
