@@ -43,8 +43,8 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from renderer.load import load_fleet
-    from renderer.resolve import resolve
+    from renderer.config.load import load_fleet
+    from renderer.config.resolve import resolve
     import vllm
 
     argvs = {d.name: list(d.argv) for d in resolve(load_fleet(["deployments"])).deployments}

@@ -3,7 +3,7 @@
 
 Starts the test server (tests/openai_server.py) in its own process with zero delays, so a
 request costs only HTTP and SSE handling, then runs the real load generator
-(renderer.bench.run_bench, closed loop) against it for each concurrency level and prints
+(renderer.endpoint.bench.run_bench, closed loop) against it for each concurrency level and prints
 requests/s, streamed tokens/s and the client's CPU use. Client and server each get a core of a
 two-core machine; if the client's CPU share is near 100% the client is the limit, otherwise the
 server is and the figure is a lower bound on what the client can do.
@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from renderer.bench import BenchConfig, run_bench  # noqa: E402
-from renderer.client import Endpoint  # noqa: E402
+from renderer.endpoint.bench import BenchConfig, run_bench  # noqa: E402
+from renderer.endpoint.client import Endpoint  # noqa: E402
 
 
 def start_server(tokens: int) -> tuple[subprocess.Popen[str], str]:

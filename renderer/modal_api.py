@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
-    from renderer.render import RenderedApp
+    from renderer.codegen.render import RenderedApp
 
 MANAGED_TAG_KEY = "managed-by"
 MANAGED_TAG_VALUE = "fleetform"

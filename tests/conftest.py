@@ -43,8 +43,8 @@ def machine_independent(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def example_fleet():
-    from renderer.load import load_fleet
-    from renderer.resolve import resolve
+    from renderer.config.load import load_fleet
+    from renderer.config.resolve import resolve
 
     resolved = resolve(load_fleet([str(REPO / "deployments")]))
     assert resolved.ok, resolved.diagnostics
@@ -53,7 +53,7 @@ def example_fleet():
 
 @pytest.fixture(scope="session")
 def rendered_dir(tmp_path_factory, example_fleet):
-    from renderer.render import render_fleet, write_all
+    from renderer.codegen.render import render_fleet, write_all
 
     out = tmp_path_factory.mktemp("build")
     write_all(render_fleet(example_fleet.deployments), out)

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from renderer.deploy import SmokeOutcome
+from renderer.deploy.run import SmokeOutcome
 from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
-from renderer.render import RenderedApp
+from renderer.codegen.render import RenderedApp
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Offline tests of renderer.bench: metric math, load shapes and failure accounting."""
+"""Offline tests of renderer.endpoint.bench: metric math, load shapes and failure accounting."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
-from renderer.bench import (
+from renderer.endpoint.bench import (
     BenchConfig,
     RequestRecord,
     Stats,
@@ -28,7 +28,7 @@ from renderer.bench import (
     run_bench,
     synthetic_prompt,
 )
-from renderer.client import ClientError, Endpoint, FailureKind, StreamResult
+from renderer.endpoint.client import ClientError, Endpoint, FailureKind, StreamResult
 
 MODEL = "test-model"
 
@@ -340,8 +340,8 @@ _CTRL_C_SCRIPT = """
 import asyncio, json, sys, threading
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from openai_server import ServerConfig, serve
-from renderer.bench import BenchConfig, run_bench_sync
-from renderer.client import Endpoint
+from renderer.endpoint.bench import BenchConfig, run_bench_sync
+from renderer.endpoint.client import Endpoint
 
 box, ready = {}, threading.Event()
 

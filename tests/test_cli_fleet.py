@@ -9,10 +9,10 @@ import shutil
 import pytest
 
 from conftest import REPO, run_cli
-from renderer.gateway import render_gateway
-from renderer.load import load_fleet
-from renderer.render import render_fleet, write_all
-from renderer.resolve import resolve
+from renderer.codegen.gateway import render_gateway
+from renderer.config.load import load_fleet
+from renderer.codegen.render import render_fleet, write_all
+from renderer.config.resolve import resolve
 from test_gitref import FLEET_YAML, REV_2, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
 # --- plan --against and the GitHub formats ------------------------------------------------------------------

@@ -11,11 +11,11 @@ from fake_backend import FakeBackend
 
 from conftest import REPO, run_cli
 from renderer import cli, modal_api
-from renderer.deploy import NO_CREDENTIALS_PLAN_NOTE
-from renderer.load import load_fleet
+from renderer.deploy.run import NO_CREDENTIALS_PLAN_NOTE
+from renderer.config.load import load_fleet
 from renderer.modal_api import NO_CREDENTIALS, NetworkError, deployment_tag
-from renderer.render import render_fleet
-from renderer.resolve import resolve
+from renderer.codegen.render import render_fleet
+from renderer.config.resolve import resolve
 
 ENV = "dev"  # fleet.yaml's dev environment deploys into Modal environment "dev"
 MODAL_VARS = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH", "MODAL_PROFILE")
@@ -244,7 +244,7 @@ def test_destroy(backend, apps, capsys):
 
 def test_ctrl_c_at_destroy_is_one_line(backend, apps, capsys, monkeypatch):
     live(backend, apps, "qwen2-5-7b-awq")
-    from renderer import deploy
+    from renderer.deploy import run as deploy
 
     def ctrl_c(question, console, confirm):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""Offline tests of renderer.client against the local OpenAI-compatible server."""
+"""Offline tests of renderer.endpoint.client against the local OpenAI-compatible server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
-from renderer.client import (
+from renderer.endpoint.client import (
     JAR_JAR,
     PIRATE,
     SVD,
@@ -178,7 +178,7 @@ def test_events_split_across_network_reads_are_reassembled():
     ],
 )
 def test_stream_parser_rejects_bad_events(line, kind, needle):
-    from renderer.client import _EventParser
+    from renderer.endpoint.client import _EventParser
 
     with pytest.raises(ClientError) as info:
         _EventParser(True).line(line)
@@ -186,7 +186,7 @@ def test_stream_parser_rejects_bad_events(line, kind, needle):
 
 
 def test_stream_parser_skips_role_opener_and_non_data_lines():
-    from renderer.client import _EventParser
+    from renderer.endpoint.client import _EventParser
 
     def chunk(delta: dict, usage: dict | None = None) -> bytes:
         body = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta}] if delta else []}

@@ -16,7 +16,7 @@ import pytest
 from fake_backend import FakeBackend, FakeSmoke
 from rich.console import Console
 
-from renderer.deploy import (
+from renderer.deploy.run import (
     CONFLICT,
     CREATE,
     DEPLOYED,
@@ -42,10 +42,10 @@ from renderer.deploy import (
     run_rollback,
     run_status,
 )
-from renderer.load import load_fleet
+from renderer.config.load import load_fleet
 from renderer.modal_api import NO_CREDENTIALS, CapacityError, EnvironmentNotFound, NetworkError, deployment_tag
-from renderer.render import render_fleet
-from renderer.resolve import resolve
+from renderer.codegen.render import render_fleet
+from renderer.config.resolve import resolve
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 ENV = "dev"  # the example fleet's `dev` overlay deploys into Modal environment "dev"

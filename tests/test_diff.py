@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from renderer import diff as D
-from renderer.load import load_fleet
-from renderer.render import render_fleet
-from renderer.resolve import resolve
+from renderer.plan import against as D
+from renderer.config.load import load_fleet
+from renderer.codegen.render import render_fleet
+from renderer.config.resolve import resolve
 from test_gitref import FLEET_YAML, REV_1, REV_2, commit, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
 HASH = re.compile(r"\b[0-9a-f]{12} -> [0-9a-f]{12}\b")

@@ -1,5 +1,5 @@
 """The documentation that must not drift: docs/schema.md is generated from schema/ and must be
-current; docs/ci.md states the restart rule of renderer/diff.py; docs/json-output.md names every
+current; docs/ci.md states the restart rule of renderer/plan/against.py; docs/json-output.md names every
 key `plan --against --format json` prints."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import re
 import pytest
 
 from conftest import REPO
-from renderer import diff as D
+from renderer.plan import against as D
 from renderer import docs
-from renderer.validate import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
+from renderer.config.validate import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
 
 SCHEMA_MD = REPO / "docs" / "schema.md"
 
@@ -27,7 +27,7 @@ def test_a_schema_change_makes_the_reference_stale(tmp_path):
     import json
     import shutil
 
-    from renderer.validate import schema_dir
+    from renderer.config.validate import schema_dir
 
     shutil.copytree(schema_dir(), tmp_path / "schema")
     path = tmp_path / "schema" / DEPLOYMENT_SCHEMA
@@ -95,7 +95,7 @@ def test_check_mode_fails_on_a_stale_file(tmp_path, capsys):
 
 
 def test_ci_guide_states_every_restart_rule():
-    """docs/ci.md carries the rule table; renderer/diff.py's IMPACT_RULES is its source."""
+    """docs/ci.md carries the rule table; renderer/plan/against.py's IMPACT_RULES is its source."""
     text = (REPO / "docs" / "ci.md").read_text(encoding="utf-8")
     rows = {(r[0], r[1]) for r in _rows(text)}
     for rule in D.IMPACT_RULES:

@@ -15,16 +15,16 @@ from modal_proto import api_pb2
 
 from gateway_upstreams import UpstreamConfig, free_port, serve_upstream
 from modal_objects import import_module, server_config
-from renderer import gateway as gateway_mod
-from renderer.gateway import check_gateway, gateway_config, render_gateway, static_url
-from renderer.gateway_app import (
+from renderer.codegen import gateway as gateway_mod
+from renderer.codegen.gateway import check_gateway, gateway_config, render_gateway, static_url
+from renderer.codegen.gateway_app import (
     GATEWAY_KEY_ENV,
     PROXY_TOKEN_ID_ENV,
     PROXY_TOKEN_SECRET_ENV,
     GatewayApp,
     Upstream,
 )
-from renderer.render import RenderError
+from renderer.codegen.render import RenderError
 
 KEY = "gw-test-key"
 BETA_KEY_ENV = "FLEETFORM_UPSTREAM_KEY_BETA"
@@ -563,7 +563,7 @@ def test_gateway_config_defaults_come_from_the_schema():
 
 
 def test_schema_examples_validate():
-    from renderer.validate import _validator, load_schema
+    from renderer.config.validate import _validator, load_schema
 
     gateway = load_schema("fleet.schema.json")["properties"]["gateway"]
     validator = _validator("fleet.schema.json", "/properties/gateway")

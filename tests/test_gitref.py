@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from renderer.gitref import GitError, load_fleet_at
-from renderer.load import load_fleet
-from renderer.resolve import resolve
+from renderer.plan.gitref import GitError, load_fleet_at
+from renderer.config.load import load_fleet
+from renderer.config.resolve import resolve
 
 REV_1 = "1111111" + "a" * 33
 REV_2 = "2222222" + "b" * 33

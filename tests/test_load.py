@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from renderer.load import MAX_BYTES, LoadError, load_text
+from renderer.config.load import MAX_BYTES, LoadError, load_text
 
 
 def errors(raw: bytes) -> list[tuple[int, int, str]]:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from renderer.load import load_fleet
+from renderer.config.load import load_fleet
 from renderer.modal_api import (
     NO_CREDENTIALS,
     SERVER_NAME,
@@ -41,8 +41,8 @@ from renderer.modal_api import (
     translate,
     unload_app,
 )
-from renderer.render import render_fleet
-from renderer.resolve import resolve
+from renderer.codegen.render import render_fleet
+from renderer.config.resolve import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "dev"
@@ -411,6 +411,6 @@ def test_effective_tags_follow_rollback_chains():
 
 
 def test_importing_the_deploy_stack_does_not_import_modal():
-    code = "import sys, renderer.deploy, renderer.modal_api; sys.exit('modal' in sys.modules)"
+    code = "import sys, renderer.deploy.run, renderer.modal_api; sys.exit('modal' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0

@@ -12,10 +12,10 @@ import pytest
 
 from conftest import REPO
 from modal_objects import import_module, server_config
-from renderer import render as render_mod
-from renderer.load import load_fleet, load_text
-from renderer.render import RenderError, render, render_fleet, write_all
-from renderer.resolve import resolve
+from renderer.codegen import render as render_mod
+from renderer.config.load import load_fleet, load_text
+from renderer.codegen.render import RenderError, render, render_fleet, write_all
+from renderer.config.resolve import resolve
 
 EXPECTED_ARGV = {
     "llama-3-1-8b-fp8": [
@@ -128,7 +128,7 @@ def test_env_overlay_changes_objects(tmp_path):
 
 
 def test_runtime_is_embedded_verbatim(rendered_dir):
-    source = (REPO / "renderer" / "runtime.py").read_text().rstrip("\n")
+    source = (REPO / "renderer" / "codegen" / "runtime.py").read_text().rstrip("\n")
     for path in rendered_dir.glob("*.py"):
         assert source in path.read_text()
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from renderer import runtime
-from renderer.load import load_fleet
-from renderer.resolve import resolve
-from renderer.serve import LocalOptions, local_argv
+from renderer.codegen import runtime
+from renderer.config.load import load_fleet
+from renderer.config.resolve import resolve
+from renderer.endpoint.serve import LocalOptions, local_argv
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py")), "serve"]
 

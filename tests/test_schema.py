@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 
 from conftest import REPO
 from renderer.gpus import GPU_TYPES
-from renderer.validate import MANAGED_FLAGS, load_schema
+from renderer.config.validate import MANAGED_FLAGS, load_schema
 
 SCHEMAS = ["deployment.schema.json", "fleet.schema.json"]
 
@@ -63,7 +63,7 @@ def test_fast_boot_description_carries_the_measurement():
 
 def test_examples_in_schema_validate():
     schema = load_schema("deployment.schema.json")
-    from renderer.validate import _validator
+    from renderer.config.validate import _validator
 
     for section, d in schema["$defs"].items():
         for prop, sub in d.get("properties", {}).items():

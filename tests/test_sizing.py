@@ -14,8 +14,8 @@ from rich.console import Console
 from renderer import sizing
 from renderer.diagnostics import Severity
 from renderer.gpus import GPU_TYPES
-from renderer.load import load_fleet
-from renderer.resolve import resolve
+from renderer.config.load import load_fleet
+from renderer.config.resolve import resolve
 from renderer.sizing import (
     GIB,
     ModelMetadata,

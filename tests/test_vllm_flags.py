@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from renderer.load import load_fleet
-from renderer.resolve import resolve
+from renderer.config.load import load_fleet
+from renderer.config.resolve import resolve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.26.0-serve-options.txt"
 ALL_KNOBS = Path(__file__).parent / "fixtures" / "all-knobs.yaml"

@@ -23,7 +23,9 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import jinja2
 
-from renderer import __version__, spec
+from renderer import __version__
+
+from renderer.config import spec
 from renderer.gpus import gpu_info
 
 TEMPLATE = "app.py.j2"

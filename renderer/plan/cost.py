@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from renderer import spec
+from renderer.config import spec
 from renderer.gpus import GPU_TYPES, PRICES_AS_OF, PRICES_SOURCE, parse_gpu_type
-from renderer.render import RenderedApp
+from renderer.codegen.render import RenderedApp
 
 
 @dataclass(frozen=True)

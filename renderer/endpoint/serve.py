@@ -13,7 +13,9 @@ import signal
 import sys
 from dataclasses import dataclass
 
-from renderer import runtime, spec
+from renderer.codegen import runtime
+
+from renderer.config import spec
 
 
 @dataclass(frozen=True)

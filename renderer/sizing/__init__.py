@@ -854,8 +854,8 @@ def deployment_yaml(s: Sizing, *, concurrency_given: bool) -> str:
 
 def _check_yaml(text: str, filename: str) -> None:
     """The written file must pass the deployment schema; anything else is a fleetform bug."""
-    from renderer.load import load_text
-    from renderer.validate import check_schema
+    from renderer.config.load import load_text
+    from renderer.config.validate import check_schema
 
     problems = check_schema(load_text(filename, text.encode("utf-8")))
     if problems:

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from renderer import __version__, spec
-from renderer.render import RenderError, Trusted, display_source, render_module
-from renderer.validate import FLEET_SCHEMA, load_schema, parse_duration
+from renderer import __version__
+
+from renderer.config import spec
+from renderer.codegen.render import RenderError, Trusted, display_source, render_module
+from renderer.config.validate import FLEET_SCHEMA, load_schema, parse_duration
 
 TEMPLATE = "gateway.py.j2"
 _SOURCE = Path(__file__).with_name("gateway_app.py")

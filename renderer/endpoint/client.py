@@ -1,7 +1,7 @@
 """HTTP client for the OpenAI-compatible server vLLM runs in each deployment.
 
 Used by ``fleetform test`` (a smoke test of one deployed model) and by
-``fleetform bench`` (see :mod:`renderer.bench`, which reuses the streaming
+``fleetform bench`` (see :mod:`renderer.endpoint.bench`, which reuses the streaming
 request and the error taxonomy defined here).
 
 Every failure becomes a :class:`ClientError` carrying a :class:`FailureKind`

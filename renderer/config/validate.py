@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from renderer.diagnostics import Diagnostic, Mark, Path as FieldPath, Severity, did_you_mean, format_path
 from renderer.gpus import GPU_TYPES, gpu_info, parse_gpu_type
-from renderer.load import Document, Node
+from renderer.config.load import Document, Node
 
 # --- the schemas ---------------------------------------------------------------------------------
 
@@ -26,9 +26,9 @@ FLEET_SCHEMA = "fleet.schema.json"
 
 def schema_dir() -> Path:
     """The schema files: shipped inside the wheel, or the repository's `schema/` in a checkout."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "_schema"
-    return packaged if packaged.is_dir() else here.parent / "schema"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "_schema"
+    return packaged if packaged.is_dir() else package.parent / "schema"
 
 
 @functools.cache

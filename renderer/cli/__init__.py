@@ -64,8 +64,8 @@ def _print_diagnostics(diags, fmt: str) -> None:
 
 def _resolve(args) -> Any:
     """load -> validate -> resolve; prints diagnostics; raises Abort(1) on errors."""
-    from renderer.load import load_fleet
-    from renderer.resolve import UnknownEnvironment, resolve
+    from renderer.config.load import load_fleet
+    from renderer.config.resolve import UnknownEnvironment, resolve
 
     loaded = load_fleet(args.paths or DEFAULT_PATHS)
     if not loaded.deployments and not loaded.diagnostics:
@@ -91,7 +91,7 @@ def _resolve(args) -> Any:
 
 
 def _render(resolved) -> list:
-    from renderer.render import RenderError, render_fleet
+    from renderer.codegen.render import RenderError, render_fleet
 
     try:
         return render_fleet(resolved.deployments)
@@ -115,8 +115,8 @@ def _gateway(resolved) -> Any:
     """The fleet's gateway module (`RenderedGateway`) when fleet.yaml enables it, else None."""
     if not (resolved.gateway or {}).get("enabled"):
         return None
-    from renderer.gateway import render_gateway
-    from renderer.render import RenderError
+    from renderer.codegen.gateway import render_gateway
+    from renderer.codegen.render import RenderError
 
     try:
         return render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
@@ -155,7 +155,7 @@ def _interrupted(what: str) -> int:
 
 def cmd_validate(args) -> int:
     if args.format == "github":
-        from renderer.diff import validate_github
+        from renderer.plan.against import validate_github
 
         return validate_github(args.paths or DEFAULT_PATHS, args.env)
     resolved = _resolve(args)
@@ -171,7 +171,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_render(args) -> int:
-    from renderer.render import stale, write_all
+    from renderer.codegen.render import stale, write_all
 
     resolved = _resolve(args)
     modules = _render(resolved)
@@ -209,9 +209,9 @@ def _offline_plan(args, resolved, apps) -> Any:
     and the cost of every environment fleet.yaml declares (each resolved with its overlays)."""
     import dataclasses
 
-    from renderer.load import load_fleet
-    from renderer.plan import environment_totals, make_plan
-    from renderer.resolve import resolve
+    from renderer.config.load import load_fleet
+    from renderer.plan.cost import environment_totals, make_plan
+    from renderer.config.resolve import resolve
 
     plan = make_plan(apps, resolved.prices, resolved.environment, gateway=_gateway(resolved),
                      gateway_source=resolved.fleet_file, gateway_environment=resolved.modal_environment)
@@ -228,7 +228,7 @@ def _offline_plan(args, resolved, apps) -> Any:
 
 def _live_rows(resolved, apps) -> tuple[list | None, str | None]:
     """(what `deploy` would do to each app, None), or (None, why Modal could not tell)."""
-    from renderer.deploy import live_plan
+    from renderer.deploy.run import live_plan
     from renderer.modal_api import BackendError
 
     try:
@@ -239,7 +239,7 @@ def _live_rows(resolved, apps) -> tuple[list | None, str | None]:
 
 def cmd_plan(args) -> int:
     if args.against:
-        from renderer.diff import plan_against
+        from renderer.plan.against import plan_against
 
         return plan_against(args.against, args.paths or DEFAULT_PATHS, args.env, args.format, args.detailed_exitcode)
     if args.format == "github":
@@ -252,8 +252,8 @@ def cmd_plan(args) -> int:
     if args.detailed_exitcode and not live:
         print("error: cannot tell what changes without Modal credentials; use --against REF", file=sys.stderr)
         return EXIT_INVALID
-    from renderer.deploy import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code, plan_to_dict, render_plan
-    from renderer.plan import print_plan
+    from renderer.deploy.run import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code, plan_to_dict, render_plan
+    from renderer.plan.cost import print_plan
 
     resolved = _resolve(args)
     apps = _render(resolved)
@@ -312,7 +312,7 @@ def _target(args):
     With a deployment name (or --deployment NAME beside a URL), the served names and the auth
     mode come from its YAML, so the test checks exactly what the fleet declares.
     """
-    from renderer.client import Endpoint
+    from renderer.endpoint.client import Endpoint
 
     is_url = args.target.startswith(("http://", "https://"))
     deployment = None
@@ -346,7 +346,7 @@ def _say_waiting(url: str, timeout: float) -> None:
 
 
 def cmd_test(args) -> int:
-    from renderer.client import ClientError, render_smoke_report, run_smoke
+    from renderer.endpoint.client import ClientError, render_smoke_report, run_smoke
 
     try:
         endpoint, names = _target(args)
@@ -377,8 +377,8 @@ def _numbers(text: str, kind: type) -> list:
 
 
 def cmd_bench(args) -> int:
-    from renderer.bench import BenchConfig, render_bench_results, run_bench_sync
-    from renderer.client import ClientError
+    from renderer.endpoint.bench import BenchConfig, render_bench_results, run_bench_sync
+    from renderer.endpoint.client import ClientError
 
     config = BenchConfig(
         concurrency=tuple(args.concurrency or [1]), request_rates=args.request_rate,
@@ -423,7 +423,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from renderer.deploy import DeployOptions, run_deploy
+    from renderer.deploy.run import DeployOptions, run_deploy
 
     resolved = _resolve(args)
     apps = _render(resolved)
@@ -440,7 +440,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from renderer.deploy import run_status
+    from renderer.deploy.run import run_status
 
     resolved = _resolve(args)
     report = run_status(_render(resolved), _backend(), resolved.modal_environment)
@@ -450,14 +450,14 @@ def cmd_status(args) -> int:
 def _app_environment(args) -> tuple[Any, str | None]:
     """(the resolved fleet, the Modal environment of app NAME): its deployment's, or for a name no
     deployment file has (an orphan), the one `--env` selects."""
-    from renderer.deploy import environment_for
+    from renderer.deploy.run import environment_for
 
     resolved = _resolve(args)
     return resolved, environment_for(args.name, _render(resolved), resolved.modal_environment)
 
 
 def cmd_rollback(args) -> int:
-    from renderer.deploy import run_rollback
+    from renderer.deploy.run import run_rollback
 
     _, environment = _app_environment(args)
     report = run_rollback(args.name, _backend(), environment=environment, to=args.to)
@@ -465,7 +465,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_destroy(args) -> int:
-    from renderer.deploy import run_destroy
+    from renderer.deploy.run import run_destroy
 
     _, environment = _app_environment(args)
     prompt = _console(stderr=args.format == "json")  # the question never mixes into the JSON document
@@ -481,8 +481,8 @@ def _fleet_prices(out: str) -> dict[str, float] | None:
     is judged as `plan` will price it. None without a fleet.yaml; Abort(1) if it does not validate."""
     from pathlib import Path
 
-    from renderer.load import FLEET_FILE, LoadError, load_file
-    from renderer.validate import FLEET_SCHEMA, check_schema
+    from renderer.config.load import FLEET_FILE, LoadError, load_file
+    from renderer.config.validate import FLEET_SCHEMA, check_schema
 
     path = Path(out) / FLEET_FILE
     if not path.is_file():
@@ -509,7 +509,7 @@ def cmd_new(args) -> int:
 def cmd_serve(args) -> int:
     import shlex
 
-    from renderer.serve import LocalOptions, run_local
+    from renderer.endpoint.serve import LocalOptions, run_local
 
     if not args.local:
         print("error: serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)",
@@ -520,7 +520,7 @@ def cmd_serve(args) -> int:
                         vllm=tuple(shlex.split(args.vllm)) + ("serve",) if args.vllm else LocalOptions.vllm,
                         startup_timeout=args.startup_timeout)
     if args.print_argv:
-        from renderer.serve import local_argv
+        from renderer.endpoint.serve import local_argv
 
         print(shlex.join(local_argv(d, opts)))
         return EXIT_OK

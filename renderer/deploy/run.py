@@ -41,7 +41,7 @@ from renderer.modal_api import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from renderer.render import RenderedApp
+    from renderer.codegen.render import RenderedApp
 
 # Plan actions.
 CREATE, UPDATE, UNCHANGED, CONFLICT, ORPHAN = "create", "update", "unchanged", "conflict", "orphan"
@@ -220,7 +220,7 @@ class SmokeTester(Protocol):
 
 
 class ClientSmokeTester:
-    """The real smoke test, through `renderer.client`: wait for /health (up to the deployment's
+    """The real smoke test, through `renderer.endpoint.client`: wait for /health (up to the deployment's
     startup timeout, to ride out the cold start), check /v1/models, one short chat completion.
     """
 
@@ -231,7 +231,7 @@ class ClientSmokeTester:
     def preflight(self, app: RenderedApp) -> str | None:
         """Why the smoke test could not even authenticate, checked before anything is deployed:
         deploying and then rolling back for want of a local token would be absurd."""
-        from renderer import client
+        from renderer.endpoint import client
 
         try:
             client.auth_headers(app.deployment.auth.mode, self.environ)
@@ -240,7 +240,7 @@ class ClientSmokeTester:
         return None
 
     def __call__(self, app: RenderedApp, url: str) -> SmokeOutcome:
-        from renderer import client
+        from renderer.endpoint import client
 
         d = app.deployment
         try:

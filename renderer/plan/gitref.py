@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from renderer.diagnostics import Diagnostic, Mark
-from renderer.load import FLEET_FILE, YAML_SUFFIXES, Document, LoadedFleet, Node, load_fleet
+from renderer.config.load import FLEET_FILE, YAML_SUFFIXES, Document, LoadedFleet, Node, load_fleet
 
 # Plain files only: symlinks (120000) and submodules (160000) are not followed at a past commit.
 _FILE_MODES = ("100644", "100755")

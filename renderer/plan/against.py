@@ -52,9 +52,9 @@ from renderer.diagnostics import (
 )
 
 if TYPE_CHECKING:
-    from renderer import spec
-    from renderer.render import RenderedApp
-    from renderer.resolve import ResolvedFleet
+    from renderer.config import spec
+    from renderer.codegen.render import RenderedApp
+    from renderer.config.resolve import ResolvedFleet
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CHANGES = 0, 1, 2, 2
 
@@ -527,8 +527,8 @@ def _say(fmt: str, out: TextIO, err: TextIO, message: str, code: int) -> _Stop:
 def _working_tree(paths: Sequence[str], env: str | None, fmt: str, usage: int, out: TextIO, err: TextIO,
                   environ: Mapping[str, str], title: str) -> ResolvedFleet:
     """load -> resolve the working tree, reporting diagnostics as `fmt` wants; raises _Stop."""
-    from renderer.load import load_fleet
-    from renderer.resolve import UnknownEnvironment, resolve
+    from renderer.config.load import load_fleet
+    from renderer.config.resolve import UnknownEnvironment, resolve
 
     loaded = load_fleet(list(paths))
     if not loaded.deployments and not loaded.diagnostics:
@@ -557,7 +557,7 @@ def _working_tree(paths: Sequence[str], env: str | None, fmt: str, usage: int, o
 
 
 def _render(resolved: ResolvedFleet, fmt: str, out: TextIO, err: TextIO) -> list[RenderedApp]:
-    from renderer.render import RenderError, render_fleet
+    from renderer.codegen.render import RenderError, render_fleet
 
     try:
         return render_fleet(resolved.deployments)
@@ -569,8 +569,8 @@ def _at_ref(ref: str, paths: Sequence[str], env: str | None, fmt: str, out: Text
             err: TextIO) -> tuple[str, ResolvedFleet, list[str]]:
     """(commit, the fleet resolved at REF, notes). A REF fleet that does not validate is an error:
     without it there is nothing sound to compare with."""
-    from renderer.gitref import GitError, load_fleet_at
-    from renderer.resolve import ResolvedFleet, UnknownEnvironment, resolve
+    from renderer.plan.gitref import GitError, load_fleet_at
+    from renderer.config.resolve import ResolvedFleet, UnknownEnvironment, resolve
 
     try:
         at = load_fleet_at(ref, paths)

@@ -19,11 +19,11 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from renderer import spec
-from renderer.runtime import GUARD_MIDDLEWARE
+from renderer.config import spec
+from renderer.codegen.runtime import GUARD_MIDDLEWARE
 from renderer.diagnostics import Diagnostic, Mark, did_you_mean
-from renderer.load import Document, LoadedFleet, Node
-from renderer.validate import (
+from renderer.config.load import Document, LoadedFleet, Node
+from renderer.config.validate import (
     DEPLOYMENT_SCHEMA,
     FLEET_SCHEMA,
     Claim,
@@ -357,7 +357,7 @@ def gateway_diagnostics(fleet: Document | None, gateway: dict | None,
     """
     if fleet is None or not (gateway or {}).get("enabled"):
         return []
-    from renderer.gateway import check_gateway, gateway_config
+    from renderer.codegen.gateway import check_gateway, gateway_config
 
     mark = (fleet.root.key_marks or {}).get("gateway", fleet.root.mark)
     return [Diagnostic(mark, ("gateway",), problem, "gateway",

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from renderer.client import (
+from renderer.endpoint.client import (
     ClientError,
     Endpoint,
     FailureKind,
