@@ -171,11 +171,13 @@ def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tu
     """
     A = spec.Arg
     args = [
-        A((model.id,), "the model, fetched from the Hugging Face Hub into the cache Volume"),
-        A(("--revision", model.revision), "pinned weights: avoid nasty surprises when the repository changes"),
-        A(("--served-model-name", *model.served_model_names), "names clients put in the request's `model` field"),
+        A((model.id,), "the model, fetched from the Hugging Face Hub into the cache Volume", ("MODEL_ID",)),
+        A(("--revision", model.revision), "pinned weights: avoid nasty surprises when the repository changes",
+          (None, "MODEL_REVISION")),
+        A(("--served-model-name", *model.served_model_names), "names clients put in the request's `model` field",
+          (None, *("SERVED_MODEL_NAMES",) * len(model.served_model_names))),
         A(("--host", "0.0.0.0"), "listen on every interface, so Modal's proxy can reach the server"),
-        A(("--port", str(engine.port)), "the port the app exposes"),
+        A(("--port", str(engine.port)), "the port the app exposes", (None, "VLLM_PORT")),
         A(("--uvicorn-log-level", "info"), "one log line per request"),
         A(("--enforce-eager",), "fast_boot: no torch.compile or CUDA graphs; boots sooner, serves slower")
         if engine.fast_boot

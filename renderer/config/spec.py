@@ -25,6 +25,10 @@ class Arg:
 
     tokens: tuple[str, ...]
     why: str
+    # For each token, the name of the rendered module's constant that holds its value (None: the
+    # token is written as a literal), so that VLLM_COMMAND reads `MODEL_ID`, not the id again.
+    # Empty: every token is a literal.
+    names: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
