@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from renderer.config.validate import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
+from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
 
 DEFAULT_OUT = Path("docs") / "schema.md"
 

@@ -171,7 +171,7 @@ description: "plain"
 engine:
   env:
     SOME_SETTING: "plain"
-  extra_args: ["plain"]
+  extra_args: ["--hf-config-path", "plain"]
 """
 
 
@@ -199,7 +199,7 @@ def test_hostile_values_only_ever_become_string_constants(tmp_path):
     hostile = (BENIGN_YAML.replace('chat_template: "plain"', f"chat_template: {evil}")
                .replace('description: "plain"', 'description: "ok"')
                .replace('SOME_SETTING: "plain"', f"SOME_SETTING: {evil}")
-               .replace('["plain"]', f"[{evil}]"))
+               .replace('"plain"]', f"{evil}]"))
     hostile_src = _render_yaml(hostile, tmp_path)
     benign_src = _render_yaml(BENIGN_YAML, tmp_path)
     assert _shape(hostile_src) == _shape(benign_src)
@@ -290,7 +290,7 @@ def test_snapshot_mode_builds_snapshot_objects(tmp_path):
     f.write_text(BENIGN_YAML.replace("engine:\n", "engine:\n  cold_start: snapshot\n"))
     fleet = resolve(load_fleet([str(f)]))
     assert fleet.ok
-    assert [d.code for d in fleet.diagnostics if not d.is_error] == ["snapshot-alpha", "extra-args"]
+    assert [d.code for d in fleet.diagnostics if not d.is_error] == ["snapshot-alpha"]  # extra_args are checked now
     out = tmp_path / "snap.py"
     out.write_text(render(fleet.deployments[0]).text)
     cfg = server_config(out)

@@ -14,7 +14,8 @@ from jsonschema import Draft202012Validator
 
 from conftest import REPO
 from renderer.gpus import GPU_TYPES
-from renderer.config.validate import MANAGED_FLAGS, load_schema
+from renderer.config import vllm_args
+from renderer.config.schema import load_schema
 
 SCHEMAS = ["deployment.schema.json", "fleet.schema.json"]
 
@@ -63,7 +64,7 @@ def test_fast_boot_description_carries_the_measurement():
 
 def test_examples_in_schema_validate():
     schema = load_schema("deployment.schema.json")
-    from renderer.config.validate import _validator
+    from renderer.config.schema import validator as _validator
 
     for section, d in schema["$defs"].items():
         for prop, sub in d.get("properties", {}).items():
@@ -72,14 +73,16 @@ def test_examples_in_schema_validate():
                 assert not errors, (section, prop, example, errors)
 
 
-def test_managed_flags_are_real_fields():
-    # every field a managed flag points users to exists in the schema
+def test_managed_flags_point_at_real_fields():
+    # every field the argv table points users to (instead of extra_args) exists in the schema
     schema = load_schema("deployment.schema.json")["$defs"]
-    for flag, field in MANAGED_FLAGS.items():
-        if field.startswith("("):
-            continue
+    fields = {row.field for row in vllm_args.ARGS if row.field}
+    assert len(fields) >= 15
+    for field in fields:
         section, prop = field.split(".")
-        assert prop in schema[section]["properties"], (flag, field)
+        assert prop in schema[section]["properties"], field
+    for row in vllm_args.ARGS:
+        assert row.field or row.why, f"{row.flags}: a flag fleetform owns needs a reason"
 
 
 def test_check_jsonschema_accepts_examples_and_rejects_typo(tmp_path):

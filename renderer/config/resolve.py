@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from renderer.config import spec
-from renderer.codegen.runtime import GUARD_MIDDLEWARE
 from renderer.diagnostics import Diagnostic, Mark, did_you_mean
 from renderer.config.load import Document, LoadedFleet, Node
+from renderer.config.vllm_args import build_vllm_args
 from renderer.config.validate import (
     DEPLOYMENT_SCHEMA,
     FLEET_SCHEMA,
@@ -154,69 +154,6 @@ def _deep_merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-# --- the vLLM command line ------------------------------------------------------------------------
-
-
-def _num(value: float | int) -> str:
-    return repr(value)
-
-
-def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tuple[spec.Arg, ...]:
-    """Every `vllm serve` argument a deployment implies, each with the reason it is there.
-
-    Only what the YAML sets is passed: a knob left unset keeps vLLM's own default, so the command
-    line says exactly what the deployment chose.
-    """
-    A = spec.Arg
-    args = [
-        A((model.id,), "the model, fetched from the Hugging Face Hub into the cache Volume", ("MODEL_ID",)),
-        A(("--revision", model.revision), "pinned weights: avoid nasty surprises when the repository changes",
-          (None, "MODEL_REVISION")),
-        A(("--served-model-name", *model.served_model_names), "names clients put in the request's `model` field",
-          (None, *("SERVED_MODEL_NAMES",) * len(model.served_model_names))),
-        A(("--host", "0.0.0.0"), "listen on every interface, so Modal's proxy can reach the server"),
-        A(("--port", str(engine.port)), "the port the app exposes", (None, "VLLM_PORT")),
-        A(("--uvicorn-log-level", "info"), "one log line per request"),
-        A(("--enforce-eager",), "fast_boot: no torch.compile or CUDA graphs; boots sooner, serves slower")
-        if engine.fast_boot
-        else A(("--no-enforce-eager",), "torch.compile and CUDA graphs: slower boot, about 2x the throughput"),
-        A(("--tensor-parallel-size", str(gpu.tensor_parallel_size)), "split each layer over this many GPUs"),
-    ]
-    if model.dtype is not None:
-        args.append(A(("--dtype", model.dtype), "activation and unquantized weight dtype"))
-    if model.max_model_len is not None:
-        args.append(A(("--max-model-len", str(model.max_model_len)), "longest context; bounds KV cache per request"))
-    if model.quantize_on_load:
-        args.append(A(("--quantization", model.quantization), "quantize the 16-bit checkpoint while loading"))
-    if model.tokenizer is not None:
-        args.append(A(("--tokenizer", model.tokenizer), "tokenizer from another repository"))
-    if model.chat_template is not None:
-        args.append(A(("--chat-template", model.chat_template), "chat template instead of the tokenizer's"))
-    if engine.gpu_memory_utilization is not None:
-        args.append(A(("--gpu-memory-utilization", _num(engine.gpu_memory_utilization)),
-                      "share of GPU memory for weights and KV cache"))
-    if engine.max_num_seqs is not None:
-        args.append(A(("--max-num-seqs", str(engine.max_num_seqs)), "most sequences batched at once"))
-    if engine.enable_prefix_caching is not None:
-        flag = "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"
-        args.append(A((flag,), "reuse KV cache across requests that share a prefix"))
-    if engine.kv_cache_dtype is not None:
-        args.append(A(("--kv-cache-dtype", engine.kv_cache_dtype), "KV cache element type"))
-    if model.lora_adapters:
-        args.append(A(("--enable-lora",), "serve LoRA adapters on top of the base model"))
-        args.append(A(("--lora-modules", *(f"{a.name}={a.path}" for a in model.lora_adapters)),
-                      "adapter name=folder; fetched at their pinned revisions before vLLM starts"))
-        if model.max_lora_rank is not None:
-            args.append(A(("--max-lora-rank", str(model.max_lora_rank)), "largest adapter rank to load"))
-    if engine.cold_start == "snapshot":
-        args.append(A(("--enable-sleep-mode",), "cold_start snapshot: sleep before the GPU snapshot, wake after restore"))
-        args.append(A(("--middleware", GUARD_MIDDLEWARE),
-                      "only the container itself may call the sleep/wake development endpoints"))
-    if engine.extra_args:
-        args.append(A(engine.extra_args, "engine.extra_args, passed through unchecked"))
-    return tuple(args)
 
 
 # --- building typed objects ----------------------------------------------------------------------------

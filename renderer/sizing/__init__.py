@@ -318,14 +318,26 @@ def parameter_count(shape: ModelShape) -> int:
 
 
 # Bytes per parameter once loaded; 4-bit formats carry ~12% more for scales and zero points.
-_BYTES_PER_PARAM = {"none": 2.0, "fp8": 1.0, "compressed-tensors": 1.0, "awq": 0.5625, "gptq": 0.5625,
-                    "bitsandbytes": 0.5625}
+BYTES_PER_PARAM = {"none": 2.0, "fp8": 1.0, "compressed-tensors": 1.0, "awq": 0.5625, "gptq": 0.5625,
+                   "bitsandbytes": 0.5625}
+
+
+def bytes_per_parameter(quantization: str, dtype: str | None) -> float:
+    """Bytes one parameter takes once loaded: by weight format; 4 for an unquantized float32 model."""
+    if quantization == "none" and dtype in ("float32", "fp32"):
+        return 4.0
+    return BYTES_PER_PARAM[quantization]
+
+
+def parameter_weight_bytes(parameters: float, quantization: str, dtype: str | None) -> float:
+    """Approximate bytes of weights once loaded, from a parameter count (a checkpoint quantized on
+    load counts as quantized)."""
+    return parameters * bytes_per_parameter(quantization, dtype)
 
 
 def estimated_weight_bytes(shape: ModelShape, quantization: str) -> int:
     """Weight bytes from the parameter count, for when the checkpoint's files are not at hand."""
-    per = 4.0 if quantization == "none" and shape.torch_dtype == "float32" else _BYTES_PER_PARAM[quantization]
-    return int(parameter_count(shape) * per)
+    return int(parameter_weight_bytes(parameter_count(shape), quantization, shape.torch_dtype))
 
 
 def loaded_weight_bytes(file_bytes: int, shape: ModelShape, *, quantize_on_load: bool = False,
@@ -363,14 +375,33 @@ def tp_problem(shape: ModelShape, tp: int) -> str | None:
     return None
 
 
-def hardware_problem(gpu: GpuType, quantization: str) -> str | None:
-    """Why this GPU type cannot run the weight format, or None."""
-    cc = ".".join(map(str, gpu.compute_capability))
-    if quantization == "fp8" and not gpu.supports_fp8:
-        return f"FP8 needs compute capability 8.9 or newer; {gpu.name} has {cc}"
-    if quantization in ("awq", "gptq", "compressed-tensors") and gpu.compute_capability < (7, 5):
-        return f"{quantization} needs Turing (compute capability 7.5) or newer; {gpu.name} has {cc}"
+BF16_SINCE = (8, 0)  # compute capability of the first GPUs with bfloat16 (Ampere); vLLM refuses it below
+FP8_SINCE = (8, 9)  # FP8 W8A8 kernels: Ada or newer
+INT4_SINCE = (7, 5)  # AWQ, GPTQ and compressed-tensors kernels: Turing or newer
+
+
+def running_dtype(dtype: str | None, checkpoint_dtype: str | None) -> str | None:
+    """The dtype vLLM computes in: `dtype` if set (other than `auto`), else the checkpoint's."""
+    chosen = dtype if dtype not in (None, "auto") else checkpoint_dtype
+    return chosen.removeprefix("torch.") if chosen else None
+
+
+def dtype_problem(gpu: GpuType, dtype: str | None) -> str | None:
+    """Why this GPU type cannot compute in `dtype`, or None."""
+    if dtype in ("bfloat16", "bf16") and gpu.compute_capability < BF16_SINCE:
+        cc = ".".join(map(str, gpu.compute_capability))
+        return f"bfloat16 needs compute capability 8.0 or newer; {gpu.name} has {cc}"
     return None
+
+
+def hardware_problem(gpu: GpuType, quantization: str, dtype: str | None = None) -> str | None:
+    """Why this GPU type cannot run the weight format (or compute in `dtype`), or None."""
+    cc = ".".join(map(str, gpu.compute_capability))
+    if quantization == "fp8" and gpu.compute_capability < FP8_SINCE:
+        return f"FP8 needs compute capability 8.9 or newer; {gpu.name} has {cc}"
+    if quantization in ("awq", "gptq", "compressed-tensors") and gpu.compute_capability < INT4_SINCE:
+        return f"{quantization} needs Turing (compute capability 7.5) or newer; {gpu.name} has {cc}"
+    return dtype_problem(gpu, dtype)
 
 
 @dataclass(frozen=True)
@@ -408,10 +439,11 @@ class Option:
 
 def evaluate(shape: ModelShape, weights_bytes: float, tokens: int, gpu: GpuType, count: int, *,
              tp: int | None = None, kv_element_bytes: int = 2, utilization: float = DEFAULT_UTILIZATION,
-             quantization: str = "none", usd_per_hour: float | None = None) -> Option:
-    """How `tokens` tokens of KV cache and the weights sit on `count` x `gpu` (tensor parallel `tp`)."""
+             quantization: str = "none", usd_per_hour: float | None = None, dtype: str | None = None) -> Option:
+    """How `tokens` tokens of KV cache and the weights sit on `count` x `gpu` (tensor parallel `tp`),
+    computing in `dtype` (None: not checked against the hardware)."""
     tp = tp or count
-    excluded = hardware_problem(gpu, quantization) or tp_problem(shape, tp)
+    excluded = hardware_problem(gpu, quantization, dtype) or tp_problem(shape, tp)
     if count > gpu.max_count:
         excluded = f"{gpu.name} allows at most {gpu.max_count} GPUs a container"
     per_gpu_weights = weights_bytes / tp
@@ -427,8 +459,9 @@ def evaluate(shape: ModelShape, weights_bytes: float, tokens: int, gpu: GpuType,
 def rank_options(shape: ModelShape, weights_bytes: float, tokens: int, *, quantization: str = "none",
                  kv_element_bytes: int = 2, utilization: float = DEFAULT_UTILIZATION,
                  prices: Mapping[str, float] | None = None,
-                 gpu_types: Iterable[GpuType] | None = None) -> list[Option]:
-    """Every GPU type x count (1, 2, 4, 8, within each type's limit), cheapest fitting first.
+                 gpu_types: Iterable[GpuType] | None = None, dtype: str | None = None) -> list[Option]:
+    """Every GPU type x count (1, 2, 4, 8, within each type's limit), cheapest fitting first; a GPU
+    that cannot compute in `dtype` (bfloat16 below compute capability 8.0) is excluded.
 
     Order: options that fit by price, then GPU count, then most headroom; then those that do not
     fit; then those that cannot run the model at all.
@@ -440,7 +473,8 @@ def rank_options(shape: ModelShape, weights_bytes: float, tokens: int, *, quanti
                 continue
             price = (prices or {}).get(gpu.name)
             out.append(evaluate(shape, weights_bytes, tokens, gpu, count, kv_element_bytes=kv_element_bytes,
-                                utilization=utilization, quantization=quantization, usd_per_hour=price))
+                                utilization=utilization, quantization=quantization, usd_per_hour=price,
+                                dtype=dtype))
     return sorted(out, key=lambda o: (o.excluded is not None, not o.fits, o.usd_per_hour, o.count, -o.headroom_gib))
 
 
@@ -479,7 +513,7 @@ class _FitInputs:
     kv_cache_dtype: str | None
 
 
-def _fit_inputs(deployment: Any) -> _FitInputs:
+def _fit_inputs(deployment: Any, default_utilization: float = DEFAULT_UTILIZATION) -> _FitInputs:
     """The fields check_fit reads, from a resolved `spec.Deployment` or a merged plain mapping."""
     if isinstance(deployment, Mapping):
         model, gpu, engine = (deployment.get(k) or {} for k in ("model", "gpu", "engine"))
@@ -489,12 +523,12 @@ def _fit_inputs(deployment: Any) -> _FitInputs:
         return _FitInputs(str(deployment.get("name", "deployment")), tuple(specs), count,
                           gpu.get("tensor_parallel_size") or count, model.get("quantization", "none"),
                           bool(model.get("quantize_on_load")), model.get("dtype"), model.get("max_model_len"),
-                          engine.get("gpu_memory_utilization") or DEFAULT_UTILIZATION, engine.get("kv_cache_dtype"))
+                          engine.get("gpu_memory_utilization") or default_utilization, engine.get("kv_cache_dtype"))
     d = deployment
     specs = [(("gpu", "type"), d.gpu.type)] + [(("gpu", "fallbacks", i), s) for i, s in enumerate(d.gpu.fallbacks)]
     return _FitInputs(d.source, tuple(specs), d.gpu.count, d.gpu.tensor_parallel_size, d.model.quantization,
                       d.model.quantize_on_load, d.model.dtype, d.model.max_model_len,
-                      d.engine.gpu_memory_utilization or DEFAULT_UTILIZATION, d.engine.kv_cache_dtype)
+                      d.engine.gpu_memory_utilization or default_utilization, d.engine.kv_cache_dtype)
 
 
 def max_tokens_that_fit(option: Option, shape: ModelShape, kv_element_bytes: int, tp: int) -> int:
@@ -506,7 +540,8 @@ def max_tokens_that_fit(option: Option, shape: ModelShape, kv_element_bytes: int
 
 def check_fit(deployment: Any, shape: ModelShape, weights_bytes: int, *,
               mark: Callable[..., Mark] | None = None,
-              prices: Mapping[str, float] | None = None) -> Diagnostic | None:
+              prices: Mapping[str, float] | None = None,
+              default_utilization: float = DEFAULT_UTILIZATION) -> Diagnostic | None:
     """An error when vLLM could not start this deployment: its weights plus the KV cache of one
     `max_model_len`-token sequence (vLLM's own start-up check) do not fit a GPU's budget.
 
@@ -515,8 +550,10 @@ def check_fit(deployment: Any, shape: ModelShape, weights_bytes: int, *,
     are applied here); `mark(*path)` places the diagnostic (a rule passes `ctx.mark`), else it
     points at the top of the deployment's file. The type and each fallback are checked; the first
     that fails is reported. Concurrency is not checked: vLLM queues what its KV cache cannot hold.
+    `default_utilization` is the pinned vLLM's `--gpu-memory-utilization` default, for a deployment
+    that leaves it unset.
     """
-    f = _fit_inputs(deployment)
+    f = _fit_inputs(deployment, default_utilization)
     where = mark or (lambda *path: Mark(f.source, 1, 1))
     loaded = loaded_weight_bytes(weights_bytes, shape, quantize_on_load=f.quantize_on_load,
                                  quantization=f.quantization, dtype=f.dtype)
@@ -536,7 +573,8 @@ def check_fit(deployment: Any, shape: ModelShape, weights_bytes: int, *,
         if option.fits:
             continue
         better = cheapest(rank_options(shape, loaded, tokens, quantization=f.quantization, kv_element_bytes=element,
-                                       utilization=f.utilization, prices=prices))
+                                       utilization=f.utilization, prices=prices,
+                                       dtype=running_dtype(f.dtype, shape.torch_dtype)))
         suggest = f"{better.label} (${better.usd_per_hour:.2f}/h) is the cheapest that fits" if better else \
             "no single container fits it; quantize the checkpoint or shorten the context"
         budget = option.budget_gib - option.overhead_gib
@@ -807,7 +845,7 @@ def size_model(model_id: str, revision: str, metadata: ModelMetadata, *, max_mod
         weights, estimated = estimated_weight_bytes(shape, quant), True
     element = kv_dtype_bytes(None, None)
     options = rank_options(shape, weights, max_model_len * concurrency, quantization=quant, kv_element_bytes=element,
-                           utilization=utilization, prices=prices)
+                           utilization=utilization, prices=prices, dtype=running_dtype(None, shape.torch_dtype))
     return Sizing(model_id, revision, name or derive_name(model_id), metadata, quant, on_load, weights, estimated,
                   max_model_len, concurrency, utilization, kv_bytes_per_token(shape, element), options)
 
