@@ -106,3 +106,109 @@ def test_files_declare_schema_for_editors():
         first = p.read_text().splitlines()[0]
         want = "fleet" if p.name == "fleet.yaml" else "deployment"
         assert first == f"# yaml-language-server: $schema=../schema/{want}.schema.json"
+
+
+# --- the validator reads the schema as a deployment needs it -------------------------------------------------
+
+from renderer.config import schema as S  # noqa: E402
+from conftest import run_cli  # noqa: E402
+
+
+def _typed(name, kind):
+    return [(p, node) for p, node in S.walk(name) if node.get("type") == kind]
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_no_integer_field_accepts_a_float(name):
+    """JSON Schema's `integer` takes 2.0; every integer field here refuses it (and takes 2)."""
+    fields = _typed(name, "integer")
+    assert len(fields) >= (10 if name == "deployment.schema.json" else 3)
+    for pointer, node in fields:
+        value = node["enum"][0] if "enum" in node else node.get("minimum", node.get("exclusiveMinimum", 0) + 1)
+        check = S.validator_class()(node)
+        assert check.is_valid(value), pointer
+        assert not check.is_valid(float(value)), pointer
+        assert Draft202012Validator(node).is_valid(float(value))  # what plain JSON Schema would let through
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_no_number_field_accepts_infinity_or_nan(name):
+    fields = _typed(name, "number")
+    assert fields
+    for pointer, node in fields:
+        check = S.validator_class()(node)
+        for bad in (float("inf"), float("nan")):
+            assert not check.is_valid(bad), pointer
+
+
+def _samples() -> set[str]:
+    """Strings that are valid somewhere: every string in the example files and in the schemas' examples and defaults."""
+    out: set[str] = set()
+
+    def collect(node):
+        if isinstance(node, str):
+            out.add(node)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                out.add(k)
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    for p in (REPO / "deployments").glob("*.yaml"):
+        collect(yaml.safe_load(p.read_text()))
+    for name in SCHEMAS:
+        for _, node in S.walk(name):
+            collect(node.get("examples", []))
+            collect(node.get("default"))
+    return out
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_no_pattern_accepts_a_trailing_newline(name):
+    patterns = {node["pattern"] for _, node in S.walk(name) if isinstance(node.get("pattern"), str)}
+    samples = _samples()
+    exercised = set()
+    for pattern in patterns:
+        for value in samples:
+            if S.matches(pattern, value):
+                exercised.add(pattern)
+                assert not S.matches(pattern, value + "\n"), (pattern, value)
+                import re
+
+                assert "$" not in pattern or re.search(pattern, value + "\n")  # Python's own `$` would
+    assert len(exercised) >= len(patterns) - 2, patterns - exercised
+
+
+def test_ecma_pattern_keeps_escapes_and_classes():
+    assert S.ecma_pattern(r"^a\$[$]$") == r"^a\$[$]\Z"
+    assert S.matches("^[a-z]+$", "abc") and not S.matches("^[a-z]+$", "abc\n")
+
+
+def test_prices_are_finite_and_bounded(tmp_path):
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text((REPO / "deployments" / "qwen2-5-7b-awq.yaml").read_text())
+    for price, message in (("1.0e+400", "expected number, got float inf"), ("-0.5", "must be >= 0, got -0.5"),
+                           ("5000", "must be <= 1000, got 5000")):
+        (folder / "fleet.yaml").write_text(f"prices:\n  H100: {price}\n")
+        result = run_cli("validate", str(folder))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"fleet.yaml:2:9: error: prices.H100: {message}" in result.stderr, result.stderr
+        assert "    hint: " in result.stderr
+
+
+def test_catch_all_messages_for_keywords_without_their_own():
+    from renderer.config.load import load_text
+    from renderer.config.validate import _schema_error_diags
+
+    doc = load_text("x.yaml", b"a: b\n")
+    for schema, want in (({"const": "c"}, "must be 'c', got string 'b'"),
+                         ({"maxLength": 0}, "must be at most 0 characters, got 1"),
+                         ({"minLength": 2}, "must be at least 2 characters, got 1"),
+                         ({"type": "string", "format": "ipv4", "not": {"const": "b"}}, "does not satisfy the schema's `not`")):
+        errors = list(S.validator_class()({"properties": {"a": schema}}).iter_errors(doc.root.plain()))
+        [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
+        assert d.message.startswith(want), d.message
+        assert d.hint and (d.mark.line, d.mark.col) == (1, 4)

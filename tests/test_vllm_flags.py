@@ -8,6 +8,7 @@ lines of every example and of a deployment that turns on every optional flag.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,147 @@ def test_a_misspelled_flag_would_be_caught():
 @pytest.mark.parametrize("flag", ["--served-model-name", "--revision", "--port", "--host"])
 def test_core_flags_present(flag):
     assert flag in vllm_options()
+
+
+# --- the argv table, the managed set and the shipped option list ------------------------------------------
+
+from renderer.config import rules, vllm_args  # noqa: E402
+from renderer.config.vllm_args import VllmOptions, load_options, managed_flags  # noqa: E402
+
+
+def test_the_pinned_vllm_option_list_ships_in_the_package():
+    options = load_options("0.26.0")
+    assert options is not None and len(options.by_flag) > 300
+    assert set(options.by_flag) == vllm_options()  # the same parser's option strings as the fixture
+    assert vllm_args.OPTIONS_DIR.is_relative_to(Path(vllm_args.__file__).parent)
+    assert load_options("0.7.0") is None
+
+
+def _specs(tmp_path):
+    """Resolved deployments that, together, take every branch of every table row."""
+    out = list(resolve(load_fleet([str(REPO / "deployments")])).deployments)
+    out += resolve(load_fleet([str(ALL_KNOBS)])).deployments
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(ALL_KNOBS.read_text().replace("fast_boot: true", "fast_boot: false")
+                     .replace("enable_prefix_caching: false", "enable_prefix_caching: true"))
+    out += resolve(load_fleet([str(plain)])).deployments
+    return out
+
+
+def test_each_row_writes_only_the_flags_it_declares(tmp_path):
+    written = set()
+    for d in _specs(tmp_path):
+        for row in vllm_args.ARGS:
+            for arg in row.build(d.model, d.gpu, d.engine):
+                flags = {t for t in arg.tokens if t.startswith("-")}
+                assert flags <= set(row.flags), (row.flags, arg.tokens)
+                assert not arg.names or len(arg.names) == len(arg.tokens)
+                written |= flags
+    assert written == {f for row in vllm_args.ARGS for f in row.flags} - {"--model"}  # the model is positional
+
+
+def test_managed_set_is_derived_from_the_table_with_every_spelling():
+    managed = managed_flags(load_options("0.26.0"))
+    for row in vllm_args.ARGS:
+        assert set(row.flags) <= set(managed)
+    # negations of what the table writes are managed as well, though no row writes them
+    assert {"--no-enable-sleep-mode", "--no-enable-lora"} <= set(managed)
+    assert "--no-enable-sleep-mode" not in {f for row in vllm_args.ARGS for f in row.flags}
+    for flag in ("--api-key", "--hf-token", "--root-path", "--ssl-keyfile", "--config", "--uds", "--headless"):
+        assert managed[flag].field is None and managed[flag].reason
+
+
+def test_every_breaking_option_exists_in_the_pinned_vllm():
+    options = load_options("0.26.0")
+    assert set(vllm_args.BREAKING) <= set(options.by_dest), set(vllm_args.BREAKING) - set(options.by_dest)
+
+
+@pytest.mark.parametrize("arg", ["--api_key=x", "--API-KEY", "--api-ke", "--hf_token", "--enable_sleep_mode", "--host",
+                                 "--port=1", "--middleware", "--served_model_name", "--root-path", "--root_path=/x",
+                                 "--no-enable-prefix-caching", "--no-enable-sleep-mode", "--enable-lora",
+                                 "--tensor_parallel_size", "--ssl-certfile", "--config=x.yaml", "--uds"])
+def test_managed_and_unknown_spellings_are_refused(arg):
+    problems = rules.extra_arg_problems([arg], load_options("0.26.0"))
+    assert len(problems) == 1 and problems[0].index == 0 and problems[0].hint
+
+
+@pytest.mark.parametrize("args", [["--seed", "1"], ["--max-num-batched-tokens=8192"], ["--enable-chunked-prefill"],
+                                  ["--no-enable-chunked-prefill"], ["--max_num_batched_tokens", "8192"],
+                                  ["--override-generation-config", '{"temperature": 0.2}'], ["--seed", "-1"]])
+def test_real_options_pass(args):
+    assert rules.extra_arg_problems(args, load_options("0.26.0")) == []
+
+
+def test_abbreviations_unknown_flags_and_stray_values():
+    options = load_options("0.26.0")
+    [p] = rules.extra_arg_problems(["--tensor-paralel-size"], options)
+    assert p.hint == 'did you mean "--tensor-parallel-size"?'
+    [p] = rules.extra_arg_problems(["--max-num-batched", "8"], options)
+    assert "abbreviates --max-num-batched-tokens" in p.message
+    [p] = rules.extra_arg_problems(["stray"], options)
+    assert "no option before it" in p.message
+
+
+DUMP = {"vllm_version": "9.9.9", "generated_by": "test", "options": [
+    {"dest": "gpu_memory_utilization", "flags": ["--gpu-memory-utilization"], "takes_value": True, "nargs": None,
+     "default": 0.5, "choices": None, "type": "float"},
+    {"dest": "tensor_parallel_size", "flags": ["--tensor-parallel-size", "-tp"], "takes_value": True, "nargs": None,
+     "default": 1, "choices": None, "type": "int"},
+    {"dest": "enforce_eager", "flags": ["--enforce-eager", "--no-enforce-eager"], "takes_value": False,
+     "nargs": 0, "default": False, "choices": None, "type": None},
+    {"dest": "kv_cache_dtype", "flags": ["--kv-cache-dtype"], "takes_value": True, "nargs": None, "default": "auto",
+     "choices": ["auto", "fp8"], "type": "str"},
+    {"dest": "dtype", "flags": ["--dtype"], "takes_value": True, "nargs": None, "default": "auto",
+     "choices": ["auto", "half", "float16", "bfloat16"], "type": "str"},
+    {"dest": "seed", "flags": ["--seed", "-s"], "takes_value": True, "nargs": None, "default": 0, "choices": None,
+     "type": "int"},
+    {"dest": "tokenizer_mode", "flags": ["--tokenizer-mode"], "takes_value": True, "nargs": None, "default": "auto",
+     "choices": ["auto", "slow"], "type": "str"},
+    {"dest": "trust_remote_code", "flags": ["--trust-remote-code"], "takes_value": False, "nargs": 0,
+     "default": False, "choices": None, "type": None},
+]}
+
+
+@pytest.fixture
+def dumped(tmp_path, monkeypatch):
+    """A full dump (the format vLLM's parser is read into) for a release 9.9.9, shipped beside the real one."""
+    folder = tmp_path / "vllm"
+    folder.mkdir()
+    (folder / "serve-options-9.9.9.json").write_text(json.dumps(DUMP))
+    monkeypatch.setattr(vllm_args, "OPTIONS_DIR", folder)
+    load_options.cache_clear()
+    yield load_options("9.9.9")
+    load_options.cache_clear()
+
+
+def test_a_full_dump_knows_aliases_values_and_choices(dumped: VllmOptions):
+    assert dumped.complete and dumped.default("gpu_memory_utilization") == 0.5
+    managed = managed_flags(dumped)
+    assert "-tp" in managed and "--no-enforce-eager" in managed  # a short alias of a managed option
+    check = rules.extra_arg_problems
+    assert [p.message for p in check(["-tp", "2"], dumped)] == ["-tp is managed by fleetform"]
+    assert check(["-s", "3", "--tokenizer-mode=slow", "--trust-remote-code"], dumped) == []
+    [p] = check(["--tokenizer-mode=fast"], dumped)
+    assert p.hint == "choose one of auto, slow"
+    [p] = check(["--trust-remote-code=yes"], dumped)
+    assert "takes no value" in p.message
+    [p] = check(["--trust-remote-code", "yes"], dumped)
+    assert "no option before it" in p.message
+
+
+def test_values_fleetform_passes_are_checked_against_vllms_choices(dumped, tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  dtype: float32\n"
+                    "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n  kv_cache_dtype: fp8_e5m2\n")
+    fleet = resolve(load_fleet([str(path)]))
+    got = [(d.code, d.path, d.hint) for d in fleet.diagnostics]
+    assert got == [("vllm-choice", ("model", "dtype"), "choose one of auto, half, float16, bfloat16"),
+                   ("vllm-choice", ("engine", "kv_cache_dtype"), "choose one of auto, fp8")]
+
+
+def test_the_fit_rules_take_vllms_default_utilization_from_the_dump(dumped, tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  parameters_b: 30\n"
+                    "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n")
+    [d] = resolve(load_fleet([str(path)])).diagnostics
+    assert d.code == "weights-fit" and "at 0.5 utilization hold 40 GiB" in d.message

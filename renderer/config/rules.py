@@ -132,7 +132,7 @@ def shadowed_module(name: str, extra: Iterable[str] = ()) -> str | None:
         found = importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         found = True
-    return "an installed module the app imports, directly or through modal" if found else None
+    return "a module installed beside fleetform (the app imports modal and its dependencies)" if found else None
 
 
 def _image_packages(ctx: RuleContext) -> list[str]:
@@ -171,7 +171,8 @@ def pip_does_not_pin_vllm(ctx: RuleContext) -> Iterator[Diagnostic]:
         try:
             req = Requirement(item)
         except InvalidRequirement as exc:
-            yield ctx.error(("image", "pip", i), f"{shown(item)} is not a requirement pip can read: {exc}",
+            yield ctx.error(("image", "pip", i), f"{shown(item)} is not a requirement pip can read: "
+                                                 f"{str(exc).splitlines()[0]}",
                             "pip-requirement", hint='write NAME==VERSION, such as "flashinfer-python==0.2.5"')
             continue
         name = canonicalize_name(req.name)

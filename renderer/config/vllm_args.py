@@ -74,13 +74,11 @@ def _from_json(version: str, data: dict) -> VllmOptions:
 
 def _from_flags(version: str, lines: Iterable[str]) -> VllmOptions:
     """A flags-only list: `--x` and `--no-x` are one option; a short alias stands alone."""
+    flags = [f.strip() for f in lines if f.strip() and not f.startswith("#")]
     groups: dict[str, list[str]] = {}
-    for line in lines:
-        flag = line.strip()
-        if not flag or flag.startswith("#"):
-            continue
+    for flag in flags:
         name = flag[2:] if flag.startswith("--") else flag
-        if name.startswith("no-") and "--" + name[3:] in groups:
+        if name.startswith("no-") and "--" + name[3:] in flags:
             name = name[3:]
         groups.setdefault(name, []).append(flag)
     return VllmOptions(version, tuple(VllmOption(k.replace("-", "_").lstrip("_"), tuple(v))
