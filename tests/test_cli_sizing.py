@@ -118,16 +118,17 @@ def write_deployment(tmp_path, max_model_len: int):
 
 
 def test_a_cached_model_that_cannot_fit_is_an_error_at_its_line(tmp_path, hf_cache):
-    """14.96 GiB of weights + 16 GiB of KV for one 131072-token sequence (128 KiB a token) on one L4:
-    0.9 x 24 GiB = 21.6 GiB, 20.6 GiB after 1 GiB of overhead. What fits beside the weights:
-    (21.6 - 14.96 - 1) GiB / 128 KiB = 46223 tokens, offered rounded down to 46080."""
+    """14.96 GiB of weights + 16 GiB of KV for one 131072-token sequence (128 KiB a token) on one L4 at
+    vLLM 0.26.0's default utilization: 0.92 x 24 GiB = 22.08 GiB, 21.08 GiB after 1 GiB of overhead.
+    What fits beside the weights: (22.08 - 14.96 - 1) GiB / 128 KiB = 50135 tokens, offered rounded
+    down to 49152."""
     path = write_deployment(tmp_path, 131072)
     result = run_cli("validate", str(path), env=hf_cache)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == (
         f"{path}:5:18: error: model.max_model_len: 15.0 GiB of weights + 16.0 GiB of KV cache for one 131072-token "
-        "sequence do not fit 1 x L4 at 0.9 utilization (20.6 GiB after overhead): vLLM would refuse to start\n"
-        "    hint: set model.max_model_len to at most 46080, or 2 x L4 ($1.60/h) is the cheapest that fits\n"
+        "sequence do not fit 1 x L4 at 0.92 utilization (21.1 GiB after overhead): vLLM would refuse to start\n"
+        "    hint: set model.max_model_len to at most 49152, or 2 x L4 ($1.60/h) is the cheapest that fits\n"
         "1 error(s); nothing was rendered or deployed\n")
 
 

@@ -9,6 +9,7 @@ lines of every example and of a deployment that turns on every optional flag.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,16 @@ def test_core_flags_present(flag):
 # --- the argv table, the managed set and the shipped option list ------------------------------------------
 
 from renderer.config import rules, vllm_args  # noqa: E402
+from renderer.config import schema as S  # noqa: E402
 from renderer.config.vllm_args import VllmOptions, load_options, managed_flags  # noqa: E402
 
 
 def test_the_pinned_vllm_option_list_ships_in_the_package():
     options = load_options("0.26.0")
     assert options is not None and len(options.by_flag) > 300
-    assert set(options.by_flag) == vllm_options()  # the same parser's option strings as the fixture
+    assert options.complete  # the full dump: destinations, values, choices and defaults
+    # the same parser's option strings as the fixture, less argparse's own --help
+    assert set(options.by_flag) == vllm_options() - {"-h", "--help"}
     assert vllm_args.OPTIONS_DIR.is_relative_to(Path(vllm_args.__file__).parent)
     assert load_options("0.7.0") is None
 
@@ -107,6 +111,14 @@ def test_managed_set_is_derived_from_the_table_with_every_spelling():
     assert "--no-enable-sleep-mode" not in {f for row in vllm_args.ARGS for f in row.flags}
     for flag in ("--api-key", "--hf-token", "--root-path", "--ssl-keyfile", "--config", "--uds", "--headless"):
         assert managed[flag].field is None and managed[flag].reason
+    # short aliases belong to their option: -tp is --tensor-parallel-size, -q is --quantization
+    assert managed["-tp"].field == "gpu.tensor_parallel_size" and managed["-q"].field == "model.quantization"
+
+
+def test_the_guard_middleware_is_the_runtimes():
+    from renderer.codegen import runtime
+
+    assert vllm_args.GUARD_MIDDLEWARE == runtime.GUARD_MIDDLEWARE
 
 
 def test_every_breaking_option_exists_in_the_pinned_vllm():
@@ -117,7 +129,8 @@ def test_every_breaking_option_exists_in_the_pinned_vllm():
 @pytest.mark.parametrize("arg", ["--api_key=x", "--API-KEY", "--api-ke", "--hf_token", "--enable_sleep_mode", "--host",
                                  "--port=1", "--middleware", "--served_model_name", "--root-path", "--root_path=/x",
                                  "--no-enable-prefix-caching", "--no-enable-sleep-mode", "--enable-lora",
-                                 "--tensor_parallel_size", "--ssl-certfile", "--config=x.yaml", "--uds"])
+                                 "--tensor_parallel_size", "--ssl-certfile", "--config=x.yaml", "--uds", "-tp", "-q",
+                                 "-qfp8", "-tp=2", "--help", "-h", "--kv-cache-dtype=int3"])
 def test_managed_and_unknown_spellings_are_refused(arg):
     problems = rules.extra_arg_problems([arg], load_options("0.26.0"))
     assert len(problems) == 1 and problems[0].index == 0 and problems[0].hint
@@ -125,7 +138,8 @@ def test_managed_and_unknown_spellings_are_refused(arg):
 
 @pytest.mark.parametrize("args", [["--seed", "1"], ["--max-num-batched-tokens=8192"], ["--enable-chunked-prefill"],
                                   ["--no-enable-chunked-prefill"], ["--max_num_batched_tokens", "8192"],
-                                  ["--override-generation-config", '{"temperature": 0.2}'], ["--seed", "-1"]])
+                                  ["--override-generation-config", '{"temperature": 0.2}'], ["--seed", "-1"],
+                                  ["-dp", "2"], ["--ignore-patterns", "a", "b"], ["--allowed-origins", '["a"]'], ["--seed=3"]])
 def test_real_options_pass(args):
     assert rules.extra_arg_problems(args, load_options("0.26.0")) == []
 
@@ -203,3 +217,48 @@ def test_the_fit_rules_take_vllms_default_utilization_from_the_dump(dumped, tmp_
                     "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n")
     [d] = resolve(load_fleet([str(path)])).diagnostics
     assert d.code == "weights-fit" and "at 0.5 utilization hold 40 GiB" in d.message
+
+
+_UNSET = re.compile(r"Unset: vLLM's (?:default \(([^)]*)\)|`([^`]*)`|(\d[\d.]*)\.)")
+
+
+def _as_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def test_schema_descriptions_state_the_pinned_vllms_defaults():
+    """What a description says vLLM does when a field is unset is what the shipped option list says."""
+    options = load_options(load_schema_default("engine", "vllm_version"))
+    checked = {}
+    for row in vllm_args.ARGS:
+        if not row.field:
+            continue
+        section, prop = row.field.split(".")
+        desc = S.load_schema(S.DEPLOYMENT_SCHEMA)["$defs"][section]["properties"][prop].get("description", "")
+        m = _UNSET.search(desc)
+        if m:
+            stated = _as_value(next(g for g in m.groups() if g is not None))
+            checked[row.field] = stated
+            assert options.by_flag[row.flags[0]].default == stated, (row.field, stated)
+    assert {"engine.gpu_memory_utilization", "model.dtype", "model.max_lora_rank", "engine.kv_cache_dtype"} <= set(checked)
+
+
+def load_schema_default(section: str, prop: str):
+    return S.load_schema(S.DEPLOYMENT_SCHEMA)["$defs"][section]["properties"][prop]["default"]
+
+
+def test_schema_enums_are_among_vllms_choices():
+    """Values fleetform passes for an enum field are ones the pinned vLLM accepts."""
+    options = load_options(load_schema_default("engine", "vllm_version"))
+    for field, flag in (("model.dtype", "--dtype"), ("engine.kv_cache_dtype", "--kv-cache-dtype"),
+                        ("model.max_lora_rank", "--max-lora-rank")):
+        section, prop = field.split(".")
+        enum = S.load_schema(S.DEPLOYMENT_SCHEMA)["$defs"][section]["properties"][prop]["enum"]
+        assert {str(v) for v in enum} <= set(options.by_flag[flag].choices), field
+
+
+def test_vllm_version_default_has_a_shipped_option_list():
+    assert load_options(load_schema_default("engine", "vllm_version")) is not None

@@ -420,7 +420,7 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
                 where = "at the start" if i == 0 else f"after {args[i - 1]}, which takes no value"
                 out.append(ArgProblem(i, f"{shown(token)} is a value with no option before it ({where})",
                                       "put the option this value belongs to before it, or remove it"))
-            takes_value = False
+            takes_value = None if takes_value is None else False  # one value taken; `+` options take more
             continue
         if token == "--":
             out.append(ArgProblem(i, "`--` would end vLLM's options", "remove it"))
@@ -466,7 +466,7 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
         elif eq and option.choices is not None and value not in option.choices:
             out.append(ArgProblem(i, f"{option.long_name} {shown(value)} is not one of vLLM's choices",
                                   "choose one of " + ", ".join(option.choices)))
-        takes_value = None if option.takes_value is None else option.takes_value and not eq
+        takes_value = False if eq else option.values
     return out
 
 

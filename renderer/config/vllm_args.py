@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from renderer.codegen.runtime import GUARD_MIDDLEWARE
 from renderer.config import spec
 
 OPTIONS_DIR = Path(__file__).resolve().parent / "vllm"
+
+# The sleep/wake guard the runtime writes for vLLM to load. The runtime (codegen/runtime.py) is
+# copied verbatim into every rendered module and uses the standard library only, so it cannot
+# import this; tests/test_vllm_flags.py proves the two names agree.
+GUARD_MIDDLEWARE = "fleetform_guard.DevRouteGuard"
 
 
 # --- vLLM's own option list --------------------------------------------------------------------------
@@ -37,6 +41,14 @@ class VllmOption:
     takes_value: bool | None = None  # None: not recorded (a flags-only list)
     choices: tuple[str, ...] | None = None
     default: Any = None
+    nargs: int | str | None = None  # argparse's: None (one value), "?", "*", "+" or a count
+
+    @property
+    def values(self) -> bool | None:
+        """Whether the next token is this option's value: True, False, or None for "maybe, or several"."""
+        if self.takes_value is False:
+            return False
+        return None if self.takes_value is None or self.nargs is not None else True
 
     @property
     def long_name(self) -> str:
@@ -68,7 +80,8 @@ def _from_json(version: str, data: dict) -> VllmOptions:
     for o in data["options"]:
         choices = o.get("choices")
         options.append(VllmOption(o["dest"], tuple(o["flags"]), o.get("takes_value"),
-                                   tuple(map(str, choices)) if choices is not None else None, o.get("default")))
+                                   tuple(map(str, choices)) if choices is not None else None, o.get("default"),
+                                   o.get("nargs")))
     return VllmOptions(version, tuple(options), True)
 
 
@@ -206,7 +219,6 @@ BREAKING: dict[str, str] = {
     "uds": "vLLM would listen on a Unix socket, which Modal's proxy cannot reach",
     "headless": "vLLM would start no API server",
     "config": "a config file can set any option, including the ones fleetform manages, unchecked",
-    "help": "vLLM would print its help and exit",
     "ssl_keyfile": "Modal's proxy terminates TLS and talks plain HTTP to the container",
     "ssl_certfile": "Modal's proxy terminates TLS and talks plain HTTP to the container",
     "ssl_ca_certs": "Modal's proxy terminates TLS and talks plain HTTP to the container",
