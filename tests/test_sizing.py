@@ -529,3 +529,36 @@ def test_new_nothing_fits(tmp_path, capsys):
     assert new(tmp_path, model_id="deepseek-ai/DeepSeek-V3", from_dir=str(folder)) == 1
     assert "no GPU type and count holds 1862.6 GiB of weights" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+# --- one memory model and one hardware table, shared with validate's rules ------------------------------------
+
+
+def test_bytes_per_parameter_is_one_table():
+    assert sizing.bytes_per_parameter("none", "bfloat16") == 2.0
+    assert sizing.bytes_per_parameter("none", "float32") == 4.0
+    assert sizing.bytes_per_parameter("fp8", "float32") == 1.0  # a quantized format keeps its size
+    assert sizing.bytes_per_parameter("awq", None) == 0.5625
+    s = shape("llama-3.1-8b")
+    assert sizing.estimated_weight_bytes(s, "awq") == int(sizing.parameter_count(s) * 0.5625)
+
+
+def test_running_dtype_and_bf16_hardware():
+    assert sizing.running_dtype(None, "bfloat16") == "bfloat16"
+    assert sizing.running_dtype("auto", "torch.bfloat16") == "bfloat16"
+    assert sizing.running_dtype("float16", "bfloat16") == "float16"
+    t4, a10 = GPU_TYPES["T4"], GPU_TYPES["A10"]
+    assert sizing.dtype_problem(t4, "bfloat16") == "bfloat16 needs compute capability 8.0 or newer; T4 has 7.5"
+    assert sizing.dtype_problem(t4, "float16") is None and sizing.dtype_problem(a10, "bfloat16") is None
+    assert sizing.hardware_problem(t4, "none", "bfloat16") == sizing.dtype_problem(t4, "bfloat16")
+    assert sizing.hardware_problem(GPU_TYPES["A100-80GB"], "fp8").startswith("FP8 needs compute capability 8.9")
+
+
+def test_size_model_never_picks_t4_for_a_bf16_checkpoint():
+    """A small bf16 model whose cheapest fit by memory alone would be a T4."""
+    meta = metadata("llama-3.1-8b", 2 * 2**30)
+    s = sizing.size_model("meta-llama/Llama-3.1-8B-Instruct", REVISION, meta, max_model_len=2048)
+    by_memory = sizing.rank_options(meta.shape, s.weights_bytes, s.tokens, utilization=s.utilization)
+    assert sizing.cheapest(by_memory).gpu == "T4"  # what it would have chosen before
+    assert s.chosen.gpu != "T4"
+    assert all(o.excluded and "bfloat16" in o.excluded for o in s.options if o.gpu == "T4")
