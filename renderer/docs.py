@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
+from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, SchemaFiles, shipped
 
 DEFAULT_OUT = Path("docs") / "schema.md"
 
@@ -32,32 +32,18 @@ _NAMED_TYPES = {
 }
 
 
-class _Schemas:
-    """Both schema files, with `$ref` lookup across them."""
+class _Schemas(SchemaFiles):
+    """Both schema files (the shipped ones, or those in `schema_dir`), read by the one schema reader."""
 
     def __init__(self, schema_dir: Path | None = None) -> None:
-        def read(name: str) -> dict:
-            if schema_dir is None:
-                return load_schema(name)
-            return json.loads((schema_dir / name).read_text(encoding="utf-8"))
+        super().__init__(dict(shipped().files) if schema_dir is None else SchemaFiles.from_dir(schema_dir).files)
 
-        self.files = {DEPLOYMENT_SCHEMA: read(DEPLOYMENT_SCHEMA), FLEET_SCHEMA: read(FLEET_SCHEMA)}
-
-    def target(self, ref: str, current: str) -> tuple[str, str, dict]:
-        """(file, definition name, schema) a `$ref` points at."""
-        file, _, pointer = ref.partition("#")
-        file = file or current
-        node: Any = self.files[file]
-        for part in pointer.strip("/").split("/"):
-            node = node[part]
-        return file, pointer.rsplit("/", 1)[-1], node
-
-    def expand(self, prop: dict, current: str) -> tuple[dict, str | None, str]:
+    def expand(self, prop: dict, current: str) -> tuple[dict, str | None, str]:  # type: ignore[override]
         """A property with its `$ref` merged in (the property's own keys win): (schema, def name, file)."""
         if "$ref" not in prop:
             return prop, None, current
-        file, name, target = self.target(prop["$ref"], current)
-        merged = {**target, **{k: v for k, v in prop.items() if k != "$ref"}}
+        name = self.target(prop["$ref"], current)[1]
+        file, merged = super().expand(prop, current)
         return merged, name, file
 
 

@@ -49,22 +49,49 @@ def load_schema(name: str) -> dict:
 # --- walking ---------------------------------------------------------------------------------------
 
 
+class SchemaFiles:
+    """Schema files by name, with `$ref` lookup across them: the shipped ones, or others (docs' check
+    of an edited copy)."""
+
+    def __init__(self, files: dict[str, dict]) -> None:
+        self.files = files
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> "SchemaFiles":
+        return cls({n: json.loads((folder / n).read_text(encoding="utf-8")) for n in SCHEMAS})
+
+    def target(self, ref: str, base: str) -> tuple[str, str, dict]:
+        """(file, last pointer segment, schema) a `$ref` written in schema file `base` points at."""
+        file, _, pointer = ref.partition("#")
+        file = file or base
+        node: Any = self.files[file]
+        parts = pointer.strip("/").split("/") if pointer.strip("/") else []
+        for part in parts:
+            node = node[part]
+        return file, parts[-1] if parts else "", node
+
+    def expand(self, node: dict, file: str) -> tuple[str, dict]:
+        """A schema with its `$ref`s merged in (the referring schema's own keys win), and its file."""
+        while "$ref" in node:
+            file, _, target = self.target(node["$ref"], file)
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return file, node
+
+
+@functools.cache
+def shipped() -> SchemaFiles:
+    return SchemaFiles({n: load_schema(n) for n in SCHEMAS})
+
+
 def resolve_ref(ref: str, base: str) -> tuple[str, dict]:
     """(file, schema) a `$ref` written in schema file `base` points at."""
-    file, _, pointer = ref.partition("#")
-    file = file or base
-    node: Any = load_schema(file)
-    for part in pointer.strip("/").split("/") if pointer.strip("/") else []:
-        node = node[part]
+    file, _, node = shipped().target(ref, base)
     return file, node
 
 
 def expand(node: dict, file: str) -> tuple[str, dict]:
     """A schema with its `$ref`s merged in (the referring schema's own keys win), and its file."""
-    while "$ref" in node:
-        file, target = resolve_ref(node["$ref"], file)
-        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return file, node
+    return shipped().expand(node, file)
 
 
 def _at(name: str, path: FieldPath) -> tuple[str, dict] | None:
