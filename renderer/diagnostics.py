@@ -71,6 +71,7 @@ def format_path(path: Sequence[PathPart]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            part = part if len(part) <= 80 else f"{part[:79]}…({len(part)} characters)"  # a pasted blob as a key
             out += f".{part}" if out else str(part)
     return out or "(document)"
 

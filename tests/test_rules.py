@@ -233,3 +233,12 @@ def test_shown_cuts_with_the_length():
     assert rules.shown("abc") == "'abc'"
     cut = rules.shown("x" * 1000)
     assert len(cut) < rules.SHOWN_CHARS + 30 and cut.endswith("(1000 characters)")
+
+
+def test_long_keys_are_cut_in_paths_and_messages(tmp_path):
+    big = "Y" * 300_000
+    path = deployment(tmp_path, f"gpu:\n  type: H100\nengine:\n  env:\n    ? {big}\n    : v\nenvironments:\n  ? x{big.lower()}\n  : {{}}\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr) < 2000, len(result.stderr)
+    assert f"{path}:9:7: error: engine.env.YYY" in result.stderr  # at the key's own line

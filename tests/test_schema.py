@@ -212,3 +212,14 @@ def test_catch_all_messages_for_keywords_without_their_own():
         [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
         assert d.message.startswith(want), d.message
         assert d.hint and (d.mark.line, d.mark.col) == (1, 4)
+
+
+def test_a_refused_price_key_is_reported_at_its_own_line(tmp_path):
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    (folder / "demo.yaml").write_text((REPO / "deployments" / "qwen2-5-7b-awq.yaml").read_text())
+    (folder / "fleet.yaml").write_text("prices:\n  H100: 2.0\n  H10: 3.0\n")
+    result = run_cli("validate", str(folder))
+    assert result.returncode == 1
+    assert f"{folder / 'fleet.yaml'}:3:3: error: prices.H10: invalid key 'H10': expected one of T4, " in result.stderr
+    assert '    hint: did you mean "H100"?' in result.stderr

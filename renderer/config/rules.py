@@ -545,5 +545,5 @@ def undeclared_environments(root: Node, declared: list[str]) -> list[Diagnostic]
         hint = did_you_mean(env, declared) or (
             f"fleet.yaml declares: {', '.join(declared)}" if declared else "declare it under `environments` in fleet.yaml")
         out.append(Diagnostic((node.key_marks or {}).get(env, node.mark), ("environments", env),
-                              f"unknown environment {env!r}", "unknown-environment", hint=hint))
+                              f"unknown environment {shown(env)}", "unknown-environment", hint=hint))
     return [d for d in out if d.path[1] not in declared]

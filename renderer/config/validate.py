@@ -91,6 +91,9 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
     schema = err.schema if isinstance(err.schema, dict) else {}
     code = f"schema-{v}"
     about = _about(schema_name, path)
+    if "propertyNames" in err.relative_schema_path and isinstance(node.value, dict) and err.instance in node.value:
+        yield _bad_key(err, node, path, schema_name, code)
+        return
 
     if v == "additionalProperties":
         allowed = set(schema.get("properties", {}))
@@ -117,16 +120,6 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
         shown_choices = ", ".join(choices) if len(choices) <= 12 else ", ".join(c for c in choices if not c.endswith("!"))
         yield Diagnostic(mark, path, f"expected one of {shown_choices}; got {_describe(got)}", code,
                          hint=hint or f"write one of the values listed ({about})")
-        return
-    if v == "propertyNames":
-        bad = err.instance
-        kmark = (node.key_marks or {}).get(bad, mark) if isinstance(bad, str) else mark
-        names = err.validator_value if isinstance(err.validator_value, dict) else {}
-        names = expand(names, schema_name or DEPLOYMENT_SCHEMA)[1]
-        expected = _expected(names) or ("one of " + ", ".join(map(str, names["enum"])) if "enum" in names
-                                        else "a valid name")
-        hint = did_you_mean(str(bad), map(str, names.get("enum", []))) or f"rename the key: {expected}"
-        yield Diagnostic(kmark, (*path, bad), f"invalid key {shown(bad)}: expected {expected}", code, hint=hint)
         return
     if v == "type":
         want = err.validator_value
@@ -177,6 +170,18 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
     }
     message = messages.get(v) or f"does not satisfy the schema's `{v}`: {_describe(err.instance)}"
     yield Diagnostic(mark, path, message, code, hint=about)
+
+
+def _bad_key(err: Any, node: Node, path: FieldPath, schema_name: str, code: str) -> Diagnostic:
+    """A mapping key its `propertyNames` refuses, reported at the key's own line, not its parent's."""
+    bad = err.instance
+    kmark = (node.key_marks or {}).get(bad, node.mark)
+    names = err.schema if isinstance(err.schema, dict) else {}
+    names = expand(names, schema_name or DEPLOYMENT_SCHEMA)[1]
+    expected = _expected(names) or ("one of " + ", ".join(map(str, names["enum"])) if "enum" in names
+                                    else "a valid name")
+    hint = did_you_mean(str(bad), map(str, names.get("enum", []))) or f"rename the key: {expected}"
+    return Diagnostic(kmark, (*path, bad), f"invalid key {shown(bad)}: expected {expected}", code, hint=hint)
 
 
 def check_schema(doc: Document, schema_name: str = DEPLOYMENT_SCHEMA) -> list[Diagnostic]:
