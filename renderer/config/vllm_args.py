@@ -236,7 +236,9 @@ def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tu
     """
     args = [arg for row in ARGS for arg in row.build(model, gpu, engine)]
     if engine.extra_args:
-        args.append(A(engine.extra_args, "engine.extra_args, checked against the pinned vLLM's options"))
+        checked = load_options(engine.vllm_version) is not None
+        args.append(A(engine.extra_args, "engine.extra_args, " + (f"checked against vLLM {engine.vllm_version}'s options"
+                                                                  if checked else "passed through unchecked")))
     return tuple(args)
 
 
