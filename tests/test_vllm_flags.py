@@ -195,6 +195,8 @@ def test_a_full_dump_knows_aliases_values_and_choices(dumped: VllmOptions):
     assert check(["-s", "3", "--tokenizer-mode=slow", "--trust-remote-code"], dumped) == []
     [p] = check(["--tokenizer-mode=fast"], dumped)
     assert p.hint == "choose one of auto, slow"
+    [p] = check(["--tokenizer-mode", "fast"], dumped)
+    assert p.hint == "choose one of auto, slow" and p.index == 1
     [p] = check(["--trust-remote-code=yes"], dumped)
     assert "takes no value" in p.message
     [p] = check(["--trust-remote-code", "yes"], dumped)

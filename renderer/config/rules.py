@@ -420,8 +420,13 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
     managed = vllm_args.managed_flags(options)
     out: list[ArgProblem] = []
     takes_value: bool | None = False
+    pending: vllm_args.VllmOption | None = None  # the option the next value belongs to, for its choices
     for i, token in enumerate(args):
         if _is_value(token):
+            if pending is not None and pending.choices is not None and token not in pending.choices:
+                out.append(ArgProblem(i, f"{pending.long_name} {shown(token)} is not one of vLLM's choices",
+                                      "choose one of " + ", ".join(pending.choices)))
+            pending = None
             if takes_value is False:
                 where = "at the start" if i == 0 else f"after {args[i - 1]}, which takes no value"
                 out.append(ArgProblem(i, f"{shown(token)} is a value with no option before it ({where})",
@@ -432,6 +437,7 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
             out.append(ArgProblem(i, "`--` would end vLLM's options", "remove it"))
             takes_value = False
             continue
+        pending = None
         written, eq, value = token.partition("=")
         flag = "--" + written[2:].replace("_", "-") if written.startswith("--") else written
         if not written.startswith("--") and flag not in options.by_flag and flag[:2] in options.by_flag:
@@ -473,6 +479,7 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
             out.append(ArgProblem(i, f"{option.long_name} {shown(value)} is not one of vLLM's choices",
                                   "choose one of " + ", ".join(option.choices)))
         takes_value = False if eq else option.values
+        pending = option if takes_value else None
     return out
 
 
