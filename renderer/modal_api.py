@@ -2,8 +2,8 @@
 
 `ModalBackend` is the only code (besides the rendered apps themselves) that imports `modal`, and it
 does so inside its methods, never at module level: `fleetform validate` and `render` must stay fast
-and must work on machines where the SDK cannot even be imported. The orchestrator (`deploy.py`)
-only ever sees the `Backend` interface, so its tests run against an in-memory fake.
+and must work on machines where the SDK cannot even be imported. The deploy verbs (`renderer.deploy`)
+only ever see the `Backend` interface, so their tests run against an in-memory fake.
 
 Every failure crossing this boundary becomes a `BackendError` subclass whose `str()` is one line a
 user can act on; nothing from `modal`, `grpclib` or `asyncio` escapes.

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from renderer.deploy.run import SmokeOutcome
+from renderer.deploy.smoke import SmokeOutcome
 from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
 from renderer.codegen.render import RenderedApp
 

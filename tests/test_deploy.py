@@ -16,35 +16,27 @@ import pytest
 from fake_backend import FakeBackend, FakeSmoke
 from rich.console import Console
 
+from renderer.deploy.destroy import run_destroy
+from renderer.deploy.progress import NullProgress, RichProgress
+from renderer.deploy.rollback import run_rollback
 from renderer.deploy.run import (
-    CONFLICT,
-    CREATE,
     DEPLOYED,
     FAILED,
     KEPT,
-    ORPHAN,
     PLANNED,
     ROLLED_BACK,
     SKIPPED,
     STOPPED,
     UNCHANGED,
-    UPDATE,
-    ClientSmokeTester,
     DeployOptions,
-    NullProgress,
-    RichProgress,
-    environment_for,
-    live_plan,
-    plan_exit_code,
-    render_plan,
     run_deploy,
-    run_destroy,
-    run_rollback,
-    run_status,
 )
+from renderer.deploy.smoke import ClientSmokeTester
+from renderer.deploy.status import run_status
 from renderer.config.load import load_fleet
 from renderer.modal_api import NO_CREDENTIALS, CapacityError, EnvironmentNotFound, NetworkError, deployment_tag
 from renderer.codegen.render import render_fleet
+from renderer.plan.live import Action, environment_for, live_plan, plan_exit_code, render_plan
 from renderer.config.resolve import resolve
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
@@ -103,9 +95,10 @@ def test_live_plan_actions(apps):
     b.add_live("someone-elses-app", "", env=ENV, managed=False)
     rows = live_plan(apps, b)
     actions = {r.name: r.action for r in rows}
-    assert actions == {a0: UNCHANGED, a1: UPDATE, a2: CONFLICT, a3: CREATE, "retired-model": ORPHAN}
+    assert actions == {a0: Action.UNCHANGED, a1: Action.UPDATE, a2: Action.CONFLICT, a3: Action.CREATE,
+                       "retired-model": Action.ORPHAN}
     assert plan_exit_code(rows) == 2
-    unchanged_only = [r for r in rows if r.action in (UNCHANGED, ORPHAN)]
+    unchanged_only = [r for r in rows if r.action in (Action.UNCHANGED, Action.ORPHAN)]
     assert plan_exit_code(unchanged_only) == 0  # orphans alone are not changes `deploy` would make
     out = io.StringIO()
     render_plan(rows, Console(file=out, width=200))
@@ -134,8 +127,8 @@ def test_only_changed_deployments_are_deployed_with_their_tag(apps):
     for a in apps[:2]:
         assert deployed[a.deployment.name] == ("deploy", a.deployment.name, ENV, deployment_tag(a), "recreate")
     assert {r.name: r.action for r in report.results if r.status == DEPLOYED} == {
-        apps[0].deployment.name: CREATE,
-        apps[1].deployment.name: UPDATE,
+        apps[0].deployment.name: Action.CREATE,
+        apps[1].deployment.name: Action.UPDATE,
     }
     assert sorted(n for n, _ in smoke.tested) == sorted(deployed)
     assert report.exit_code == 0

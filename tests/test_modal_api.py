@@ -411,6 +411,7 @@ def test_effective_tags_follow_rollback_chains():
 
 
 def test_importing_the_deploy_stack_does_not_import_modal():
-    code = "import sys, renderer.deploy.run, renderer.modal_api; sys.exit('modal' in sys.modules)"
+    code = ("import sys, renderer.deploy.run, renderer.deploy.status, renderer.deploy.rollback, renderer.deploy.destroy, "
+            "renderer.plan.live, renderer.modal_api; sys.exit('modal' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0
