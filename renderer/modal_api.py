@@ -189,13 +189,16 @@ def _is_grpc_transport(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Version:
-    """One entry of an app's deployment history."""
+    """One entry of an app's deployment history.
+
+    Modal's `rollback_allowed` flag is not read: Modal's own client never reads it either (`modal
+    app rollback` just asks), and the server refuses a rollback it does not allow.
+    """
 
     version: int
-    tag: str  # effective tag: a rollback entry reports the tag of the version it restored
+    tag: str  # what the version runs: a rollback entry reports the tag of the version it restored
     deployed_at: float | None = None
     rollback_of: int | None = None  # for a rollback entry, the version it restored
-    rollback_allowed: bool = True
 
 
 @dataclass(frozen=True)
@@ -240,18 +243,20 @@ def deployment_tag(app: RenderedApp) -> str:
 
 
 def effective_tags(history: list[Version]) -> list[Version]:
-    """Fill in the tag of rollback entries from the version they restored (chains included)."""
+    """Give every entry the tag of the content it runs: a rollback entry runs the module of the
+    version it restored (chains included), whatever tag Modal put on the entry itself.
+
+    Only when the restored version is no longer in the history does an entry keep its own tag.
+    """
     by_version = {v.version: v for v in history}
 
     def tag_of(v: Version, seen: set[int]) -> str:
-        if v.tag or v.rollback_of is None or v.rollback_of in seen:
+        if v.rollback_of is None or v.rollback_of in seen:
             return v.tag
         target = by_version.get(v.rollback_of)
-        return tag_of(target, seen | {v.version}) if target else ""
+        return tag_of(target, seen | {v.version}) if target else v.tag
 
-    return [
-        Version(v.version, tag_of(v, set()), v.deployed_at, v.rollback_of, v.rollback_allowed) for v in history
-    ]
+    return [Version(v.version, tag_of(v, set()), v.deployed_at, v.rollback_of) for v in history]
 
 
 # --- the interface --------------------------------------------------------------------------------
@@ -294,9 +299,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def web_url(self, name: str, env: str | None) -> str | None:
         """The URL of the app's server, if it has one."""
-
-    def list_managed_apps(self, env: str | None) -> list[LiveApp]:
-        return [a for a in self.list_apps(env) if a.managed]
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -492,7 +494,6 @@ class ModalBackend(Backend):
                 tag=h.tag,
                 deployed_at=h.deployed_at or None,
                 rollback_of=h.rollback_version or None,
-                rollback_allowed=h.rollback_allowed,
             )
             for h in resp.app_deployment_histories
         ]

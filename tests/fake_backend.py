@@ -32,6 +32,7 @@ class FakeBackend(Backend):
         self.deploy_errors: dict[str, BackendError] = {}  # name -> raised by deploy
         self.list_error: BackendError | None = None
         self.rollback_error: BackendError | None = None
+        self.rollback_tag = ""  # the tag Modal puts on a rollback's new history entry
         self.on_deploy: Callable[[str], None] | None = None  # runs at the start of each deploy
         self.started: list[str] = []  # deploys in the order they started
         self.finished: list[str] = []
@@ -118,7 +119,7 @@ class FakeBackend(Backend):
         app = self._live(name, env)
         assert app is not None
         target = version if version is not None else app.live - 1
-        app.versions.append(Version(len(app.versions) + 1, "", rollback_of=target))
+        app.versions.append(Version(len(app.versions) + 1, self.rollback_tag, rollback_of=target))
         app.live = len(app.versions)
 
     def stop(self, name: str, env: str | None) -> None:

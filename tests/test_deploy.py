@@ -34,7 +34,14 @@ from renderer.deploy.run import (
 from renderer.deploy.smoke import ClientSmokeTester
 from renderer.deploy.status import run_status
 from renderer.config.load import load_fleet
-from renderer.modal_api import NO_CREDENTIALS, CapacityError, EnvironmentNotFound, NetworkError, deployment_tag
+from renderer.modal_api import (
+    NO_CREDENTIALS,
+    CapacityError,
+    EnvironmentNotFound,
+    NetworkError,
+    Version,
+    deployment_tag,
+)
 from renderer.codegen.render import render_fleet
 from renderer.plan.live import Action, environment_for, live_plan, plan_exit_code, render_plan
 from renderer.config.resolve import resolve
@@ -401,6 +408,23 @@ def test_status_reports_sync_drift_absence_and_orphans(apps):
     assert rows["retired-model"].state == "orphan"
     assert report.exit_code == 0
     assert json.loads(json.dumps(report.to_dict()))["deployments"][0]["name"] == a0
+
+
+@pytest.mark.parametrize("entry_tag", ["", "ff-000000000000", "something-else"])
+def test_status_recognises_rolled_back_content_whatever_the_entry_is_tagged(apps, entry_tag):
+    """After `rollback`, Modal's new history entry may carry another tag (here the replaced
+    version's): what runs is the content of the version rolled back to, so status is in sync."""
+    b = FakeBackend()
+    b.rollback_tag = entry_tag
+    name, tag = apps[0].deployment.name, deployment_tag(apps[0])
+    fake = b.add_live(name, tag, env=ENV)
+    fake.versions.append(Version(2, "ff-000000000000"))  # a newer, different module went live
+    fake.live = 2
+    assert run_status(apps[:1], b, ENV).rows[0].state == "drifted"
+    assert run_rollback(name, b, environment=ENV).ok
+    row = run_status(apps[:1], b, ENV).rows[0]
+    assert (row.state, row.live_version, row.live_tag) == ("in_sync", 3, tag)
+    assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
 
 
 # --- rollback and destroy -------------------------------------------------------------------------

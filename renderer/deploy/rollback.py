@@ -13,12 +13,15 @@ def parse_version(text: str) -> int | None:
 
 
 def rollback_target(history: list[Version], live: LiveApp, to: str | None) -> Version | str:
-    """The version to restore, or why there is none."""
+    """The version to restore, or why there is none.
+
+    As `modal app rollback` does, whether Modal allows it is left to Modal (the request fails with
+    its reason); history entries' `rollback_allowed` flag is not consulted. Without `to`, the
+    newest earlier version that runs other content than the live one, else the newest earlier one.
+    """
     if to is None:
         earlier = [v for v in history if live.version is None or v.version < live.version]
-        candidates = [v for v in earlier if v.rollback_allowed and v.tag != live.tag] or [
-            v for v in earlier if v.rollback_allowed
-        ]
+        candidates = [v for v in earlier if v.tag != live.tag] or earlier
         return candidates[0] if candidates else f"{live.name} has no earlier version to roll back to"
     number = parse_version(to)
     matches = [v for v in history if (v.version == number if number is not None else v.tag == to)]
@@ -28,8 +31,6 @@ def rollback_target(history: list[Version], live: LiveApp, to: str | None) -> Ve
     target = matches[0]
     if target.version == live.version:
         return f"v{target.version} is already the live version of {live.name}"
-    if not target.rollback_allowed:
-        return f"Modal does not allow rolling {live.name} back to v{target.version}"
     return target
 
 
