@@ -202,6 +202,35 @@ def test_no_rollback_keeps_the_failing_version(apps):
     assert report.exit_code == 1
 
 
+def _summary_version(report, name) -> str:
+    """The Version cell of `name`'s row in the text summary."""
+    row = next(line for line in text(report).splitlines() if line.strip("│ ").startswith(name))
+    return [cell.strip() for cell in row.split("│")][5]
+
+
+@pytest.mark.parametrize("rollback, failing, shown", [
+    (False, True, "new"),  # --no-rollback: the failing new version stays live
+    (True, True, "old"),  # rolled back
+    (True, False, "new"),  # deployed
+])
+def test_summary_version_is_the_one_live_after_the_run(apps, rollback, failing, shown):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    live_all(b, apps[:1], stale=[name])
+    report = deploy(b, apps[:1], FakeSmoke(failing={name} if failing else set()), rollback=rollback)
+    expected = {"new": deployment_tag(apps[0]), "old": "ff-000000000000"}[shown]
+    assert b.get_app(name, ENV).tag == expected  # what Modal runs...
+    assert _summary_version(report, name) == expected  # ...is what the table says
+    assert report.to_dict()["deployments"][0]["tag"] == deployment_tag(apps[0])
+
+
+def test_summary_version_after_a_stopped_first_deploy_is_none(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    report = deploy(b, apps[:1], FakeSmoke(failing={name}))
+    assert report.results[0].recovery == STOPPED and _summary_version(report, name) == "-"
+
+
 def test_failed_rollback_is_reported(apps):
     b = FakeBackend()
     live_all(b, apps[:1], stale=names(apps[:1]))

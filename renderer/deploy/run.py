@@ -447,11 +447,8 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             result = f"[{style}]{r.status}[/{style}]"
             if r.recovery:
                 result += f" ({r.recovery.replace('_', ' ')})"
-            version = r.tag if r.status in (DEPLOYED, PLANNED) else (r.previous_tag or "-")
-            if r.status == PLANNED and r.previous_tag:
-                version = f"{r.previous_tag} -> {r.tag}"
             seconds = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
-            table.add_row(r.name, r.environment or "(default)", r.action, result, version or "-", seconds, r.url or "-")
+            table.add_row(r.name, r.environment or "(default)", r.action, result, _version_cell(r), seconds, r.url or "-")
         console.print(table)
     for r in report.results:
         if r.status == FAILED:
@@ -464,6 +461,18 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
     for o in report.orphans:
         console.print(f"[magenta]orphan:[/magenta] {orphan_message(o)}", highlight=False)
     console.print(_totals(report), highlight=False)
+
+
+def _version_cell(r: DeploymentResult) -> str:
+    """The tag that runs now (for a dry run, the change): after a failed smoke test that depends
+    on what was done about it; the new version stays live with --no-rollback (or a failed recovery)."""
+    if r.status == PLANNED:
+        return f"{r.previous_tag} -> {r.tag}" if r.previous_tag else (r.tag or "-")
+    if r.status == DEPLOYED or r.recovery in (KEPT, RECOVERY_FAILED):
+        return r.tag or "-"
+    if r.recovery == STOPPED:
+        return "-"
+    return r.previous_tag or "-"
 
 
 def _totals(report: DeployReport) -> str:
