@@ -292,8 +292,29 @@ def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
     report = deploy(b, apps[:1])
     assert b.calls_of("deploy") == []
     assert report.results[0].status == FAILED and "does not manage" in report.results[0].error
+    assert "deploy with --adopt to take it over" in report.results[0].error  # the flag that does it
+    assert plan_exit_code(live_plan(apps[:1], b)) == 2
+
+
+def test_adopt_takes_over_an_unmanaged_app_of_the_same_name(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    b.add_live(name, "", env=ENV, managed=False, versions=2)
     adopted = deploy(b, apps[:1], adopt=True)
-    assert adopted.names(DEPLOYED) == [name]
+    assert adopted.names(DEPLOYED) == [name] and adopted.results[0].action == Action.UPDATE
+    assert b.calls_of("deploy") == [("deploy", name, ENV, deployment_tag(apps[0]), "rolling")]
+    assert b.get_app(name, ENV).managed  # the module's App tag makes it ours from now on
+    assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
+    assert deploy(b, apps[:1]).names(UNCHANGED) == [name]
+
+
+def test_adopted_app_that_fails_its_smoke_test_goes_back_to_the_version_taken_over(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    b.add_live(name, "hand-made", env=ENV, managed=False, versions=2)
+    report = deploy(b, apps[:1], FakeSmoke(failing={name}), adopt=True)
+    assert report.results[0].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", name, ENV, 2)]
+    assert b.calls_of("stop") == []  # never stopped: it was someone's running app
 
 
 def test_credentials_missing_gives_one_line_error(apps):

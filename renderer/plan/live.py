@@ -155,7 +155,7 @@ def conflict_message(row: LiveRow) -> str:
     return (
         f"an app named {row.name} already runs in Modal environment {env_label(row.environment)} "
         "and fleetform does not manage it; rename the deployment, or remove that app "
-        "(`modal app stop`), or deploy with adopt to take it over"
+        "(`modal app stop`), or deploy with --adopt to take it over"
     )
 
 
