@@ -86,7 +86,7 @@ class FakeBackend(Backend):
         return sorted(effective_tags(app.versions), key=lambda v: v.version, reverse=True)
 
     def deploy(self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None) -> DeployOutcome:
-        name = app.deployment.name
+        name = app.name  # a deployment's app, or the gateway's
         with self._lock:
             self.calls.append(("deploy", name, env, tag, strategy))
             self.started.append(name)
@@ -142,10 +142,10 @@ class FakeSmoke:
         self.tested: list[tuple[str, str]] = []
 
     def preflight(self, app: RenderedApp) -> str | None:
-        return "no proxy token" if app.deployment.name in self.preflight_failing else None
+        return "no proxy token" if app.name in self.preflight_failing else None
 
     def __call__(self, app: RenderedApp, url: str) -> SmokeOutcome:
-        self.tested.append((app.deployment.name, url))
-        if app.deployment.name in self.failing:
+        self.tested.append((app.name, url))
+        if app.name in self.failing:
             return SmokeOutcome(False, "health: server not healthy after 600s")
         return SmokeOutcome(True, "ok")

@@ -70,10 +70,11 @@ def live_all(backend, apps, *, stale=()):
         backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(a), env=ENV, versions=2)
 
 
-def deploy(backend, apps, smoke=None, **options):
+def deploy(backend, apps, smoke=None, gateway=None, **options):
     options.setdefault("yes", True)
     return run_deploy(
-        apps, backend, DeployOptions(**options), smoke_tester=smoke or FakeSmoke(), progress=NullProgress()
+        apps, backend, DeployOptions(**options), gateway=gateway, smoke_tester=smoke or FakeSmoke(),
+        progress=NullProgress(),
     )
 
 
@@ -528,6 +529,107 @@ def test_environment_for(apps):
     assert environment_for("retired-model", apps, "prod") == "prod"
 
 
+# --- the gateway: a member of the fleet, never an orphan -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(apps):
+    from renderer.codegen.gateway import render_gateway
+
+    return render_gateway([a.deployment for a in apps], {"enabled": True})  # name: fleetform-gateway
+
+
+def test_a_gateway_deployed_as_documented_is_a_member_not_an_orphan(apps, gateway):
+    """`modal deploy build/fleetform-gateway.py` by hand: a managed app (the module's App tag), no ff- tag."""
+    b = FakeBackend()
+    live_all(b, apps)
+    b.add_live(gateway.name, "", env=ENV)
+    rows = live_plan(apps, b, ENV, gateway)
+    (row,) = [r for r in rows if r.name == gateway.name]
+    assert row.gateway and row.action == Action.UPDATE and row.desired_tag == deployment_tag(gateway)
+    assert [r.action for r in rows if r.action == Action.ORPHAN] == []
+    out = io.StringIO()
+    render_plan(rows, Console(file=out, width=200))
+    assert "orphan" not in out.getvalue() and "destroy" not in out.getvalue()
+    assert f"{gateway.name} (gateway)" in out.getvalue()
+    status = run_status(apps, b, ENV, gateway)
+    assert {r.name: r.state for r in status.rows}[gateway.name] == "drifted"
+    report = deploy(b, apps, dry_run=True, environment=ENV, gateway=gateway)
+    assert report.orphans == [] and report.names(PLANNED) == [gateway.name]
+
+
+def test_gateway_compared_by_content_hash(apps, gateway):
+    b = FakeBackend()
+    live_all(b, apps)
+    b.add_live(gateway.name, deployment_tag(gateway), env=ENV)
+    rows = live_plan(apps, b, ENV, gateway)
+    assert {r.name: r.action for r in rows}[gateway.name] == Action.UNCHANGED and plan_exit_code(rows) == 0
+    status = run_status(apps, b, ENV, gateway)
+    row = next(r for r in status.rows if r.name == gateway.name)
+    assert (row.state, row.gateway, row.url) == ("in_sync", True, f"https://{gateway.name}.example.test")
+    assert "fleetform-gateway (gateway)" in text(status)
+    other = FakeBackend()  # a gateway rendered for another fleet (other routes): other content
+    live_all(other, apps)
+    other.add_live(gateway.name, "ff-0123456789ab", env=ENV)
+    assert {r.name: r.action for r in live_plan(apps, other, ENV, gateway)}[gateway.name] == Action.UPDATE
+
+
+def test_deploy_deploys_the_gateway_after_the_deployments_it_routes_to(apps, gateway):
+    b = FakeBackend(deploy_delay=0.05)
+    live_all(b, apps, stale=names(apps[:2]))
+    finished_when_gateway_started = []
+    b.on_deploy = lambda name: finished_when_gateway_started.extend(b.finished) if name == gateway.name else None
+    smoke = FakeSmoke()
+    report = deploy(b, apps, smoke, environment=ENV, gateway=gateway, parallel=4)
+    assert report.exit_code == 0 and report.names(DEPLOYED) == [*names(apps[:2]), gateway.name]
+    assert b.started[-1] == gateway.name
+    assert sorted(finished_when_gateway_started) == sorted(names(apps[:2]))
+    assert b.calls_of("deploy")[-1] == ("deploy", gateway.name, ENV, deployment_tag(gateway), "rolling")
+    assert smoke.tested[-1] == (gateway.name, f"https://{gateway.name}.example.test")
+    assert deploy(b, apps, environment=ENV, gateway=gateway).names(UNCHANGED) == [*names(apps), gateway.name]
+
+
+def test_gateway_is_not_deployed_when_a_deployment_fails(apps, gateway):
+    b = FakeBackend()
+    bad = apps[0].deployment.name
+    live_all(b, apps, stale=[bad])
+    report = deploy(b, apps, FakeSmoke(failing={bad}), environment=ENV, gateway=gateway)
+    by_name = {r.name: r for r in report.results}
+    assert by_name[bad].recovery == ROLLED_BACK
+    assert by_name[gateway.name].status == SKIPPED and bad in by_name[gateway.name].error
+    assert gateway.name not in b.started and report.exit_code == 1
+
+
+def test_gateway_failing_its_smoke_test_is_stopped_or_rolled_back(apps, gateway):
+    b = FakeBackend()
+    live_all(b, apps)
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
+    assert report.results[-1].recovery == STOPPED and b.calls_of("stop") == [("stop", gateway.name, ENV)]
+    b.add_live(gateway.name, "ff-0123456789ab", env=ENV, versions=2)
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
+    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", gateway.name, ENV, 2)]
+
+
+def test_only_without_the_gateway_leaves_it_alone(apps, gateway):
+    b = FakeBackend()
+    target = apps[0].deployment.name
+    report = deploy(b, apps, only=(target,), environment=ENV, gateway=gateway)
+    assert [c[1] for c in b.calls_of("deploy")] == [target] and report.names(DEPLOYED) == [target]
+    report = deploy(b, apps, only=(gateway.name,), environment=ENV, gateway=gateway)
+    assert report.names(DEPLOYED) == [gateway.name]
+
+
+def test_rollback_and_destroy_the_gateway_in_its_environment(apps, gateway):
+    b = FakeBackend()
+    b.add_live(gateway.name, deployment_tag(gateway), env=ENV, versions=2)
+    env = environment_for(gateway.name, apps, ENV)  # the gateway deploys where --env points
+    assert env == ENV
+    assert run_rollback(gateway.name, b, environment=env).ok
+    assert run_destroy(gateway.name, b, environment=env, yes=True).ok
+    assert b.calls_of("rollback") == [("rollback", gateway.name, ENV, 1)]
+    assert b.calls_of("stop") == [("stop", gateway.name, ENV)]
+
+
 # --- the real smoke tester against a local OpenAI-compatible server --------------------------------
 
 
@@ -633,3 +735,21 @@ def test_client_smoke_tester_preflight_names_missing_proxy_tokens(apps):
     why = ClientSmokeTester(environ={}).preflight(apps[0])
     assert why and "MODAL_PROXY_TOKEN_ID" in why
     assert ClientSmokeTester(environ={"MODAL_PROXY_TOKEN_ID": "a", "MODAL_PROXY_TOKEN_SECRET": "b"}).preflight(apps[0]) is None
+
+
+def test_client_smoke_tester_checks_the_gateway_lists_every_served_name(apps, gateway):
+    env = {"FLEETFORM_GATEWAY_API_KEY": "gk-test"}
+    with _LocalServer(list(gateway.routes)) as server:
+        outcome = ClientSmokeTester(environ=env)(gateway, server.url)
+    assert outcome.ok, outcome.detail
+    assert server.seen_headers[0]["Authorization"] == "Bearer gk-test"
+    some = list(gateway.routes)[1:]
+    with _LocalServer(some) as server:
+        outcome = ClientSmokeTester(environ=env)(gateway, server.url)
+    assert not outcome.ok and list(gateway.routes)[0] in outcome.detail
+
+
+def test_client_smoke_tester_preflight_for_the_gateway_needs_its_key(gateway):
+    why = ClientSmokeTester(environ={}).preflight(gateway)
+    assert why and "FLEETFORM_GATEWAY_API_KEY" in why
+    assert ClientSmokeTester(environ={"FLEETFORM_GATEWAY_API_KEY": "k"}).preflight(gateway) is None

@@ -235,6 +235,37 @@ def test_deploy_calls_the_sdk_with_name_environment_tag_and_strategy(apps, fake_
     assert module_name(app) not in sys.modules
 
 
+def test_deploy_the_gateway_module_and_find_its_asgi_url(apps, fake_sdk, monkeypatch):
+    """The gateway is an ASGI function, not an `@app.server`: no server URL, so its web URL is used."""
+    import modal
+
+    from renderer.codegen.gateway import render_gateway
+
+    gateway = render_gateway([a.deployment for a in apps], {"enabled": True})
+    looked_up = []
+
+    class FakeFunction:
+        def __init__(self, app_name, name, environment_name):
+            looked_up.append((app_name, name, environment_name))
+            self.get_web_url = SimpleNamespace(aio=self._url)
+
+        async def _url(self):
+            return "https://ws--fleetform-gateway-serve.modal.run"
+
+    async def no_server_url():
+        return None
+
+    monkeypatch.setattr(modal.Server, "from_name", staticmethod(
+        lambda a, n, *, environment_name=None: SimpleNamespace(get_url=SimpleNamespace(aio=no_server_url))))
+    monkeypatch.setattr(modal.Function, "from_name", staticmethod(
+        lambda a, n, *, environment_name=None: FakeFunction(a, n, environment_name)))
+    outcome = ModalBackend().deploy(gateway, ENV, deployment_tag(gateway))
+    assert fake_sdk.deploy_app.calls == [(gateway.name, gateway.name, ENV, deployment_tag(gateway), "rolling")]
+    assert looked_up == [(gateway.name, SERVER_NAME, ENV)]
+    assert outcome.url == "https://ws--fleetform-gateway-serve.modal.run" and outcome.warnings == ()
+    assert module_name(gateway) not in sys.modules
+
+
 def test_deploy_strategy_per_call_overrides_the_default(apps, fake_sdk):
     ModalBackend().deploy(apps[0], None, deployment_tag(apps[0]), strategy="recreate")
     assert fake_sdk.deploy_app.calls[0][2:] == (None, deployment_tag(apps[0]), "recreate")

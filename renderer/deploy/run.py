@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from renderer.deploy.common import ConfirmationUnavailable, Report, ask, error_message, stderr_console
 from renderer.deploy.progress import Progress, RichProgress
-from renderer.deploy.smoke import ClientSmokeTester, SmokeOutcome, SmokeTester
+from renderer.deploy.smoke import GATEWAY_HEALTH_TIMEOUT, ClientSmokeTester, SmokeOutcome, SmokeTester
 from renderer.modal_api import NO_CREDENTIALS, STRATEGIES, Backend, BackendError, LiveApp
 from renderer.plan.live import CHANGES, Action, LiveRow, conflict_message, env_label, live_plan, orphan_message
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
 
 # Per-deployment results (`unchanged`: the plan found nothing to do).
@@ -150,6 +151,7 @@ def run_deploy(
     options: DeployOptions = DeployOptions(),
     console: Console | None = None,
     *,
+    gateway: RenderedGateway | None = None,
     smoke_tester: SmokeTester | None = None,
     confirm: Callable[[str], bool] | None = None,
     cancel: threading.Event | None = None,
@@ -157,20 +159,24 @@ def run_deploy(
 ) -> DeployReport:
     """Deploy what changed; never raises for Modal failures (they end up in the report).
 
+    `gateway` is the fleet's rendered gateway module (when fleet.yaml enables it): deployed into
+    `options.environment` after the deployments it routes to, and only if none of them failed.
     `confirm` answers the "go ahead?" question (default: ask on the terminal; refuse without a
     terminal unless `options.yes`). `cancel` is set to stop starting new deploys (Ctrl-C sets it).
     """
     report = DeployReport(dry_run=options.dry_run)
-    problem = _check_options(apps, options)
+    problem = _check_options(apps, options, gateway)
     if problem:
         report.error, report.usage_error = problem, True
         return report
     selected = [a for a in apps if not options.only or a.deployment.name in options.only]
+    if gateway is not None and options.only and gateway.name not in options.only:
+        gateway = None
     if not backend.credentials_available():
         report.error = NO_CREDENTIALS
         return report
     try:
-        rows = live_plan(selected, backend, options.environment)
+        rows = live_plan(selected, backend, options.environment, gateway)
     except BackendError as exc:
         report.error = str(exc)
         return report
@@ -180,7 +186,7 @@ def run_deploy(
     if options.adopt:
         rows = [replace(r, action=Action.UPDATE) if r.action == Action.CONFLICT else r for r in rows]
     results = _results_without_deploying(rows)
-    todo = [r for r in rows if r.action in CHANGES]
+    todo = sorted((r for r in rows if r.action in CHANGES), key=lambda r: r.gateway)  # the gateway last
     tester = smoke_tester if smoke_tester is not None else ClientSmokeTester()
     if options.smoke_test and not options.dry_run:
         todo = _preflight(todo, tester, results)
@@ -193,7 +199,10 @@ def run_deploy(
     if todo:
         if progress is None:
             progress = _default_progress(console, options.format)
-        executed, interrupted, stopped_early = _execute(todo, backend, options, tester, cancel or threading.Event(), progress)
+        failed = [n for n, r in results.items() if r.status == FAILED]
+        executed, interrupted, stopped_early = _execute(
+            todo, backend, options, tester, cancel or threading.Event(), progress, failed
+        )
         results.update(executed)
         report.interrupted, report.stopped_early = interrupted, stopped_early
     report.results = [results[r.name] for r in rows if r.name in results]
@@ -230,8 +239,8 @@ def _confirmed(
     return go
 
 
-def _check_options(apps: Sequence[RenderedApp], options: DeployOptions) -> str | None:
-    known = [a.deployment.name for a in apps]
+def _check_options(apps: Sequence[RenderedApp], options: DeployOptions, gateway: RenderedGateway | None) -> str | None:
+    known = [a.deployment.name for a in apps] + ([gateway.name] if gateway is not None else [])
     unknown = [n for n in options.only if n not in known]
     if unknown:
         return f"--only names no deployment of this fleet: {', '.join(unknown)} (deployments: {', '.join(known) or 'none'})"
@@ -278,8 +287,13 @@ def _execute(
     tester: SmokeTester,
     cancel: threading.Event,
     progress: Progress,
+    failed_before: Sequence[str] = (),
 ) -> tuple[dict[str, DeploymentResult], bool, bool]:
     """Run the deploys, at most `options.parallel` at a time. Returns (results, interrupted, stopped early).
+
+    The gateway's row (last in `todo`) starts once every other deploy has finished, and only if no
+    deployment failed (`failed_before`: those that failed before any deploy started): a gateway
+    routing to a version that is not live would send requests nowhere.
 
     Deploys are submitted one by one as slots free up (not all at once), so that a cancel really
     stops new ones from starting. Running ones are always waited for: abandoning a deploy halfway
@@ -306,6 +320,16 @@ def _execute(
             while pending or running:
                 try:
                     while pending and len(running) < options.parallel and not cancel.is_set():
+                        if pending[0].gateway:
+                            if running:
+                                break  # the gateway waits for the deployments it routes to
+                            failed = [*failed_before, *(n for n, r in results.items() if r.status == FAILED)]
+                            if failed:
+                                row = pending.popleft()
+                                reason = f"not deployed: it routes to {', '.join(failed)}, which failed"
+                                results[row.name] = DeploymentResult.from_row(row, SKIPPED, error=reason)
+                                progress.update(row.name, "skipped", reason)
+                                continue
                         row = pending.popleft()
                         running[pool.submit(_deploy_one, row, backend, options, tester, progress)] = row
                     if not running:
@@ -368,7 +392,8 @@ def _deploy_one(
     if not options.smoke_test:
         result.status = DEPLOYED
         return _finish(result, t0, progress)
-    progress.update(row.name, "smoke test", f"waiting for /health (up to {row.app.deployment.scaling.startup_timeout}s)")
+    limit = GATEWAY_HEALTH_TIMEOUT if row.gateway else row.app.deployment.scaling.startup_timeout
+    progress.update(row.name, "smoke test", f"waiting for /health (up to {limit:g}s)")
     result.smoke = _smoke(row, backend, tester, result.url)
     if result.smoke.ok:
         result.status = DEPLOYED

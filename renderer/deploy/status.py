@@ -14,6 +14,7 @@ from renderer.plan.live import Action, LiveRow, live_plan
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
 
 IN_SYNC, DRIFTED, NOT_DEPLOYED, UNMANAGED, ORPHAN = "in_sync", "drifted", "not_deployed", "unmanaged", "orphan"
@@ -28,6 +29,7 @@ class StatusRow:
     live_version: int | None
     live_tag: str | None
     url: str | None
+    gateway: bool = False  # the fleet's gateway module, not a deployment
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +68,7 @@ class StatusReport(Report):
         for r in self.rows:
             s = styles.get(r.state, "")
             table.add_row(
-                r.name,
+                f"{r.name} (gateway)" if r.gateway else r.name,
                 r.environment or "(default)",
                 f"[{s}]{r.state.replace('_', ' ')}[/{s}]",
                 f"v{r.live_version}" if r.live_version is not None else "-",
@@ -83,12 +85,16 @@ _PLAN_TO_STATE = {
 }
 
 
-def run_status(apps: Sequence[RenderedApp], backend: Backend, env: str | None = None) -> StatusReport:
-    """Per deployment: live version and tag, in sync / drifted / not deployed, URL; then orphans."""
+def run_status(
+    apps: Sequence[RenderedApp], backend: Backend, env: str | None = None, gateway: RenderedGateway | None = None
+) -> StatusReport:
+    """Per deployment (and the gateway, when fleet.yaml enables it: `gateway` is its rendered
+    module, in Modal environment `env`): live version and tag, in sync / drifted / not deployed,
+    URL; then orphans."""
     if not backend.credentials_available():
         return StatusReport(error=NO_CREDENTIALS)
     try:
-        rows = live_plan(apps, backend, env)
+        rows = live_plan(apps, backend, env, gateway)
     except BackendError as exc:
         return StatusReport(error=str(exc))
     live_rows = [r for r in rows if r.live is not None and r.action != Action.CONFLICT]
@@ -97,7 +103,8 @@ def run_status(apps: Sequence[RenderedApp], backend: Backend, env: str | None = 
     return StatusReport(
         [
             StatusRow(
-                r.name, r.environment, _PLAN_TO_STATE[r.action], r.desired_tag, r.live_version, r.live_tag, urls.get(r.name)
+                r.name, r.environment, _PLAN_TO_STATE[r.action], r.desired_tag, r.live_version, r.live_tag,
+                urls.get(r.name), r.gateway,
             )
             for r in rows
         ]

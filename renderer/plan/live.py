@@ -1,8 +1,10 @@
 """The live plan: the rendered fleet against what Modal runs, and what `deploy` would do to each app.
 
 Each deployment's tag (`ff-<short hash>` of its rendered module) is compared with the content of
-the live version's tag: create / update / unchanged, plus conflicts (an app of that name that
-fleetform does not manage) and orphans (managed apps no YAML describes).
+the live version (`LiveApp.tag`, which follows a rollback entry to the version it restored):
+create / update / unchanged, plus conflicts (an app of that name that fleetform does not manage)
+and orphans (managed apps no YAML describes). The fleet's gateway module, when fleet.yaml
+enables it, is one more member, compared by its content hash the same way: never an orphan.
 
 Everything that reaches Modal goes through a `modal_api.Backend`.
 """
@@ -11,14 +13,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 from renderer.modal_api import Backend, LiveApp, deployment_tag
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
+
+    Member = Union[RenderedApp, RenderedGateway]
 
 NO_CREDENTIALS_PLAN_NOTE = "no Modal credentials, showing the offline plan (run `modal token new` for the live view)"
 
@@ -45,7 +50,8 @@ class LiveRow:
     action: Action
     desired_tag: str | None = None
     live: LiveApp | None = None
-    app: RenderedApp | None = field(default=None, repr=False, compare=False)
+    app: Member | None = field(default=None, repr=False, compare=False)
+    gateway: bool = False  # the fleet's gateway module, not a deployment
 
     @property
     def live_tag(self) -> str | None:
@@ -76,27 +82,37 @@ def environments_of(apps: Iterable[RenderedApp], fallback: str | None = None) ->
 
 
 def environment_for(name: str, apps: Iterable[RenderedApp], fallback: str | None = None) -> str | None:
-    """The Modal environment of deployment `name` (for rollback/destroy), else `fallback`."""
+    """The Modal environment of deployment `name` (for rollback/destroy), else `fallback`.
+
+    The gateway deploys into `fallback` (the Modal environment `--env` selects), like an orphan.
+    """
     for app in apps:
         if app.deployment.name == name:
             return app.deployment.environment
     return fallback
 
 
-def live_plan(apps: Sequence[RenderedApp], backend: Backend, env: str | None = None) -> list[LiveRow]:
+def live_plan(
+    apps: Sequence[RenderedApp], backend: Backend, env: str | None = None, gateway: RenderedGateway | None = None
+) -> list[LiveRow]:
     """Compare the rendered fleet with what is live. Raises BackendError.
 
-    `env` is the Modal environment searched for orphans when no deployment names one.
+    `env` is the Modal environment searched for orphans when no deployment names one, and the one
+    `gateway` (the rendered gateway module, when fleet.yaml enables it) deploys into.
     """
     envs = environments_of(apps, env)
+    if gateway is not None and env not in envs:
+        envs.append(env)
     live = {e: {a.name: a for a in backend.list_apps(e)} for e in envs}
+    members: list[tuple[Member, str | None, bool]] = [(a, a.deployment.environment, False) for a in apps]
+    if gateway is not None:
+        members.append((gateway, env, True))
     rows = []
-    for app in apps:
-        d = app.deployment
-        tag = deployment_tag(app)
-        current = live[d.environment].get(d.name)
-        rows.append(LiveRow(d.name, d.environment, _action(current, tag), tag, current, app))
-    described = {(a.deployment.environment, a.deployment.name) for a in apps}
+    for module, e, is_gateway in members:
+        tag = deployment_tag(module)
+        current = live[e].get(module.name)
+        rows.append(LiveRow(module.name, e, _action(current, tag), tag, current, module, is_gateway))
+    described = {(e, m.name) for m, e, _ in members}
     for e in envs:
         for current in sorted(live[e].values(), key=lambda a: a.name):
             if current.managed and (e, current.name) not in described:
@@ -140,7 +156,8 @@ def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
     for r in rows:
         live = f"v{r.live_version} {r.live_tag or '(no tag)'}" if r.live else "-"
         style = _ACTION_STYLE.get(r.action, "")
-        table.add_row(r.name, r.environment or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
+        name = f"{r.name} (gateway)" if r.gateway else r.name
+        table.add_row(name, r.environment or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
     console.print(table)
     counts = {a: sum(1 for r in rows if r.action == a) for a in Action}
     console.print(", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n) or "nothing deployed, nothing to do")
