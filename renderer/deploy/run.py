@@ -239,7 +239,9 @@ def _confirmed(
     return go
 
 
-def _check_options(apps: Sequence[RenderedApp], options: DeployOptions, gateway: RenderedGateway | None) -> str | None:
+def _check_options(
+    apps: Sequence[RenderedApp], options: DeployOptions, gateway: RenderedGateway | None
+) -> str | None:
     known = [a.deployment.name for a in apps] + ([gateway.name] if gateway is not None else [])
     unknown = [n for n in options.only if n not in known]
     if unknown:
