@@ -3,17 +3,20 @@
 It speaks the `modal_proto` messages shipped in the installed modal package, over grpclib (as the
 client itself does), on 127.0.0.1 only. It implements just the RPCs fleetform's paths make
 (client hello, app lookup/create/publish/list/tags/history/rollback/stop, function
-precreate/create/get, image build, mounts, secrets and volumes lookups, heartbeats), keeps state
-across calls (apps, their deployment history, the objects the client created) and records every
-request with its metadata. Any other RPC is recorded and answered UNIMPLEMENTED, so a new SDK
+precreate/create/get, image build, mounts, secrets and volumes lookups, heartbeats, and the
+container list/stop of a `recreate` deploy), keeps state across calls (apps, their deployment
+history and containers, the objects the client created) and records every request with its
+metadata. Any other RPC is recorded and answered UNIMPLEMENTED, so a new SDK
 call shows up as a failed test naming the RPC.
 
 Point the client at it with `MODAL_SERVER_URL=<plane.url>` and the tokens `TOKEN_ID` /
 `TOKEN_SECRET`; requests with other tokens are refused as Modal would.
 
-Not modelled: image layers and builds (every image is built at once), blob uploads (mount files
-must be small enough to go inline), containers, logs, and what the web endpoints answer (a
-function's URL is whatever `urls` maps its app name to: point it at a local test server).
+Not modelled: image layers and builds (every image is built at once, so ImageJoinStreaming is never
+asked), blob uploads (files over 4 MiB; a rendered module goes inline), what containers do (each
+published version adds one "running" container, which only `recreate` and stop remove), logs, and
+what the web endpoints answer (a function's URL is whatever `urls` maps its app name to: point it
+at a local test server).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class App:
     tags: dict[str, str] = field(default_factory=dict)
     history: list[Version] = field(default_factory=list)  # oldest first
     live: int = 0  # the live version number (0: none)
+    containers: dict[str, float] = field(default_factory=dict)  # running task id -> when it was enqueued
 
 
 class ControlPlane:
@@ -322,6 +326,7 @@ class _Servicer(ModalClientBase):
         now = time.time()
         app.history.append(Version(len(app.history) + 1, req.deployment_tag, dict(req.function_ids), now))
         app.live = len(app.history)
+        app.containers[self.plane.new_id("ta")] = now  # the new version's container; older ones keep running
         return api_pb2.AppPublishResponse(url=f"https://modal.com/apps/{WORKSPACE}/{app.environment}/{app.name}",
                                           deployed_at=now)
 
@@ -340,8 +345,23 @@ class _Servicer(ModalClientBase):
         return api_pb2.AppRollbackResponse(url=f"https://modal.com/apps/{WORKSPACE}/{app.name}", deployed_at=now)
 
     def rpc_AppStop(self, req: Any) -> Any:
-        self._app(req.app_id).state = api_pb2.APP_STATE_STOPPED
+        app = self._app(req.app_id)
+        app.state = api_pb2.APP_STATE_STOPPED
+        app.containers.clear()
         return empty()
+
+    # -- containers (what `deployment_strategy="recreate"` stops)
+
+    def rpc_TaskList(self, req: Any) -> Any:
+        apps = [self._app(req.app_id)] if req.app_id else self._apps_in(req.environment_name)
+        return api_pb2.TaskListResponse(tasks=[
+            api_pb2.TaskStats(task_id=task_id, app_id=a.app_id, enqueued_at=enqueued_at, started_at=enqueued_at)
+            for a in apps for task_id, enqueued_at in a.containers.items()])
+
+    def rpc_ContainerStop(self, req: Any) -> Any:
+        for app in self.plane.apps.values():
+            app.containers.pop(req.task_id, None)
+        return api_pb2.ContainerStopResponse()
 
     # -- environments and the objects an app depends on
 

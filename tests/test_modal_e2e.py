@@ -157,6 +157,18 @@ def test_one_change_one_function_create(plane, fleet, endpoint):
     assert plane.app(LARGE, "ff-dev").live == 1  # untouched
 
 
+@pytest.mark.parametrize("strategy, old_containers_left", [("rolling", 1), ("recreate", 0)])
+def test_strategy_reaches_modal(plane, fleet, endpoint, strategy, old_containers_left):
+    assert deploy(plane, fleet, "--only", SMALL)[0].returncode == 0
+    edit(fleet, SMALL, "max_concurrency: 64", "max_concurrency: 48")
+    plane.clear()
+    result, doc = deploy(plane, fleet, "--only", SMALL, "--strategy", strategy)
+    assert result.returncode == 0 and doc["deployments"][0]["warnings"] == [], doc
+    assert len(plane.app(SMALL, "ff-dev").containers) == 1 + old_containers_left  # recreate stopped v1's
+    assert bool(plane.calls("TaskList")) == (strategy == "recreate")
+    assert_environment_everywhere(plane, "ff-dev")
+
+
 # --- what Modal is asked to run ----------------------------------------------------------------------
 
 
