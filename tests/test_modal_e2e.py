@@ -394,3 +394,19 @@ def test_a_gateway_deployed_as_documented_is_a_member_then_deployed_last(plane, 
         assert result.returncode == 0 and result.stdout == f"stopped {GATEWAY} in Modal environment 'ff-dev'\n"
     finally:
         plane.run(context.__aexit__(None, None, None))
+
+
+def test_modal_refusing_a_deploy_publishes_nothing_and_is_one_line(plane, fleet, endpoint):
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
+    plane.fail["FunctionCreate"] = GRPCError(Status.RESOURCE_EXHAUSTED, "GPU quota exceeded for H100")
+    result, doc = deploy(plane, fleet, "--only", LARGE)
+    assert result.returncode == 1
+    (row,) = doc["deployments"]
+    assert row["status"] == "failed" and row["recovery"] is None
+    assert row["error"].startswith(f"deploy failed: deploy {LARGE}: Modal refused for lack of quota or capacity")
+    assert "GPU quota exceeded for H100" in row["error"] and "\n" not in row["error"]
+    assert plane.calls("AppPublish", "AppRollback", "AppStop") == []  # nothing went live, nothing to undo
+    assert [m.reason for m in plane.messages("AppClientDisconnect")] == [
+        api_pb2.APP_DISCONNECT_REASON_DEPLOYMENT_EXCEPTION]
