@@ -410,3 +410,11 @@ def test_modal_refusing_a_deploy_publishes_nothing_and_is_one_line(plane, fleet,
     assert plane.calls("AppPublish", "AppRollback", "AppStop") == []  # nothing went live, nothing to undo
     assert [m.reason for m in plane.messages("AppClientDisconnect")] == [
         api_pb2.APP_DISCONNECT_REASON_DEPLOYMENT_EXCEPTION]
+
+
+def test_an_rpc_the_plane_does_not_serve_fails_naming_it(plane, fleet):
+    """What a new SDK call would look like: recorded, refused, named (so an upgrade cannot pass silently)."""
+    code = "import modal; modal.Queue.from_name('q', environment_name='ff-dev', create_if_missing=True).hydrate()"
+    result = python(plane, fleet, "-c", code)
+    assert result.returncode != 0 and "QueueGetOrCreate is not served by the test control plane" in result.stderr
+    assert [r.method for r in plane.calls()] == ["QueueGetOrCreate"]
