@@ -35,6 +35,9 @@ class SmokeTester(Protocol):
 class ClientSmokeTester:
     """The real smoke test, through `renderer.endpoint.client`: wait for /health (up to the deployment's
     startup timeout, to ride out the cold start), check /v1/models, one short chat completion.
+
+    `renderer.endpoint.client` (and aiohttp under it) is imported in the methods, when a smoke test
+    runs: `deploy --dry-run` and `--skip-smoke-test` load this module and never need it.
     """
 
     def __init__(self, environ: dict[str, str] | None = None, request_timeout: float = 120.0):
