@@ -2,8 +2,8 @@
 
 `ModalBackend` is the only code (besides the rendered apps themselves) that imports `modal`, and it
 does so inside its methods, never at module level: `fleetform validate` and `render` must stay fast
-and must work on machines where the SDK cannot even be imported. The orchestrator (`deploy.py`)
-only ever sees the `Backend` interface, so its tests run against an in-memory fake.
+and must work on machines where the SDK cannot even be imported. The deploy verbs (`renderer.deploy`)
+only ever see the `Backend` interface, so their tests run against an in-memory fake.
 
 Every failure crossing this boundary becomes a `BackendError` subclass whose `str()` is one line a
 user can act on; nothing from `modal`, `grpclib` or `asyncio` escapes.
@@ -34,12 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
+    from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
+
+    Module = RenderedApp | RenderedGateway  # a rendered module: a deployment's, or the fleet's gateway
 
 MANAGED_TAG_KEY = "managed-by"
 MANAGED_TAG_VALUE = "fleetform"
 TAG_PREFIX = "ff-"
-SERVER_NAME = "serve"  # the `@app.server(name=...)` every rendered module defines
+SERVER_NAME = "serve"  # the web endpoint of every rendered module: `@app.server` (apps) or an ASGI function (gateway)
 STRATEGIES = ("rolling", "recreate")
 _TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
 
@@ -189,13 +192,16 @@ def _is_grpc_transport(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Version:
-    """One entry of an app's deployment history."""
+    """One entry of an app's deployment history.
+
+    Modal's `rollback_allowed` flag is not read: Modal's own client never reads it either (`modal
+    app rollback` just asks), and the server refuses a rollback it does not allow.
+    """
 
     version: int
-    tag: str  # effective tag: a rollback entry reports the tag of the version it restored
+    tag: str  # what the version runs: a rollback entry reports the tag of the version it restored
     deployed_at: float | None = None
     rollback_of: int | None = None  # for a rollback entry, the version it restored
-    rollback_allowed: bool = True
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,7 @@ class DeployOutcome:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
-def deployment_tag(app: RenderedApp) -> str:
+def deployment_tag(app: Module) -> str:
     """The deployment tag that records which rendered module a version runs."""
     tag = TAG_PREFIX + app.short_hash
     if not _TAG_RE.match(tag):  # cannot happen with a hex hash; guard the Modal rule anyway
@@ -240,18 +246,20 @@ def deployment_tag(app: RenderedApp) -> str:
 
 
 def effective_tags(history: list[Version]) -> list[Version]:
-    """Fill in the tag of rollback entries from the version they restored (chains included)."""
+    """Give every entry the tag of the content it runs: a rollback entry runs the module of the
+    version it restored (chains included), whatever tag Modal put on the entry itself.
+
+    Only when the restored version is no longer in the history does an entry keep its own tag.
+    """
     by_version = {v.version: v for v in history}
 
     def tag_of(v: Version, seen: set[int]) -> str:
-        if v.tag or v.rollback_of is None or v.rollback_of in seen:
+        if v.rollback_of is None or v.rollback_of in seen:
             return v.tag
         target = by_version.get(v.rollback_of)
-        return tag_of(target, seen | {v.version}) if target else ""
+        return tag_of(target, seen | {v.version}) if target else v.tag
 
-    return [
-        Version(v.version, tag_of(v, set()), v.deployed_at, v.rollback_of, v.rollback_allowed) for v in history
-    ]
+    return [Version(v.version, tag_of(v, set()), v.deployed_at, v.rollback_of) for v in history]
 
 
 # --- the interface --------------------------------------------------------------------------------
@@ -279,9 +287,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def deploy(
-        self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self, app: Module, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
     ) -> DeployOutcome:
-        """Deploy a rendered module as app `app.deployment.name`, recording `tag` on the version."""
+        """Deploy a rendered module (a deployment's or the gateway's) as app `app.name`, recording
+        `tag` on the version."""
 
     @abc.abstractmethod
     def rollback(self, name: str, env: str | None, version: int | None = None) -> None:
@@ -294,9 +303,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def web_url(self, name: str, env: str | None) -> str | None:
         """The URL of the app's server, if it has one."""
-
-    def list_managed_apps(self, env: str | None) -> list[LiveApp]:
-        return [a for a in self.list_apps(env) if a.managed]
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -340,16 +346,16 @@ def _read_profile(env: Mapping[str, str]) -> dict[str, Any]:
 _LOAD_LOCK = threading.Lock()
 
 
-def module_name(app: RenderedApp) -> str:
+def module_name(app: Module) -> str:
     """The module name a rendered app is loaded under, locally and in the container.
 
-    Named after the deployment; the dash guarantees it can never shadow a real Python module
+    Named after the app; the dash guarantees it can never shadow a real Python module
     (a deployment called `json` must not replace the standard library's).
     """
-    return f"fleetform-{app.deployment.name}"
+    return f"fleetform-{app.name}"
 
 
-def load_app(app: RenderedApp, directory: str | Path) -> Any:
+def load_app(app: Module, directory: str | Path) -> Any:
     """Write the rendered module into `directory`, import it as a fresh module, return its `app`.
 
     Why a file and not `exec` into an anonymous namespace: Modal decides from the class's module
@@ -363,7 +369,7 @@ def load_app(app: RenderedApp, directory: str | Path) -> Any:
     path.write_text(app.text, encoding="utf-8")
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has a loader
-        raise InvalidRequest(f"cannot load the rendered module for {app.deployment.name}")
+        raise InvalidRequest(f"cannot load the rendered module for {app.name}")
     module = importlib.util.module_from_spec(spec)
     with _LOAD_LOCK:  # module registration is global state; deploys run in threads
         sys.modules[name] = module
@@ -371,14 +377,14 @@ def load_app(app: RenderedApp, directory: str | Path) -> Any:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(name, None)
-            raise translate(exc, action=f"load the rendered module of {app.deployment.name}") from exc
+            raise translate(exc, action=f"load the rendered module of {app.name}") from exc
     modal_app = getattr(module, "app", None)
     if modal_app is None:
-        raise InvalidRequest(f"the rendered module of {app.deployment.name} defines no `app`")
+        raise InvalidRequest(f"the rendered module of {app.name} defines no `app`")
     return modal_app
 
 
-def unload_app(app: RenderedApp) -> None:
+def unload_app(app: Module) -> None:
     with _LOAD_LOCK:
         sys.modules.pop(module_name(app), None)
 
@@ -492,7 +498,6 @@ class ModalBackend(Backend):
                 tag=h.tag,
                 deployed_at=h.deployed_at or None,
                 rollback_of=h.rollback_version or None,
-                rollback_allowed=h.rollback_allowed,
             )
             for h in resp.app_deployment_histories
         ]
@@ -515,17 +520,21 @@ class ModalBackend(Backend):
         return versions
 
     async def _web_url(self, name: str, env: str | None) -> str | None:
+        from modal._functions import _Function
         from modal._server import _Server
 
-        server = _Server.from_name(name, SERVER_NAME, environment_name=self._environment(env) or None)
-        return await server.get_url()
+        environment = self._environment(env) or None
+        url = await _Server.from_name(name, SERVER_NAME, environment_name=environment).get_url()
+        if url:  # a deployment's `@app.server`
+            return url
+        return await _Function.from_name(name, SERVER_NAME, environment_name=environment).get_web_url()  # the gateway
 
     # -- writes
 
     def deploy(
-        self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self, app: Module, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
     ) -> DeployOutcome:
-        name = app.deployment.name
+        name = app.name
         action = f"deploy {name}"
         if not _TAG_RE.match(tag):
             raise InvalidRequest(f"{action}: deployment tag {tag!r} is not a valid Modal tag")
@@ -561,8 +570,9 @@ class ModalBackend(Backend):
         warnings = tuple(_one_line(w) for w in (getattr(result, "warnings", None) or ()))
         url: str | None = None
         try:
-            server = modal.Server.from_name(name, SERVER_NAME, environment_name=env)
-            url = await server.get_url.aio()
+            url = await modal.Server.from_name(name, SERVER_NAME, environment_name=env).get_url.aio()
+            if not url:  # not an `@app.server`: the gateway's ASGI function
+                url = await modal.Function.from_name(name, SERVER_NAME, environment_name=env).get_web_url.aio()
         except Exception as exc:  # the deploy itself succeeded; the smoke test will say no URL
             warnings += (f"could not read the server URL: {_one_line(str(exc))}",)
         return DeployOutcome(

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from renderer.deploy.run import SmokeOutcome
+from renderer.deploy.smoke import SmokeOutcome
 from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
 from renderer.codegen.render import RenderedApp
 
@@ -32,6 +32,7 @@ class FakeBackend(Backend):
         self.deploy_errors: dict[str, BackendError] = {}  # name -> raised by deploy
         self.list_error: BackendError | None = None
         self.rollback_error: BackendError | None = None
+        self.rollback_tag = ""  # the tag Modal puts on a rollback's new history entry
         self.on_deploy: Callable[[str], None] | None = None  # runs at the start of each deploy
         self.started: list[str] = []  # deploys in the order they started
         self.finished: list[str] = []
@@ -85,7 +86,7 @@ class FakeBackend(Backend):
         return sorted(effective_tags(app.versions), key=lambda v: v.version, reverse=True)
 
     def deploy(self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None) -> DeployOutcome:
-        name = app.deployment.name
+        name = app.name  # a deployment's app, or the gateway's
         with self._lock:
             self.calls.append(("deploy", name, env, tag, strategy))
             self.started.append(name)
@@ -118,7 +119,7 @@ class FakeBackend(Backend):
         app = self._live(name, env)
         assert app is not None
         target = version if version is not None else app.live - 1
-        app.versions.append(Version(len(app.versions) + 1, "", rollback_of=target))
+        app.versions.append(Version(len(app.versions) + 1, self.rollback_tag, rollback_of=target))
         app.live = len(app.versions)
 
     def stop(self, name: str, env: str | None) -> None:
@@ -141,10 +142,10 @@ class FakeSmoke:
         self.tested: list[tuple[str, str]] = []
 
     def preflight(self, app: RenderedApp) -> str | None:
-        return "no proxy token" if app.deployment.name in self.preflight_failing else None
+        return "no proxy token" if app.name in self.preflight_failing else None
 
     def __call__(self, app: RenderedApp, url: str) -> SmokeOutcome:
-        self.tested.append((app.deployment.name, url))
-        if app.deployment.name in self.failing:
+        self.tested.append((app.name, url))
+        if app.name in self.failing:
             return SmokeOutcome(False, "health: server not healthy after 600s")
         return SmokeOutcome(True, "ok")

@@ -11,10 +11,10 @@ from fake_backend import FakeBackend
 
 from conftest import REPO, run_cli
 from renderer import cli, modal_api
-from renderer.deploy.run import NO_CREDENTIALS_PLAN_NOTE
 from renderer.config.load import load_fleet
 from renderer.modal_api import NO_CREDENTIALS, NetworkError, deployment_tag
 from renderer.codegen.render import render_fleet
+from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE
 from renderer.config.resolve import resolve
 
 ENV = "dev"  # fleet.yaml's dev environment deploys into Modal environment "dev"
@@ -244,12 +244,12 @@ def test_destroy(backend, apps, capsys):
 
 def test_ctrl_c_at_destroy_is_one_line(backend, apps, capsys, monkeypatch):
     live(backend, apps, "qwen2-5-7b-awq")
-    from renderer.deploy import run as deploy
+    from renderer.deploy import common
 
     def ctrl_c(question, console, confirm):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(deploy, "_ask", ctrl_c)
+    monkeypatch.setattr(common, "ask", ctrl_c)
     assert main(capsys, "destroy", "qwen2-5-7b-awq", "--env", ENV) == (130, "", "interrupted: qwen2-5-7b-awq left running\n")
     assert backend.calls_of("stop") == []
 

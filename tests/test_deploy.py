@@ -16,35 +16,34 @@ import pytest
 from fake_backend import FakeBackend, FakeSmoke
 from rich.console import Console
 
+from renderer.deploy.destroy import run_destroy
+from renderer.deploy.progress import NullProgress, RichProgress
+from renderer.deploy.rollback import run_rollback
 from renderer.deploy.run import (
-    CONFLICT,
-    CREATE,
     DEPLOYED,
     FAILED,
     KEPT,
-    ORPHAN,
     PLANNED,
     ROLLED_BACK,
     SKIPPED,
     STOPPED,
     UNCHANGED,
-    UPDATE,
-    ClientSmokeTester,
     DeployOptions,
-    NullProgress,
-    RichProgress,
-    environment_for,
-    live_plan,
-    plan_exit_code,
-    render_plan,
     run_deploy,
-    run_destroy,
-    run_rollback,
-    run_status,
 )
+from renderer.deploy.smoke import ClientSmokeTester
+from renderer.deploy.status import run_status
 from renderer.config.load import load_fleet
-from renderer.modal_api import NO_CREDENTIALS, CapacityError, EnvironmentNotFound, NetworkError, deployment_tag
+from renderer.modal_api import (
+    NO_CREDENTIALS,
+    CapacityError,
+    EnvironmentNotFound,
+    NetworkError,
+    Version,
+    deployment_tag,
+)
 from renderer.codegen.render import render_fleet
+from renderer.plan.live import Action, environment_for, live_plan, plan_exit_code, render_plan
 from renderer.config.resolve import resolve
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
@@ -71,10 +70,11 @@ def live_all(backend, apps, *, stale=()):
         backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(a), env=ENV, versions=2)
 
 
-def deploy(backend, apps, smoke=None, **options):
+def deploy(backend, apps, smoke=None, gateway=None, **options):
     options.setdefault("yes", True)
     return run_deploy(
-        apps, backend, DeployOptions(**options), smoke_tester=smoke or FakeSmoke(), progress=NullProgress()
+        apps, backend, DeployOptions(**options), gateway=gateway, smoke_tester=smoke or FakeSmoke(),
+        progress=NullProgress(),
     )
 
 
@@ -103,9 +103,10 @@ def test_live_plan_actions(apps):
     b.add_live("someone-elses-app", "", env=ENV, managed=False)
     rows = live_plan(apps, b)
     actions = {r.name: r.action for r in rows}
-    assert actions == {a0: UNCHANGED, a1: UPDATE, a2: CONFLICT, a3: CREATE, "retired-model": ORPHAN}
+    assert actions == {a0: Action.UNCHANGED, a1: Action.UPDATE, a2: Action.CONFLICT, a3: Action.CREATE,
+                       "retired-model": Action.ORPHAN}
     assert plan_exit_code(rows) == 2
-    unchanged_only = [r for r in rows if r.action in (UNCHANGED, ORPHAN)]
+    unchanged_only = [r for r in rows if r.action in (Action.UNCHANGED, Action.ORPHAN)]
     assert plan_exit_code(unchanged_only) == 0  # orphans alone are not changes `deploy` would make
     out = io.StringIO()
     render_plan(rows, Console(file=out, width=200))
@@ -134,8 +135,8 @@ def test_only_changed_deployments_are_deployed_with_their_tag(apps):
     for a in apps[:2]:
         assert deployed[a.deployment.name] == ("deploy", a.deployment.name, ENV, deployment_tag(a), "recreate")
     assert {r.name: r.action for r in report.results if r.status == DEPLOYED} == {
-        apps[0].deployment.name: CREATE,
-        apps[1].deployment.name: UPDATE,
+        apps[0].deployment.name: Action.CREATE,
+        apps[1].deployment.name: Action.UPDATE,
     }
     assert sorted(n for n, _ in smoke.tested) == sorted(deployed)
     assert report.exit_code == 0
@@ -202,6 +203,35 @@ def test_no_rollback_keeps_the_failing_version(apps):
     assert report.exit_code == 1
 
 
+def _summary_version(report, name) -> str:
+    """The Version cell of `name`'s row in the text summary."""
+    row = next(line for line in text(report).splitlines() if line.strip("│ ").startswith(name))
+    return [cell.strip() for cell in row.split("│")][5]
+
+
+@pytest.mark.parametrize("rollback, failing, shown", [
+    (False, True, "new"),  # --no-rollback: the failing new version stays live
+    (True, True, "old"),  # rolled back
+    (True, False, "new"),  # deployed
+])
+def test_summary_version_is_the_one_live_after_the_run(apps, rollback, failing, shown):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    live_all(b, apps[:1], stale=[name])
+    report = deploy(b, apps[:1], FakeSmoke(failing={name} if failing else set()), rollback=rollback)
+    expected = {"new": deployment_tag(apps[0]), "old": "ff-000000000000"}[shown]
+    assert b.get_app(name, ENV).tag == expected  # what Modal runs...
+    assert _summary_version(report, name) == expected  # ...is what the table says
+    assert report.to_dict()["deployments"][0]["tag"] == deployment_tag(apps[0])
+
+
+def test_summary_version_after_a_stopped_first_deploy_is_none(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    report = deploy(b, apps[:1], FakeSmoke(failing={name}))
+    assert report.results[0].recovery == STOPPED and _summary_version(report, name) == "-"
+
+
 def test_failed_rollback_is_reported(apps):
     b = FakeBackend()
     live_all(b, apps[:1], stale=names(apps[:1]))
@@ -263,8 +293,29 @@ def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
     report = deploy(b, apps[:1])
     assert b.calls_of("deploy") == []
     assert report.results[0].status == FAILED and "does not manage" in report.results[0].error
+    assert "deploy with --adopt to take it over" in report.results[0].error  # the flag that does it
+    assert plan_exit_code(live_plan(apps[:1], b)) == 2
+
+
+def test_adopt_takes_over_an_unmanaged_app_of_the_same_name(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    b.add_live(name, "", env=ENV, managed=False, versions=2)
     adopted = deploy(b, apps[:1], adopt=True)
-    assert adopted.names(DEPLOYED) == [name]
+    assert adopted.names(DEPLOYED) == [name] and adopted.results[0].action == Action.UPDATE
+    assert b.calls_of("deploy") == [("deploy", name, ENV, deployment_tag(apps[0]), "rolling")]
+    assert b.get_app(name, ENV).managed  # the module's App tag makes it ours from now on
+    assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
+    assert deploy(b, apps[:1]).names(UNCHANGED) == [name]
+
+
+def test_adopted_app_that_fails_its_smoke_test_goes_back_to_the_version_taken_over(apps):
+    b = FakeBackend()
+    name = apps[0].deployment.name
+    b.add_live(name, "hand-made", env=ENV, managed=False, versions=2)
+    report = deploy(b, apps[:1], FakeSmoke(failing={name}), adopt=True)
+    assert report.results[0].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", name, ENV, 2)]
+    assert b.calls_of("stop") == []  # never stopped: it was someone's running app
 
 
 def test_credentials_missing_gives_one_line_error(apps):
@@ -410,6 +461,23 @@ def test_status_reports_sync_drift_absence_and_orphans(apps):
     assert json.loads(json.dumps(report.to_dict()))["deployments"][0]["name"] == a0
 
 
+@pytest.mark.parametrize("entry_tag", ["", "ff-000000000000", "something-else"])
+def test_status_recognises_rolled_back_content_whatever_the_entry_is_tagged(apps, entry_tag):
+    """After `rollback`, Modal's new history entry may carry another tag (here the replaced
+    version's): what runs is the content of the version rolled back to, so status is in sync."""
+    b = FakeBackend()
+    b.rollback_tag = entry_tag
+    name, tag = apps[0].deployment.name, deployment_tag(apps[0])
+    fake = b.add_live(name, tag, env=ENV)
+    fake.versions.append(Version(2, "ff-000000000000"))  # a newer, different module went live
+    fake.live = 2
+    assert run_status(apps[:1], b, ENV).rows[0].state == "drifted"
+    assert run_rollback(name, b, environment=ENV).ok
+    row = run_status(apps[:1], b, ENV).rows[0]
+    assert (row.state, row.live_version, row.live_tag) == ("in_sync", 3, tag)
+    assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
+
+
 # --- rollback and destroy -------------------------------------------------------------------------
 
 
@@ -459,6 +527,107 @@ def test_destroy_asks_and_refuses_unmanaged_apps():
 def test_environment_for(apps):
     assert environment_for(apps[0].deployment.name, apps) == ENV
     assert environment_for("retired-model", apps, "prod") == "prod"
+
+
+# --- the gateway: a member of the fleet, never an orphan -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(apps):
+    from renderer.codegen.gateway import render_gateway
+
+    return render_gateway([a.deployment for a in apps], {"enabled": True})  # name: fleetform-gateway
+
+
+def test_a_gateway_deployed_as_documented_is_a_member_not_an_orphan(apps, gateway):
+    """`modal deploy build/fleetform-gateway.py` by hand: a managed app (the module's App tag), no ff- tag."""
+    b = FakeBackend()
+    live_all(b, apps)
+    b.add_live(gateway.name, "", env=ENV)
+    rows = live_plan(apps, b, ENV, gateway)
+    (row,) = [r for r in rows if r.name == gateway.name]
+    assert row.gateway and row.action == Action.UPDATE and row.desired_tag == deployment_tag(gateway)
+    assert [r.action for r in rows if r.action == Action.ORPHAN] == []
+    out = io.StringIO()
+    render_plan(rows, Console(file=out, width=200))
+    assert "orphan" not in out.getvalue() and "destroy" not in out.getvalue()
+    assert f"{gateway.name} (gateway)" in out.getvalue()
+    status = run_status(apps, b, ENV, gateway)
+    assert {r.name: r.state for r in status.rows}[gateway.name] == "drifted"
+    report = deploy(b, apps, dry_run=True, environment=ENV, gateway=gateway)
+    assert report.orphans == [] and report.names(PLANNED) == [gateway.name]
+
+
+def test_gateway_compared_by_content_hash(apps, gateway):
+    b = FakeBackend()
+    live_all(b, apps)
+    b.add_live(gateway.name, deployment_tag(gateway), env=ENV)
+    rows = live_plan(apps, b, ENV, gateway)
+    assert {r.name: r.action for r in rows}[gateway.name] == Action.UNCHANGED and plan_exit_code(rows) == 0
+    status = run_status(apps, b, ENV, gateway)
+    row = next(r for r in status.rows if r.name == gateway.name)
+    assert (row.state, row.gateway, row.url) == ("in_sync", True, f"https://{gateway.name}.example.test")
+    assert "fleetform-gateway (gateway)" in text(status)
+    other = FakeBackend()  # a gateway rendered for another fleet (other routes): other content
+    live_all(other, apps)
+    other.add_live(gateway.name, "ff-0123456789ab", env=ENV)
+    assert {r.name: r.action for r in live_plan(apps, other, ENV, gateway)}[gateway.name] == Action.UPDATE
+
+
+def test_deploy_deploys_the_gateway_after_the_deployments_it_routes_to(apps, gateway):
+    b = FakeBackend(deploy_delay=0.05)
+    live_all(b, apps, stale=names(apps[:2]))
+    finished_when_gateway_started = []
+    b.on_deploy = lambda name: finished_when_gateway_started.extend(b.finished) if name == gateway.name else None
+    smoke = FakeSmoke()
+    report = deploy(b, apps, smoke, environment=ENV, gateway=gateway, parallel=4)
+    assert report.exit_code == 0 and report.names(DEPLOYED) == [*names(apps[:2]), gateway.name]
+    assert b.started[-1] == gateway.name
+    assert sorted(finished_when_gateway_started) == sorted(names(apps[:2]))
+    assert b.calls_of("deploy")[-1] == ("deploy", gateway.name, ENV, deployment_tag(gateway), "rolling")
+    assert smoke.tested[-1] == (gateway.name, f"https://{gateway.name}.example.test")
+    assert deploy(b, apps, environment=ENV, gateway=gateway).names(UNCHANGED) == [*names(apps), gateway.name]
+
+
+def test_gateway_is_not_deployed_when_a_deployment_fails(apps, gateway):
+    b = FakeBackend()
+    bad = apps[0].deployment.name
+    live_all(b, apps, stale=[bad])
+    report = deploy(b, apps, FakeSmoke(failing={bad}), environment=ENV, gateway=gateway)
+    by_name = {r.name: r for r in report.results}
+    assert by_name[bad].recovery == ROLLED_BACK
+    assert by_name[gateway.name].status == SKIPPED and bad in by_name[gateway.name].error
+    assert gateway.name not in b.started and report.exit_code == 1
+
+
+def test_gateway_failing_its_smoke_test_is_stopped_or_rolled_back(apps, gateway):
+    b = FakeBackend()
+    live_all(b, apps)
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
+    assert report.results[-1].recovery == STOPPED and b.calls_of("stop") == [("stop", gateway.name, ENV)]
+    b.add_live(gateway.name, "ff-0123456789ab", env=ENV, versions=2)
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
+    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", gateway.name, ENV, 2)]
+
+
+def test_only_without_the_gateway_leaves_it_alone(apps, gateway):
+    b = FakeBackend()
+    target = apps[0].deployment.name
+    report = deploy(b, apps, only=(target,), environment=ENV, gateway=gateway)
+    assert [c[1] for c in b.calls_of("deploy")] == [target] and report.names(DEPLOYED) == [target]
+    report = deploy(b, apps, only=(gateway.name,), environment=ENV, gateway=gateway)
+    assert report.names(DEPLOYED) == [gateway.name]
+
+
+def test_rollback_and_destroy_the_gateway_in_its_environment(apps, gateway):
+    b = FakeBackend()
+    b.add_live(gateway.name, deployment_tag(gateway), env=ENV, versions=2)
+    env = environment_for(gateway.name, apps, ENV)  # the gateway deploys where --env points
+    assert env == ENV
+    assert run_rollback(gateway.name, b, environment=env).ok
+    assert run_destroy(gateway.name, b, environment=env, yes=True).ok
+    assert b.calls_of("rollback") == [("rollback", gateway.name, ENV, 1)]
+    assert b.calls_of("stop") == [("stop", gateway.name, ENV)]
 
 
 # --- the real smoke tester against a local OpenAI-compatible server --------------------------------
@@ -566,3 +735,21 @@ def test_client_smoke_tester_preflight_names_missing_proxy_tokens(apps):
     why = ClientSmokeTester(environ={}).preflight(apps[0])
     assert why and "MODAL_PROXY_TOKEN_ID" in why
     assert ClientSmokeTester(environ={"MODAL_PROXY_TOKEN_ID": "a", "MODAL_PROXY_TOKEN_SECRET": "b"}).preflight(apps[0]) is None
+
+
+def test_client_smoke_tester_checks_the_gateway_lists_every_served_name(apps, gateway):
+    env = {"FLEETFORM_GATEWAY_API_KEY": "gk-test"}
+    with _LocalServer(list(gateway.routes)) as server:
+        outcome = ClientSmokeTester(environ=env)(gateway, server.url)
+    assert outcome.ok, outcome.detail
+    assert server.seen_headers[0]["Authorization"] == "Bearer gk-test"
+    some = list(gateway.routes)[1:]
+    with _LocalServer(some) as server:
+        outcome = ClientSmokeTester(environ=env)(gateway, server.url)
+    assert not outcome.ok and list(gateway.routes)[0] in outcome.detail
+
+
+def test_client_smoke_tester_preflight_for_the_gateway_needs_its_key(gateway):
+    why = ClientSmokeTester(environ={}).preflight(gateway)
+    assert why and "FLEETFORM_GATEWAY_API_KEY" in why
+    assert ClientSmokeTester(environ={"FLEETFORM_GATEWAY_API_KEY": "k"}).preflight(gateway) is None

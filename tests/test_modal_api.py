@@ -235,6 +235,37 @@ def test_deploy_calls_the_sdk_with_name_environment_tag_and_strategy(apps, fake_
     assert module_name(app) not in sys.modules
 
 
+def test_deploy_the_gateway_module_and_find_its_asgi_url(apps, fake_sdk, monkeypatch):
+    """The gateway is an ASGI function, not an `@app.server`: no server URL, so its web URL is used."""
+    import modal
+
+    from renderer.codegen.gateway import render_gateway
+
+    gateway = render_gateway([a.deployment for a in apps], {"enabled": True})
+    looked_up = []
+
+    class FakeFunction:
+        def __init__(self, app_name, name, environment_name):
+            looked_up.append((app_name, name, environment_name))
+            self.get_web_url = SimpleNamespace(aio=self._url)
+
+        async def _url(self):
+            return "https://ws--fleetform-gateway-serve.modal.run"
+
+    async def no_server_url():
+        return None
+
+    monkeypatch.setattr(modal.Server, "from_name", staticmethod(
+        lambda a, n, *, environment_name=None: SimpleNamespace(get_url=SimpleNamespace(aio=no_server_url))))
+    monkeypatch.setattr(modal.Function, "from_name", staticmethod(
+        lambda a, n, *, environment_name=None: FakeFunction(a, n, environment_name)))
+    outcome = ModalBackend().deploy(gateway, ENV, deployment_tag(gateway))
+    assert fake_sdk.deploy_app.calls == [(gateway.name, gateway.name, ENV, deployment_tag(gateway), "rolling")]
+    assert looked_up == [(gateway.name, SERVER_NAME, ENV)]
+    assert outcome.url == "https://ws--fleetform-gateway-serve.modal.run" and outcome.warnings == ()
+    assert module_name(gateway) not in sys.modules
+
+
 def test_deploy_strategy_per_call_overrides_the_default(apps, fake_sdk):
     ModalBackend().deploy(apps[0], None, deployment_tag(apps[0]), strategy="recreate")
     assert fake_sdk.deploy_app.calls[0][2:] == (None, deployment_tag(apps[0]), "recreate")
@@ -307,6 +338,7 @@ class FakeStub:
 
         self.pb = api_pb2
         self.requests: list[tuple[str, object]] = []
+        self.rollback_entry_tag = ""  # the tag Modal puts on v3, the rollback entry
 
     async def AppList(self, req):
         self.requests.append(("AppList", req))
@@ -328,9 +360,11 @@ class FakeStub:
             return pb.AppDeploymentHistoryResponse(app_deployment_histories=[pb.AppDeploymentHistory(version=1)])
         return pb.AppDeploymentHistoryResponse(
             app_deployment_histories=[
-                pb.AppDeploymentHistory(version=3, rollback_version=1, rollback_allowed=True),  # a rollback to v1
-                pb.AppDeploymentHistory(version=2, tag="ff-bbbbbbbbbbbb", rollback_allowed=True),
-                pb.AppDeploymentHistory(version=1, tag="ff-aaaaaaaaaaaa", rollback_allowed=True),
+                # v3: a rollback to v1. `rollback_allowed` is left unset (false), as a server may send it.
+                pb.AppDeploymentHistory(version=3, rollback_version=1, tag=self.rollback_entry_tag,
+                                        deployment_type=pb.DEPLOYMENT_TYPE_ROLLBACK),
+                pb.AppDeploymentHistory(version=2, tag="ff-bbbbbbbbbbbb"),
+                pb.AppDeploymentHistory(version=1, tag="ff-aaaaaaaaaaaa"),
             ],
             production_app_version=3,
         )
@@ -372,7 +406,6 @@ def test_list_apps_reads_tags_and_live_version(stub):
     assert ours.tag == "ff-aaaaaaaaaaaa"  # the rollback entry runs v1's module
     assert not apps["theirs"].managed
     assert stub.requests[0][1].environment_name == ENV
-    assert [a.name for a in ModalBackend().list_managed_apps(ENV)] == ["ours"]
 
 
 def test_get_app_and_history(stub):
@@ -384,6 +417,30 @@ def test_get_app_and_history(stub):
     ]
     with pytest.raises(AppNotFound, match="no deployed app named missing in Modal environment 'dev'"):
         backend.history("missing", ENV)
+
+
+@pytest.mark.parametrize("entry_tag", ["", "ff-bbbbbbbbbbbb", "rollback-of-v1"])
+def test_a_rollback_entry_runs_the_content_of_the_version_it_restored(stub, entry_tag):
+    """Whatever tag Modal puts on the rollback entry, the live content is v1's module."""
+    stub.rollback_entry_tag = entry_tag
+    backend = ModalBackend()
+    assert backend.get_app("ours", ENV).tag == "ff-aaaaaaaaaaaa"
+    assert backend.history("ours", ENV)[0].tag == "ff-aaaaaaaaaaaa"
+
+
+def test_rollback_does_not_depend_on_rollback_allowed(stub, monkeypatch):
+    """Modal's client never reads `rollback_allowed`; neither does fleetform: Modal decides."""
+    from renderer.deploy.rollback import run_rollback
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    stub.rollback_entry_tag = "ff-aaaaaaaaaaaa"
+    report = run_rollback("ours", ModalBackend(), environment=ENV)
+    assert report.ok, report.message
+    assert (report.details["to_version"], report.details["to_tag"]) == (2, "ff-bbbbbbbbbbbb")
+    report = run_rollback("ours", ModalBackend(), environment=ENV, to="v1")
+    assert report.ok, report.message
+    assert [r.version for n, r in stub.requests if n == "AppRollback"] == [2, 1]
 
 
 def test_rollback_and_stop_send_the_right_requests(stub):
@@ -403,14 +460,17 @@ def test_effective_tags_follow_rollback_chains():
         Version(3, "", rollback_of=1),
         Version(4, "", rollback_of=3),
         Version(5, "", rollback_of=9),  # points at history Modal no longer returns
+        Version(6, "ff-b", rollback_of=1),  # tagged by Modal with something else: runs v1's module all the same
+        Version(7, "ff-c", rollback_of=9),  # the restored version is gone: its own tag is all there is
     ]
-    assert [v.tag for v in effective_tags(history)] == ["ff-a", "ff-b", "ff-a", "ff-a", ""]
+    assert [v.tag for v in effective_tags(history)] == ["ff-a", "ff-b", "ff-a", "ff-a", "", "ff-a", "ff-c"]
 
 
 # --- staying fast ---------------------------------------------------------------------------------
 
 
 def test_importing_the_deploy_stack_does_not_import_modal():
-    code = "import sys, renderer.deploy.run, renderer.modal_api; sys.exit('modal' in sys.modules)"
+    code = ("import sys, renderer.deploy.run, renderer.deploy.status, renderer.deploy.rollback, renderer.deploy.destroy, "
+            "renderer.plan.live, renderer.modal_api; sys.exit('modal' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0

@@ -228,7 +228,7 @@ def _offline_plan(args, resolved, apps) -> Any:
 
 def _live_rows(resolved, apps) -> tuple[list | None, str | None]:
     """(what `deploy` would do to each app, None), or (None, why Modal could not tell)."""
-    from renderer.deploy.run import live_plan
+    from renderer.plan.live import live_plan
     from renderer.modal_api import BackendError
 
     try:
@@ -252,7 +252,7 @@ def cmd_plan(args) -> int:
     if args.detailed_exitcode and not live:
         print("error: cannot tell what changes without Modal credentials; use --against REF", file=sys.stderr)
         return EXIT_INVALID
-    from renderer.deploy.run import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code, plan_to_dict, render_plan
+    from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code, plan_to_dict, render_plan
     from renderer.plan.cost import print_plan
 
     resolved = _resolve(args)
@@ -440,7 +440,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from renderer.deploy.run import run_status
+    from renderer.deploy.status import run_status
 
     resolved = _resolve(args)
     report = run_status(_render(resolved), _backend(), resolved.modal_environment)
@@ -450,14 +450,14 @@ def cmd_status(args) -> int:
 def _app_environment(args) -> tuple[Any, str | None]:
     """(the resolved fleet, the Modal environment of app NAME): its deployment's, or for a name no
     deployment file has (an orphan), the one `--env` selects."""
-    from renderer.deploy.run import environment_for
+    from renderer.plan.live import environment_for
 
     resolved = _resolve(args)
     return resolved, environment_for(args.name, _render(resolved), resolved.modal_environment)
 
 
 def cmd_rollback(args) -> int:
-    from renderer.deploy.run import run_rollback
+    from renderer.deploy.rollback import run_rollback
 
     _, environment = _app_environment(args)
     report = run_rollback(args.name, _backend(), environment=environment, to=args.to)
@@ -465,7 +465,7 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_destroy(args) -> int:
-    from renderer.deploy.run import run_destroy
+    from renderer.deploy.destroy import run_destroy
 
     _, environment = _app_environment(args)
     prompt = _console(stderr=args.format == "json")  # the question never mixes into the JSON document

@@ -1,6 +1,6 @@
 """Stage 5 (offline): what the rendered fleet would run, and what it would cost.
 
-The live view (create / update / unchanged / orphan against what Modal runs) is `deploy.live_plan`;
+The live view (create / update / unchanged / orphan against what Modal runs) is `plan.live`;
 this module needs no credentials and no network.
 """
 

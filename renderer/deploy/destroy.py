@@ -1,0 +1,39 @@
+"""`fleetform destroy NAME`: stop a managed app, after confirmation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from renderer.deploy import common
+from renderer.deploy.common import ActionReport, ConfirmationUnavailable, managed_app
+from renderer.modal_api import Backend, BackendError
+from renderer.plan.live import env_label
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def run_destroy(
+    name: str,
+    backend: Backend,
+    *,
+    environment: str | None = None,
+    yes: bool = False,
+    console: Console | None = None,
+    confirm: Callable[[str], bool] | None = None,
+) -> ActionReport:
+    """`fleetform destroy NAME`: stop a managed app, after confirmation unless `yes`."""
+    try:
+        live = managed_app(name, backend, environment, "destroy")
+        if isinstance(live, ActionReport):
+            return live
+        question = (
+            f"Stop app {name} (v{live.version}, {live.tag or 'no tag'}) in Modal environment {env_label(environment)}? "
+            "Its containers terminate and its URL stops answering."
+        )
+        if not yes and not common.ask(question, console, confirm):
+            return ActionReport(False, f"not confirmed: {name} left running")
+        backend.stop(name, environment)
+    except (BackendError, ConfirmationUnavailable) as exc:
+        return ActionReport(False, str(exc))
+    return ActionReport(True, f"stopped {name} in Modal environment {env_label(environment)}", {"name": name})

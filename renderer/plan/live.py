@@ -1,0 +1,188 @@
+"""The live plan: the rendered fleet against what Modal runs, and what `deploy` would do to each app.
+
+Each deployment's tag (`ff-<short hash>` of its rendered module) is compared with the content of
+the live version (`LiveApp.tag`, which follows a rollback entry to the version it restored):
+create / update / unchanged, plus conflicts (an app of that name that fleetform does not manage)
+and orphans (managed apps no YAML describes). The fleet's gateway module, when fleet.yaml
+enables it, is one more member, compared by its content hash the same way: never an orphan.
+
+Everything that reaches Modal goes through a `modal_api.Backend`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+
+from renderer.modal_api import Backend, LiveApp, deployment_tag
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from renderer.codegen.gateway import RenderedGateway
+    from renderer.codegen.render import RenderedApp
+
+    Member = Union[RenderedApp, RenderedGateway]
+
+NO_CREDENTIALS_PLAN_NOTE = "no Modal credentials, showing the offline plan (run `modal token new` for the live view)"
+
+
+class Action(enum.StrEnum):
+    """What deploying the fleet would do to one app (the value is what JSON output says)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+    CONFLICT = "conflict"  # an app of that name runs, and fleetform does not manage it
+    ORPHAN = "orphan"  # fleetform manages it, and no YAML describes it
+
+
+CHANGES = (Action.CREATE, Action.UPDATE)
+
+
+@dataclass(frozen=True)
+class LiveRow:
+    """One member of the fleet (or an orphan) and what deploying the fleet would do to it."""
+
+    name: str
+    environment: str | None  # Modal environment
+    action: Action
+    desired_tag: str | None = None
+    live: LiveApp | None = None
+    app: Member | None = field(default=None, repr=False, compare=False)
+    gateway: bool = False  # the fleet's gateway module, not a deployment
+
+    @property
+    def live_tag(self) -> str | None:
+        return self.live.tag if self.live else None
+
+    @property
+    def live_version(self) -> int | None:
+        return self.live.version if self.live else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "environment": self.environment,
+            "action": self.action,
+            "desired_tag": self.desired_tag,
+            "live_tag": self.live_tag,
+            "live_version": self.live_version,
+        }
+
+
+def environments_of(apps: Iterable[RenderedApp], fallback: str | None = None) -> list[str | None]:
+    """The Modal environments the fleet deploys into (`fallback` when it has no deployment)."""
+    envs: list[str | None] = []
+    for app in apps:
+        if app.deployment.environment not in envs:
+            envs.append(app.deployment.environment)
+    return envs or [fallback]
+
+
+def environment_for(name: str, apps: Iterable[RenderedApp], fallback: str | None = None) -> str | None:
+    """The Modal environment of deployment `name` (for rollback/destroy), else `fallback`.
+
+    The gateway deploys into `fallback` (the Modal environment `--env` selects), like an orphan.
+    """
+    for app in apps:
+        if app.deployment.name == name:
+            return app.deployment.environment
+    return fallback
+
+
+def live_plan(
+    apps: Sequence[RenderedApp], backend: Backend, env: str | None = None, gateway: RenderedGateway | None = None
+) -> list[LiveRow]:
+    """Compare the rendered fleet with what is live. Raises BackendError.
+
+    `env` is the Modal environment searched for orphans when no deployment names one, and the one
+    `gateway` (the rendered gateway module, when fleet.yaml enables it) deploys into.
+    """
+    envs = environments_of(apps, env)
+    if gateway is not None and env not in envs:
+        envs.append(env)
+    live = {e: {a.name: a for a in backend.list_apps(e)} for e in envs}
+    members: list[tuple[Member, str | None, bool]] = [(a, a.deployment.environment, False) for a in apps]
+    if gateway is not None:
+        members.append((gateway, env, True))
+    rows = []
+    for module, e, is_gateway in members:
+        tag = deployment_tag(module)
+        current = live[e].get(module.name)
+        rows.append(LiveRow(module.name, e, _action(current, tag), tag, current, module, is_gateway))
+    described = {(e, m.name) for m, e, _ in members}
+    for e in envs:
+        for current in sorted(live[e].values(), key=lambda a: a.name):
+            if current.managed and (e, current.name) not in described:
+                rows.append(LiveRow(current.name, e, Action.ORPHAN, None, current))
+    return rows
+
+
+def _action(current: LiveApp | None, tag: str) -> Action:
+    if current is None:
+        return Action.CREATE
+    if not current.managed:
+        return Action.CONFLICT
+    return Action.UNCHANGED if current.tag == tag else Action.UPDATE
+
+
+def plan_exit_code(rows: Sequence[LiveRow]) -> int:
+    """`plan --detailed-exitcode`: 2 if deploying would change something, else 0.
+
+    Orphans do not count: `deploy` never removes anything (that is `destroy`).
+    """
+    return 2 if any(r.action in (*CHANGES, Action.CONFLICT) for r in rows) else 0
+
+
+def plan_to_dict(rows: Sequence[LiveRow]) -> dict[str, Any]:
+    return {"live": True, "changes": plan_exit_code(rows) == 2, "rows": [r.to_dict() for r in rows]}
+
+
+_ACTION_STYLE = {
+    Action.CREATE: "green", Action.UPDATE: "yellow", Action.UNCHANGED: "dim", Action.CONFLICT: "red",
+    Action.ORPHAN: "magenta",
+}
+
+
+def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
+    """The live plan as a table, then one line of totals."""
+    from rich.table import Table
+
+    table = Table(title="Live plan")
+    for col in ("Deployment", "Environment", "Action", "Live", "Desired"):
+        table.add_column(col)
+    for r in rows:
+        live = f"v{r.live_version} {r.live_tag or '(no tag)'}" if r.live else "-"
+        style = _ACTION_STYLE.get(r.action, "")
+        name = f"{r.name} (gateway)" if r.gateway else r.name
+        table.add_row(name, r.environment or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
+    console.print(table)
+    counts = {a: sum(1 for r in rows if r.action == a) for a in Action}
+    console.print(", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n) or "nothing deployed, nothing to do")
+    for r in rows:
+        if r.action == Action.CONFLICT:
+            console.print(f"[red]conflict:[/red] {conflict_message(r)}")
+        elif r.action == Action.ORPHAN:
+            console.print(f"[magenta]orphan:[/magenta] {orphan_message(r.live)}")
+
+
+def conflict_message(row: LiveRow) -> str:
+    return (
+        f"an app named {row.name} already runs in Modal environment {env_label(row.environment)} "
+        "and fleetform does not manage it; rename the deployment, or remove that app "
+        "(`modal app stop`), or deploy with --adopt to take it over"
+    )
+
+
+def orphan_message(live: LiveApp | None) -> str:
+    assert live is not None
+    return (
+        f"{live.name} (v{live.version}, {live.tag or 'no tag'}) in {env_label(live.environment)} is managed by "
+        f"fleetform but no YAML describes it; `fleetform destroy {live.name}` removes it"
+    )
+
+
+def env_label(env: str | None) -> str:
+    return f"'{env}'" if env else "(default)"
