@@ -351,7 +351,6 @@ _TOKEN_PATTERNS = (
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 
 
-@rule
 def no_literal_credentials(ctx: RuleContext) -> Iterator[Diagnostic]:
     hint = "put it in a Modal Secret (`modal secret create NAME VAR=...`) and list the Secret's name under `secrets`"
     flagged: set[tuple] = set()
