@@ -114,8 +114,8 @@ def _findings(root: Node) -> Iterator[tuple[FieldPath, Node, str]]:
                 what = token_shape(key)
                 mark_node = Node(key, (node.key_marks or {}).get(key, child.mark))
                 if what:
-                    yield (*path, key), mark_node, f"the name {key!r} looks like {what}: credentials never belong " \
-                                                   "in YAML"
+                    # the key is the secret: its path would print it, so the finding is the mapping's
+                    yield path, mark_node, f"a key here looks like {what}: credentials never belong in YAML"
                 elif env and secret_name(key) and child.value not in ("", None) and not (
                         isinstance(child.value, str) and token_shape(child.value)):
                     yield (*path, key), child, f"{key} looks like a credential, set as a literal value"
