@@ -16,8 +16,9 @@ from modal_proto import api_pb2
 from gateway_upstreams import UpstreamConfig, free_port, serve_upstream
 from modal_objects import import_module, server_config
 from renderer.codegen import gateway as gateway_mod
-from renderer.codegen.gateway import render_gateway, static_url
+from renderer.codegen.gateway import render_gateway
 from renderer.config import spec
+from renderer.config.spec import static_url
 from renderer.config.load import load_fleet
 from renderer.config.resolve import gateway_from, resolve
 from renderer.codegen.gateway_app import (

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from renderer import __version__
 
 from renderer.config import spec
-from renderer.config.spec import MAX_HOST_LABEL, UPSTREAM_KEY_PREFIX, static_url, upstream_key_env  # noqa: F401
+from renderer.config.spec import upstream_key_env
 from renderer.codegen.render import Trusted, display_source, render_module
 
 TEMPLATE = "gateway.py.j2"

@@ -1,5 +1,12 @@
 """Stage 3: fleet defaults + environment overlays + deployment -> frozen, typed `Deployment`s.
 
+Every run checks the fleet in every configuration: without `--env` and in each environment
+fleet.yaml declares, whichever one `--env` picks, so a fleet that `validate` passes deploys in any
+of them. Each problem is reported once: at its own line, naming the environments it breaks (unless
+it breaks all) and, when the line is fleet.yaml's, the deployments. Required fields are checked on
+the merged tree, so fleet.yaml `defaults` (or every environment) may supply them. Literal
+credentials are looked for once per file, before anything is merged (`credentials.py`).
+
 Layers, lowest first (maps merge, scalars and lists replace):
 
     schema defaults < fleet.yaml `defaults` < the deployment file
@@ -33,7 +40,6 @@ from renderer.config.validate import (
     _validator,
     check_rules,
     check_schema,
-    check_tree,
     load_schema,
     parse_duration,
     undeclared_environments,
@@ -638,14 +644,9 @@ def gateway_diagnostics(fleet: Document, gateway: spec.Gateway,
                                                                                 "both are Modal app names")
     if not upstreams:
         error(None, "the gateway has no deployments to route to", "set gateway.enabled: false, or add deployments")
-    keys: dict[str, str] = {}
-    for name, environment, auth in sorted(upstreams):
-        if auth == "api_key":
-            key = spec.upstream_key_env(name)
-            if key in keys:
-                error(None, f"deployments {keys[key]!r} and {name!r} share the upstream key variable {key}",
-                      "rename one of them")
-            keys[key] = name
+    # (Upstream key variables cannot clash: a deployment name has no `_`, so upper-casing it and
+    # turning `-` into `_` is one to one.)
+    for name, environment, _ in sorted(upstreams):
         url = g.url_of(name, environment)
         if url and len(url.split("//", 1)[1].split(".", 1)[0]) > spec.MAX_HOST_LABEL:
             error("workspace", f"{name}: host name label of {url} is over {spec.MAX_HOST_LABEL} characters, "
