@@ -194,3 +194,10 @@ def test_section_checks_find_what_a_whole_tree_check_finds(tmp_path):
                               b"scaling: {min_containers: -1}\nauth: {mode: api_key}\nbogus: 1\n")
     checker = resolve_mod._SchemaChecker()
     assert sorted(checker.check(doc.root), key=str) == sorted(check_tree(doc.root, DEPLOYMENT_SCHEMA), key=str)
+
+
+def test_deployments_broken_in_different_environments_are_grouped(tmp_path):
+    root = fleet(tmp_path, "defaults:\n  scaling: {min_containers: 2}\n" + ENVS.format(dev=DEV_CAPS_AT_ONE, prod=""),
+                 a=deployment("a", "scaling: {max_containers: 1}\n"), b=deployment("b"))
+    assert errors(root) == ["fleet.yaml:2: min_containers 2 is above max_containers 1 "
+                            "(breaks deployment a; deployment b in environment dev)"]

@@ -222,3 +222,11 @@ def test_an_empty_folder_is_a_usage_error(tmp_path):
     result = validate("deployments", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr == "error: no deployment files (*.yaml) in deployments\n"
+
+
+def test_a_folder_with_yaml_only_in_subfolders_has_no_deployment_files(tmp_path):
+    """The subfolder warning must not turn "nothing to read" into a green run over zero deployments
+    (`render` would then prune every module it wrote before)."""
+    fleet_dir(tmp_path, **{"old__a.yaml": deployment("a")})
+    result = validate("deployments", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, "error: no deployment files (*.yaml) in deployments\n")

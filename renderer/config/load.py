@@ -470,16 +470,19 @@ def discover(paths: list[str]) -> FleetFiles:
 class LoadedFleet:
     fleet: Document | None
     deployments: tuple[Document, ...]
-    diagnostics: tuple[Diagnostic, ...]  # files that could not be loaded, and what discovery found
+    diagnostics: tuple[Diagnostic, ...]  # errors: files that could not be loaded, a misnamed fleet file
     # the fleet file's path whether or not it loaded: a fleet.yaml that failed to load is not "no
     # fleet.yaml" (its defaults and environments exist, they just cannot be read)
     fleet_path: str | None = None
+    # files found but not read (in subfolders...): `resolve` reports them. Apart from `diagnostics`,
+    # so that a folder with nothing but such files still has "no deployment files".
+    warnings: tuple[Diagnostic, ...] = ()
 
 
 def load_fleet(paths: list[str]) -> LoadedFleet:
     """Load every file of the fleet, collecting load errors instead of stopping at the first."""
     files = discover(paths)
-    diags: list[Diagnostic] = list(files.problems)
+    diags: list[Diagnostic] = [d for d in files.problems if d.is_error]
     fleet_doc = None
     if files.fleet:
         try:
@@ -492,4 +495,5 @@ def load_fleet(paths: list[str]) -> LoadedFleet:
             docs.append(load_file(f))
         except LoadError as exc:
             diags.extend(exc.diagnostics)
-    return LoadedFleet(fleet_doc, tuple(docs), tuple(diags), files.fleet)
+    return LoadedFleet(fleet_doc, tuple(docs), tuple(diags), files.fleet,
+                       tuple(d for d in files.problems if not d.is_error))

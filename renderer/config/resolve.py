@@ -397,7 +397,7 @@ class _Findings:
             for deployment, configs in per.items():
                 key = tuple(c for c in self.configs if c in configs)
                 groups.setdefault(key, []).append(deployment or "")
-            notes = []
+            notes: list[str] = []
             for configs, names in groups.items():
                 envs = "" if len(configs) == len(self.configs) else _environments_phrase(list(configs))
                 named = [n for n in names if n]
@@ -405,8 +405,8 @@ class _Findings:
                     if envs:
                         notes.append(f"in {envs}")
                 else:
-                    verb = "breaks" if diag.is_error else "for"
-                    notes.append(f"{verb} {_names_phrase(sorted(named))}" + (f" in {envs}" if envs else ""))
+                    verb = ("breaks " if diag.is_error else "for ") if not notes else ""
+                    notes.append(f"{verb}{_names_phrase(sorted(named))}" + (f" in {envs}" if envs else ""))
             out.append(replace(diag, message=f"{diag.message} ({'; '.join(notes)})") if notes else diag)
         return out
 
@@ -447,7 +447,7 @@ def _deployment_name(doc: Document) -> str:
 
 def _check(loaded: LoadedFleet) -> _Checked:
     """Check the fleet in every configuration: without `--env` and in each declared environment."""
-    diags: list[Diagnostic] = list(loaded.diagnostics)
+    diags: list[Diagnostic] = [*loaded.diagnostics, *loaded.warnings]
     fleet = loaded.fleet
     # a fleet.yaml that does not load is not "no fleet.yaml": what depends on it is left unchecked
     fleet_ok = fleet is not None or loaded.fleet_path is None
