@@ -8,18 +8,22 @@ import pytest
 
 from conftest import REPO, run_cli
 
-CASES = sorted((Path(__file__).parent / "cases" / "invalid").glob("*.yaml"))
+# A case is one deployment file `NAME.yaml`, or a folder `NAME/` (a fleet: fleet.yaml and deployments),
+# with the exact output of `fleetform validate` on it in `NAME.expected`.
+CASES = sorted(p for p in (Path(__file__).parent / "cases" / "invalid").iterdir() if p.suffix == ".yaml" or p.is_dir())
 
 
 def test_there_are_invalid_cases():
     assert len(CASES) >= 20
+    for case in CASES:
+        assert case.with_suffix(".expected").is_file(), case.name
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
 def test_invalid_case_reports_exact_message(case: Path):
     rel = case.relative_to(REPO).as_posix()
     result = run_cli("validate", rel)
-    expected = case.with_suffix(".expected").read_text()
+    expected = (case.parent / (case.stem + ".expected")).read_text()
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     lines = [l for l in result.stderr.splitlines() if "nothing was rendered" not in l]
@@ -27,7 +31,8 @@ def test_invalid_case_reports_exact_message(case: Path):
     # every error line names file:line:col and a field path
     for line in lines:
         if not line.startswith("    hint:"):
-            assert line.startswith(f"{rel}:"), line
+            assert line.startswith(f"{rel}/" if case.is_dir() else f"{rel}:"), line
+            assert ": error: " in line or ": warning: " in line, line
 
 
 def test_examples_validate_clean():

@@ -86,7 +86,7 @@ def gateway_line(root) -> int:
 
 def test_resolve_carries_the_gateway_and_the_modal_environment(gateway_fleet):
     resolved = resolve(load_fleet(["deployments"]), "dev")
-    assert resolved.gateway == {"enabled": True, "min_containers": 1}
+    assert resolved.gateway is not None and resolved.gateway.min_containers == 1
     assert (resolved.fleet_file, resolved.modal_environment) == ("deployments/fleet.yaml", "dev")
     plain = resolve(load_fleet(["deployments"]))
     assert plain.modal_environment is None
@@ -161,12 +161,12 @@ def test_a_gateway_problem_is_a_validate_error_at_the_gateway_key(gateway_fleet)
     result = run_cli("validate", cwd=gateway_fleet)
     line = gateway_line(gateway_fleet)
     assert (result.returncode, result.stdout) == (1, "")
-    hint = "    hint: fix it under `gateway` in fleet.yaml, or set gateway.enabled: false"
     assert result.stderr.splitlines() == [
-        f"deployments/fleet.yaml:{line}:1: error: gateway: gateway.request_timeout (3600 s) must be longer than "
-        "gateway.upstream_timeout (7200 s)", hint,
-        f"deployments/fleet.yaml:{line}:1: error: gateway: gateway.name 'qwen2-5-7b-awq' is also a deployment's name: "
-        "pick another", hint,
+        f"deployments/fleet.yaml:{line + 3}:9: error: gateway.name: gateway name 'qwen2-5-7b-awq' is also a "
+        "deployment's name", "    hint: pick another gateway.name: both are Modal app names",
+        f"deployments/fleet.yaml:{line + 4}:21: error: gateway.upstream_timeout: request_timeout (3600 s) must be "
+        "longer than upstream_timeout (7200 s)",
+        "    hint: a request waits up to upstream_timeout for a cold deployment, then needs time to answer",
         "2 error(s); nothing was rendered or deployed"]
     assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 1
     assert not (gateway_fleet / "build").exists()

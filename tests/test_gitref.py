@@ -194,3 +194,13 @@ def test_outside_a_repository_is_one_clear_line(git_env, tmp_path, monkeypatch):
 def test_a_path_outside_the_repository_is_refused(fleet_repo, tmp_path):
     with pytest.raises(GitError, match="is outside the git repository"):
         load_fleet_at("HEAD", [str(tmp_path)])
+
+
+def test_a_fleet_yaml_that_does_not_load_at_the_revision_is_known_by_its_users_name(fleet_repo):
+    """The loader keeps the path of a fleet.yaml that fails to load, so resolve reports it alone rather
+    than every deployment's environments as unknown; at REF that path is the user's, not a temporary one."""
+    commit(fleet_repo, "break fleet.yaml", {"deployments/fleet.yaml": "environments: [\n"})
+    at = load_fleet_at("HEAD", ["deployments"])
+    assert at.loaded.fleet is None and at.loaded.fleet_path == "deployments/fleet.yaml"
+    errors = [d for d in resolve(at.loaded).diagnostics if d.is_error]
+    assert {d.mark.file for d in errors} == {"deployments/fleet.yaml"}

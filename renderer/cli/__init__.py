@@ -113,16 +113,11 @@ def _one(resolved, name: str):
 
 def _gateway(resolved) -> Any:
     """The fleet's gateway module (`RenderedGateway`) when fleet.yaml enables it, else None."""
-    if not (resolved.gateway or {}).get("enabled"):
+    if resolved.gateway is None:
         return None
     from renderer.codegen.gateway import render_gateway
-    from renderer.codegen.render import RenderError
 
-    try:
-        return render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
-    except RenderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise Abort(EXIT_INVALID) from None
+    return render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
 
 
 def _backend() -> Any:
@@ -209,7 +204,6 @@ def _offline_plan(args, resolved, apps) -> Any:
     and the cost of every environment fleet.yaml declares (each resolved with its overlays)."""
     import dataclasses
 
-    from renderer.config.load import load_fleet
     from renderer.plan.cost import environment_totals, make_plan
     from renderer.config.resolve import resolve
 
@@ -217,10 +211,9 @@ def _offline_plan(args, resolved, apps) -> Any:
                      gateway_source=resolved.fleet_file, gateway_environment=resolved.modal_environment)
     if not resolved.declared_environments:
         return plan
-    loaded = load_fleet(args.paths or DEFAULT_PATHS)
     totals = []
     for env in (None, *resolved.declared_environments):
-        fleet = resolved if env == resolved.environment else resolve(loaded, env)
+        fleet = resolved if env == resolved.environment else resolve(resolved.loaded, env)
         if fleet.ok:  # an overlay that breaks a deployment shows up when that --env is planned
             totals.append(environment_totals(env, fleet.deployments, fleet.prices))
     return dataclasses.replace(plan, by_environment=tuple(totals))

@@ -4,22 +4,29 @@ PyYAML composes the document (libyaml when available); this module then builds p
 the composed nodes itself, so that it can keep every node's file:line:column and refuse what YAML
 1.1 would silently turn into something else: `yes`/`no`/`on`/`off` as booleans, `0755` as octal,
 `1:30` as sexagesimal, unquoted dates, duplicate keys, merge keys, custom tags. Aliases are
-allowed, but a document may expand to at most `MAX_NODES` nodes (the "billion laughs" bomb).
+allowed, but a document may expand to at most `MAX_NODES` nodes (the "billion laughs" bomb), may
+not refer to itself, and may nest at most `MAX_DEPTH` levels. Every problem is a positioned
+`Diagnostic`; no input makes the loader raise anything but `LoadError`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
 
-from renderer.diagnostics import Diagnostic, Mark, Path as FieldPath
+from renderer.diagnostics import Diagnostic, Mark, Path as FieldPath, Severity
 
 MAX_BYTES = 1 << 20  # 1 MiB: a deployment is a page of YAML; anything bigger is a mistake
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # a deployment with an environment overlay nests 6 levels; hundreds would crash Python
+MAX_INT_DIGITS = 30  # far beyond any count, port or size; Python refuses to parse over 4,300
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -118,6 +125,7 @@ class _Builder:
         self.file = file
         self.errors: list[Diagnostic] = []
         self.count = 0
+        self.active: set[int] = set()  # the collections being built: an alias to one of them is a cycle
 
     def build(self, node: yaml.Node, path: FieldPath) -> Node:
         self.count += 1
@@ -127,10 +135,21 @@ class _Builder:
                                   "YAML aliases that repeat each other (a 'billion laughs' document) are refused",
                                   code="yaml-too-large")])
         mark = _mark(self.file, node.start_mark)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, mark, path)
-        if isinstance(node, yaml.SequenceNode):
-            return Node([self.build(item, (*path, i)) for i, item in enumerate(node.value)], mark)
+        if not isinstance(node, yaml.ScalarNode):
+            if id(node) in self.active:
+                raise LoadError([Diagnostic(mark, path, "a YAML alias refers to a collection that contains it",
+                                            "yaml-recursive", hint="a recursive document has no value; "
+                                            "write the value out instead of the alias")])
+            if len(path) >= MAX_DEPTH:
+                raise LoadError([Diagnostic(mark, path[:3], f"nested more than {MAX_DEPTH} levels deep", "yaml-too-deep",
+                                            hint="a deployment nests a few levels; check the brackets")])
+            self.active.add(id(node))
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self._mapping(node, mark, path)
+                return Node([self.build(item, (*path, i)) for i, item in enumerate(node.value)], mark)
+            finally:
+                self.active.discard(id(node))
         return Node(self._scalar(node, mark, path), mark)
 
     def _mapping(self, node: yaml.MappingNode, mark: Mark, path: FieldPath) -> Node:
@@ -139,13 +158,17 @@ class _Builder:
         for key_node, value_node in node.value:
             kmark = _mark(self.file, key_node.start_mark)
             if key_node.tag == _TAG + "merge":
-                self.errors.append(_err(self.file, kmark, path, "YAML merge keys (<<) are not supported",
+                self.errors.append(_err(self.file, kmark, (*path, "<<"), "YAML merge keys (<<) are not supported",
                                         "put shared values in deployments/fleet.yaml `defaults` instead"))
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _TAG + "str":
-                shown = key_node.value if isinstance(key_node, yaml.ScalarNode) else "a collection"
-                self.errors.append(_err(self.file, kmark, path, f"keys must be strings, got {shown!r}",
-                                        "quote the key"))
+                if isinstance(key_node, yaml.ScalarNode):
+                    message, shown = f"key {_cut(key_node.value)!r} is not a string", _cut(key_node.value)
+                else:
+                    message, shown = "a key must be a string, not a collection", "?"
+                self.errors.append(_err(self.file, kmark, (*path, shown), message,
+                                        f'quote the key ("{shown}")' if shown != "?" else "use a plain name as key",
+                                        code="yaml-key"))
                 continue
             key = key_node.value
             if key in out:
@@ -172,6 +195,11 @@ class _Builder:
             return text
         if tag == _TAG + "int":
             if _PLAIN_INT.match(text) or _HEX_INT.match(text):
+                digits = text.replace("_", "").lstrip("+-")
+                if len(digits) > MAX_INT_DIGITS:
+                    self.errors.append(Diagnostic(mark, path, f"integer of {len(digits)} digits is too large",
+                                                  "yaml-number", hint="no fleetform field takes a number this big"))
+                    return 0
                 return int(text.replace("_", ""), 0) if not _PLAIN_INT.match(text) else int(text.replace("_", ""))
             if ":" in text:
                 self._surprise(mark, path, f"{text!r} is read as a base-60 number by YAML 1.1",
@@ -187,7 +215,11 @@ class _Builder:
                 self._surprise(mark, path, f"{text!r} is read as a base-60 number by YAML 1.1", f'quote it ("{text}")')
                 return text
             if _PLAIN_FLOAT.match(text):
-                return float(text.replace("_", ""))
+                value = float(text.replace("_", ""))
+                if not math.isfinite(value):
+                    self.errors.append(Diagnostic(mark, path, f"number {_cut(text)} is too large (infinite as a float)",
+                                                  "yaml-number", hint="no fleetform field takes a number this big"))
+                return value
             self._surprise(mark, path, f"{text!r} is read as a special float by YAML 1.1", f'quote it ("{text}")')
             return text
         if tag == _TAG + "timestamp":
@@ -205,10 +237,26 @@ class _Builder:
 _TRUTHY = ("y", "yes", "on", "true")
 
 
-def _decode(file: str, raw: bytes) -> str:
+def _cut(text: str, limit: int = 40) -> str:
+    """A long value shortened for a message."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+# What each kind of file holds, for the messages about a file that holds nothing usable.
+_WHAT = {
+    "deployment": "a deployment needs at least `name`, `model` and `gpu`",
+    "fleet": "fleet.yaml holds fleet-wide settings (`defaults`, `environments`, `prices`, `gateway`); "
+             "write at least one, or delete the file",
+}
+_STARTS = {
+    "deployment": "a deployment starts with `name:` on the first line",
+    "fleet": "fleet.yaml is a mapping such as `defaults:` or `environments:`",
+}
+
+
+def _decode(file: str, raw: bytes, kind: str) -> str:
     if not raw.strip():
-        raise LoadError([Diagnostic(Mark(file, 1, 1), (), "file is empty", "empty-file",
-                                    hint="a deployment needs at least `name`, `model` and `gpu`")])
+        raise LoadError([Diagnostic(Mark(file, 1, 1), (), "file is empty", "empty-file", hint=_WHAT[kind])])
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -220,12 +268,31 @@ def _decode(file: str, raw: bytes) -> str:
                                     hint="save the file as UTF-8")]) from None
 
 
-def load_text(file: str, raw: bytes) -> Document:
-    """Load one YAML document from bytes; `file` names it in diagnostics. Raises LoadError."""
+def _too_deep(file: str, text: str) -> Diagnostic:
+    """Where a document nests deeper than `MAX_DEPTH`, found from the parser's events (which do not recurse)."""
+    depth, where = 0, Mark(file, 1, 1)
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    where = _mark(file, event.start_mark)
+                    break
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return Diagnostic(where, (), f"nested more than {MAX_DEPTH} levels deep", "yaml-too-deep",
+                      hint="a deployment nests a few levels; check the brackets")
+
+
+def load_text(file: str, raw: bytes, kind: str = "deployment") -> Document:
+    """Load one YAML document from bytes; `file` names it in diagnostics; `kind` is "deployment" or
+    "fleet" (for the hints). Raises LoadError, and nothing else, whatever the bytes."""
     if len(raw) > MAX_BYTES:
         raise LoadError([Diagnostic(Mark(file, 1, 1), (), f"file is {len(raw)} bytes, over the 1 MiB limit",
                                     "too-large", hint="one deployment a file; a deployment is a page of YAML")])
-    text = _decode(file, raw)
+    text = _decode(file, raw, kind)
     try:
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
@@ -236,98 +303,190 @@ def load_text(file: str, raw: bytes) -> Document:
         raise LoadError([Diagnostic(where, (), f"invalid YAML: {problem}{context}", "yaml-syntax")]) from None
     except yaml.YAMLError as exc:  # reader errors: control characters and the like
         raise LoadError([Diagnostic(Mark(file, 1, 1), (), f"invalid YAML: {exc}", "yaml-syntax")]) from None
+    except RecursionError:  # the composer recurses once a level: hundreds of levels exhaust Python's stack
+        raise LoadError([_too_deep(file, text)]) from None
     nodes = [n for n in nodes if n is not None]
     if not nodes:
-        raise LoadError([Diagnostic(Mark(file, 1, 1), (), "file holds no YAML document (only comments?)",
-                                    "empty-file")])
+        raise LoadError([Diagnostic(Mark(file, 1, 1), (), "file holds no YAML document, only comments",
+                                    "empty-file", hint=_WHAT[kind])])
     if len(nodes) > 1:
         raise LoadError([Diagnostic(_mark(file, nodes[1].start_mark), (),
                                     "more than one YAML document in the file", "yaml-multi-document",
-                                    hint="one deployment a file: split at the `---`")])
+                                    hint="one deployment a file: split at the `---`" if kind == "deployment"
+                                    else "fleet.yaml is one document: remove the `---`")])
     builder = _Builder(file)
     root = builder.build(nodes[0], ())
     if builder.errors:
         raise LoadError(builder.errors)
     if not isinstance(root.value, dict):
-        raise LoadError([Diagnostic(root.mark, (), f"expected a mapping of fields, got {type(root.value).__name__}",
-                                    "not-a-mapping", hint="a deployment starts with `name:` on the first line")])
+        got = "a list" if isinstance(root.value, list) else _describe_scalar(root.value)
+        raise LoadError([Diagnostic(root.mark, (), f"expected a mapping of fields, got {got}",
+                                    "not-a-mapping", hint=_STARTS[kind])])
     return Document(file, root)
 
 
-def load_file(path: str | Path) -> Document:
-    """Read and load one file. Missing or unreadable files raise LoadError too."""
+def _describe_scalar(value: Any) -> str:
+    return "null" if value is None else f"the {type(value).__name__} {_cut(str(value))!r}"
+
+
+def _kind_of(mode: int) -> str:
+    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def load_file(path: str | Path, kind: str = "deployment") -> Document:
+    """Read and load one file. Missing, unreadable or special files (FIFOs, devices: reading them
+    could block forever) raise LoadError too; a special file is never opened."""
     name = str(path)
+
+    def fail(message: str, hint: str | None = None) -> LoadError:
+        return LoadError([Diagnostic(Mark(name, 1, 1), (), message, "io", hint=hint)])
+
     try:
-        with open(path, "rb") as fh:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise fail(f"broken symbolic link (to {os.readlink(path)})",
+                       "point the link at an existing file, or remove it") from None
+        raise fail("no such file") from None
+    except OSError as exc:
+        raise fail(f"cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise fail("is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        linked = " (through a symbolic link)" if os.path.islink(path) else ""
+        raise fail(f"is {_kind_of(info.st_mode)}{linked}, not a regular file",
+                   "fleetform reads only regular YAML files; remove it or rename it so it does not end in .yaml")
+    try:
+        # O_NONBLOCK: should the file be swapped for a FIFO after the check, opening it still cannot hang.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise fail("is not a regular file")
             raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise LoadError([Diagnostic(Mark(name, 1, 1), (), "no such file", "io")]) from None
+        raise fail("no such file") from None
     except IsADirectoryError:
-        raise LoadError([Diagnostic(Mark(name, 1, 1), (), "is a directory, not a file", "io")]) from None
+        raise fail("is a directory, not a file") from None
     except OSError as exc:
-        raise LoadError([Diagnostic(Mark(name, 1, 1), (), f"cannot read: {exc.strerror}", "io")]) from None
-    return load_text(name, raw)
+        raise fail(f"cannot read: {exc.strerror}") from None
+    return load_text(name, raw, kind)
 
 
 # --- finding the fleet's files ---------------------------------------------------------------------
 
 FLEET_FILE = "fleet.yaml"
 YAML_SUFFIXES = (".yaml", ".yml")
+_FLEET_MISSPELT = ("fleet.yml",)
 
 
 @dataclass(frozen=True)
 class FleetFiles:
-    """Which files make up a fleet: the optional fleet.yaml and the deployment files, sorted."""
+    """Which files make up a fleet: the optional fleet.yaml and the deployment files, sorted, and
+    what discovery itself found wrong (a misnamed fleet file, YAML files it will not read)."""
 
     fleet: str | None
     deployments: tuple[str, ...]
+    problems: tuple[Diagnostic, ...] = ()
+
+
+def _unread(folder: Path) -> list[Diagnostic]:
+    """A warning for every YAML file below `folder` (a subfolder of a fleet folder): none is read."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.endswith(YAML_SUFFIXES) and not f.startswith("."):
+                out.append(Diagnostic(Mark(os.path.join(dirpath, f), 1, 1), (),
+                                      f"not read: it is in a subfolder of {folder.parent}", "not-read",
+                                      Severity.WARNING,
+                                      hint=f"fleetform reads only the files directly in {folder.parent}; move it "
+                                           "there, or name it (or its folder) on the command line"))
+    return out
+
+
+def _misnamed_fleet(path: str) -> Diagnostic:
+    return Diagnostic(Mark(path, 1, 1), (), "the fleet file must be named fleet.yaml", "fleet-file-name",
+                      hint=f"rename it: mv {path} {os.path.join(os.path.dirname(path), FLEET_FILE)}")
 
 
 def discover(paths: list[str]) -> FleetFiles:
     """Expand directories into their YAML files; `fleet.yaml` is the fleet file, the rest are deployments.
 
-    With only files named, the fleet file is the `fleet.yaml` beside the first of them, if any.
-    Missing paths are kept so that loading reports them.
+    A folder contributes the `*.yaml`/`*.yml` entries directly in it (hidden ones aside), whatever
+    they are: a broken link or a FIFO is then reported by `load_file`, never skipped in silence.
+    YAML files in its subfolders are not read, with a warning each. With only files named, the fleet
+    file is the `fleet.yaml` beside the first of them, if any. Missing paths are kept so that
+    loading reports them; a file named twice (in any spelling) is read once.
     """
     fleet: str | None = None
     deployments: list[str] = []
+    problems: list[Diagnostic] = []
+
+    def take(path: Path) -> None:
+        nonlocal fleet
+        if path.name == FLEET_FILE:
+            if fleet is None:
+                fleet = str(path)
+            elif os.path.realpath(fleet) != os.path.realpath(path):
+                problems.append(Diagnostic(Mark(str(path), 1, 1), (), f"not read: {fleet} is the fleet file",
+                                           "not-read", Severity.WARNING,
+                                           hint="a fleet has one fleet.yaml; validate the folders one at a time"))
+        elif path.name in _FLEET_MISSPELT:
+            problems.append(_misnamed_fleet(str(path)))
+        else:
+            deployments.append(str(path))
+
     for p in paths:
         path = Path(p)
         if path.is_dir():
             for child in sorted(path.iterdir()):
-                if child.suffix in YAML_SUFFIXES and child.is_file():
-                    if child.name == FLEET_FILE:
-                        fleet = fleet or str(child)
-                    else:
-                        deployments.append(str(child))
-        elif path.name == FLEET_FILE:
-            fleet = fleet or str(path)
+                if child.name.startswith("."):
+                    continue
+                if child.is_dir():
+                    problems.extend(_unread(child))
+                elif child.suffix in YAML_SUFFIXES:
+                    take(child)
         else:
-            deployments.append(str(path))
+            take(path)
     if fleet is None and deployments:
         beside = Path(deployments[0]).parent / FLEET_FILE
         if beside.is_file():
             fleet = str(beside)
     seen: set[str] = set()
-    unique = [d for d in deployments if not (d in seen or seen.add(d))]
-    return FleetFiles(fleet, tuple(unique))
+    unique = []
+    for d in deployments:
+        key = os.path.realpath(d)
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return FleetFiles(fleet, tuple(unique), tuple(problems))
 
 
 @dataclass(frozen=True)
 class LoadedFleet:
     fleet: Document | None
     deployments: tuple[Document, ...]
-    diagnostics: tuple[Diagnostic, ...]  # files that could not be loaded
+    diagnostics: tuple[Diagnostic, ...]  # errors: files that could not be loaded, a misnamed fleet file
+    # the fleet file's path whether or not it loaded: a fleet.yaml that failed to load is not "no
+    # fleet.yaml" (its defaults and environments exist, they just cannot be read)
+    fleet_path: str | None = None
+    # files found but not read (in subfolders...): `resolve` reports them. Apart from `diagnostics`,
+    # so that a folder with nothing but such files still has "no deployment files".
+    warnings: tuple[Diagnostic, ...] = ()
 
 
 def load_fleet(paths: list[str]) -> LoadedFleet:
     """Load every file of the fleet, collecting load errors instead of stopping at the first."""
     files = discover(paths)
-    diags: list[Diagnostic] = []
+    diags: list[Diagnostic] = [d for d in files.problems if d.is_error]
     fleet_doc = None
     if files.fleet:
         try:
-            fleet_doc = load_file(files.fleet)
+            fleet_doc = load_file(files.fleet, "fleet")
         except LoadError as exc:
             diags.extend(exc.diagnostics)
     docs = []
@@ -336,4 +495,5 @@ def load_fleet(paths: list[str]) -> LoadedFleet:
             docs.append(load_file(f))
         except LoadError as exc:
             diags.extend(exc.diagnostics)
-    return LoadedFleet(fleet_doc, tuple(docs), tuple(diags))
+    return LoadedFleet(fleet_doc, tuple(docs), tuple(diags), files.fleet,
+                       tuple(d for d in files.problems if not d.is_error))

@@ -1,5 +1,12 @@
 """Stage 3: fleet defaults + environment overlays + deployment -> frozen, typed `Deployment`s.
 
+Every run checks the fleet in every configuration: without `--env` and in each environment
+fleet.yaml declares, whichever one `--env` picks, so a fleet that `validate` passes deploys in any
+of them. Each problem is reported once: at its own line, naming the environments it breaks (unless
+it breaks all) and, when the line is fleet.yaml's, the deployments. Required fields are checked on
+the merged tree, so fleet.yaml `defaults` (or every environment) may supply them. Literal
+credentials are looked for once per file, before anything is merged (`credentials.py`).
+
 Layers, lowest first (maps merge, scalars and lists replace):
 
     schema defaults < fleet.yaml `defaults` < the deployment file
@@ -16,11 +23,12 @@ command line is built here, once; the renderer and `fleetform serve --local` onl
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from renderer.config import spec
-from renderer.diagnostics import Diagnostic, Mark, did_you_mean
+from renderer.config.credentials import find_credentials
+from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
 from renderer.config.load import Document, LoadedFleet, Node
 from renderer.config.vllm_args import build_vllm_args
 from renderer.config.validate import (
@@ -28,9 +36,10 @@ from renderer.config.validate import (
     FLEET_SCHEMA,
     Claim,
     RuleContext,
+    _schema_error_diags,
+    _validator,
     check_rules,
     check_schema,
-    check_tree,
     load_schema,
     parse_duration,
     undeclared_environments,
@@ -55,13 +64,15 @@ class ResolvedFleet:
     prices: dict[str, float]
     # deployment name -> every value of its merged (pre-default) tree: path -> (value, where it was written)
     origins: dict[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
-    # fleet.yaml's `gateway` mapping as written (None: absent); render and plan build the gateway from it
-    gateway: dict[str, Any] | None = None
+    # fleet.yaml's `gateway` when it is enabled (None: absent or disabled); render and plan render it
+    gateway: spec.Gateway | None = None
     fleet_file: str | None = None  # fleet.yaml's path as named, for the gateway module's header
     # the Modal environment `--env` selects (its `modal_environment`): where rollback, destroy and
     # status look for an app that no deployment file names
     modal_environment: str | None = None
     declared_environments: tuple[str, ...] = ()  # every environment fleet.yaml declares
+    # the files it was resolved from: resolving them for another environment reuses this run's checks
+    loaded: LoadedFleet | None = field(default=None, repr=False, compare=False)
 
     def explain(self, name: str) -> list[tuple[tuple, Any, Mark | None]]:
         """Every leaf field of a resolved deployment: (path, value, where it was written; None: schema default)."""
@@ -202,10 +213,163 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
     )
 
 
+# --- checking the merged trees --------------------------------------------------------------------
+
+
+@functools.cache
+def _top_level_validator() -> Any:
+    """The deployment schema's own keywords (required fields, unknown keys), not its sections'."""
+    from jsonschema import Draft202012Validator
+
+    schema = load_schema(DEPLOYMENT_SCHEMA)
+    return Draft202012Validator({**schema, "properties": {k: True for k in schema["properties"]}})
+
+
+@functools.cache
+def _section_validator(key: str) -> Any:
+    """The validator of one top-level field (`model`, `scaling`...), `$ref`s resolved in the deployment schema."""
+    return _validator(DEPLOYMENT_SCHEMA).evolve(schema=load_schema(DEPLOYMENT_SCHEMA)["properties"][key])
+
+
+class _SchemaChecker:
+    """The deployment schema, applied section by section, each section's result kept for its node.
+
+    Merging keeps every node no overlay touches (`merge` returns it as is), so the trees of one
+    deployment in several environments, its file, and many deployments that inherit one section
+    from fleet.yaml share most sections: each is checked once. The deployment schema has nothing at
+    the top but `type`, `required` and `additionalProperties` (a test holds it to that), so this
+    finds exactly what one whole-tree validation finds.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[int, str], tuple[Node, list[Diagnostic]]] = {}
+        self._sections = load_schema(DEPLOYMENT_SCHEMA)["properties"]
+        self._clean: set[tuple[str, str]] = set()
+
+    def check_file(self, doc: Document) -> list[Diagnostic]:
+        """A whole file at once (the quickest way to check every section), each section's share kept."""
+        found = check_schema(doc, DEPLOYMENT_SCHEMA)
+        tree = doc.root
+        for key, node in tree.value.items():
+            if key in self._sections:
+                self._done[(id(node), key)] = (node, [d for d in found if d.path[:1] == (key,)])
+        return found
+
+    def check(self, tree: Node) -> list[Diagnostic]:
+        """A merged tree: only the sections not seen before are validated."""
+        shape = {k: None for k in tree.value}  # the top level's keywords only look at the keys
+        out = [d for err in _top_level_validator().iter_errors(shape) for d in _schema_error_diags(
+            err, tree, DEPLOYMENT_SCHEMA, ())]
+        for key, node in tree.value.items():
+            if key not in self._sections:
+                continue
+            hit = self._done.get((id(node), key))
+            if hit is None or hit[0] is not node:
+                plain = node.plain()
+                content = (key, repr(plain))  # a value found clean once is clean wherever it was written
+                found = []
+                if content not in self._clean:
+                    for err in _section_validator(key).iter_errors(plain):
+                        err.relative_path.appendleft(key)  # as the whole tree's validation would place it
+                        found.extend(_schema_error_diags(err, tree, DEPLOYMENT_SCHEMA, ()))
+                    if not found:
+                        self._clean.add(content)
+                hit = self._done[(id(node), key)] = (node, found)
+            out.extend(hit[1])
+        return out
+
+
+def _at_file(diag: Diagnostic, doc: Document) -> Diagnostic:
+    """A missing field is missing from the deployment file: point there, not at whichever overlay
+    happened to be merged last."""
+    return replace(diag, mark=doc.root.find(diag.path)[1])
+
+
+# --- one problem, the deployments and environments it breaks --------------------------------------------
+
+BASE = None  # the configuration without `--env`
+_SHOWN_NAMES = 5
+
+
+def _environments_phrase(configs: list[str | None]) -> str:
+    names = sorted(c for c in configs if c is not None)
+    parts = []
+    if names:
+        parts.append(("environment " if len(names) == 1 else "environments ") + ", ".join(names))
+    if BASE in configs:
+        parts.append("without --env")
+    return " and ".join(parts)
+
+
+def _names_phrase(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN_NAMES])
+    more = f" and {len(names) - _SHOWN_NAMES} more" if len(names) > _SHOWN_NAMES else ""
+    return ("deployment " if len(names) == 1 else "deployments ") + shown + more
+
+
+class _Findings:
+    """Diagnostics found in several trees (one per deployment and environment), reported once each.
+
+    A problem at a deployment's own line names the environments it appears in, unless it appears
+    in all of them; a problem at a line of fleet.yaml also names the deployments it breaks.
+    """
+
+    def __init__(self, configs: list[str | None]):
+        self.configs = configs
+        self._seen: dict[Diagnostic, dict[str | None, list[str | None]]] = {}  # diag -> deployment -> configs
+        self._own: dict[Diagnostic, bool] = {}
+
+    def add(self, diag: Diagnostic, deployment: str | None, config: str | None, own_file: str | None) -> None:
+        per = self._seen.setdefault(diag, {})
+        configs = per.setdefault(deployment, [])
+        if config not in configs:
+            configs.append(config)
+        self._own.setdefault(diag, diag.mark.file == own_file)
+
+    def diagnostics(self) -> list[Diagnostic]:
+        out = []
+        for diag, per in self._seen.items():
+            # deployments grouped by the environments the problem breaks them in
+            groups: dict[tuple, list[str]] = {}
+            for deployment, configs in per.items():
+                key = tuple(c for c in self.configs if c in configs)
+                groups.setdefault(key, []).append(deployment or "")
+            notes: list[str] = []
+            for configs, names in groups.items():
+                envs = "" if len(configs) == len(self.configs) else _environments_phrase(list(configs))
+                named = [n for n in names if n]
+                if self._own[diag] or not named:
+                    if envs:
+                        notes.append(f"in {envs}")
+                else:
+                    verb = ("breaks " if diag.is_error else "for ") if not notes else ""
+                    notes.append(f"{verb}{_names_phrase(sorted(named))}" + (f" in {envs}" if envs else ""))
+            out.append(replace(diag, message=f"{diag.message} ({'; '.join(notes)})") if notes else diag)
+        return out
+
+
 # --- the stage ---------------------------------------------------------------------------------------
 
 
-def _environment_overlay(fleet: Document | None, env: str | None) -> tuple[Node | None, Node | None]:
+@dataclass
+class _Checked:
+    """What `resolve` finds for every environment at once; `resolve(loaded, env)` picks one from it."""
+
+    diagnostics: list[Diagnostic]
+    declared: list[str]
+    prices: dict[str, float]
+    fleet: Document | None
+    fleet_ok: bool
+    # per configuration (None: no --env), the deployments that check clean: (document, merged tree)
+    clean: dict[str | None, list[tuple[Document, Node]]]
+    environment_only: list[tuple[Document, list[str]]]  # complete only with --env: (document, missing fields)
+    gateway: spec.Gateway | None
+
+
+_last: tuple[LoadedFleet, _Checked] | None = None
+
+
+def _overlays(fleet: Document | None, env: str | None) -> tuple[Node | None, Node | None]:
     """(overrides, modal_environment) of fleet environment `env`."""
     if env is None or fleet is None:
         return None, None
@@ -213,92 +377,222 @@ def _environment_overlay(fleet: Document | None, env: str | None) -> tuple[Node 
     return _child(entry, "overrides"), _child(entry, "modal_environment")
 
 
-def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
-    """Validate and resolve every deployment of the fleet for environment `env` (None: no overlay).
+def _deployment_name(doc: Document) -> str:
+    name = doc.root.value.get("name")
+    return name.value if name is not None and isinstance(name.value, str) else doc.path
 
-    Raises UnknownEnvironment for an `env` that fleet.yaml does not declare; everything wrong in
-    the files is returned as diagnostics, never raised.
-    """
-    diags: list[Diagnostic] = list(loaded.diagnostics)
+
+def _check(loaded: LoadedFleet) -> _Checked:
+    """Check the fleet in every configuration: without `--env` and in each declared environment."""
+    diags: list[Diagnostic] = [*loaded.diagnostics, *loaded.warnings]
     fleet = loaded.fleet
-    fleet_ok = True
+    # a fleet.yaml that does not load is not "no fleet.yaml": what depends on it is left unchecked
+    fleet_ok = fleet is not None or loaded.fleet_path is None
     declared: list[str] = []
     prices: dict[str, float] = {}
+    secret_marks: set[Mark] = set()  # where a literal credential was found: no second error there
     if fleet is not None:
-        fleet_diags = check_schema(fleet, FLEET_SCHEMA)
-        diags.extend(fleet_diags)
-        fleet_ok = not any(d.is_error for d in fleet_diags)
-        data = fleet.data
+        fleet_schema = check_schema(fleet, FLEET_SCHEMA)
+        diags.extend(fleet_schema)
+        fleet_credentials = find_credentials(fleet)
+        secret_marks.update(d.mark for d in fleet_credentials)
+        diags.extend(fleet_credentials)
+        fleet_ok = not any(d.is_error for d in fleet_schema)
         if fleet_ok:
+            data = fleet.data
             declared = sorted((data.get("environments") or {}).keys())
             prices = dict(data.get("prices") or {})
-    if env is not None and fleet_ok and env not in declared:
-        raise UnknownEnvironment(env, declared)
-
+    configs: list[str | None] = [BASE, *declared]
     defaults = _child(fleet.root, "defaults") if fleet is not None and fleet_ok else None
-    env_overrides, modal_env = _environment_overlay(fleet, env) if fleet_ok else (None, None)
+    overlays = {c: _overlays(fleet if fleet_ok else None, c) for c in configs}
+    findings = _Findings(configs)
+    schema = _SchemaChecker()
+    clean: dict[str | None, list[tuple[Document, Node]]] = {c: [] for c in configs}
+    environment_only: list[tuple[Document, list[str]]] = []
 
-    built: list[spec.Deployment] = []
-    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
-    name_claims: list[Claim] = []
-    served_claims: list[Claim] = []
     for doc in loaded.deployments:
-        raw = check_schema(doc, DEPLOYMENT_SCHEMA) + undeclared_environments(doc.root, declared)
-        diags.extend(raw)
+        raw = [d for d in schema.check_file(doc) if d.code != "schema-required"]
+        if fleet_ok:
+            raw += undeclared_environments(doc.root, declared)
+        # a literal credential is reported, but the file is still checked: every problem at once
+        # (except a second error on the credential's own field: one problem, one error)
+        credentials = find_credentials(doc)
+        secret_marks.update(d.mark for d in credentials)
+        diags.extend(raw + credentials)
         if any(d.is_error for d in raw) or not fleet_ok:
             continue
-        own_env = _child(doc.root, "environments", env) if env else None
-        tree = merge(merge(merge(defaults, _without(doc.root, "environments")), env_overrides), own_env)
-        assert tree is not None
+        name = _deployment_name(doc)
+        base = merge(defaults, _without(doc.root, "environments"))
+        assert base is not None
+        results: dict[str | None, tuple[Node, list[Diagnostic], bool]] = {}
+        for c in configs:
+            overrides, _ = overlays[c]
+            own = _child(doc.root, "environments", c) if c is not None else None
+            if c is not BASE and overrides is None and own is None:
+                results[c] = results[BASE]  # nothing of this deployment changes: the same tree, checked once
+                continue
+            tree = merge(merge(base, overrides), own)
+            assert tree is not None
+            found = [_at_file(d, doc) if d.code == "schema-required" else d for d in schema.check(tree)]
+            results[c] = (tree, found, not any(d.is_error for d in found))
+        # a field the deployment leaves to its environments, and every environment sets, is no error
+        missing = [d for d in results[BASE][1] if d.code == "schema-required"]
+        if missing and declared and len(missing) == len(results[BASE][1]) \
+                and all(results[c][2] for c in declared):
+            environment_only.append((doc, [format_path((*d.path, d.message.split("'")[1])) if "'" in d.message
+                                           else format_path(d.path) for d in missing]))
+            results[BASE] = (results[BASE][0], [], False)
+        ruled: dict[int, list[Diagnostic]] = {}
+        for c in configs:
+            tree, found, ok = results[c]
+            if ok:
+                if id(tree) not in ruled:
+                    ruled[id(tree)] = check_rules(RuleContext(tree=tree, data=tree.plain()))
+                found = found + ruled[id(tree)]
+                ok = not any(d.is_error for d in found)
+            for d in found:
+                if d.mark not in secret_marks or not d.is_error:
+                    findings.add(d, name, c, doc.path)
+            if ok:
+                clean[c].append((doc, tree))
+
+    gateway = _gateway(fleet) if fleet is not None and fleet_ok else None
+    for c in configs:
+        modal_env = overlays[c][1]
+        name_claims: list[Claim] = []
+        served_claims: list[Claim] = []
+        upstreams: list[tuple[str, str | None, str]] = []
+        for doc, tree in clean[c]:
+            data = tree.plain()
+            dname = data["name"]
+            name_claims.append(Claim(dname, tree.find(("name",))[1], ("name",)))
+            names_node = _child(tree, "model", "served_model_names")
+            if names_node is not None:
+                for i, served in enumerate(names_node.value):
+                    served_claims.append(Claim(served.value, served.mark, ("model", "served_model_names", i)))
+            else:
+                served_claims.append(Claim(data["model"]["id"], tree.find(("model", "id"))[1], ("model", "id")))
+            for i, adapter in enumerate(data["model"].get("lora_adapters") or []):
+                path = ("model", "lora_adapters", i, "name")
+                served_claims.append(Claim(adapter["name"], tree.find(path)[1], path))
+            environment = modal_env.value if modal_env is not None else data.get("environment")
+            auth = (data.get("auth") or {}).get("mode") or schema_defaults()["auth"]["mode"]
+            upstreams.append((dname, environment, auth))
+        for d in unique_across_fleet(name_claims, "deployment name", "duplicate-name"):
+            findings.add(d, None, c, None)
+        for d in unique_across_fleet(served_claims, "served model name", "duplicate-served-name"):
+            findings.add(d, None, c, None)
+        if gateway is not None and fleet is not None:
+            for d in gateway_diagnostics(fleet, gateway, upstreams):
+                findings.add(d, None, c, None)
+    diags.extend(findings.diagnostics())
+    return _Checked(diags, declared, prices, fleet, fleet_ok, clean, environment_only, gateway)
+
+
+def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
+    """Validate the fleet without `--env` and in every environment fleet.yaml declares, and resolve
+    its deployments for environment `env` (None: no overlay).
+
+    A fleet is only as valid as its worst environment: the diagnostics are the same whichever `env`
+    is asked for. Raises UnknownEnvironment for an `env` that fleet.yaml does not declare;
+    everything wrong in the files is returned as diagnostics, never raised.
+    """
+    global _last
+    if _last is not None and _last[0] is loaded:
+        checked = _last[1]  # `plan` resolves the same fleet once per environment
+    else:
+        checked = _check(loaded)
+        _last = (loaded, checked)
+    if env is not None and checked.fleet_ok and env not in checked.declared:
+        raise UnknownEnvironment(env, checked.declared)
+    fleet = checked.fleet
+    _, modal_env = _overlays(fleet if checked.fleet_ok else None, env)
+    diags = list(checked.diagnostics)
+    if env is None:
+        for doc, missing in checked.environment_only:
+            diags.append(Diagnostic(doc.root.mark, (), f"{', '.join(missing)} set only by its environments: "
+                                                       "left out without --env", "environment-only",
+                                    Severity.WARNING, hint="name the environment with --env, or set it in the "
+                                                           "deployment file or fleet.yaml `defaults`"))
+    built: list[spec.Deployment] = []
+    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
+    for doc, tree in checked.clean.get(env, []):
         if modal_env is not None:
             tree = merge(tree, Node({"environment": modal_env}, modal_env.mark, {"environment": modal_env.mark}))
-        merged = check_tree(tree, DEPLOYMENT_SCHEMA)
-        diags.extend(merged)
-        if any(d.is_error for d in merged):
-            continue
-        ctx = RuleContext(tree=tree, data=tree.plain())
-        rules = check_rules(ctx)
-        diags.extend(rules)
-        if any(d.is_error for d in rules):
-            continue
-        deployment = _build(ctx.data, doc.path, env)
+        deployment = _build(tree.plain(), doc.path, env)
         built.append(deployment)
         origins[deployment.name] = {  # lists count as one value, as they replace rather than merge
             p: (n.plain(), n.mark) for p, n in tree.walk()
             if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)}
-        name_claims.append(Claim(deployment.name, ctx.mark("name"), ("name",)))
-        names_node = _child(tree, "model", "served_model_names")
-        for i, served in enumerate(deployment.model.served_model_names):
-            mark = names_node.value[i].mark if names_node is not None else ctx.mark("model", "id")
-            served_claims.append(Claim(served, mark, ("model", "served_model_names", i)))
-        for i, adapter in enumerate(deployment.model.lora_adapters):
-            path = ("model", "lora_adapters", i, "name")
-            served_claims.append(Claim(adapter.name, ctx.mark(*path), path))
-
-    diags.extend(unique_across_fleet(name_claims, "deployment name", "duplicate-name"))
-    diags.extend(unique_across_fleet(served_claims, "served model name", "duplicate-served-name"))
-    gateway = fleet.data.get("gateway") if fleet is not None and fleet_ok else None
-    if not any(d.is_error for d in diags):
-        diags.extend(gateway_diagnostics(fleet, gateway, built))
-    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env, prices, origins,
-                         gateway=gateway, fleet_file=fleet.path if fleet is not None else None,
+    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env,
+                         checked.prices, origins, gateway=checked.gateway,
+                         fleet_file=fleet.path if fleet is not None else None,
                          modal_environment=modal_env.plain() if modal_env is not None else None,
-                         declared_environments=tuple(declared))
+                         declared_environments=tuple(checked.declared), loaded=loaded)
 
 
-def gateway_diagnostics(fleet: Document | None, gateway: dict | None,
-                        deployments: list[spec.Deployment]) -> list[Diagnostic]:
-    """What `gateway.check_gateway` finds wrong with an enabled gateway, as errors at fleet.yaml's
-    `gateway:` key, so that `validate` (and the pre-commit hook) refuse a fleet `render` would.
+# --- the gateway -----------------------------------------------------------------------------------------
 
-    The gateway module is imported only for a fleet that enables it: it loads the template engine,
-    which `validate` otherwise never needs.
-    """
-    if fleet is None or not (gateway or {}).get("enabled"):
-        return []
-    from renderer.codegen.gateway import check_gateway, gateway_config
 
-    mark = (fleet.root.key_marks or {}).get("gateway", fleet.root.mark)
-    return [Diagnostic(mark, ("gateway",), problem, "gateway",
-                       hint="fix it under `gateway` in fleet.yaml, or set gateway.enabled: false")
-            for problem in check_gateway(deployments, gateway_config(gateway))]
+def gateway_from(data: dict[str, Any] | None) -> spec.Gateway | None:
+    """fleet.yaml's `gateway` mapping (schema-checked; None: absent) as a typed object, the schema's
+    defaults applied as for every other field; None unless it is enabled."""
+    props = load_schema(FLEET_SCHEMA)["properties"]["gateway"]["properties"]
+    merged = {k: p.get("default") for k, p in props.items()}
+    merged.update(data or {})
+    if not merged.pop("enabled"):
+        return None
+    merged["upstream_timeout"] = parse_duration(merged["upstream_timeout"])
+    merged["request_timeout"] = parse_duration(merged["request_timeout"])
+    return spec.Gateway(**merged)
+
+
+def _gateway(fleet: Document) -> spec.Gateway | None:
+    node = _child(fleet.root, "gateway")
+    return gateway_from(node.plain() if node is not None else None)
+
+
+def gateway_diagnostics(fleet: Document, gateway: spec.Gateway,
+                        upstreams: list[tuple[str, str | None, str]]) -> list[Diagnostic]:
+    """What is wrong with an enabled gateway for these deployments ((name, Modal environment, auth
+    mode) each), each error at the field of fleet.yaml's `gateway` it is about."""
+    out = []
+
+    node = _child(fleet.root, "gateway")
+
+    def error(keys: str | tuple[str, ...] | None, message: str, hint: str) -> None:
+        """An error at the first of `keys` that fleet.yaml sets (a rule between two fields is at the one
+        written), else at `gateway.enabled`: the schema's default is what is wrong."""
+        written = [k for k in ((keys,) if isinstance(keys, str) else keys or ()) if _child(node, k) is not None]
+        path = ("gateway", written[0]) if written else ("gateway",)
+        mark = fleet.root.find(path if written else ("gateway", "enabled"))[1]
+        out.append(Diagnostic(mark, path, message, "gateway", hint=hint))
+
+    g = gateway
+    if g.request_timeout <= g.upstream_timeout:
+        error(("request_timeout", "upstream_timeout"), f"request_timeout ({g.request_timeout} s) must be longer than upstream_timeout "
+                                 f"({g.upstream_timeout} s)",
+              "a request waits up to upstream_timeout for a cold deployment, then needs time to answer")
+    if g.request_timeout > spec.MAX_REQUEST_TIMEOUT:
+        error("request_timeout", f"request_timeout ({g.request_timeout} s) is over Modal's 24 h limit",
+              f"at most {spec.MAX_REQUEST_TIMEOUT} s (24h)")
+    if g.max_containers is not None and g.min_containers > g.max_containers:
+        error(("min_containers", "max_containers"), f"min_containers {g.min_containers} is above max_containers {g.max_containers}",
+              f"raise max_containers to at least {g.min_containers}, or lower min_containers")
+    if g.target_concurrency > g.max_concurrency:
+        error(("target_concurrency", "max_concurrency"), f"target_concurrency {g.target_concurrency} is above max_concurrency "
+                                    f"{g.max_concurrency}", "the autoscaler could never reach its target")
+    names = [name for name, _, _ in upstreams]
+    if g.name in names:
+        error("name", f"gateway name {g.name!r} is also a deployment's name", "pick another gateway.name: "
+                                                                                "both are Modal app names")
+    if not upstreams:
+        error(None, "the gateway has no deployments to route to", "set gateway.enabled: false, or add deployments")
+    # (Upstream key variables cannot clash: a deployment name has no `_`, so upper-casing it and
+    # turning `-` into `_` is one to one.)
+    for name, environment, _ in sorted(upstreams):
+        url = g.url_of(name, environment)
+        if url and len(url.split("//", 1)[1].split(".", 1)[0]) > spec.MAX_HOST_LABEL:
+            error("workspace", f"{name}: host name label of {url} is over {spec.MAX_HOST_LABEL} characters, "
+                               "so Modal shortens it", "leave gateway.workspace unset to look URLs up at run time")
+    return out

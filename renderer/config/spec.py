@@ -163,3 +163,43 @@ class Deployment:
     @property
     def pip_packages(self) -> tuple[str, ...]:
         return (f"vllm=={self.engine.vllm_version}", *self.image.pip)
+
+
+# --- the gateway ------------------------------------------------------------------------------------
+
+GATEWAY_FUNCTION_NAME = "serve"  # the function of every app, deployments' and the gateway's alike
+MAX_HOST_LABEL = 63  # DNS label limit; Modal shortens longer ones, which only the runtime lookup knows
+MAX_REQUEST_TIMEOUT = 86400  # Modal's longest function timeout: 24 h
+UPSTREAM_KEY_PREFIX = "FLEETFORM_UPSTREAM_KEY_"
+
+
+def upstream_key_env(deployment_name: str) -> str:
+    """The variable of the gateway's upstream Secret that holds an `api_key` deployment's key."""
+    return UPSTREAM_KEY_PREFIX + deployment_name.upper().replace("-", "_")
+
+
+def static_url(workspace: str, app: str, modal_environment: str | None) -> str:
+    """`https://WORKSPACE--APP-serve.modal.run`; `WORKSPACE-ENV--` in an environment other than `main`."""
+    prefix = workspace if modal_environment in (None, "main") else f"{workspace}-{modal_environment}"
+    return f"https://{prefix}--{app}-{GATEWAY_FUNCTION_NAME}.modal.run"
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """fleet.yaml `gateway`, when enabled: schema defaults applied, durations in seconds, checked
+    against the fleet it routes to."""
+
+    name: str  # the Modal app name, and its module's file name
+    api_key_secret: str  # Modal Secret with FLEETFORM_GATEWAY_API_KEY
+    upstream_secret: str  # Modal Secret with the gateway's credentials for the deployments
+    upstream_timeout: int  # seconds a request waits for a cold deployment
+    request_timeout: int  # seconds, the function's timeout
+    min_containers: int
+    max_containers: int | None
+    target_concurrency: int
+    max_concurrency: int
+    workspace: str | None  # None: upstream URLs are looked up at run time
+
+    def url_of(self, app: str, modal_environment: str | None) -> str | None:
+        """A deployment's URL written at render time (None: looked up at run time, no workspace set)."""
+        return static_url(self.workspace, app, modal_environment) if self.workspace else None

@@ -214,6 +214,8 @@ def _relabel(loaded: LoadedFleet, rename: Callable[[str], str]) -> LoadedFleet:
         None if loaded.fleet is None else _relabel_doc(loaded.fleet, rename),
         tuple(_relabel_doc(d, rename) for d in loaded.deployments),
         tuple(diag(d) for d in loaded.diagnostics),
+        None if loaded.fleet_path is None else rename(loaded.fleet_path),
+        tuple(diag(d) for d in loaded.warnings),
     )
 
 
