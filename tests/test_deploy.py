@@ -44,7 +44,7 @@ from renderer.modal_api import (
 )
 from renderer.codegen.render import render_fleet
 from renderer.plan.live import Action, environment_for, live_plan, plan_exit_code, render_plan
-from renderer.config.resolve import resolve
+from renderer.config.resolve import gateway_from, resolve
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 ENV = "dev"  # the example fleet's `dev` overlay deploys into Modal environment "dev"
@@ -536,7 +536,7 @@ def test_environment_for(apps):
 def gateway(apps):
     from renderer.codegen.gateway import render_gateway
 
-    return render_gateway([a.deployment for a in apps], {"enabled": True})  # name: fleetform-gateway
+    return render_gateway([a.deployment for a in apps], gateway_from({"enabled": True}))  # name: fleetform-gateway
 
 
 def test_a_gateway_deployed_as_documented_is_a_member_not_an_orphan(apps, gateway):

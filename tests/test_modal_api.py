@@ -42,7 +42,7 @@ from renderer.modal_api import (
     unload_app,
 )
 from renderer.codegen.render import render_fleet
-from renderer.config.resolve import resolve
+from renderer.config.resolve import gateway_from, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "dev"
@@ -241,7 +241,7 @@ def test_deploy_the_gateway_module_and_find_its_asgi_url(apps, fake_sdk, monkeyp
 
     from renderer.codegen.gateway import render_gateway
 
-    gateway = render_gateway([a.deployment for a in apps], {"enabled": True})
+    gateway = render_gateway([a.deployment for a in apps], gateway_from({"enabled": True}))
     looked_up = []
 
     class FakeFunction:

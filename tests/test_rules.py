@@ -59,13 +59,21 @@ def test_every_diagnostic_of_every_invalid_case_has_a_hint():
 
 
 @pytest.mark.parametrize("key, value", [("VLLM_API_KEY", '""'), ("VLLM_SERVER_DEV_MODE", '"1"'), ("HF_TOKEN", '""'),
-                                        ("PYTHONPATH", "/opt"), ("LD_PRELOAD", "/x.so"), ("FLEETFORM_ADMIN_TOKEN", "x")])
+                                        ("PYTHONPATH", "/opt"), ("LD_PRELOAD", "/x.so"), ("FLEETFORM_ADMIN_TOKEN", '""')])
 def test_env_may_not_set_what_fleetform_or_a_secret_owns(tmp_path, key, value):
     rc, diags = validate(tmp_path, f"gpu:\n  type: H100\nengine:\n  env:\n    {key}: {value}\n")
     assert rc == 1
     [d] = diags
     assert (d["code"], d["path"], d["line"]) == ("env-owned", f"engine.env.{key}", 9)
     assert d["hint"] == f"remove {key} from engine.env"
+
+
+def test_a_literal_secret_in_an_owned_variable_is_one_error_the_credential(tmp_path):
+    """`HF_TOKEN: hf_...` is one problem: the token in the YAML, not also the owned variable."""
+    rc, diags = validate(tmp_path, "gpu:\n  type: H100\nengine:\n  env:\n    FLEETFORM_ADMIN_TOKEN: x\n")
+    assert rc == 1
+    assert [(d["code"], d["path"], d["line"]) for d in diags] == [
+        ("literal-credential", "engine.env.FLEETFORM_ADMIN_TOKEN", 9)]
 
 
 def test_env_of_other_names_passes(tmp_path):
