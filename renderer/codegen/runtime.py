@@ -26,47 +26,88 @@ import urllib.request
 GUARD_MODULE = "fleetform_guard"
 GUARD_MIDDLEWARE = GUARD_MODULE + ".DevRouteGuard"
 ADMIN_HEADER = "x-fleetform-admin"
-GUARD_SOURCE = '''
+GUARD_SOURCE = """
 import hmac
 import json
 import os
+import posixpath
+from urllib.parse import unquote
 
 PUBLIC = ("/v1/", "/v2/", "/health", "/ping", "/version", "/metrics", "/tokenize", "/detokenize",
           "/invocations", "/pooling", "/classify", "/score", "/rerank")
 
 
+def route_path(path, root):
+    # What Starlette routes on under a root path (vLLM's --root-path): what follows root_path.
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("", "/"):
+        path = path[len(root):]
+    return path or "/"
+
+
+def normal(path):
+    # //, /./ and /../ resolved, as a proxy in front or another server version might.
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def route_paths(scope):
+    # Every path the request may be routed on: its path and raw path, each decoded once more (and
+    # again, to a fixed point), each with the root path taken off before and after normalising.
+    root = scope.get("root_path") or ""
+    sent = [scope.get("path") or "/"]
+    if scope.get("raw_path"):
+        sent.append(scope["raw_path"].decode("latin-1"))
+    decoded = []
+    for path in sent:
+        while path not in decoded:
+            decoded.append(path)
+            path = unquote(path)
+    found = set()
+    for path in decoded:
+        found.update((route_path(path, root), normal(route_path(path, root)), route_path(normal(path), root)))
+    return found
+
+
+def public(path):
+    return any(path.startswith(prefix) if prefix.endswith("/") else (path == prefix or path.startswith(prefix + "/"))
+               for prefix in PUBLIC)
+
+
 class DevRouteGuard:
-    """ASGI middleware: public routes pass, every other route needs the admin token."""
+    # ASGI middleware: a request passes when every path it may be routed on is a public route,
+    # or when it carries the admin token.
 
     def __init__(self, app):
         self.app = app
         self.token = os.environ.get("FLEETFORM_ADMIN_TOKEN", "").encode()
 
     def _allowed(self, scope):
-        path = scope.get("path", "")
-        for prefix in PUBLIC:
-            if path.startswith(prefix) if prefix.endswith("/") else (path == prefix or path.startswith(prefix + "/")):
-                return True
+        if all(public(p) for p in route_paths(scope)):
+            return True
         sent = dict(scope.get("headers") or []).get(b"x-fleetform-admin", b"")
         return bool(self.token) and hmac.compare_digest(sent, self.token)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self._allowed(scope):
+        if scope["type"] not in ("http", "websocket") or self._allowed(scope):
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
         body = json.dumps({"error": {"message": "forbidden", "type": "forbidden", "code": 403}}).encode()
         await send({"type": "http.response.start", "status": 403,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
-def install_guard():
-    """Write the guard module where the vLLM process can import it; returns env for that process."""
+def install_guard(env):
+    """Write the guard module where the vLLM process can import it; returns `env` with the variables
+    that load it: the module's folder first on PYTHONPATH (whatever PYTHONPATH the process would
+    have had, from `env` or this process, stays after it) and the admin token."""
     directory = tempfile.mkdtemp(prefix="fleetform-guard-")
     with open(os.path.join(directory, GUARD_MODULE + ".py"), "w") as fh:
         fh.write(GUARD_SOURCE)
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": directory + (os.pathsep + path if path else ""),
+    path = env["PYTHONPATH"] if "PYTHONPATH" in env else os.environ.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": directory + (os.pathsep + path if path else ""),
             "FLEETFORM_ADMIN_TOKEN": secrets.token_urlsafe(32)}
 
 
@@ -86,7 +127,7 @@ class VLLMProcess:
         self.port = int(port)
         self.env = dict(env or {})
         if "--middleware" in self.argv and GUARD_MIDDLEWARE in self.argv:
-            self.env.update(install_guard())
+            self.env = install_guard(self.env)
         self.log = log
         self.proc = None
         self.base_url = f"http://127.0.0.1:{self.port}"
