@@ -246,6 +246,7 @@ def test_path_tricks_through_a_root_path_never_reach_sleep_end_to_end(tmp_path, 
     proc = runtime.VLLMProcess(argv, port=port, env=d.process_env, log=lambda m: None)
     tricks = ["/metrics/sleep", "/metrics/wake_up", "/metrics//sleep", "/metrics/./sleep", "/metrics/x/../sleep",
               "/metrics/%2e%2e/metrics/sleep", "/metrics%2Fsleep", "/v1/../metrics/sleep", "/sleep", "/metrics/sleep/"]
+    runtime.guard(proc)
     try:
         runtime.boot(proc, timeout=20)
         for path in tricks:
@@ -268,10 +269,22 @@ def test_snapshot_runtime_keeps_the_users_pythonpath(tmp_path, monkeypatch):
     own = runtime.VLLMProcess(argv, port=1, env={"PYTHONPATH": "/opt/mine" + os.pathsep + "/opt/more"})
     empty = runtime.VLLMProcess(argv, port=1, env={"PYTHONPATH": ""})
     for proc, rest in ((inherited, ["/from/the/shell"]), (own, ["/opt/mine", "/opt/more"]), (empty, [])):
+        runtime.guard(proc)
         first, *after = proc.env["PYTHONPATH"].split(os.pathsep)
         assert (Path(first) / "fleetform_guard.py").is_file() and after == rest
-    plain = runtime.VLLMProcess(argv[:argv.index("--middleware")], port=1, env={"PYTHONPATH": "/opt/mine"})
-    assert plain.env == {"PYTHONPATH": "/opt/mine"}  # no guard: nothing added
+        assert proc.headers == {"x-fleetform-admin": proc.env["FLEETFORM_ADMIN_TOKEN"]}
+
+
+def test_snapshot_mode_refuses_to_run_without_the_guard(tmp_path):
+    """Dev mode without the middleware would leave /sleep, /wake_up and /collective_rpc open."""
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    argv = list(d.argv)
+    i = argv.index("--middleware")
+    for without in (argv[:i] + argv[i + 2:], argv[:i] + ["--other", runtime.GUARD_MIDDLEWARE] + argv[i + 2:]):
+        proc = runtime.VLLMProcess(without, port=1, env=d.process_env, log=lambda m: None)
+        with pytest.raises(RuntimeError, match="needs `--middleware fleetform_guard.DevRouteGuard`"):
+            runtime.boot_for_snapshot(proc, timeout=1, model="m1")
+        assert proc.proc is None  # nothing was started
 
 
 def test_the_vllm_process_sees_both_the_guard_and_the_users_pythonpath(tmp_path, monkeypatch):
@@ -283,6 +296,7 @@ def test_the_vllm_process_sees_both_the_guard_and_the_users_pythonpath(tmp_path,
     port = free_port()
     argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port))
     proc = runtime.VLLMProcess(argv, port=port, env={**d.process_env, "PYTHONPATH": str(mine)}, log=lambda m: None)
+    runtime.guard(proc)
     try:
         runtime.boot(proc, timeout=20)
     finally:

@@ -1,8 +1,12 @@
 """Start-up logic for one vLLM server process, shared by every rendered app and `fleetform serve --local`.
 
-`fleetform render` copies this file, verbatim, into each generated Modal module, and
-`fleetform serve --local` imports it: both start vLLM, wait for it and stop it through the same
-code, so a local run proves the one on Modal. It must therefore use the standard library only.
+`fleetform render` copies this file's sections, verbatim, into each generated Modal module (the
+imports they use go to the module's top), and `fleetform serve --local` imports it: both start
+vLLM, wait for it and stop it through the same code, so a local run proves the one on Modal. It
+must therefore use the standard library only.
+
+Each section starts with a line `# ---- NAME: what it does ---`. `process` goes into every module;
+`snapshot` only into those of `cold_start: snapshot`, and nothing in `process` may use it.
 """
 
 import json
@@ -16,12 +20,128 @@ import time
 import urllib.error
 import urllib.request
 
-# --- the guard for sleep mode's development endpoints -------------------------------------------------
-#
+# ---- process: start vLLM without a shell, wait until it is healthy, stop it ------------------------------
+
+
+class ServerExited(RuntimeError):
+    """The vLLM process ended before it became healthy."""
+
+
+class StartupTimeout(RuntimeError):
+    """The vLLM process did not answer /health in time."""
+
+
+class VLLMProcess:
+    """One `vllm serve` process: start it, wait until it is healthy, send it requests, stop it."""
+
+    def __init__(self, argv, port, env=None, log=print):
+        self.argv = [str(a) for a in argv]  # a list, run without a shell: nothing in it is interpreted
+        self.port = int(port)
+        self.env = dict(env or {})  # on top of this process's environment
+        self.headers = {}  # sent with every request this process makes to vLLM
+        self.log = log
+        self.proc = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.log("starting: " + " ".join(self.argv))
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env})
+        return self.proc
+
+    def stop(self, grace=30.0):
+        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def request(self, method, path, body=None, timeout=60.0):
+        """(status, parsed JSON or text) of one request to the server."""
+        headers = {"Content-Type": "application/json", **self.headers}
+        key = self.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read().decode(errors="replace")
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read().decode(errors="replace"), exc.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw
+
+    def healthy(self):
+        try:
+            return self.request("GET", "/health", timeout=5.0)[0] == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_healthy(self, timeout, interval=1.0):
+        """Poll /health until it answers 200. Returns the seconds since start()."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerExited(f"vLLM exited with code {self.proc.returncode} before it became healthy")
+            if self.healthy():
+                elapsed = time.monotonic() - self.started_at
+                self.log(f"healthy after {elapsed:.1f} s")
+                return elapsed
+            if time.monotonic() > deadline:
+                raise StartupTimeout(f"vLLM did not answer /health within {timeout:.0f} s")
+            time.sleep(interval)
+
+
+def _has_revision(folder, revision):
+    """Whether `folder` holds an adapter fetched at `revision` (its marker file says so)."""
+    try:
+        with open(os.path.join(folder, ".fleetform-revision")) as fh:
+            return fh.read().strip() == revision
+    except OSError:
+        return False
+
+
+def fetch_adapters(adapters, log=print):
+    """Download each LoRA adapter at its pinned revision into its folder, unless already there.
+
+    `adapters` are dicts with name, id, revision and path (the folder vLLM's --lora-modules names).
+    A marker file records the revision, so a folder is trusted only for the commit it was made for.
+    """
+    for a in adapters:
+        if _has_revision(a["path"], a["revision"]):
+            continue
+        # in the vLLM image, and needed only with adapters
+        from huggingface_hub import snapshot_download
+
+        t0 = time.monotonic()
+        snapshot_download(repo_id=a["id"], revision=a["revision"], local_dir=a["path"])
+        with open(os.path.join(a["path"], ".fleetform-revision"), "w") as fh:
+            fh.write(a["revision"])
+        log(f"fetched adapter {a['name']} ({a['id']}@{a['revision'][:7]}) in {time.monotonic() - t0:.1f} s")
+
+
+def boot(proc, timeout, adapters=()):
+    """cold_start standard: fetch adapters, start vLLM, wait until healthy. Returns seconds to healthy."""
+    fetch_adapters(adapters, log=proc.log)
+    proc.start()
+    return proc.wait_healthy(timeout)
+
+
+# ---- snapshot: warm up, sleep before the GPU snapshot, wake after restore, behind the guard ---------------
+
 # Sleep mode needs VLLM_SERVER_DEV_MODE=1, which also serves /sleep, /wake_up, /collective_rpc and
 # other routes nobody outside the container may call. vLLM loads this ASGI middleware
-# (`--middleware fleetform_guard.DevRouteGuard`): public API routes pass; every other route needs
-# the per-container admin token that only this process and vLLM's environment know.
+# (`--middleware fleetform_guard.DevRouteGuard`): a request passes when every path it may be
+# routed on is a public API route, or when it carries the per-container admin token that only
+# this process and vLLM's environment know.
 
 GUARD_MODULE = "fleetform_guard"
 GUARD_MIDDLEWARE = GUARD_MODULE + ".DevRouteGuard"
@@ -111,173 +231,66 @@ def install_guard(env):
             "FLEETFORM_ADMIN_TOKEN": secrets.token_urlsafe(32)}
 
 
-class ServerExited(RuntimeError):
-    """The vLLM process ended before it became healthy."""
+def guard(proc):
+    """Put the guard in front of `proc`'s development routes, and give `proc` the admin token.
 
-
-class StartupTimeout(RuntimeError):
-    """The vLLM process did not answer /health in time."""
-
-
-class VLLMProcess:
-    """One `vllm serve` process: start it, wait until healthy, warm it up, sleep/wake it, stop it."""
-
-    def __init__(self, argv, port, env=None, log=print):
-        self.argv = [str(a) for a in argv]  # a list, run without a shell: nothing in it is interpreted
-        self.port = int(port)
-        self.env = dict(env or {})
-        if "--middleware" in self.argv and GUARD_MIDDLEWARE in self.argv:
-            self.env = install_guard(self.env)
-        self.log = log
-        self.proc = None
-        self.base_url = f"http://127.0.0.1:{self.port}"
-
-    # --- process ---------------------------------------------------------------------------------
-
-    def start(self):
-        self.log("starting: " + " ".join(self.argv))
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env})
-        return self.proc
-
-    def stop(self, grace=30.0):
-        """SIGTERM, then SIGKILL after `grace` seconds. Returns the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    # --- HTTP ----------------------------------------------------------------------------------------
-
-    def _headers(self):
-        headers = {"Content-Type": "application/json"}
-        key = self.env.get("VLLM_API_KEY") or os.environ.get("VLLM_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        if self.env.get("FLEETFORM_ADMIN_TOKEN"):
-            headers[ADMIN_HEADER] = self.env["FLEETFORM_ADMIN_TOKEN"]
-        return headers
-
-    def request(self, method, path, body=None, timeout=60.0):
-        """(status, parsed JSON or text) of one request to the server."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=self._headers())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw = resp.read().decode(errors="replace")
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            raw, status = exc.read().decode(errors="replace"), exc.code
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw
-
-    def healthy(self):
-        try:
-            return self.request("GET", "/health", timeout=5.0)[0] == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    # --- start-up sequence -----------------------------------------------------------------------------
-
-    def wait_healthy(self, timeout, interval=1.0):
-        """Poll /health until it answers 200. Returns the seconds since start()."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerExited(f"vLLM exited with code {self.proc.returncode} before it became healthy")
-            if self.healthy():
-                elapsed = time.monotonic() - self.started_at
-                self.log(f"healthy after {elapsed:.1f} s")
-                return elapsed
-            if time.monotonic() > deadline:
-                raise StartupTimeout(f"vLLM did not answer /health within {timeout:.0f} s")
-            time.sleep(interval)
-
-    def warm_up(self, model, requests=3, max_tokens=16):
-        """Send a few real chat requests so first-request work (compilation, allocation) is done."""
-        body = {"model": model, "max_tokens": max_tokens,
-                "messages": [{"role": "user", "content": "Say hello."}]}
-        for _ in range(requests):
-            status, answer = self.request("POST", "/v1/chat/completions", body, timeout=300.0)
-            if status != 200:
-                raise RuntimeError(f"warm-up request failed with HTTP {status}: {answer}")
-        self.log(f"warmed up with {requests} requests")
-
-    def sleep(self, level=1):
-        """Offload weights and free the KV cache (vLLM sleep mode). Returns seconds taken."""
-        t0 = time.monotonic()
-        status, answer = self.request("POST", f"/sleep?level={int(level)}", timeout=600.0)
-        if status != 200:
-            raise RuntimeError(f"sleep failed with HTTP {status}: {answer}")
-        return time.monotonic() - t0
-
-    def wake_up(self):
-        """Reload what sleep() offloaded. Returns seconds taken."""
-        t0 = time.monotonic()
-        status, answer = self.request("POST", "/wake_up", timeout=600.0)
-        if status != 200:
-            raise RuntimeError(f"wake_up failed with HTTP {status}: {answer}")
-        return time.monotonic() - t0
-
-
-# --- the start-up sequences --------------------------------------------------------------------------------
-
-
-def fetch_adapters(adapters, log=print):
-    """Download each LoRA adapter at its pinned revision into its folder, unless already there.
-
-    `adapters` are dicts with name, id, revision and path (the folder vLLM's --lora-modules names).
-    A marker file records the revision, so a folder is trusted only for the commit it was made for.
+    Refuses a command line that does not load the guard: dev mode without it leaves /sleep,
+    /wake_up and /collective_rpc open to every caller.
     """
-    for a in adapters:
-        marker = os.path.join(a["path"], ".fleetform-revision")
-        try:
-            with open(marker) as fh:
-                if fh.read().strip() == a["revision"]:
-                    continue
-        except OSError:
-            pass
-        from huggingface_hub import snapshot_download  # in the vLLM image; only needed with adapters
-
-        t0 = time.monotonic()
-        snapshot_download(repo_id=a["id"], revision=a["revision"], local_dir=a["path"])
-        with open(marker, "w") as fh:
-            fh.write(a["revision"])
-        log("fetched adapter %s (%s@%s) in %.1f s" % (a["name"], a["id"], a["revision"][:7], time.monotonic() - t0))
+    if GUARD_MIDDLEWARE not in proc.argv or proc.argv[proc.argv.index(GUARD_MIDDLEWARE) - 1] != "--middleware":
+        raise RuntimeError(f"cold_start snapshot needs `--middleware {GUARD_MIDDLEWARE}` on vLLM's command line")
+    proc.env = install_guard(proc.env)
+    proc.headers[ADMIN_HEADER] = proc.env["FLEETFORM_ADMIN_TOKEN"]
 
 
-def boot(proc, timeout, adapters=()):
-    """cold_start standard: fetch adapters, start vLLM, wait until healthy. Returns seconds to healthy."""
-    fetch_adapters(adapters, log=proc.log)
-    proc.start()
-    return proc.wait_healthy(timeout)
+def warm_up(proc, model, requests=3, max_tokens=16):
+    """Send a few real chat requests so first-request work (compilation, allocation) is done."""
+    body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "Say hello."}]}
+    for _ in range(requests):
+        status, answer = proc.request("POST", "/v1/chat/completions", body, timeout=300.0)
+        if status != 200:
+            raise RuntimeError(f"warm-up request failed with HTTP {status}: {answer}")
+    proc.log(f"warmed up with {requests} requests")
+
+
+def sleep(proc, level=1):
+    """Offload weights and free the KV cache (vLLM sleep mode). Returns seconds taken."""
+    t0 = time.monotonic()
+    status, answer = proc.request("POST", f"/sleep?level={int(level)}", timeout=600.0)
+    if status != 200:
+        raise RuntimeError(f"sleep failed with HTTP {status}: {answer}")
+    return time.monotonic() - t0
+
+
+def wake_up(proc):
+    """Reload what sleep() offloaded. Returns seconds taken."""
+    t0 = time.monotonic()
+    status, answer = proc.request("POST", "/wake_up", timeout=600.0)
+    if status != 200:
+        raise RuntimeError(f"wake_up failed with HTTP {status}: {answer}")
+    return time.monotonic() - t0
 
 
 def boot_for_snapshot(proc, timeout, model, warmup_requests=3, adapters=()):
-    """cold_start snapshot, before the snapshot: boot, warm up with real requests, then sleep.
+    """cold_start snapshot, before the snapshot: guard, boot, warm up with real requests, then sleep.
 
     Returns the seconds each step took. Sleeping (level 1) offloads the weights and frees the KV
     cache, so the GPU snapshot holds little device memory.
     """
+    guard(proc)
     timings = {"boot_s": boot(proc, timeout, adapters)}
     t0 = time.monotonic()
-    proc.warm_up(model, requests=warmup_requests)
+    warm_up(proc, model, requests=warmup_requests)
     timings["warmup_s"] = time.monotonic() - t0
-    timings["sleep_s"] = proc.sleep(level=1)
-    proc.log("asleep: ready for the snapshot (boot %.1f s, warm-up %.1f s, sleep %.1f s)"
-             % (timings["boot_s"], timings["warmup_s"], timings["sleep_s"]))
+    timings["sleep_s"] = sleep(proc, level=1)
+    proc.log(f"asleep: ready for the snapshot (boot {timings['boot_s']:.1f} s, warm-up {timings['warmup_s']:.1f} s, "
+             f"sleep {timings['sleep_s']:.1f} s)")
     return timings
 
 
 def after_restore(proc):
     """cold_start snapshot, after restore: wake vLLM. Returns seconds taken."""
-    seconds = proc.wake_up()
-    proc.log("awake after %.2f s" % seconds)
+    seconds = wake_up(proc)
+    proc.log(f"awake after {seconds:.2f} s")
     sys.stdout.flush()
     return seconds
