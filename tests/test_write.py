@@ -10,11 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
+
 from renderer.codegen import write as write_mod
 from renderer.codegen.render import py, render_fleet
-from renderer.codegen.write import NotGenerated, is_generated, stale, write_all, write_file
+from renderer.codegen.write import (
+    NotGenerated,
+    is_generated,
+    stale,
+    write_all,
+    write_file,
+)
 
 
 @dataclass(frozen=True)
