@@ -241,11 +241,13 @@ def _duration(seconds: int) -> str:
 
 # `@app.server`'s defaults in the modal release fleetform renders for (a test reads them from the
 # installed package's signature): an argument equal to its default is left out of the module.
+# The template writes the rest: `port=VLLM_PORT` and `startup_timeout=STARTUP_TIMEOUT` always
+# (the runtime uses the same constants), `secrets` when there are any, the snapshot flags in
+# snapshot mode.
 SERVER_DEFAULTS: dict[str, Any] = {
-    "secrets": None, "min_containers": None, "max_containers": None, "buffer_containers": None,
-    "target_concurrency": None, "max_concurrency": None, "scaledown_window": None, "port": 8000,
-    "startup_timeout": 30, "unauthenticated": False, "routing_region": "us-east", "compute_region": None,
-    "enable_memory_snapshot": False, "experimental_options": None,
+    "min_containers": None, "max_containers": None, "buffer_containers": None, "target_concurrency": None,
+    "max_concurrency": None, "scaledown_window": None, "unauthenticated": False, "routing_region": "us-east",
+    "compute_region": None,
 }
 
 
