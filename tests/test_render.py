@@ -202,7 +202,6 @@ description: "plain"
 engine:
   env:
     SOME_SETTING: "plain"
-  extra_args: ["plain"]
 """
 
 
@@ -229,8 +228,7 @@ def test_hostile_values_only_ever_become_string_constants(tmp_path):
     evil = json.dumps(EVIL)  # a YAML double-quoted scalar holding every nasty character
     hostile = (BENIGN_YAML.replace('chat_template: "plain"', f"chat_template: {evil}")
                .replace('description: "plain"', 'description: "ok"')
-               .replace('SOME_SETTING: "plain"', f"SOME_SETTING: {evil}")
-               .replace('["plain"]', f"[{evil}]"))
+               .replace('SOME_SETTING: "plain"', f"SOME_SETTING: {evil}"))
     hostile_src = _render_yaml(hostile, tmp_path)
     benign_src = _render_yaml(BENIGN_YAML, tmp_path)
     assert _shape(hostile_src) == _shape(benign_src)
@@ -289,7 +287,7 @@ def test_snapshot_mode_builds_snapshot_objects(tmp_path):
     f.write_text(BENIGN_YAML.replace("engine:\n", "engine:\n  cold_start: snapshot\n"))
     fleet = resolve(load_fleet([str(f)]))
     assert fleet.ok
-    assert [d.code for d in fleet.diagnostics if not d.is_error] == ["snapshot-alpha", "extra-args"]
+    assert [d.code for d in fleet.diagnostics if not d.is_error] == ["snapshot-alpha"]
     out = tmp_path / "snap.py"
     out.write_text(render(fleet.deployments[0]).text)
     cfg = server_config(out)
