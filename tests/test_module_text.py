@@ -222,8 +222,8 @@ def decorator_line(text: str, key: str) -> str | None:
 
 @pytest.mark.parametrize("extra,key,line", [
     ("", "min_containers", "min_containers=0,  # scales to zero when idle: no cost, but the next request waits"),
-    ("scaling:\n  min_containers: 1\n", "min_containers", "min_containers=1,  # 1 container kept warm around the clock"),
-    ("scaling:\n  min_containers: 3\n", "min_containers", "min_containers=3,  # 3 containers kept warm around the clock"),
+    ("scaling:\n  min_containers: 1\n", "min_containers", "min_containers=1,  # 1 container kept warm around"),
+    ("scaling:\n  min_containers: 3\n", "min_containers", "min_containers=3,  # 3 containers kept warm around"),
     ("", "max_containers", None),
     ("scaling:\n  max_containers: 1\n", "max_containers", "max_containers=1,  # at most 1 container: a ceiling"),
     ("scaling:\n  max_containers: 4\n", "max_containers", "max_containers=4,  # at most 4 containers: a ceiling"),
@@ -234,8 +234,10 @@ def decorator_line(text: str, key: str) -> str | None:
     ("scaling:\n  target_concurrency: 12\n", "target_concurrency",
      "target_concurrency=12,  # another container starts when each has 12 requests in flight"),
     ("", "scaledown_window", "scaledown_window=900,  # an idle container stops after 15 minutes"),
-    ("scaling:\n  scaledown_window: 90\n", "scaledown_window", "scaledown_window=90,  # an idle container stops after 90 seconds"),
-    ("scaling:\n  scaledown_window: 1h\n", "scaledown_window", "scaledown_window=3600,  # an idle container stops after 1 hour"),
+    ("scaling:\n  scaledown_window: 90\n", "scaledown_window",
+     "scaledown_window=90,  # an idle container stops after 90 seconds"),
+    ("scaling:\n  scaledown_window: 1h\n", "scaledown_window",
+     "scaledown_window=3600,  # an idle container stops after 1 hour"),
     ("", "unauthenticated", None),
     ("auth:\n  mode: none\n", "unauthenticated", "unauthenticated=True,  # OPEN TO ANYONE: auth.mode is none"),
     ("", "secrets", None),

@@ -287,6 +287,34 @@ def test_snapshot_mode_refuses_to_run_without_the_guard(tmp_path):
         assert proc.proc is None  # nothing was started
 
 
+@pytest.mark.parametrize("where", ["env", "environ"])
+def test_dev_mode_without_the_guard_never_starts(monkeypatch, where):
+    """However VLLM_SERVER_DEV_MODE got there (engine.env, the container's environment), vLLM does
+    not start with its development routes open."""
+    env = {"VLLM_SERVER_DEV_MODE": "1"} if where == "env" else {}
+    if where == "environ":
+        monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, env=env, log=lambda m: None)
+    try:
+        with pytest.raises(RuntimeError, match="VLLM_SERVER_DEV_MODE is set but vLLM would not load"):
+            runtime.boot(proc, timeout=5)
+        assert proc.proc is None
+    finally:
+        proc.stop(grace=5)
+
+
+def test_dev_mode_off_starts(monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_BOOT_S", "0")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, env={"VLLM_SERVER_DEV_MODE": "0"},
+                               log=lambda m: None)
+    try:
+        runtime.boot(proc, timeout=20)
+    finally:
+        proc.stop(grace=5)
+
+
 def test_the_vllm_process_sees_both_the_guard_and_the_users_pythonpath(tmp_path, monkeypatch):
     d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
     mine = tmp_path / "mine"

@@ -22,6 +22,10 @@ import urllib.request
 
 # ---- process: start vLLM without a shell, wait until it is healthy, stop it ------------------------------
 
+# The ASGI middleware that fences vLLM's development routes (the snapshot section installs it).
+GUARD_MODULE = "fleetform_guard"
+GUARD_MIDDLEWARE = GUARD_MODULE + ".DevRouteGuard"
+
 
 class ServerExited(RuntimeError):
     """The vLLM process ended before it became healthy."""
@@ -44,9 +48,13 @@ class VLLMProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
+        env = {**os.environ, **self.env}
+        if env.get("VLLM_SERVER_DEV_MODE", "0") not in ("", "0") and GUARD_MIDDLEWARE not in self.argv:
+            # dev mode serves /sleep, /wake_up, /collective_rpc ... to anyone unless the guard is loaded
+            raise RuntimeError(f"VLLM_SERVER_DEV_MODE is set but vLLM would not load {GUARD_MIDDLEWARE}: not starting")
         self.log("starting: " + " ".join(self.argv))
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, env={**os.environ, **self.env})
+        self.proc = subprocess.Popen(self.argv, env=env)
         return self.proc
 
     def stop(self, grace=30.0):
@@ -143,8 +151,6 @@ def boot(proc, timeout, adapters=()):
 # routed on is a public API route, or when it carries the per-container admin token that only
 # this process and vLLM's environment know.
 
-GUARD_MODULE = "fleetform_guard"
-GUARD_MIDDLEWARE = GUARD_MODULE + ".DevRouteGuard"
 ADMIN_HEADER = "x-fleetform-admin"
 GUARD_SOURCE = """
 import hmac
