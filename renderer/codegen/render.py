@@ -160,6 +160,12 @@ class Runtime:
         return Trusted("\n".join(lines)), Trusted(text)
 
 
+@functools.cache
+def runtime_source(names: tuple[str, ...]) -> tuple[Trusted, Trusted]:
+    """`Runtime.source` for these sections, computed once per process."""
+    return runtime().source(names)
+
+
 def _dotted_names(tree: ast.AST) -> set[str]:
     """Every name, and every `a.b` attribute chain on a name, that the code refers to."""
     found: set[str] = set()
@@ -375,7 +381,7 @@ def content_hash(body: str) -> str:
 def render(d: spec.Deployment) -> RenderedApp:
     """Render one deployment. Raises RenderError if a value cannot be rendered safely."""
     constants = _constants(d)
-    imports, runtime_text = runtime().source(["process", "snapshot"] if d.snapshot else ["process"])
+    imports, runtime_text = runtime_source(("process", "snapshot") if d.snapshot else ("process",))
     summary = f"{d.name}: {d.model.id} on {_gpu_note(d).split(';')[0]}, served by vLLM {d.engine.vllm_version}."
     # Not the description: it never changes what runs, so it must not change the module's hash.
     docstring = f"{summary}\n\n{_auth_summary(d)}\n"
