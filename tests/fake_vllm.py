@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """A stand-in for `vllm serve` in tests: the same command line, a few of the same routes.
 
-It parses the real argv the runtime passes (`serve MODEL ... --port N [--middleware X.Y]`),
-answers /health after FAKE_VLLM_BOOT_S seconds, serves a tiny chat completion, and implements
-sleep mode's /sleep, /wake_up and /is_sleeping. When given `--middleware`, it imports that ASGI
-class exactly as vLLM does (from PYTHONPATH) and puts it in front of every route, so tests prove
-the guard the runtime installs. Every request is appended to FAKE_VLLM_LOG as JSON lines.
+It parses the real argv the runtime passes (`serve MODEL ... --port N [--middleware X.Y]
+[--root-path P]`), answers /health after FAKE_VLLM_BOOT_S seconds, serves a tiny chat completion,
+and implements sleep mode's /sleep, /wake_up and /is_sleeping. When given `--middleware`, it
+imports that ASGI class exactly as vLLM does (from PYTHONPATH) and puts it in front of every
+route, so tests prove the guard the runtime installs. The ASGI scope is built as uvicorn and
+FastAPI build it (`path` percent-decoded, `raw_path` as sent, `root_path` from --root-path), and
+routes are matched as Starlette matches them (exactly, on the path after the root path), so a
+path trick that would reach a route in vLLM reaches it here too. Every request is appended to
+FAKE_VLLM_LOG as JSON lines.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 argv = sys.argv[1:]
@@ -30,6 +35,7 @@ if "--served-model-name" in argv:
 BOOT_S = float(os.environ.get("FAKE_VLLM_BOOT_S", "0.2"))
 EXIT_EARLY = os.environ.get("FAKE_VLLM_EXIT")  # exit with this code instead of serving
 LOG = os.environ.get("FAKE_VLLM_LOG")
+ROOT_PATH = argv[argv.index("--root-path") + 1] if "--root-path" in argv else ""
 STARTED = time.monotonic()
 STATE = {"sleeping": False}
 
@@ -54,7 +60,7 @@ def route(method: str, path: str) -> tuple[int, dict]:
         if STATE["sleeping"]:
             return 503, {"error": "asleep"}
         return 200, {"choices": [{"message": {"content": "hello"}}], "usage": {"completion_tokens": 1}}
-    if path.startswith("/sleep") and method == "POST":
+    if path == "/sleep" and method == "POST":
         STATE["sleeping"] = True
         return 200, {}
     if path == "/wake_up" and method == "POST":
@@ -65,8 +71,16 @@ def route(method: str, path: str) -> tuple[int, dict]:
     return 404, {"error": "not found"}
 
 
+def route_path(scope) -> str:
+    """Starlette's get_route_path: under a root path, what follows it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
+        return path[len(root):]
+    return path
+
+
 async def asgi_inner(scope, receive, send):
-    status, body = route(scope["method"], scope["path"])
+    status, body = route(scope["method"], route_path(scope))
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": data})
@@ -74,8 +88,9 @@ async def asgi_inner(scope, receive, send):
 
 def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     app = MIDDLEWARE(asgi_inner) if MIDDLEWARE else asgi_inner
-    scope = {"type": "http", "method": method, "path": path.split("?")[0],
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    raw = path.split("?")[0]
+    scope = {"type": "http", "method": method, "path": urllib.parse.unquote(raw), "raw_path": raw.encode("latin-1"),
+             "root_path": ROOT_PATH, "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
     out: dict = {}
 
     async def receive():
@@ -117,5 +132,6 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     if EXIT_EARLY:
         sys.exit(int(EXIT_EARLY))
-    log({"argv": argv, "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE")})
+    log({"argv": argv, "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE"),
+         "pythonpath": os.environ.get("PYTHONPATH")})
     ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

@@ -484,7 +484,7 @@ def test_rendered_routing_table_covers_every_served_name(rendered, example_fleet
                                                   "auth": "api_key", "key_env": "FLEETFORM_UPSTREAM_KEY_QWEN2_5_7B_AWQ"}
     assert module.UPSTREAMS["llama-3-1-8b-fp8"]["auth"] == "proxy"
     assert (module.UPSTREAM_TIMEOUT, module.REQUEST_TIMEOUT) == (600, 3600)
-    assert f"uv_pip_install({gateway_mod.AIOHTTP_REQUIREMENT!r})" in gw.text
+    assert f'uv_pip_install("{gateway_mod.AIOHTTP_REQUIREMENT}")' in gw.text
 
 
 def test_gateway_app_is_embedded_verbatim(rendered):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -42,33 +43,41 @@ def deployment(tmp_path: Path, extra: str = "", name: str = "demo"):
 # --- the guard ------------------------------------------------------------------------------------
 
 
-def guard_status(path: str, headers: dict[bytes, bytes] | None = None, token: str = "s3cret") -> int:
+def guard_app(token: str = "s3cret"):
+    """A factory of the guard, loaded from its source as vLLM loads the module, with this admin token."""
     namespace: dict = {}
-    os.environ["FLEETFORM_ADMIN_TOKEN"] = token
-    try:
-        exec(runtime.GUARD_SOURCE, namespace)
-        seen = {}
+    exec(runtime.GUARD_SOURCE, namespace)
 
-        async def inner(scope, receive, send):
-            seen["passed"] = True
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
+    def make(app):
+        os.environ["FLEETFORM_ADMIN_TOKEN"] = token
+        try:
+            return namespace["DevRouteGuard"](app)
+        finally:
+            del os.environ["FLEETFORM_ADMIN_TOKEN"]
 
-        sent = {}
+    return make
 
-        async def send(msg):
-            if msg["type"] == "http.response.start":
-                sent["status"] = msg["status"]
 
-        async def receive():
-            return {"type": "http.request", "body": b""}
+def guard_status(path: str, headers: dict[bytes, bytes] | None = None, token: str = "s3cret", **scope) -> int:
+    """The status the guard answers for one request; `scope`: more ASGI scope keys (root_path, raw_path)."""
+    seen, sent = {}, {}
 
-        app = namespace["DevRouteGuard"](inner)
-        asyncio.run(app({"type": "http", "path": path, "headers": list((headers or {}).items())}, receive, send))
-        assert seen.get("passed", False) == (sent["status"] == 200)
-        return sent["status"]
-    finally:
-        del os.environ["FLEETFORM_ADMIN_TOKEN"]
+    async def inner(_scope, receive, send):
+        seen["passed"] = True
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(msg):
+        if msg["type"] == "http.response.start":
+            sent["status"] = msg["status"]
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    app = guard_app(token)(inner)
+    asyncio.run(app({"type": "http", "path": path, "headers": list((headers or {}).items()), **scope}, receive, send))
+    assert seen.get("passed", False) == (sent["status"] == 200)
+    return sent["status"]
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version",
@@ -87,6 +96,66 @@ def test_guard_blocks_everything_else_without_the_token(path):
 
 def test_guard_with_no_token_configured_blocks_even_an_empty_header():
     assert guard_status("/sleep", {b"x-fleetform-admin": b""}, token="") == 403
+
+
+# Each is a way to reach a development route through a path that looks public, or that a server
+# (Starlette under --root-path, uvicorn's decoding) or a normalising proxy maps onto one.
+BYPASSES = [
+    dict(path="/v1/sleep", root_path="/v1"),  # vLLM --root-path /v1: Starlette routes on "/sleep"
+    dict(path="/v1/collective_rpc", root_path="/v1"),
+    dict(path="/metrics/sleep", root_path="/metrics"),
+    dict(path="/health/wake_up", root_path="/health"),
+    dict(path="/api/sleep", root_path="/api"),
+    dict(path="/v1/../sleep"),
+    dict(path="/health/../sleep"),
+    dict(path="/v1/%2e%2e/sleep"),  # decoded once more
+    dict(path="/v1/%252e%252e/sleep"),  # and again
+    dict(path="/v1/../sleep", raw_path=b"/v1%2F..%2Fsleep"),  # as uvicorn hands it over
+    dict(path="/v1//../sleep"),
+    dict(path="//sleep"),
+    dict(path="/./sleep"),
+    dict(path="/sleep/"),
+    dict(path="/sleep/."),
+    dict(path="/SLEEP"),  # fail closed: not a public route in any case
+    dict(path="/v1/models", raw_path=b"/sleep"),  # a path and raw path that disagree
+    dict(path="/", root_path="/v1"),
+]
+
+
+@pytest.mark.parametrize("scope", BYPASSES, ids=lambda s: " ".join(f"{k}={v}" for k, v in s.items()))
+def test_no_path_trick_reaches_a_development_route(scope):
+    scope = dict(scope)
+    path = scope.pop("path")
+    assert guard_status(path, **scope) == 403
+    assert guard_status(path, {b"x-fleetform-admin": b"s3cret"}, **scope) == 200
+
+
+@pytest.mark.parametrize("path,root_path", [("/api/v1/chat/completions", "/api"), ("/v1/v1/models", "/v1"),
+                                            ("/v1/models/", ""), ("/metrics/", ""),
+                                            ("/v1/chat/completions", "/other")])
+def test_public_routes_pass_under_a_root_path(path, root_path):
+    assert guard_status(path, root_path=root_path, raw_path=path.encode()) == 200
+
+
+def test_websockets_to_development_routes_are_closed():
+    guard = guard_app()
+    messages = []
+
+    async def inner(scope, receive, send):
+        messages.append("passed")
+
+    async def send(message):
+        messages.append(message)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    asyncio.run(guard(inner)({"type": "websocket", "path": "/sleep", "headers": []}, receive, send))
+    assert messages == [{"type": "websocket.close", "code": 1008}]
+    messages.clear()
+    asyncio.run(guard(inner)({"type": "websocket", "path": "/v1/realtime", "headers": []}, receive, send))
+    asyncio.run(guard(inner)({"type": "lifespan"}, receive, send))
+    assert messages == ["passed", "passed"]
 
 
 # --- the process ------------------------------------------------------------------------------------------
@@ -153,6 +222,115 @@ def test_snapshot_sequence_with_the_guard_in_front(tmp_path, monkeypatch):
     assert calls == [("POST", "/v1/chat/completions", 200)] * 3 + [
         ("POST", "/sleep", 200), ("POST", "/sleep", 403), ("POST", "/wake_up", 403), ("GET", "/v1/models", 200),
         ("POST", "/wake_up", 200)]
+
+
+def raw_request(port: int, method: str, path: str) -> int:
+    """Send `path` exactly as written (http.client neither normalises nor re-encodes it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_path_tricks_through_a_root_path_never_reach_sleep_end_to_end(tmp_path, monkeypatch):
+    """vLLM started with --root-path /metrics (a public prefix): Starlette routes /metrics/sleep on
+    /sleep. From outside, every trick gets 403 and the server stays awake; the runtime's own calls
+    (with the admin token) still work."""
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    log_file = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log_file))
+    port = free_port()
+    argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port)) + ["--root-path", "/metrics"]
+    proc = runtime.VLLMProcess(argv, port=port, env=d.process_env, log=lambda m: None)
+    tricks = ["/metrics/sleep", "/metrics/wake_up", "/metrics//sleep", "/metrics/./sleep", "/metrics/x/../sleep",
+              "/metrics/%2e%2e/metrics/sleep", "/metrics%2Fsleep", "/v1/../metrics/sleep", "/sleep", "/metrics/sleep/"]
+    runtime.guard(proc)
+    try:
+        runtime.boot(proc, timeout=20)
+        for path in tricks:
+            assert raw_request(port, "POST", path + "?level=1") == 403, path
+        assert raw_request(port, "GET", "/metrics/is_sleeping") == 403
+        assert raw_request(port, "GET", "/v1/models") == 200  # the public API is untouched
+        assert proc.request("GET", "/metrics/is_sleeping")[1] == {"is_sleeping": False}  # the token passes
+    finally:
+        proc.stop(grace=5)
+    outside = [json.loads(line) for line in log_file.read_text().splitlines()[1:]]
+    assert [e["status"] for e in outside if e["path"].split("?")[0] in [*tricks]] == [403] * len(tricks)
+
+
+def test_snapshot_runtime_keeps_the_users_pythonpath(tmp_path, monkeypatch):
+    """The guard's folder goes first on PYTHONPATH; what the process would have had stays after it."""
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    monkeypatch.setenv("PYTHONPATH", "/from/the/shell")
+    argv = list(d.argv)
+    inherited = runtime.VLLMProcess(argv, port=1, env={})
+    own = runtime.VLLMProcess(argv, port=1, env={"PYTHONPATH": "/opt/mine" + os.pathsep + "/opt/more"})
+    empty = runtime.VLLMProcess(argv, port=1, env={"PYTHONPATH": ""})
+    for proc, rest in ((inherited, ["/from/the/shell"]), (own, ["/opt/mine", "/opt/more"]), (empty, [])):
+        runtime.guard(proc)
+        first, *after = proc.env["PYTHONPATH"].split(os.pathsep)
+        assert (Path(first) / "fleetform_guard.py").is_file() and after == rest
+        assert proc.headers == {"x-fleetform-admin": proc.env["FLEETFORM_ADMIN_TOKEN"]}
+
+
+def test_snapshot_mode_refuses_to_run_without_the_guard(tmp_path):
+    """Dev mode without the middleware would leave /sleep, /wake_up and /collective_rpc open."""
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    argv = list(d.argv)
+    i = argv.index("--middleware")
+    for without in (argv[:i] + argv[i + 2:], argv[:i] + ["--other", runtime.GUARD_MIDDLEWARE] + argv[i + 2:]):
+        proc = runtime.VLLMProcess(without, port=1, env=d.process_env, log=lambda m: None)
+        with pytest.raises(RuntimeError, match="needs `--middleware fleetform_guard.DevRouteGuard`"):
+            runtime.boot_for_snapshot(proc, timeout=1, model="m1")
+        assert proc.proc is None  # nothing was started
+
+
+@pytest.mark.parametrize("where", ["env", "environ"])
+def test_dev_mode_without_the_guard_never_starts(monkeypatch, where):
+    """However VLLM_SERVER_DEV_MODE got there (engine.env, the container's environment), vLLM does
+    not start with its development routes open."""
+    env = {"VLLM_SERVER_DEV_MODE": "1"} if where == "env" else {}
+    if where == "environ":
+        monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, env=env, log=lambda m: None)
+    try:
+        with pytest.raises(RuntimeError, match="VLLM_SERVER_DEV_MODE is set but vLLM would not load"):
+            runtime.boot(proc, timeout=5)
+        assert proc.proc is None
+    finally:
+        proc.stop(grace=5)
+
+
+def test_dev_mode_off_starts(monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_BOOT_S", "0")
+    port = free_port()
+    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, env={"VLLM_SERVER_DEV_MODE": "0"},
+                               log=lambda m: None)
+    try:
+        runtime.boot(proc, timeout=20)
+    finally:
+        proc.stop(grace=5)
+
+
+def test_the_vllm_process_sees_both_the_guard_and_the_users_pythonpath(tmp_path, monkeypatch):
+    d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    log_file = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log_file))
+    port = free_port()
+    argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port))
+    proc = runtime.VLLMProcess(argv, port=port, env={**d.process_env, "PYTHONPATH": str(mine)}, log=lambda m: None)
+    runtime.guard(proc)
+    try:
+        runtime.boot(proc, timeout=20)
+    finally:
+        proc.stop(grace=5)
+    path = json.loads(log_file.read_text().splitlines()[0])["pythonpath"].split(os.pathsep)
+    assert len(path) == 2 and path[0].split(os.sep)[-1].startswith("fleetform-guard-") and path[1] == str(mine)
 
 
 # --- serve --local -----------------------------------------------------------------------------------------
