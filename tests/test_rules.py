@@ -92,7 +92,7 @@ def test_owned_env_covers_every_variable_fleetform_sets(tmp_path):
     assert fleet.ok, fleet.diagnostics
     d = fleet.deployments[0]
     set_by_fleetform = set(d.process_env) - set(dict(d.engine.env))
-    set_by_fleetform |= set(install_guard())
+    set_by_fleetform |= set(install_guard({}))
     module = ast.parse(render(d).text)
     for node in ast.walk(module):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "env" and node.args:
