@@ -12,6 +12,7 @@ import pytest
 from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
+from renderer.cli.views import render_smoke_report
 from renderer.endpoint.client import (
     JAR_JAR,
     PIRATE,
@@ -22,7 +23,6 @@ from renderer.endpoint.client import (
     SmokeReport,
     auth_headers,
     http_error,
-    render_smoke_report,
     run_smoke,
     smoke_test,
     wait_for_health,

@@ -18,17 +18,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from renderer.endpoint import AUTH_KINDS  # the one list of auth kinds (the CLI offers it as choices)
 
 PROXY_TOKEN_ID_VAR = "MODAL_PROXY_TOKEN_ID"
 PROXY_TOKEN_SECRET_VAR = "MODAL_PROXY_TOKEN_SECRET"
 DEFAULT_API_KEY_VAR = "FLEETFORM_API_KEY"
-AUTH_KINDS = ("proxy", "api_key", "none")
 
 PIRATE = "You are a pirate who can't help but drop sly reminders that he went to Harvard."
 JAR_JAR = "You are Jar Jar Binks."
@@ -692,41 +690,3 @@ async def smoke_test(
 def run_smoke(endpoint: Endpoint, served_model_names: Sequence[str], **kwargs: Any) -> SmokeReport:
     """Blocking wrapper around :func:`smoke_test` for the CLI."""
     return asyncio.run(smoke_test(endpoint, served_model_names, **kwargs))
-
-
-def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return "-" if value is None else f"{value * scale:.{digits}f}"
-
-
-def render_smoke_report(report: SmokeReport, console: Console) -> None:
-    """Print the smoke report: a table of steps, then each generated text."""
-    from rich.panel import Panel
-    from rich.table import Table
-
-    verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
-    table = Table(title=f"Smoke test of {report.model} at {report.base_url}: {verdict}")
-    for col in ("Step", "Result", "HTTP", "Time (s)", "TTFT (ms)", "Tokens", "Tok/s", "Detail"):
-        table.add_column(col, justify="right" if col not in ("Step", "Result", "Detail") else "left")
-    for step in report.steps:
-        result = "[green]ok[/green]" if step.ok else f"[red]{step.failure.value if step.failure else 'failed'}[/red]"
-        tokens = (
-            f"{step.prompt_tokens or '-'} -> {step.completion_tokens}"
-            if step.completion_tokens is not None
-            else "-"
-        )
-        detail = step.error if not step.ok else (step.text if step.name == "models" else "")
-        table.add_row(
-            step.name,
-            result,
-            str(step.status) if step.status is not None else "-",
-            _fmt(step.seconds, digits=2),
-            _fmt(step.ttft_s, 1000.0),
-            tokens,
-            _fmt(step.tokens_per_s),
-            detail or "",
-        )
-    console.print(table)
-    for step in report.steps:
-        if step.ok and step.name != "models" and step.text:
-            title = f"{step.name}" + (f" - system: {step.system_prompt}" if step.system_prompt else "")
-            console.print(Panel(step.text.strip(), title=title, title_align="left"))
