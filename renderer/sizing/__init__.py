@@ -640,14 +640,22 @@ def metadata_from_cache(model_id: str, revision: str, cache_dir: str | Path | No
     safetensors sizes are the weights' sizes once the weights were fetched; a cache holding only
     config.json and the index still gives the index's total.
     """
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
+    try:
+        found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except (OSError, ValueError) as exc:  # a cache folder that is a file, unreadable, or garbled
+        where = getattr(exc, "filename", None) or cache_dir or constants.HF_HUB_CACHE
+        why = getattr(exc, "strerror", None) or exc
+        raise SizingError(f"cannot read the Hugging Face cache at {where}: {why}") from None
     if not isinstance(found, str):
         return None
     path = Path(found)
-    config = read_config(path)
-    shape = shape_from_config(config)
+    try:
+        config = read_config(path)
+        shape = shape_from_config(config)
+    except SizingError as exc:
+        raise SizingError(f"{exc} (the Hugging Face cache's {path})") from None
     weights = weights_in_dir(path.parent)
     return ModelMetadata(config, shape, weights[0] if weights else None, "Hugging Face cache",
                          weights[1] if weights else "not in the cache")
