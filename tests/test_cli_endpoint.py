@@ -48,6 +48,13 @@ def test_test_prints_model_names_and_text_literally(markup_server):
     assert "[red]t0[/red] [red]t1[/red] [red]t2[/red]" in result.stdout  # the reply, markup and all
 
 
+def test_test_without_model_takes_the_served_names(markup_server):
+    result = run_cli("test", markup_server, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"] == MARKUP_MODELS[0] and doc["available_models"] == MARKUP_MODELS
+
+
 def test_test_json_is_unchanged_by_markup(markup_server):
     result = run_cli("test", markup_server, "--model", MARKUP_MODELS[0], "--format", "json")
     assert result.returncode == 0, result.stderr

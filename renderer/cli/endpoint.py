@@ -30,7 +30,9 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
         p.add_argument("--env", metavar="ENV", help="environment of the deployment")
         p.add_argument("--deployment", metavar="NAME", help="with a URL: take served names and auth from this deployment")
-        p.add_argument("--model", action="append", metavar="NAME", help="model name to use (repeatable for test)")
+        p.add_argument("--model", action="append", metavar="NAME",
+                       help="model name to use (repeatable for test; default: the deployment's served names, or for "
+                            "a bare URL those the server lists at /v1/models)")
         p.add_argument("--auth", choices=AUTH_KINDS,
                        help="proxy: MODAL_PROXY_TOKEN_ID/SECRET; api_key: Bearer from --api-key-env (default: the "
                             "deployment's mode, or none for a bare URL)")
@@ -161,9 +163,7 @@ def run_test(args: argparse.Namespace, report: TextReporter) -> SmokeResult:
     from renderer.endpoint.client import ClientError, run_smoke
 
     try:
-        endpoint, names = target(args, report)
-        if not names:
-            raise CliError("name the model(s) to expect with --model, or give a deployment name", ExitCode.USAGE)
+        endpoint, names = target(args, report)  # no names: those the server lists at /v1/models
         say_waiting(endpoint.base_url, args.health_timeout)
         smoke = run_smoke(endpoint, names, prompts=args.prompt or None, health_timeout=args.health_timeout,
                           max_tokens=args.max_tokens)

@@ -659,11 +659,11 @@ async def smoke_test(
     non-streaming chat completion, then one streaming completion per prompt.
     ``prompts`` are user strings or (system, user) pairs; default: the
     reference example's pirate and Jar Jar Binks prompts. The chat steps use
-    the first served name. Later steps are skipped if /health fails.
+    the first served name. Later steps are skipped if /health fails. With no
+    ``served_model_names``, the names are those ``GET /v1/models`` lists (as
+    ``bench`` does); a server that lists none fails the models step.
     """
-    if not served_model_names:
-        raise ValueError("served_model_names must name at least one model")
-    model = served_model_names[0]
+    model = served_model_names[0] if served_model_names else ""
     chosen = _normalize_prompts(prompts)
     report = SmokeReport(base_url=endpoint.base_url, model=model)
     async with open_session(endpoint, limit=2) as session:
@@ -676,6 +676,14 @@ async def smoke_test(
         report.steps.append(StepResult("health", True, status=200, seconds=time.perf_counter() - t0))
         report.steps.append(await _step_models(session, endpoint, served_model_names, report))
         available = report.available_models
+        if not model:
+            if not available:
+                if report.steps[-1].ok:
+                    report.steps[-1] = _failed("models", ClientError(
+                        FailureKind.NOT_FOUND, "the server lists no model at /v1/models", status=200),
+                        report.steps[-1].seconds)
+                return report
+            model = report.model = available[0]
         report.steps.append(
             await _step_chat(session, endpoint, model, chosen[0], max_tokens, request_timeout, available)
         )
