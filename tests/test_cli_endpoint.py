@@ -77,7 +77,17 @@ def test_explain_prints_values_literally(tmp_path):
     (folder / "x.yaml").write_text(text)
     result = run_cli("explain", "qwen2-5-7b-instruct", str(folder))
     assert result.returncode == 0, result.stderr
-    assert "'[/bold] closes nothing; [link=https://e.com]x [red]y'" in result.stdout
+    assert '"[/bold] closes nothing; [link=https://e.com]x [red]y"' in result.stdout
+
+
+def test_bench_output_file_and_json_are_the_same_document(markup_server, tmp_path):
+    path = tmp_path / "results.json"
+    result = run_cli("bench", markup_server, "--model", MARKUP_MODELS[0], "--num-requests", "2", "--output-len", "3",
+                     "--format", "json", "--output", str(path))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc == json.loads(path.read_text())
+    assert doc["config"]["base_url"] == markup_server and doc["results"][0]["completed"] == 2
 
 
 # --- options that cannot run are usage errors ----------------------------------------------------------------
@@ -148,3 +158,21 @@ def test_serve_without_vllm_on_path_says_so(tmp_path):
     result = run_cli("serve", "qwen2-5-7b-instruct", "--local", env={"PATH": str(tmp_path)})
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot run 'vllm': it is not on PATH. Install vLLM")
+
+
+def test_serve_local_binds_loopback_unless_told():
+    argv = run_cli("serve", "qwen2-5-7b-instruct", "--local", "--print-argv")
+    assert argv.returncode == 0, argv.stderr
+    assert " --host 127.0.0.1 " in argv.stdout and "0.0.0.0" not in argv.stdout
+    wide = run_cli("serve", "qwen2-5-7b-instruct", "--local", "--print-argv", "--host", "0.0.0.0")
+    assert " --host 0.0.0.0 " in wide.stdout
+
+
+def test_explain_prints_yaml_values():
+    result = run_cli("explain", "qwen2-5-7b-instruct")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
+            if line.count("│") == 4}
+    assert rows["model.id"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert rows["model.quantize_on_load"] == "false" and "False" not in result.stdout
+    assert rows["description"] == '"General-purpose chat in BF16 on L40S"'

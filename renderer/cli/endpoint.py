@@ -81,7 +81,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
     p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
     p.add_argument("--seed", type=non_negative(int), default=0)
-    p.add_argument("--output", metavar="FILE", help="write config and results as JSON")
+    p.add_argument("--output", metavar="FILE", help="write config and results as JSON (the document --format json "
+                                                    "prints)")
     p.set_defaults(func=run_bench)
 
     p = sub.add_parser("serve", help="run a deployment's vLLM command on this machine",
@@ -96,6 +97,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model-path", metavar="DIR", help="serve a local copy of the model instead of the hub id")
     p.add_argument("--load-format", metavar="FMT", help="vLLM --load-format, e.g. dummy for random weights")
     p.add_argument("--port", type=port, help="port to listen on (default: the deployment's)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the port to the "
+                        "network)")
     p.add_argument("--vllm", type=command_line, metavar="CMD", help='the vLLM executable (default: "vllm"), e.g. '
                                                                     '"python3 -m vllm.entrypoints.cli.main"')
     p.add_argument("--startup-timeout", type=positive(int), metavar="S", help="seconds to wait for health")
@@ -184,15 +188,12 @@ class BenchRun:
         completed = sum(r.completed for r in self.results)
         return ExitCode.OK if completed and not failed else ExitCode.INVALID
 
-    def to_dict(self) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in self.results]
-
-    def file_document(self) -> dict[str, Any]:
-        """What --output writes: the config and the results."""
+    def to_dict(self) -> dict[str, Any]:
+        """The one document --format json prints and --output writes: the config and the results."""
         c = self.config
         return {"config": {k: v for k, v in c.__dict__.items() if k != "dataset"} |
                 {"dataset": str(c.dataset) if c.dataset else None, "base_url": self.base_url},
-                "results": self.to_dict()}
+                "results": [r.to_dict() for r in self.results]}
 
     def render(self, console: Any) -> None:
         from renderer.cli.views import render_bench_results
@@ -230,7 +231,7 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
         raise CliError(exc.message) from None
     result = BenchRun(config, endpoint.base_url, results)
     if args.output:
-        text = dumps(result.file_document())
+        text = dumps(result.to_dict())
         try:
             with open(args.output, "w", encoding="utf-8") as fh:
                 fh.write(text + "\n")
@@ -251,7 +252,7 @@ def run_serve(args: argparse.Namespace, report: TextReporter) -> int:
         raise CliError("serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)",
                        ExitCode.USAGE)
     d = one(resolve_args(args, report), args.name)
-    opts = LocalOptions(model_path=args.model_path, load_format=args.load_format, port=args.port,
+    opts = LocalOptions(model_path=args.model_path, load_format=args.load_format, port=args.port, host=args.host,
                         vllm=args.vllm + ("serve",) if args.vllm else LocalOptions.vllm,
                         startup_timeout=args.startup_timeout)
     if args.print_argv:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,37 @@ def add_parser(sub: Any) -> None:
     p.add_argument("name", help="the deployment to explain")
     add_common(p, ("text", "json"))
     p.set_defaults(func=run)
+
+
+_PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9._/:@+-]*|[0-9][A-Za-z0-9.-]*[A-Za-z][A-Za-z0-9.-]*")  # 10m, not 10 or 1e3
+_YAML_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"})
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text.lower().startswith(("0x", "0o", "0b"))
+    return True
+
+
+def yaml_value(value: Any) -> str:
+    """A value as YAML writes it (flow style): `false`, `null`, `[a, b]`, a string quoted only where YAML
+    would read it as something else."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        plain = _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS and not _number(value)
+        return value if plain else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{yaml_value(str(k))}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 @dataclass
@@ -48,7 +81,7 @@ class Explanation:
         table.add_column("value")
         table.add_column("from")
         for path, value, mark in self.rows:
-            table.add_row(literal(format_path(path)), literal(repr(value) if isinstance(value, str) else str(value)),
+            table.add_row(literal(format_path(path)), literal(yaml_value(value)),
                           literal(str(mark) if mark else "default (schema)"))
         console.print(table)
         console.print(literal("vLLM command: " + " ".join(d.argv)), style="dim")

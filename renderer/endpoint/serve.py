@@ -23,6 +23,7 @@ class LocalOptions:
     model_path: str | None = None  # serve this directory instead of the hub id (drops --revision)
     load_format: str | None = None  # e.g. "dummy": random weights of the right shape
     port: int | None = None
+    host: str | None = None  # None: the rendered app's (every interface); the CLI passes 127.0.0.1
     vllm: tuple[str, ...] = spec.VLLM_EXECUTABLE  # e.g. ("python3", "-m", "vllm.entrypoints.cli.main", "serve")
     startup_timeout: int | None = None  # default: the deployment's
     lora_dir: str | None = None  # where adapters go on this machine (default: under ~/.cache/fleetform)
@@ -47,6 +48,8 @@ def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
             tokens = [opts.model_path]
         elif tokens[0] == "--revision" and opts.model_path:
             continue  # a local directory has no revisions
+        elif tokens[0] == "--host" and opts.host is not None:
+            tokens = ["--host", opts.host]
         elif tokens[0] == "--port" and opts.port is not None:
             tokens = ["--port", str(opts.port)]
         elif tokens[0] == "--lora-modules":
