@@ -176,3 +176,11 @@ def test_explain_prints_yaml_values():
     assert rows["model.id"] == "Qwen/Qwen2.5-7B-Instruct"
     assert rows["model.quantize_on_load"] == "false" and "False" not in result.stdout
     assert rows["description"] == '"General-purpose chat in BF16 on L40S"'
+
+
+def test_serve_when_vllm_exits_at_start_is_one_error(tmp_path):
+    vllm = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    result = run_cli("serve", "qwen2-5-7b-instruct", "--local", "--vllm", vllm, "--startup-timeout", "30")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("[fleetform] error: ")
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

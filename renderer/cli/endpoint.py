@@ -246,7 +246,7 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
 def run_serve(args: argparse.Namespace, report: TextReporter) -> int:
     import shutil
 
-    from renderer.endpoint.serve import LocalOptions, local_argv, run_local
+    from renderer.endpoint.serve import LocalOptions, ServeError, local_argv, run_local
 
     if not args.local:
         raise CliError("serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)",
@@ -262,6 +262,11 @@ def run_serve(args: argparse.Namespace, report: TextReporter) -> int:
         raise CliError(f"cannot run {opts.vllm[0]!r}: it is not on PATH. Install vLLM (pip install vllm) on a machine "
                        "with a GPU, or name its command with --vllm")
     try:
-        return run_local(d, opts, log=lambda m: print(f"[fleetform] {m}", file=sys.stderr, flush=True))
+        served = run_local(d, opts, log=lambda m: print(f"[fleetform] {m}", file=sys.stderr, flush=True))
+    except ServeError as exc:  # said as the log lines before it are
+        raise CliError(f"[fleetform] error: {exc}", plain=True) from None
     except OSError as exc:  # the executable vanished, or is not executable
         raise CliError(f"cannot run {shlex.join(opts.vllm)}: {exc.strerror or exc}") from None
+    if served.interrupted:
+        return ExitCode.INTERRUPTED
+    return served.returncode or ExitCode.OK
