@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
 
 from renderer.cli import deploy, endpoint, explain, new, plan, render, validate
 from renderer.cli.output import ExitCode, drive, reporter
@@ -87,5 +86,3 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return ExitCode.INVALID
 
-
-Command = Callable[[argparse.Namespace], int]
