@@ -203,8 +203,19 @@ def test_new_with_a_broken_cache_names_the_file(tmp_path, config, message):
     assert "internal error" not in result.stderr
 
 
-@pytest.mark.parametrize("config", ['{"hidden_size": 4096,', '{"model_type": "llama", "hidden_size": true}', None])
-def test_validate_with_a_broken_cache_skips_the_fit_check(tmp_path, config):
+@pytest.mark.parametrize("config", ['{"hidden_size": 4096,', '{"model_type": "llama", "hidden_size": true}'])
+def test_validate_with_a_broken_cached_config_skips_the_fit_check_and_says_why(tmp_path, config):
     env = broken_cache(tmp_path, config)
-    result = run_cli("validate", str(write_deployment(tmp_path, 131072)), env=env)
+    path = write_deployment(tmp_path, 131072)
+    result = run_cli("validate", str(path), env=env)
     assert result.returncode == 0 and "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == "ok: 1 deployment(s) valid, 1 warning(s)\n"
+    assert result.stderr.startswith(f"{path}:4:13: warning: model.revision: cannot check that the model fits its "
+                                    "GPUs: ")
+    assert "models--meta-llama--Llama-3.1-8B-Instruct" in result.stderr  # the file, in its cache
+
+
+def test_validate_with_a_broken_cache_folder_does_not_check_the_fit(tmp_path):
+    """`snapshots` is a file: the model is not in the cache, so there is nothing to check (and no crash)."""
+    result = run_cli("validate", str(write_deployment(tmp_path, 131072)), env=broken_cache(tmp_path, None))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")

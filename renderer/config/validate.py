@@ -489,7 +489,11 @@ def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
         return
     from renderer.sizing import check_fit, metadata_offline
 
-    meta = metadata_offline(model_id, revision)
+    problems: list[str] = []
+    meta = metadata_offline(model_id, revision, problems=problems)
+    for problem in problems:  # a broken cache: no fit check, and say why
+        yield ctx.warning(("model", "revision"), f"cannot check that the model fits its GPUs: {problem}",
+                          "model-fit", hint="fix or delete that cache entry (huggingface-cli delete-cache)")
     if meta:
         d = check_fit(ctx.data, meta.shape, meta.weights_bytes, mark=ctx.mark)
         if d:

@@ -707,15 +707,19 @@ def load_metadata(model_id: str, revision: str, *, from_dir: str | Path | None =
     return metadata_from_hub(model_id, revision)
 
 
-def metadata_offline(model_id: str, revision: str, cache_dir: str | Path | None = None) -> ModelMetadata | None:
+def metadata_offline(model_id: str, revision: str, cache_dir: str | Path | None = None,
+                     problems: list[str] | None = None) -> ModelMetadata | None:
     """What `validate` can know without a network: the cached model with its weight size, or None.
 
-    Never raises: a model missing from the cache, or a cached config sizing cannot read, means the
-    fit is simply not checked.
+    Never raises: a model missing from the cache means the fit is simply not checked; a cache or
+    cached config.json sizing cannot read means the same, and its message (naming the file) is
+    appended to `problems` so the caller can warn.
     """
     try:
         found = metadata_from_cache(model_id, revision, cache_dir)
-    except SizingError:
+    except SizingError as exc:
+        if problems is not None:
+            problems.append(str(exc))
         return None
     return found if found is not None and found.weights_bytes is not None else None
 
