@@ -74,3 +74,25 @@ def test_no_library_module_prints():
                         isinstance(f, ast.Attribute) and f.attr == "exit" and getattr(f.value, "id", "") == "sys"):
                     offenders.append(f"{rel}:{node.lineno}")
     assert offenders == []
+
+
+def test_choices_come_from_the_library_and_the_help_shows_them():
+    """Choices read lazily (to keep start-up light) carry a metavar for --help: it must list them all."""
+    from renderer.cli import build_parser
+    from renderer.cli.common import LazyChoices
+    from renderer.config.validate import DEPLOYMENT_SCHEMA, load_schema
+    from renderer.endpoint import AUTH_KINDS
+    from renderer.modal_api import STRATEGIES
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    lazy = [(name, a) for name, p in commands.items() for a in p._actions if isinstance(a.choices, LazyChoices)]
+    assert {(name, a.dest) for name, a in lazy} == {("deploy", "strategy"), ("new", "quantization")}
+    for _, action in lazy:
+        assert action.metavar == "{" + ",".join(action.choices) + "}"
+    options = {a.dest: a for a in commands["deploy"]._actions} | {a.dest: a for a in commands["new"]._actions}
+    assert tuple(options["strategy"].choices) == STRATEGIES
+    schema = load_schema(DEPLOYMENT_SCHEMA)
+    assert list(options["quantization"].choices) == schema["$defs"]["model"]["properties"]["quantization"]["enum"]
+    assert all(tuple(a.choices) == AUTH_KINDS for name in ("test", "bench") for a in commands[name]._actions
+               if a.dest == "auth")
