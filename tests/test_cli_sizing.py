@@ -8,6 +8,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -219,3 +220,16 @@ def test_validate_with_a_broken_cache_folder_does_not_check_the_fit(tmp_path):
     """`snapshots` is a file: the model is not in the cache, so there is nothing to check (and no crash)."""
     result = run_cli("validate", str(write_deployment(tmp_path, 131072)), env=broken_cache(tmp_path, None))
     assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
+
+
+def test_new_without_the_hub_fails_at_once_in_one_line(tmp_path):
+    """Nothing listens on the endpoint: one error line, no minute of "Retrying" from huggingface_hub."""
+    start = time.monotonic()
+    result = run_cli("new", MODEL, "--revision", REVISION, "--out", str(tmp_path / "out"),
+                     env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+                     unset=("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                            "HF_HUB_OFFLINE"))
+    assert time.monotonic() - start < 15
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: {MODEL}@{REVISION[:12]}: cannot reach the Hub at http://127.0.0.1:9 "
+                             "(Connection refused): pass --from-dir DIR to size it offline\n")

@@ -661,11 +661,36 @@ def metadata_from_cache(model_id: str, revision: str, cache_dir: str | Path | No
                          weights[1] if weights else "not in the cache")
 
 
+def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to the Hub fails (None: it connects, or a proxy is in the way and decides).
+
+    huggingface_hub retries a failed connection five times with back-off (20-odd seconds of
+    "Retrying" lines); one quick probe first makes an offline `new` fail at once.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                         "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
 def metadata_from_hub(model_id: str, revision: str) -> ModelMetadata:
     """config.json and file sizes from the Hugging Face Hub (network; a token for gated models)."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    why = _hub_unreachable(constants.ENDPOINT)
+    if why:
+        raise SizingError(f"{model_id}@{revision[:12]}: cannot reach the Hub at {constants.ENDPOINT} ({why}): "
+                          "pass --from-dir DIR to size it offline")
     try:
         path = hf_hub_download(model_id, "config.json", revision=revision)
         info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
