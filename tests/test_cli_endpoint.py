@@ -88,6 +88,9 @@ def test_bench_output_file_and_json_are_the_same_document(markup_server, tmp_pat
     doc = json.loads(result.stdout)
     assert doc == json.loads(path.read_text())
     assert doc["config"]["base_url"] == markup_server and doc["results"][0]["completed"] == 2
+    level = doc["results"][0]  # vllm bench serve's flat keys beside the nested figures
+    assert level["median_ttft_ms"] == level["ttft_ms"]["median"] and level["p99_e2el_ms"] == level["e2el_ms"]["p99"]
+    assert level["duration"] == level["duration_s"] and level["output_throughput"] > 0
 
 
 # --- options that cannot run are usage errors ----------------------------------------------------------------

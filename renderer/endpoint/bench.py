@@ -263,7 +263,16 @@ class BenchResult:
         return f"concurrency {self.concurrency}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures, nested (`ttft_ms: {mean, median, ...}`), and beside them the flat keys of
+        `vllm bench serve`'s result file (`duration`, `median_ttft_ms`, `p99_itl_ms`, ...), so tools
+        written for vLLM's JSON read fleetform's."""
+        doc = asdict(self)
+        doc["duration"] = self.duration_s
+        for metric in ("ttft", "tpot", "itl", "e2el"):
+            stats = getattr(self, f"{metric}_ms")
+            for stat in ("mean", "median", "std", "p90", "p99"):
+                doc[f"{stat}_{metric}_ms"] = getattr(stats, stat)
+        return doc
 
 
 def compute_metrics(
