@@ -32,9 +32,8 @@ class Written:
         return [{"name": m.name, "path": str(p), "content_hash": m.content_hash} for m, p in zip(self.modules,
                                                                                                    self.paths)]
 
-    def render(self, console: Any) -> None:
-        for m, p in zip(self.modules, self.paths):
-            print(f"wrote {p}  ({m.short_hash})")
+    def text(self) -> str:
+        return "".join(f"wrote {p}  ({m.short_hash})\n" for m, p in zip(self.modules, self.paths))
 
 
 @dataclass
@@ -43,8 +42,8 @@ class UpToDate:
     out: str
     exit_code: int = ExitCode.OK
 
-    def render(self, console: Any) -> None:
-        print(f"ok: {self.modules} module(s) in {self.out} are up to date")
+    def text(self) -> str:
+        return f"ok: {self.modules} module(s) in {self.out} are up to date\n"
 
     to_dict = None  # --check has no JSON form: it prints this line whatever --format says
 

@@ -39,9 +39,9 @@ class Validation:
 
         return {"ok": True, "deployments": self.deployments, "diagnostics": diagnostics_json(self.diagnostics)}
 
-    def render(self, console: Any) -> None:
+    def text(self) -> str:
         warnings = sum(not d.is_error for d in self.diagnostics)
-        print(f"ok: {len(self.deployments)} deployment(s) valid" + (f", {warnings} warning(s)" if warnings else ""))
+        return f"ok: {len(self.deployments)} deployment(s) valid" + (f", {warnings} warning(s)" if warnings else "") + "\n"
 
     def github(self, report: TextReporter) -> None:
         from renderer.cli.views import format_markdown_validation, write_step_summary
