@@ -96,3 +96,13 @@ def test_choices_come_from_the_library_and_the_help_shows_them():
     assert list(options["quantization"].choices) == schema["$defs"]["model"]["properties"]["quantization"]["enum"]
     assert all(tuple(a.choices) == AUTH_KINDS for name in ("test", "bench") for a in commands[name]._actions
                if a.dest == "auth")
+
+
+def test_health_timeout_is_one_flag_for_test_and_bench_with_the_old_name_kept():
+    from renderer.cli import build_parser
+
+    parser = build_parser()
+    for command in ("test", "bench"):
+        assert parser.parse_args([command, "http://x"]).health_timeout == 600.0
+        assert parser.parse_args([command, "http://x", "--health-timeout", "5"]).health_timeout == 5.0
+        assert parser.parse_args([command, "http://x", "--timeout", "7"]).health_timeout == 7.0  # hidden alias
