@@ -15,7 +15,6 @@ from renderer.cli.common import RAW, fraction, positive, schema_enum
 from renderer.cli.output import CliError, ExitCode, TextReporter, literal, money, reporter
 
 SCHEMA_LINE = "# yaml-language-server: $schema=../schema/deployment.schema.json"
-FLEET_FILE_STEMS = ("fleet",)  # NAME.yaml would be read as the fleet's own file (fleet.yaml), not a deployment
 
 _REVISION = re.compile(r"^[0-9a-f]{40}\Z")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -213,7 +212,9 @@ def new(options: Any, report: TextReporter) -> Written:
     if not _NAME.match(name):
         raise CliError(f"--name {name!r}: a lowercase DNS-safe name: letters, digits and dashes, starting with a "
                        "letter, at most 40 characters", ExitCode.USAGE)
-    if name in FLEET_FILE_STEMS:
+    from renderer.config.load import FLEET_FILE
+
+    if f"{name}.yaml" == FLEET_FILE:  # it would be read as the fleet's own file, not a deployment
         raise CliError(f"{name}.yaml is the fleet's own file (defaults, environments, prices), not a deployment: "
                        "pass --name NAME to write the deployment under another name", ExitCode.USAGE)
     utilization = float(get("gpu_memory_utilization", DEFAULT_UTILIZATION))
