@@ -29,7 +29,8 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("target", metavar="TARGET", help="a deployment name (its URL comes from Modal) or a base URL")
         p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
         p.add_argument("--env", metavar="ENV", help="environment of the deployment")
-        p.add_argument("--deployment", metavar="NAME", help="with a URL: take served names and auth from this deployment")
+        p.add_argument("--deployment", metavar="NAME",
+                       help="with a URL: take served names and auth from this deployment")
         p.add_argument("--model", action="append", metavar="NAME",
                        help="model name to use (repeatable for test; default: the deployment's served names, or for "
                             "a bare URL those the server lists at /v1/models)")
@@ -76,7 +77,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--num-requests", type=positive(int), metavar="N",
                    help="requests per level (default 100 without --duration)")
     p.add_argument("--duration", type=positive(float), metavar="S", help="seconds per level")
-    p.add_argument("--input-len", type=positive(int), default=128, metavar="N", help="synthetic prompt length (~tokens)")
+    p.add_argument("--input-len", type=positive(int), default=128, metavar="N",
+                   help="synthetic prompt length (~tokens)")
     p.add_argument("--output-len", type=positive(int), default=128, metavar="N", help="max_tokens of each request")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
     p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')

@@ -41,7 +41,8 @@ class Validation:
 
     def text(self) -> str:
         warnings = sum(not d.is_error for d in self.diagnostics)
-        return f"ok: {len(self.deployments)} deployment(s) valid" + (f", {warnings} warning(s)" if warnings else "") + "\n"
+        return f"ok: {len(self.deployments)} deployment(s) valid" + (f", {warnings} warning(s)" if warnings else "") \
+            + "\n"
 
     def github(self, report: TextReporter) -> None:
         from renderer.cli.views import format_markdown_validation, write_step_summary

@@ -212,7 +212,8 @@ def _where(origins: Mapping[str, Mapping[tuple, Any]], d: DeploymentDiff, path: 
     return Mark(d.source, 1, 1)
 
 
-def github_annotations(diff: FleetDiff, ref: str, origins: Mapping[str, Mapping[tuple, Any]] | None = None) -> list[str]:
+def github_annotations(diff: FleetDiff, ref: str,
+                       origins: Mapping[str, Mapping[tuple, Any]] | None = None) -> list[str]:
     """Workflow commands that mark each change on the line of the pull request that made it.
 
     Changes that start new containers are warnings, the rest notices. One change written once in
