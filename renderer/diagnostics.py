@@ -8,7 +8,6 @@ instead of raising, so a run reports every problem at once.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Sequence
@@ -145,6 +144,3 @@ def format_github(diag: Diagnostic) -> str:
 def diagnostics_json(diags: Iterable[Diagnostic]) -> list[dict]:
     return [d.to_dict() for d in diags]
 
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)

@@ -53,7 +53,8 @@ def example_fleet():
 
 @pytest.fixture(scope="session")
 def rendered_dir(tmp_path_factory, example_fleet):
-    from renderer.codegen.render import render_fleet, write_all
+    from renderer.codegen.render import render_fleet
+    from renderer.codegen.write import write_all
 
     out = tmp_path_factory.mktemp("build")
     write_all(render_fleet(example_fleet.deployments), out)

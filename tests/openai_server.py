@@ -80,6 +80,8 @@ class ServerConfig:
     report_usage: bool = True
     # Keep each chat request body in RunningServer.requests (off for speed).
     record_requests: bool = True
+    # Text of token i (str.format with i): tests put markup-like text here to check it prints as sent.
+    token_text: str = "tok{i} "
 
 
 @dataclass
@@ -234,7 +236,7 @@ async def _complete(
     await _sleep_until(start + (config.ttft_ms + max(n_out - 1, 0) * config.itl_ms) / 1000)
     if fault is Fault.BAD_JSON:
         return web.Response(text='{"id": "chatcmpl-1", "choices": [', content_type="application/json")
-    text = "".join(f"tok{i} " for i in range(n_out))
+    text = "".join(config.token_text.format(i=i) for i in range(n_out))
     reply = {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -276,7 +278,7 @@ async def _stream(
             if i == 0:
                 pending.append(_chunk(rid, model, created, {"role": "assistant", "content": ""}, None))
             finish = "length" if i == n_out - 1 else None
-            pending.append(_chunk(rid, model, created, {"content": f"tok{i} "}, finish))
+            pending.append(_chunk(rid, model, created, {"content": config.token_text.format(i=i)}, finish))
             if not batch:
                 await _write(resp, b"".join(pending), config.split_writes)
                 pending.clear()
@@ -370,6 +372,8 @@ async def _main(args: argparse.Namespace) -> None:
         itl_ms=args.itl_ms,
         output_tokens=args.output_tokens,
         record_requests=False,
+        **({"models": args.model} if args.model else {}),
+        **({"token_text": args.token_text} if args.token_text else {}),
     )
     async with serve(config, port=args.port) as server:
         print(server.url, flush=True)
@@ -391,4 +395,6 @@ if __name__ == "__main__":
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--itl-ms", type=float, default=0.0)
     parser.add_argument("--output-tokens", type=int, default=16)
+    parser.add_argument("--model", action="append", help="a served model name (repeatable)")
+    parser.add_argument("--token-text", help="text of token i, e.g. 'tok{i} '")
     asyncio.run(_main(parser.parse_args()))

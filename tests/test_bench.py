@@ -17,6 +17,7 @@ import pytest
 from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
+from renderer.cli.views import render_bench_results
 from renderer.endpoint.bench import (
     BenchConfig,
     RequestRecord,
@@ -24,7 +25,6 @@ from renderer.endpoint.bench import (
     build_payload,
     compute_metrics,
     load_dataset,
-    render_bench_results,
     run_bench,
     synthetic_prompt,
 )

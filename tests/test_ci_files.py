@@ -151,7 +151,7 @@ def test_hook_entry_is_an_installed_command_that_validates(hook):
     assert command in scripts, f"{command} is not a [project.scripts] entry point"
     module, _, func = scripts[command].partition(":")
     assert callable(getattr(importlib.import_module(module), func))
-    assert args == ["validate"] and cli.build_parser().parse_args(args).func is cli.cmd_validate
+    assert args == ["validate"] and cli.build_parser().parse_args(args).func is cli.validate.run
     assert hook["language"] == "python"  # pre-commit installs this package, which provides the command
 
 

@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO, run_cli
 from renderer.codegen.gateway import render_gateway
 from renderer.config.load import load_fleet
-from renderer.codegen.render import render_fleet, write_all
+from renderer.codegen.render import render_fleet
+from renderer.codegen.write import write_all
 from renderer.config.resolve import resolve
 from test_gitref import FLEET_YAML, REV_2, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
@@ -159,3 +160,35 @@ def test_a_gateway_problem_is_a_validate_error_at_the_gateway_key(gateway_fleet)
         "2 error(s); nothing was rendered or deployed"]
     assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 1
     assert not (gateway_fleet / "build").exists()
+
+
+# --- prices at the edges: JSON stays JSON, and no negative zero ----------------------------------------------
+
+
+def fleet_with_prices(tmp_path, prices: str):
+    folder = tmp_path / "deployments"
+    shutil.copytree(REPO / "deployments", folder)
+    with open(folder / "fleet.yaml", "a", encoding="utf-8") as fh:
+        fh.write("\nprices:\n" + prices)
+    return folder
+
+
+@pytest.mark.parametrize("price", ["1.0e+400", "9.0e+307"])  # infinite, and finite until summed
+def test_plan_json_is_always_valid_json(tmp_path, price):
+    folder = fleet_with_prices(tmp_path, f"  B200: {price}\n")
+    result = run_cli("plan", str(folder), "--format", "json")
+    assert "NaN" not in result.stdout and "Infinity" not in result.stdout
+    if result.stdout:
+        json.loads(result.stdout)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    # a price no GPU costs is refused where it was written, so no sum of prices can overflow
+    line = (folder / "fleet.yaml").read_text().splitlines().index("  B200: " + price) + 1
+    problems = [(d["path"], d["line"]) for d in json.loads(result.stdout)["diagnostics"]]
+    assert problems == [("prices.B200", line)]
+
+
+def test_prices_never_print_as_negative_zero(tmp_path):
+    folder = fleet_with_prices(tmp_path, "  H100: -0.0\n  L4: 0.0\n")
+    result = run_cli("plan", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "$-0.00" not in result.stdout and "$0.00" in result.stdout

@@ -5,6 +5,10 @@ a temporary folder laid out as huggingface_hub lays it out; nothing reaches the 
 from __future__ import annotations
 
 import json
+import stat
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -143,3 +147,90 @@ def test_without_the_model_in_the_cache_the_fit_is_not_checked(tmp_path, hf_cach
     assert run_cli("validate", str(path)).returncode == 0
     path.write_text(path.read_text().replace(REVISION, "a" * 40))
     assert run_cli("validate", str(path), env=hf_cache).returncode == 0
+
+
+# --- new: names, file modes, and a broken cache -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["fleetco/fleet"], [MODEL, "--name", "fleet"]])
+def test_new_never_writes_the_fleet_file(tmp_path, checkpoint, argv):
+    """NAME.yaml named fleet.yaml would be read as the fleet's own file: refuse it, even with --force."""
+    out = tmp_path / "deployments"
+    out.mkdir()
+    (out / "fleet.yaml").write_text("prices:\n  L4: 0.8\n")
+    result = run_cli("new", *argv, "--revision", REVISION, "--from-dir", str(checkpoint), "--out", str(out),
+                     "--force")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: fleet.yaml is the fleet's own file (defaults, environments, prices), not a "
+                             "deployment: pass --name NAME to write the deployment under another name\n")
+    assert (out / "fleet.yaml").read_text() == "prices:\n  L4: 0.8\n"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_new_honours_the_umask(tmp_path, checkpoint, umask, mode):
+    out = tmp_path / "deployments"
+    code = (f"import os, sys; os.umask({umask}); from renderer.cli import main; "
+            f"sys.exit(main(['new', {MODEL!r}, '--revision', {REVISION!r}, '--from-dir', {str(checkpoint)!r}, "
+            f"'--out', {str(out)!r}, '--max-model-len', '8192']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((out / "llama-3-1-8b-instruct.yaml").stat().st_mode) == mode
+
+
+def broken_cache(tmp_path, snapshot_config: str | None):
+    """A Hugging Face cache whose Llama-3.1-8B entry is broken: a garbled config.json, or (None) a
+    `snapshots` that is a file, as a cache left half-written or copied wrongly can be."""
+    hub = tmp_path / "hf" / "hub"
+    repo = hub / "models--meta-llama--Llama-3.1-8B-Instruct"
+    if snapshot_config is None:
+        repo.mkdir(parents=True)
+        (repo / "snapshots").write_text("not a folder\n")
+    else:
+        folder = model_dir(repo / "snapshots" / REVISION, files=LLAMA_8B_FILES)
+        (folder / "config.json").write_text(snapshot_config)
+    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("config, message", [
+    ('{"hidden_size": 4096,', "error: config.json is not valid JSON: "),
+    ('{"model_type": "llama", "hidden_size": true}', "error: config.json `hidden_size` should be"),
+    (None, "error: cannot read the Hugging Face cache at "),
+])
+def test_new_with_a_broken_cache_names_the_file(tmp_path, config, message):
+    env = broken_cache(tmp_path, config)
+    result = run_cli("new", MODEL, "--revision", REVISION, "--out", str(tmp_path / "out"), env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert "models--meta-llama--Llama-3.1-8B-Instruct" in result.stderr  # which file, in which cache
+    assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("config", ['{"hidden_size": 4096,', '{"model_type": "llama", "hidden_size": true}'])
+def test_validate_with_a_broken_cached_config_skips_the_fit_check_and_says_why(tmp_path, config):
+    env = broken_cache(tmp_path, config)
+    path = write_deployment(tmp_path, 131072)
+    result = run_cli("validate", str(path), env=env)
+    assert result.returncode == 0 and "internal error" not in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == "ok: 1 deployment(s) valid, 1 warning(s)\n"
+    assert result.stderr.startswith(f"{path}:4:13: warning: model.revision: cannot check that the model fits its "
+                                    "GPUs: ")
+    assert "models--meta-llama--Llama-3.1-8B-Instruct" in result.stderr  # the file, in its cache
+
+
+def test_validate_with_a_broken_cache_folder_does_not_check_the_fit(tmp_path):
+    """`snapshots` is a file: the model is not in the cache, so there is nothing to check (and no crash)."""
+    result = run_cli("validate", str(write_deployment(tmp_path, 131072)), env=broken_cache(tmp_path, None))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
+
+
+def test_new_without_the_hub_fails_at_once_in_one_line(tmp_path):
+    """Nothing listens on the endpoint: one error line, no minute of "Retrying" from huggingface_hub."""
+    start = time.monotonic()
+    result = run_cli("new", MODEL, "--revision", REVISION, "--out", str(tmp_path / "out"),
+                     env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+                     unset=("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                            "HF_HUB_OFFLINE"))
+    assert time.monotonic() - start < 15
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"error: {MODEL}@{REVISION[:12]}: cannot reach the Hub at http://127.0.0.1:9 "
+                             "(Connection refused): pass --from-dir DIR to size it offline\n")

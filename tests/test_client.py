@@ -12,6 +12,7 @@ import pytest
 from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
+from renderer.cli.views import render_smoke_report
 from renderer.endpoint.client import (
     JAR_JAR,
     PIRATE,
@@ -22,7 +23,6 @@ from renderer.endpoint.client import (
     SmokeReport,
     auth_headers,
     http_error,
-    render_smoke_report,
     run_smoke,
     smoke_test,
     wait_for_health,
@@ -46,7 +46,7 @@ def smoke(config: ServerConfig, names: list[str] | None = None, endpoint: Endpoi
             kw.setdefault("health_interval", 0.01)
             kw.setdefault("health_timeout", 3.0)  # a regression must not hang the suite
             kw.setdefault("request_timeout", 5.0)
-            report = await smoke_test(ep, names or [MODEL], **kw)
+            report = await smoke_test(ep, [MODEL] if names is None else names, **kw)
             return report, srv.state
 
     return asyncio.run(go())
@@ -147,10 +147,20 @@ def test_smoke_custom_prompt_and_proxy_auth():
 
 
 def test_run_smoke_is_a_blocking_wrapper():
-    with pytest.raises(ValueError, match="at least one model"):
-        run_smoke(Endpoint("http://127.0.0.1:9"), [])
     report = run_smoke(Endpoint(f"http://127.0.0.1:{free_port()}"), [MODEL], health_timeout=0.05)
     assert isinstance(report, SmokeReport) and step(report, "health").failure is FailureKind.CONNECT
+
+
+def test_smoke_without_names_takes_the_servers():
+    report, state = smoke(ServerConfig(models=["a", "b"]), names=[])
+    assert report.ok and report.model == "a" and report.available_models == ["a", "b"]
+    assert {r["model"] for r in state.requests} == {"a"}
+
+
+def test_smoke_without_names_against_a_server_serving_none_fails_the_models_step():
+    report, _ = smoke(ServerConfig(models=[]), names=[])
+    assert not report.ok and [s.name for s in report.steps] == ["health", "models"]
+    assert step(report, "models").error == "the server lists no model at /v1/models"
 
 
 def test_render_smoke_report_shows_steps_and_texts():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from renderer.cli.plan import plan_against
+from renderer.cli.validate import validate_github
 from renderer.plan import against as D
 from renderer.config.load import load_fleet
 from renderer.codegen.render import render_fleet
@@ -22,7 +24,7 @@ HASH = re.compile(r"\b[0-9a-f]{12} -> [0-9a-f]{12}\b")
 
 def run_plan(ref: str, *, fmt: str = "text", detailed: bool = False, paths=None, env=None, environ=None):
     out, err = io.StringIO(), io.StringIO()
-    code = D.plan_against(ref, paths, env, fmt, detailed, out=out, err=err, environ=environ or {})
+    code = plan_against(ref, paths, env, fmt, detailed, out=out, err=err, environ=environ or {})
     return code, out.getvalue(), err.getvalue()
 
 
@@ -304,11 +306,11 @@ def test_github_format_of_an_invalid_working_tree(fleet_repo):
 def test_validate_github(fleet_repo, tmp_path):
     summary = tmp_path / "summary.md"
     out, err = io.StringIO(), io.StringIO()
-    assert D.validate_github(None, None, out=out, err=err, environ={"GITHUB_STEP_SUMMARY": str(summary)}) == 0
+    assert validate_github(None, None, out=out, err=err, environ={"GITHUB_STEP_SUMMARY": str(summary)}) == 0
     assert out.getvalue() == "" and summary.read_text() == "## fleetform validate\n\n**3 deployment(s) valid**.\n\n"
     write(fleet_repo, {"deployments/chat.yaml": deployment_yaml("chat", "main")})
     out = io.StringIO()
-    assert D.validate_github(["deployments"], None, out=out, err=err, environ={}) == 1
+    assert validate_github(["deployments"], None, out=out, err=err, environ={}) == 1
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("::error file=deployments/chat.yaml,line=4,col=13,")
     assert lines[-3:] == ["| Where | Field | Problem |", "| --- | --- | --- |",

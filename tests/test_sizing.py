@@ -436,9 +436,11 @@ def test_fake_hugging_face_cache(tmp_path):
 
 
 def new(tmp_path: Path, **kw) -> int:
+    from renderer.cli.new import run_new
+
     opts = {"model_id": "meta-llama/Llama-3.1-8B-Instruct", "revision": REVISION, "out": str(tmp_path / "out"), **kw}
     with open(tmp_path / "console.txt", "w") as fh:
-        return sizing.run_new(SimpleNamespace(**opts), Console(width=160, file=fh))
+        return run_new(SimpleNamespace(**opts), Console(width=160, file=fh))
 
 
 def test_new_from_dir_writes_a_valid_deployment(tmp_path, capsys):

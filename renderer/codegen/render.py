@@ -31,7 +31,7 @@ from renderer import __version__
 
 from renderer.config import spec
 from renderer.gpus import gpu_info
-from renderer.codegen.write import HASH_PREFIX, stale, write_all  # noqa: F401 (write_all, stale: callers' old home)
+from renderer.codegen.write import HASH_PREFIX
 
 TEMPLATE = "app.py.j2"
 _RUNTIME = Path(__file__).with_name("runtime.py")

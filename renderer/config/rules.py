@@ -311,7 +311,11 @@ def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
     model_id, revision = ctx.get("model", "id"), ctx.get("model", "revision")
     if not (model_id and revision and ctx.get("gpu", "type")) or not _cached_snapshot(model_id, revision):
         return
-    meta = sizing.metadata_offline(model_id, revision)
+    problems: list[str] = []
+    meta = sizing.metadata_offline(model_id, revision, problems=problems)
+    for problem in problems:  # a broken cache: no fit check, and say why
+        yield ctx.warning(("model", "revision"), f"cannot check that the model fits its GPUs: {problem}",
+                          "model-fit", hint="fix or delete that cache entry (huggingface-cli delete-cache)")
     if meta:
         d = sizing.check_fit(ctx.data, meta.shape, meta.weights_bytes, mark=ctx.mark,
                              default_utilization=default_utilization(ctx))

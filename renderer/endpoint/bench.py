@@ -263,7 +263,16 @@ class BenchResult:
         return f"concurrency {self.concurrency}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The figures, nested (`ttft_ms: {mean, median, ...}`), and beside them the flat keys of
+        `vllm bench serve`'s result file (`duration`, `median_ttft_ms`, `p99_itl_ms`, ...), so tools
+        written for vLLM's JSON read fleetform's."""
+        doc = asdict(self)
+        doc["duration"] = self.duration_s
+        for metric in ("ttft", "tpot", "itl", "e2el"):
+            stats = getattr(self, f"{metric}_ms")
+            for stat in ("mean", "median", "std", "p90", "p99"):
+                doc[f"{stat}_{metric}_ms"] = getattr(stats, stat)
+        return doc
 
 
 def compute_metrics(
@@ -630,55 +639,3 @@ def _progress_callback(
             bar.update(task, advance=1, failed=failed)
 
     return done
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def render_bench_results(results: Sequence[BenchResult], console: Console) -> None:
-    """Print one table, one column per level, rows as in ``vllm bench serve``."""
-    from rich.table import Table
-
-    if not results:
-        console.print("no benchmark results")
-        return
-    table = Table(title=f"Serving benchmark: {results[0].model}")
-    table.add_column("Metric")
-    for res in results:
-        table.add_column(res.label, justify="right")
-
-    def row(name: str, values: Sequence[str]) -> None:
-        table.add_row(name, *values)
-
-    row("Duration (s)", [f"{r.duration_s:.2f}" for r in results])
-    row("Successful requests", [str(r.completed) for r in results])
-    row("Failed requests", [_failed_cell(r) for r in results])
-    row("Total input tokens", [str(r.total_input_tokens) for r in results])
-    row("Total output tokens", [str(r.total_output_tokens) for r in results])
-    row("Request throughput (req/s)", [f"{r.request_throughput:.2f}" for r in results])
-    row("Output token throughput (tok/s)", [f"{r.output_throughput:.2f}" for r in results])
-    row("Total token throughput (tok/s)", [f"{r.total_token_throughput:.2f}" for r in results])
-    for title, attr in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E latency", "e2el_ms")):
-        for stat in ("mean", "median", "p90", "p99"):
-            row(f"{title} {stat} (ms)", [_ms(getattr(getattr(r, attr), stat)) for r in results])
-        table.add_section()
-    console.print(table)
-    for res in results:
-        if res.aborted:
-            console.print(f"[red]{res.label}: {res.aborted}[/red]")
-        if res.missing_usage:
-            console.print(
-                f"[yellow]{res.label}: {res.missing_usage} responses carried no usage; "
-                "their tokens are not counted[/yellow]"
-            )
-        for kind, messages in res.error_samples.items():
-            for message in messages:
-                console.print(f"[red]{res.label}: {kind}:[/red] {message}")
-
-
-def _failed_cell(result: BenchResult) -> str:
-    if not result.failed:
-        return "0"
-    kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.failures.items()))
-    return f"{result.failed} ({kinds})"

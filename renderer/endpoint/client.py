@@ -18,17 +18,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from renderer.endpoint import AUTH_KINDS  # the one list of auth kinds (the CLI offers it as choices)
 
 PROXY_TOKEN_ID_VAR = "MODAL_PROXY_TOKEN_ID"
 PROXY_TOKEN_SECRET_VAR = "MODAL_PROXY_TOKEN_SECRET"
 DEFAULT_API_KEY_VAR = "FLEETFORM_API_KEY"
-AUTH_KINDS = ("proxy", "api_key", "none")
 
 PIRATE = "You are a pirate who can't help but drop sly reminders that he went to Harvard."
 JAR_JAR = "You are Jar Jar Binks."
@@ -661,11 +659,11 @@ async def smoke_test(
     non-streaming chat completion, then one streaming completion per prompt.
     ``prompts`` are user strings or (system, user) pairs; default: the
     reference example's pirate and Jar Jar Binks prompts. The chat steps use
-    the first served name. Later steps are skipped if /health fails.
+    the first served name. Later steps are skipped if /health fails. With no
+    ``served_model_names``, the names are those ``GET /v1/models`` lists (as
+    ``bench`` does); a server that lists none fails the models step.
     """
-    if not served_model_names:
-        raise ValueError("served_model_names must name at least one model")
-    model = served_model_names[0]
+    model = served_model_names[0] if served_model_names else ""
     chosen = _normalize_prompts(prompts)
     report = SmokeReport(base_url=endpoint.base_url, model=model)
     async with open_session(endpoint, limit=2) as session:
@@ -678,6 +676,14 @@ async def smoke_test(
         report.steps.append(StepResult("health", True, status=200, seconds=time.perf_counter() - t0))
         report.steps.append(await _step_models(session, endpoint, served_model_names, report))
         available = report.available_models
+        if not model:
+            if not available:
+                if report.steps[-1].ok:
+                    report.steps[-1] = _failed("models", ClientError(
+                        FailureKind.NOT_FOUND, "the server lists no model at /v1/models", status=200),
+                        report.steps[-1].seconds)
+                return report
+            model = report.model = available[0]
         report.steps.append(
             await _step_chat(session, endpoint, model, chosen[0], max_tokens, request_timeout, available)
         )
@@ -692,41 +698,3 @@ async def smoke_test(
 def run_smoke(endpoint: Endpoint, served_model_names: Sequence[str], **kwargs: Any) -> SmokeReport:
     """Blocking wrapper around :func:`smoke_test` for the CLI."""
     return asyncio.run(smoke_test(endpoint, served_model_names, **kwargs))
-
-
-def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return "-" if value is None else f"{value * scale:.{digits}f}"
-
-
-def render_smoke_report(report: SmokeReport, console: Console) -> None:
-    """Print the smoke report: a table of steps, then each generated text."""
-    from rich.panel import Panel
-    from rich.table import Table
-
-    verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
-    table = Table(title=f"Smoke test of {report.model} at {report.base_url}: {verdict}")
-    for col in ("Step", "Result", "HTTP", "Time (s)", "TTFT (ms)", "Tokens", "Tok/s", "Detail"):
-        table.add_column(col, justify="right" if col not in ("Step", "Result", "Detail") else "left")
-    for step in report.steps:
-        result = "[green]ok[/green]" if step.ok else f"[red]{step.failure.value if step.failure else 'failed'}[/red]"
-        tokens = (
-            f"{step.prompt_tokens or '-'} -> {step.completion_tokens}"
-            if step.completion_tokens is not None
-            else "-"
-        )
-        detail = step.error if not step.ok else (step.text if step.name == "models" else "")
-        table.add_row(
-            step.name,
-            result,
-            str(step.status) if step.status is not None else "-",
-            _fmt(step.seconds, digits=2),
-            _fmt(step.ttft_s, 1000.0),
-            tokens,
-            _fmt(step.tokens_per_s),
-            detail or "",
-        )
-    console.print(table)
-    for step in report.steps:
-        if step.ok and step.name != "models" and step.text:
-            title = f"{step.name}" + (f" - system: {step.system_prompt}" if step.system_prompt else "")
-            console.print(Panel(step.text.strip(), title=title, title_align="left"))

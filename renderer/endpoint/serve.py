@@ -23,6 +23,7 @@ class LocalOptions:
     model_path: str | None = None  # serve this directory instead of the hub id (drops --revision)
     load_format: str | None = None  # e.g. "dummy": random weights of the right shape
     port: int | None = None
+    host: str | None = None  # None: the rendered app's (every interface); the CLI passes 127.0.0.1
     vllm: tuple[str, ...] = spec.VLLM_EXECUTABLE  # e.g. ("python3", "-m", "vllm.entrypoints.cli.main", "serve")
     startup_timeout: int | None = None  # default: the deployment's
     lora_dir: str | None = None  # where adapters go on this machine (default: under ~/.cache/fleetform)
@@ -47,6 +48,8 @@ def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
             tokens = [opts.model_path]
         elif tokens[0] == "--revision" and opts.model_path:
             continue  # a local directory has no revisions
+        elif tokens[0] == "--host" and opts.host is not None:
+            tokens = ["--host", opts.host]
         elif tokens[0] == "--port" and opts.port is not None:
             tokens = ["--port", str(opts.port)]
         elif tokens[0] == "--lora-modules":
@@ -57,8 +60,23 @@ def local_argv(d: spec.Deployment, opts: LocalOptions) -> list[str]:
     return [*opts.vllm, *args]
 
 
-def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> int:
-    """Start vLLM, wait for health, then stay in the foreground until it exits or Ctrl-C."""
+class ServeError(Exception):
+    """vLLM did not come up healthy (it exited, timed out, or could not start)."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """How a local vLLM run ended: its exit status, and whether Ctrl-C (or SIGTERM) stopped it."""
+
+    returncode: int | None
+    interrupted: bool
+
+
+def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> Served:
+    """Start vLLM, wait for health, then stay in the foreground until it exits or Ctrl-C.
+
+    Raises ServeError if it never became healthy (after stopping it), OSError if it cannot be started.
+    """
     port = opts.port if opts.port is not None else d.engine.port
     proc = runtime.VLLMProcess(local_argv(d, opts), port=port, env=d.process_env, log=log)
     stopping = False
@@ -83,14 +101,13 @@ def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> int:
                 runtime.boot(proc, timeout=timeout, adapters=local_adapters(d, opts))
         except (runtime.ServerExited, runtime.StartupTimeout, RuntimeError) as exc:
             if stopping:
-                return 130
-            log(f"error: {exc}")
+                return Served(None, True)
             proc.stop()
-            return 1
+            raise ServeError(str(exc)) from None
         names = ", ".join(d.model.served_model_names)
         log(f"serving {names} at http://127.0.0.1:{port}/v1 (Ctrl-C to stop)")
         code = proc.proc.wait()
-        return 130 if stopping else code
+        return Served(code, stopping)
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)

@@ -119,39 +119,3 @@ def make_plan(apps: list[RenderedApp], prices: dict[str, float], environment: st
     if gateway is not None:
         rows.append(gateway_row(gateway, gateway_source, gateway_environment))
     return Plan(tuple(rows), environment, tuple(sorted(prices)))
-
-
-def _money(v: float | None) -> str:
-    return "no limit" if v is None else f"${v:,.2f}"
-
-
-def print_plan(plan: Plan, console) -> None:
-    """A table per the fleet, then totals and where prices come from."""
-    from rich.table import Table
-
-    title = "fleetform plan" + (f" (env: {plan.environment})" if plan.environment else "")
-    table = Table(title=title, title_justify="left")
-    for col, kw in (("deployment", {}), ("model@revision", {}), ("GPU", {}), ("containers", {"justify": "right"}),
-                    ("concurrency", {}), ("hash", {}), ("$/h at min", {"justify": "right"}),
-                    ("$/h at max", {"justify": "right"})):
-        table.add_column(col, **kw)
-    for r in plan.rows:
-        table.add_row(r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash,
-                      _money(r.usd_per_hour_min), _money(r.usd_per_hour_max))
-    console.print(table)
-    gpu_rows = sum(r.gpu != "CPU only" for r in plan.rows)
-    extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
-    console.print(f"{gpu_rows} deployment(s){extra}. Idle floor {_money(plan.idle_usd_per_day)}/day; "
-                  f"ceiling {_money(plan.ceiling_usd_per_hour)}/hour at max containers.")
-    if plan.by_environment:
-        totals = Table(title="cost by environment", title_justify="left")
-        for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
-            totals.add_column(col, justify="left" if col == "environment" else "right")
-        for t in plan.by_environment:
-            totals.add_row(t.environment or "(no --env)", str(t.deployments), _money(t.idle_usd_per_day),
-                           _money(t.ceiling_usd_per_hour))
-        console.print(totals)
-    src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
-    if plan.prices_overridden:
-        src += f"; overridden in fleet.yaml: {', '.join(plan.prices_overridden)}"
-    console.print(src + ". GPU time only: CPU, memory and region multipliers are not included.", style="dim")

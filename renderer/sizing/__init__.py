@@ -35,8 +35,6 @@ import json
 import math
 import os
 import re
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -48,11 +46,7 @@ GIB = 2**30
 DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 OVERHEAD_GIB = 1.0  # per GPU, outside weights and KV: activations, CUDA graphs, NCCL buffers
 TP_SIZES = (1, 2, 4, 8)  # tensor parallel sizes vLLM runs well; a container's GPU count
-SCHEMA_LINE = "# yaml-language-server: $schema=../schema/deployment.schema.json"
 
-_REVISION = re.compile(r"^[0-9a-f]{40}$")
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 
 
 class SizingError(Exception):
@@ -684,24 +678,57 @@ def metadata_from_cache(model_id: str, revision: str, cache_dir: str | Path | No
     safetensors sizes are the weights' sizes once the weights were fetched; a cache holding only
     config.json and the index still gives the index's total.
     """
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
-    found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
+    try:
+        found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache_dir, revision=revision)
+    except (OSError, ValueError) as exc:  # a cache folder that is a file, unreadable, or garbled
+        where = getattr(exc, "filename", None) or cache_dir or constants.HF_HUB_CACHE
+        why = getattr(exc, "strerror", None) or exc
+        raise SizingError(f"cannot read the Hugging Face cache at {where}: {why}") from None
     if not isinstance(found, str):
         return None
     path = Path(found)
-    config = read_config(path)
-    shape = shape_from_config(config)
+    try:
+        config = read_config(path)
+        shape = shape_from_config(config)
+    except SizingError as exc:
+        raise SizingError(f"{exc} (the Hugging Face cache's {path})") from None
     weights = weights_in_dir(path.parent)
     return ModelMetadata(config, shape, weights[0] if weights else None, "Hugging Face cache",
                          weights[1] if weights else "not in the cache")
 
 
+def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
+    """Why a TCP connection to the Hub fails (None: it connects, or a proxy is in the way and decides).
+
+    huggingface_hub retries a failed connection five times with back-off (20-odd seconds of
+    "Retrying" lines); one quick probe first makes an offline `new` fail at once.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                         "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
 def metadata_from_hub(model_id: str, revision: str) -> ModelMetadata:
     """config.json and file sizes from the Hugging Face Hub (network; a token for gated models)."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, constants, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    why = _hub_unreachable(constants.ENDPOINT)
+    if why:
+        raise SizingError(f"{model_id}@{revision[:12]}: cannot reach the Hub at {constants.ENDPOINT} ({why}): "
+                          "pass --from-dir DIR to size it offline")
     try:
         path = hf_hub_download(model_id, "config.json", revision=revision)
         info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
@@ -743,15 +770,19 @@ def load_metadata(model_id: str, revision: str, *, from_dir: str | Path | None =
     return metadata_from_hub(model_id, revision)
 
 
-def metadata_offline(model_id: str, revision: str, cache_dir: str | Path | None = None) -> ModelMetadata | None:
+def metadata_offline(model_id: str, revision: str, cache_dir: str | Path | None = None,
+                     problems: list[str] | None = None) -> ModelMetadata | None:
     """What `validate` can know without a network: the cached model with its weight size, or None.
 
-    Never raises: a model missing from the cache, or a cached config sizing cannot read, means the
-    fit is simply not checked.
+    Never raises: a model missing from the cache means the fit is simply not checked; a cache or
+    cached config.json sizing cannot read means the same, and its message (naming the file) is
+    appended to `problems` so the caller can warn.
     """
     try:
         found = metadata_from_cache(model_id, revision, cache_dir)
-    except SizingError:
+    except SizingError as exc:
+        if problems is not None:
+            problems.append(str(exc))
         return None
     return found if found is not None and found.weights_bytes is not None else None
 
@@ -848,146 +879,3 @@ def size_model(model_id: str, revision: str, metadata: ModelMetadata, *, max_mod
                            utilization=utilization, prices=prices, dtype=running_dtype(None, shape.torch_dtype))
     return Sizing(model_id, revision, name or derive_name(model_id), metadata, quant, on_load, weights, estimated,
                   max_model_len, concurrency, utilization, kv_bytes_per_token(shape, element), options)
-
-
-def _q(value: str) -> str:
-    """A YAML scalar that stays a string whatever it looks like (JSON strings are YAML)."""
-    return json.dumps(value)
-
-
-def deployment_yaml(s: Sizing, *, concurrency_given: bool) -> str:
-    """The deployment file for the chosen option, with comments that say how it was sized."""
-    o = s.chosen
-    assert o is not None
-    shape = s.metadata.shape
-    weights_how = "estimated from config.json" if s.weights_estimated else s.metadata.weights_source
-    lines = [
-        SCHEMA_LINE,
-        "#",
-        f"# Sized by `fleetform new`: {shape.describe()}.",
-        f"# Weights {s.weights_bytes / GIB:.1f} GiB ({weights_how}); KV cache {s.kv_bytes_per_token / 1024:g} KiB a "
-        f"token, for {s.concurrency} x {s.max_model_len} tokens: {o.kv_gib:.1f} GiB.",
-        f"# Cheapest fit at {s.utilization:g} GPU memory utilization: {o.label}, {o.headroom_gib:.1f} GiB headroom, "
-        f"${o.usd_per_hour:.2f}/hour a container.",
-        "",
-        f"name: {s.name}",
-        "",
-        "model:",
-        f"  id: {_q(s.model_id)}",
-        f"  revision: {_q(s.revision)}",
-    ]
-    if s.quantization != "none":
-        lines.append(f"  quantization: {s.quantization}")
-    if s.quantize_on_load:
-        lines.append("  quantize_on_load: true")
-    lines.append(f"  max_model_len: {s.max_model_len}")
-    lines.append(f"  parameters_b: {max(round(parameter_count(shape) / 1e9, 1), 0.1):g}")
-    lines += ["", "gpu:", f"  type: {o.gpu}", f"  count: {o.count}"]
-    if concurrency_given:
-        lines += ["", "scaling:", f"  target_concurrency: {s.concurrency}"]
-    if s.utilization != DEFAULT_UTILIZATION:
-        lines += ["", "engine:", f"  gpu_memory_utilization: {s.utilization:g}"]
-    return "\n".join(lines) + "\n"
-
-
-def _check_yaml(text: str, filename: str) -> None:
-    """The written file must pass the deployment schema; anything else is a fleetform bug."""
-    from renderer.config.load import load_text
-    from renderer.config.validate import check_schema
-
-    problems = check_schema(load_text(filename, text.encode("utf-8")))
-    if problems:
-        raise AssertionError(f"fleetform new produced an invalid deployment: {problems[0].message}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def print_options(s: Sizing, console: Any) -> None:
-    """The options weighed, as a rich table: per GPU type, its smallest count that fits."""
-    from rich.table import Table
-
-    chosen = s.chosen
-    table = Table(title=f"{s.model_id}: {s.concurrency} x {s.max_model_len} tokens at {s.utilization:g} utilization",
-                  caption=f"GiB per container; headroom after {OVERHEAD_GIB:g} GiB a GPU of overhead; "
-                          "list prices (override in fleet.yaml `prices`)")
-    for col, justify in (("GPU x count", "left"), ("weights GiB", "right"), ("KV GiB", "right"),
-                         ("headroom GiB", "right"), ("$/hour", "right"), ("", "left")):
-        table.add_column(col, justify=justify)
-    for o in weighed(s.options):
-        verdict = "chosen" if o is chosen else ("fits" if o.fits else (o.excluded or "too small"))
-        style = "bold green" if o is chosen else (None if o.fits else "dim")
-        table.add_row(o.label, f"{o.weights_gib:.1f}", f"{o.kv_gib:.1f}", f"{o.headroom_gib:.1f}",
-                      f"{o.usd_per_hour:.2f}", verdict, style=style)
-    console.print(table)
-
-
-def run_new(options: Any, console: Any) -> int:
-    """`fleetform new`: size the model, print the options, write `OUT/NAME.yaml`. Returns an exit code.
-
-    `options` carries model_id, revision, and optionally max_model_len, concurrency, from_dir, name,
-    quantization, gpu_memory_utilization, out (folder, default `deployments`), force, format
-    (`text` or `json`), prices (GPU name -> $/hour). Errors are one line on stderr: 1 for a model
-    that cannot be read or fit, 2 for a bad request.
-    """
-    def get(key: str, default: Any = None) -> Any:
-        value = getattr(options, key, None)
-        return default if value is None else value
-
-    def fail(message: str, code: int) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return code
-
-    model_id, revision = get("model_id", ""), get("revision", "")
-    if not _MODEL_ID.match(model_id):
-        return fail(f"{model_id!r} is not a Hugging Face repository id such as meta-llama/Llama-3.1-8B-Instruct", 2)
-    if not _REVISION.match(revision):
-        return fail(f"--revision {revision!r}: pin a full 40-character commit hash (a branch or tag is not pinned)", 2)
-    name = get("name") or derive_name(model_id)
-    if not _NAME.match(name):
-        return fail(f"--name {name!r}: a lowercase DNS-safe name: letters, digits and dashes, starting with a letter, "
-                    "at most 40 characters", 2)
-    utilization = float(get("gpu_memory_utilization", DEFAULT_UTILIZATION))
-    if not 0 < utilization <= 1:
-        return fail(f"--gpu-memory-utilization {utilization:g} must be above 0 and at most 1", 2)
-    try:
-        metadata = load_metadata(model_id, revision, from_dir=get("from_dir"))
-        sizing = size_model(model_id, revision, metadata, max_model_len=get("max_model_len"),
-                            concurrency=int(get("concurrency", 1)), quantization=get("quantization"), name=name,
-                            utilization=utilization, prices=get("prices"))
-    except SizingError as exc:
-        return fail(str(exc), 1)
-    out = Path(get("out", "deployments")) / f"{name}.yaml"
-    as_json = get("format", "text") == "json"
-    if sizing.chosen is None:
-        if not as_json:
-            print_options(sizing, console)
-        return fail(f"no GPU type and count holds {sizing.weights_bytes / GIB:.1f} GiB of weights plus "
-                    f"{sizing.tokens} tokens of KV cache; lower --max-model-len or --concurrency, or quantize", 1)
-    if out.exists() and not get("force", False):
-        return fail(f"{out} already exists: pass --force to replace it, or --name NAME", 1)
-    text = deployment_yaml(sizing, concurrency_given=get("concurrency") is not None)
-    _check_yaml(text, str(out))
-    try:
-        _write_atomic(out, text)
-    except OSError as exc:
-        return fail(f"cannot write {out}: {exc.strerror or exc}", 1)
-    if as_json:
-        from renderer.diagnostics import dumps
-
-        print(dumps({**sizing.to_dict(), "path": out.as_posix()}))
-    else:
-        print_options(sizing, console)
-        o = sizing.chosen
-        console.print(f"wrote {out.as_posix()}: {o.label} at ${o.usd_per_hour:.2f}/hour a container; "
-                      f"check it with `fleetform validate {out.as_posix()}`")
-    return 0
