@@ -316,35 +316,8 @@ def test_rejected_credentials_are_one_line(plane, fleet):
         result.stderr.count("\n") == 1
 
 
-# --- the gateway, at the library level (what the CLI is to pass: see LIBRARY) ----------------------------
+# --- the gateway: a member of the fleet, through the CLI ------------------------------------------------------
 
-# What `plan`, `status` and `deploy` do with the fleet's gateway module: `renderer.cli`'s `_gateway(resolved)`
-# is the RenderedGateway (None when fleet.yaml does not enable it), in the Modal environment `--env` selects.
-LIBRARY = """
-import json, sys
-from renderer.codegen.gateway import render_gateway
-from renderer.codegen.render import render_fleet
-from renderer.config.load import load_fleet
-from renderer.config.resolve import resolve
-from renderer.deploy.progress import NullProgress
-from renderer.deploy.run import DeployOptions, run_deploy
-from renderer.deploy.status import run_status
-from renderer.modal_api import ModalBackend
-from renderer.plan.live import live_plan, plan_to_dict
-
-resolved = resolve(load_fleet(["deployments"]), "dev")
-apps = render_fleet(resolved.deployments)
-gateway = render_gateway(resolved.deployments, resolved.gateway, source=resolved.fleet_file)
-env = resolved.modal_environment
-if sys.argv[1] == "plan":
-    doc = plan_to_dict(live_plan(apps, ModalBackend(), env, gateway))
-elif sys.argv[1] == "status":
-    doc = run_status(apps, ModalBackend(), env, gateway).to_dict()
-else:
-    options = DeployOptions(yes=True, environment=env)
-    doc = run_deploy(apps, ModalBackend(), options, gateway=gateway, progress=NullProgress()).to_dict()
-print(json.dumps(doc))
-"""
 GATEWAY = "fleetform-gateway"
 
 
@@ -354,8 +327,9 @@ def python(plane, fleet, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=fleet, capture_output=True, text=True, env=full, timeout=120)
 
 
-def library(plane, fleet, verb: str, **env: str) -> dict:
-    result = python(plane, fleet, "-c", LIBRARY, verb, **env)
+def cli_json(plane, fleet, *args: str, **env: str) -> dict:
+    result = run_cli(*args, "--env", "dev", "--format", "json", cwd=fleet,
+                     env={**plane.env(), **PROXY, "HOME": str(fleet), **env})
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -373,13 +347,13 @@ def test_a_gateway_deployed_as_documented_is_a_member_then_deployed_last(plane, 
         assert hand.returncode == 0, hand.stderr
         assert plane.app(GATEWAY, "ff-dev").history[-1].tag == ""  # `modal deploy` records no tag
 
-        rows = {r["name"]: r["action"] for r in library(plane, fleet, "plan")["rows"]}
+        rows = {r["name"]: r["action"] for r in cli_json(plane, fleet, "plan")["live"]["rows"]}
         assert rows == {SMALL: "create", LARGE: "create", GATEWAY: "update"}  # a member, never an orphan
-        states = {r["name"]: r["state"] for r in library(plane, fleet, "status")["deployments"]}
+        states = {r["name"]: r["state"] for r in cli_json(plane, fleet, "status")["deployments"]}
         assert states[GATEWAY] == "drifted"
 
         plane.clear()
-        doc = library(plane, fleet, "deploy", FLEETFORM_GATEWAY_API_KEY="gk-e2e")
+        doc = cli_json(plane, fleet, "deploy", "--yes", FLEETFORM_GATEWAY_API_KEY="gk-e2e")
         assert doc["ok"] and doc["summary"]["deployed"][-1] == GATEWAY, doc
         published = [m.name for m in plane.messages("AppPublish")]
         assert published[-1] == GATEWAY and sorted(published[:-1]) == sorted([SMALL, LARGE])  # the gateway last
@@ -387,7 +361,7 @@ def test_a_gateway_deployed_as_documented_is_a_member_then_deployed_last(plane, 
         assert gateway_row["smoke_test"]["ok"] and gateway_row["url"] == gateway_server.url
         assert gateway_server.state.health_count >= 1  # through the gateway, which 401s without the Bearer key
         assert plane.app(GATEWAY, "ff-dev").history[-1].tag == gateway_row["tag"]
-        assert {r["state"] for r in library(plane, fleet, "status")["deployments"]} == {"in_sync"}
+        assert {r["state"] for r in cli_json(plane, fleet, "status")["deployments"]} == {"in_sync"}
         assert_environment_everywhere(plane, "ff-dev")
 
         result = cli(plane, fleet, "destroy", GATEWAY, "--env", "dev", "--yes")
