@@ -112,11 +112,11 @@ def _one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def _env_label(env: str | None) -> str:
-    return f"'{env}'" if env else "(default)"
+def _env_label(modal_env: str | None) -> str:
+    return f"'{modal_env}'" if modal_env else "(default)"
 
 
-def translate(exc: BaseException, *, env: str | None = None, action: str = "") -> BackendError:
+def translate(exc: BaseException, *, modal_env: str | None = None, action: str = "") -> BackendError:
     """Map an exception raised by the Modal SDK (or the transport under it) to a BackendError.
 
     The class decides what the user is told to do; the SDK's own text is kept as the detail.
@@ -144,7 +144,7 @@ def translate(exc: BaseException, *, env: str | None = None, action: str = "") -
     if isa("NotFoundError"):
         if "environment" in detail.lower():
             return EnvironmentNotFound(
-                f"Modal environment {_env_label(env)} does not exist ({detail}): "
+                f"Modal environment {_env_label(modal_env)} does not exist ({detail}): "
                 "check `modal environment list` or the fleet's modal_environment"
             )
         return AppNotFound(f"{prefix}{detail}")
@@ -210,7 +210,7 @@ class LiveApp:
 
     name: str
     app_id: str
-    environment: str | None
+    modal_env: str | None
     managed: bool  # has the `managed-by: fleetform` App tag
     version: int | None = None  # live version number
     tag: str = ""  # deployment tag of the live version
@@ -221,7 +221,7 @@ class LiveApp:
         return {
             "name": self.name,
             "app_id": self.app_id,
-            "environment": self.environment,
+            "modal_env": self.modal_env,
             "managed": self.managed,
             "version": self.version,
             "tag": self.tag,
@@ -266,7 +266,7 @@ def effective_tags(history: list[Version]) -> list[Version]:
 
 
 class Backend(abc.ABC):
-    """What the orchestrator needs from a deployment platform. `env` is a Modal environment name
+    """What the orchestrator needs from a deployment platform. `modal_env` is a Modal environment name
     (None: the configured default)."""
 
     @abc.abstractmethod
@@ -274,34 +274,34 @@ class Backend(abc.ABC):
         """Whether credentials are configured at all (no network): decides live vs offline plan."""
 
     @abc.abstractmethod
-    def list_apps(self, env: str | None) -> list[LiveApp]:
+    def list_apps(self, modal_env: str | None) -> list[LiveApp]:
         """Every deployed app in the environment, managed or not."""
 
     @abc.abstractmethod
-    def get_app(self, name: str, env: str | None) -> LiveApp | None:
+    def get_app(self, name: str, modal_env: str | None) -> LiveApp | None:
         """The deployed app with this name, or None."""
 
     @abc.abstractmethod
-    def history(self, name: str, env: str | None) -> list[Version]:
+    def history(self, name: str, modal_env: str | None) -> list[Version]:
         """The app's deployment history, newest first."""
 
     @abc.abstractmethod
     def deploy(
-        self, app: Module, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self, app: Module, modal_env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
     ) -> DeployOutcome:
         """Deploy a rendered module (a deployment's or the gateway's) as app `app.name`, recording
         `tag` on the version."""
 
     @abc.abstractmethod
-    def rollback(self, name: str, env: str | None, version: int | None = None) -> None:
+    def rollback(self, name: str, modal_env: str | None, version: int | None = None) -> None:
         """Make an earlier version live again (None: the one before the live one)."""
 
     @abc.abstractmethod
-    def stop(self, name: str, env: str | None) -> None:
+    def stop(self, name: str, modal_env: str | None) -> None:
         """Stop the app: its containers terminate and its URL stops answering."""
 
     @abc.abstractmethod
-    def web_url(self, name: str, env: str | None) -> str | None:
+    def web_url(self, name: str, modal_env: str | None) -> str | None:
         """The URL of the app's server, if it has one."""
 
 
@@ -407,7 +407,7 @@ class ModalBackend(Backend):
 
     # -- plumbing
 
-    def _call(self, fn: Callable[..., Any], *args: Any, env: str | None = None, action: str = "") -> Any:
+    def _call(self, fn: Callable[..., Any], *args: Any, modal_env: str | None = None, action: str = "") -> Any:
         """Run an async function on the SDK's event loop, translating every failure."""
         try:
             from modal._utils.async_utils import synchronizer
@@ -419,59 +419,59 @@ class ModalBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:
-            raise translate(exc, env=env, action=action) from exc
+            raise translate(exc, modal_env=modal_env, action=action) from exc
 
     @staticmethod
-    def _environment(env: str | None) -> str:
+    def _environment(modal_env: str | None) -> str:
         from modal.config import config
 
-        return env or config.get("environment") or ""
+        return modal_env or config.get("environment") or ""
 
     # -- reads
 
     def credentials_available(self) -> bool:
         return credentials_available()
 
-    def list_apps(self, env: str | None) -> list[LiveApp]:
-        return self._call(self._list_apps, env, env=env, action="list apps")
+    def list_apps(self, modal_env: str | None) -> list[LiveApp]:
+        return self._call(self._list_apps, modal_env, modal_env=modal_env, action="list apps")
 
-    def get_app(self, name: str, env: str | None) -> LiveApp | None:
-        return self._call(self._get_app, name, env, env=env, action=f"look up {name}")
+    def get_app(self, name: str, modal_env: str | None) -> LiveApp | None:
+        return self._call(self._get_app, name, modal_env, modal_env=modal_env, action=f"look up {name}")
 
-    def history(self, name: str, env: str | None) -> list[Version]:
-        return self._call(self._history_by_name, name, env, env=env, action=f"history of {name}")
+    def history(self, name: str, modal_env: str | None) -> list[Version]:
+        return self._call(self._history_by_name, name, modal_env, modal_env=modal_env, action=f"history of {name}")
 
-    def web_url(self, name: str, env: str | None) -> str | None:
-        return self._call(self._web_url, name, env, env=env, action=f"URL of {name}")
+    def web_url(self, name: str, modal_env: str | None) -> str | None:
+        return self._call(self._web_url, name, modal_env, modal_env=modal_env, action=f"URL of {name}")
 
     async def _client(self) -> Any:
         from modal.client import _Client
 
         return await _Client.from_env()
 
-    async def _list_apps(self, env: str | None) -> list[LiveApp]:
+    async def _list_apps(self, modal_env: str | None) -> list[LiveApp]:
         from modal_proto import api_pb2
 
         client = await self._client()
-        environment = self._environment(env)
+        environment = self._environment(modal_env)
         resp = await client._stub.AppList(api_pb2.AppListRequest(environment_name=environment))
         deployed = [a for a in resp.apps if a.state == api_pb2.APP_STATE_DEPLOYED and (a.name or a.description)]
         return list(
-            await asyncio.gather(*(self._describe(client, a.name or a.description, a.app_id, env) for a in deployed))
+            await asyncio.gather(*(self._describe(client, a.name or a.description, a.app_id, modal_env) for a in deployed))
         )
 
-    async def _get_app(self, name: str, env: str | None) -> LiveApp | None:
+    async def _get_app(self, name: str, modal_env: str | None) -> LiveApp | None:
         from modal_proto import api_pb2
 
         client = await self._client()
         resp = await client._stub.AppGetByDeploymentName(
-            api_pb2.AppGetByDeploymentNameRequest(name=name, environment_name=self._environment(env))
+            api_pb2.AppGetByDeploymentNameRequest(name=name, environment_name=self._environment(modal_env))
         )
         if not resp.app_id:  # set only while an app of that name is deployed (as the `modal app` CLI reads it)
             return None
-        return await self._describe(client, name, resp.app_id, env)
+        return await self._describe(client, name, resp.app_id, modal_env)
 
-    async def _describe(self, client: Any, name: str, app_id: str, env: str | None) -> LiveApp:
+    async def _describe(self, client: Any, name: str, app_id: str, modal_env: str | None) -> LiveApp:
         from modal_proto import api_pb2
 
         tags = await client._stub.AppGetTags(api_pb2.AppGetTagsRequest(app_id=app_id))
@@ -481,7 +481,7 @@ class ModalBackend(Backend):
         return LiveApp(
             name=name,
             app_id=app_id,
-            environment=env,
+            modal_env=modal_env,
             managed=managed,
             version=current.version if current else None,
             tag=current.tag if current else "",
@@ -504,26 +504,26 @@ class ModalBackend(Backend):
         versions = sorted(effective_tags(raw), key=lambda v: v.version, reverse=True)
         return versions, (resp.production_app_version or None)
 
-    async def _app_id(self, client: Any, name: str, env: str | None) -> str:
+    async def _app_id(self, client: Any, name: str, modal_env: str | None) -> str:
         from modal_proto import api_pb2
 
         resp = await client._stub.AppGetByDeploymentName(
-            api_pb2.AppGetByDeploymentNameRequest(name=name, environment_name=self._environment(env))
+            api_pb2.AppGetByDeploymentNameRequest(name=name, environment_name=self._environment(modal_env))
         )
         if not resp.app_id:
-            raise AppNotFound(f"no deployed app named {name} in Modal environment {_env_label(env)}")
+            raise AppNotFound(f"no deployed app named {name} in Modal environment {_env_label(modal_env)}")
         return resp.app_id
 
-    async def _history_by_name(self, name: str, env: str | None) -> list[Version]:
+    async def _history_by_name(self, name: str, modal_env: str | None) -> list[Version]:
         client = await self._client()
-        versions, _ = await self._history(client, await self._app_id(client, name, env))
+        versions, _ = await self._history(client, await self._app_id(client, name, modal_env))
         return versions
 
-    async def _web_url(self, name: str, env: str | None) -> str | None:
+    async def _web_url(self, name: str, modal_env: str | None) -> str | None:
         from modal._functions import _Function
         from modal._server import _Server
 
-        environment = self._environment(env) or None
+        environment = self._environment(modal_env) or None
         url = await _Server.from_name(name, SERVER_NAME, environment_name=environment).get_url()
         if url:  # a deployment's `@app.server`
             return url
@@ -532,7 +532,7 @@ class ModalBackend(Backend):
     # -- writes
 
     def deploy(
-        self, app: Module, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self, app: Module, modal_env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
     ) -> DeployOutcome:
         name = app.name
         action = f"deploy {name}"
@@ -545,7 +545,7 @@ class ModalBackend(Backend):
         with tempfile.TemporaryDirectory(prefix="fleetform-deploy-") as tmp:
             modal_app = load_app(app, tmp)
             try:
-                return asyncio.run(self._deploy(modal_app, name, env, tag, strategy or self.strategy, timeout))
+                return asyncio.run(self._deploy(modal_app, name, modal_env, tag, strategy or self.strategy, timeout))
             except BackendError:
                 raise
             except Exception as exc:
@@ -553,50 +553,50 @@ class ModalBackend(Backend):
                     raise DeployTimeout(
                         f"{action}: not finished after {timeout:g}s (stopped waiting; Modal cancels a half-built deploy)"
                     ) from exc
-                raise translate(exc, env=env, action=action) from exc
+                raise translate(exc, modal_env=modal_env, action=action) from exc
             finally:
                 unload_app(app)
 
     async def _deploy(
-        self, modal_app: Any, name: str, env: str | None, tag: str, strategy: str, timeout: float | None
+        self, modal_app: Any, name: str, modal_env: str | None, tag: str, strategy: str, timeout: float | None
     ) -> DeployOutcome:
         import modal
         import modal.runner
 
         call = modal.runner.deploy_app.aio(
-            modal_app, name, environment_name=env, tag=tag, deployment_strategy=strategy
+            modal_app, name, environment_name=modal_env, tag=tag, deployment_strategy=strategy
         )
         result = await (asyncio.wait_for(call, timeout) if timeout else call)
         warnings = tuple(_one_line(w) for w in (getattr(result, "warnings", None) or ()))
         url: str | None = None
         try:
-            url = await modal.Server.from_name(name, SERVER_NAME, environment_name=env).get_url.aio()
+            url = await modal.Server.from_name(name, SERVER_NAME, environment_name=modal_env).get_url.aio()
             if not url:  # not an `@app.server`: the gateway's ASGI function
-                url = await modal.Function.from_name(name, SERVER_NAME, environment_name=env).get_web_url.aio()
+                url = await modal.Function.from_name(name, SERVER_NAME, environment_name=modal_env).get_web_url.aio()
         except Exception as exc:  # the deploy itself succeeded; the smoke test will say no URL
             warnings += (f"could not read the server URL: {_one_line(str(exc))}",)
         return DeployOutcome(
             app_id=result.app_id, url=url, dashboard_url=getattr(result, "app_page_url", None), warnings=warnings
         )
 
-    def rollback(self, name: str, env: str | None, version: int | None = None) -> None:
-        self._call(self._rollback, name, env, version, env=env, action=f"roll back {name}")
+    def rollback(self, name: str, modal_env: str | None, version: int | None = None) -> None:
+        self._call(self._rollback, name, modal_env, version, modal_env=modal_env, action=f"roll back {name}")
 
-    async def _rollback(self, name: str, env: str | None, version: int | None) -> None:
+    async def _rollback(self, name: str, modal_env: str | None, version: int | None) -> None:
         from modal_proto import api_pb2
 
         client = await self._client()
-        app_id = await self._app_id(client, name, env)
+        app_id = await self._app_id(client, name, modal_env)
         await client._stub.AppRollback(api_pb2.AppRollbackRequest(app_id=app_id, version=-1 if version is None else version))
 
-    def stop(self, name: str, env: str | None) -> None:
-        self._call(self._stop, name, env, env=env, action=f"stop {name}")
+    def stop(self, name: str, modal_env: str | None) -> None:
+        self._call(self._stop, name, modal_env, modal_env=modal_env, action=f"stop {name}")
 
-    async def _stop(self, name: str, env: str | None) -> None:
+    async def _stop(self, name: str, modal_env: str | None) -> None:
         from modal_proto import api_pb2
 
         client = await self._client()
-        app_id = await self._app_id(client, name, env)
+        app_id = await self._app_id(client, name, modal_env)
         await client._stub.AppStop(
             api_pb2.AppStopRequest(app_id=app_id, source=api_pb2.APP_STOP_SOURCE_PYTHON_CLIENT)
         )

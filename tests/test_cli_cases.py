@@ -138,7 +138,7 @@ def test_explain_names_where_each_value_came_from():
     assert where("gpu.type") == ("deployments/llama-3-3-70b-fp8.yaml", 19)
     assert where("engine.vllm_version") == ("deployments/fleet.yaml", 9)
     assert fields["engine.port"] == {"path": "engine.port", "value": 8000, "from": None}
-    assert where("environment") == ("deployments/fleet.yaml", 25) and fields["environment"]["value"] == "prod"
+    assert where("environment") == ("deployments/fleet.yaml", 25) and fields["environment"]["value"] == "llm-prod"
     assert "environments" not in fields
     assert run_cli("explain", "llama-3-3-70b").returncode == 2
 
@@ -149,7 +149,7 @@ def test_environment_overrides_beat_the_deployment_file(tmp_path):
 
     (tmp_path / "fleet.yaml").write_text(
         "defaults:\n  scaling: {max_containers: 9, buffer_containers: 3}\n"
-        "environments:\n  dev:\n    modal_environment: dev\n    overrides:\n"
+        "environments:\n  dev:\n    modal_environment: ff-dev\n    overrides:\n"
         "      scaling: {max_containers: 1, min_containers: 0}\n")
     (tmp_path / "a.yaml").write_text(
         f"name: a\nmodel: {{id: org/m, revision: {'a' * 40}}}\ngpu: {{type: L4}}\n"
@@ -160,7 +160,7 @@ def test_environment_overrides_beat_the_deployment_file(tmp_path):
     base, dev = got(), got("--env", "dev")
     assert (base["scaling.max_containers"], base["scaling.buffer_containers"], base["scaling.min_containers"]) == (4, 2, 0)
     assert (dev["scaling.max_containers"], dev["scaling.buffer_containers"], dev["scaling.min_containers"]) == (1, 2, 1)
-    assert dev["environment"] == "dev"
+    assert dev["environment"] == "ff-dev"
 
 
 def test_plan_totals_per_environment():
@@ -169,7 +169,7 @@ def test_plan_totals_per_environment():
     from renderer.gpus import GPU_TYPES
 
     plan = json.loads(run_cli("plan", "--format", "json").stdout)
-    totals = {t["environment"]: t for t in plan["by_environment"]}
+    totals = {t["fleet_env"]: t for t in plan["by_fleet_env"]}
     assert set(totals) == {None, "dev", "prod"}
     price = {k: v.usd_per_hour for k, v in GPU_TYPES.items()}
     # dev caps every deployment at one container

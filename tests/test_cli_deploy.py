@@ -11,7 +11,8 @@ from fake_backend import FakeBackend
 from conftest import REPO
 from renderer import cli, modal_api
 
-ENV = "dev"
+FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
+MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
 NAME = "qwen2-5-7b-awq"
 
 
@@ -19,14 +20,14 @@ NAME = "qwen2-5-7b-awq"
 def backend(monkeypatch):
     monkeypatch.chdir(REPO)
     fake = FakeBackend()
-    fake.add_live(NAME, "hand-made", env=ENV, managed=False)
+    fake.add_live(NAME, "hand-made", env=MODAL_ENV, managed=False)
     monkeypatch.setattr(modal_api, "default_backend", lambda: fake)
     monkeypatch.setattr(modal_api, "credentials_available", lambda environ=None: True)
     return fake
 
 
 def deploy(capsys, *extra: str) -> tuple[int, dict]:
-    code = cli.main(["deploy", "--env", ENV, "--only", NAME, "--skip-smoke-test", "--yes", "--format", "json",
+    code = cli.main(["deploy", "--env", FLEET_ENV, "--only", NAME, "--skip-smoke-test", "--yes", "--format", "json",
                      *extra])
     out, _ = capsys.readouterr()
     return code, json.loads(out)
@@ -42,7 +43,7 @@ def test_an_unmanaged_app_of_the_same_name_is_refused_without_adopt(backend, cap
 def test_adopt_deploys_over_it(backend, capsys):
     code, doc = deploy(capsys, "--adopt")
     assert code == 0 and doc["ok"] is True, doc
-    assert [c[1:3] for c in backend.calls_of("deploy")] == [(NAME, ENV)]
+    assert [c[1:3] for c in backend.calls_of("deploy")] == [(NAME, MODAL_ENV)]
 
 
 def test_adopt_help_says_what_it_risks(capsys):

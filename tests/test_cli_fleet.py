@@ -88,9 +88,9 @@ def gateway_line(root) -> int:
 def test_resolve_carries_the_gateway_and_the_modal_environment(gateway_fleet):
     resolved = resolve(load_fleet(["deployments"]), "dev")
     assert resolved.gateway is not None and resolved.gateway.min_containers == 1
-    assert (resolved.fleet_file, resolved.modal_environment) == ("deployments/fleet.yaml", "dev")
+    assert (resolved.fleet_file, resolved.modal_env) == ("deployments/fleet.yaml", "llm-dev")
     plain = resolve(load_fleet(["deployments"]))
-    assert plain.modal_environment is None
+    assert plain.modal_env is None
 
 
 def test_render_writes_the_gateway_module_and_check_sees_it(gateway_fleet):
@@ -138,7 +138,7 @@ def test_plan_lists_the_gateway_at_no_gpu_cost(gateway_fleet):
     rows = {r["name"]: r for r in doc["deployments"]}
     gw = rows["fleetform-gateway"]
     assert (gw["gpu"], gw["usd_per_hour_min"], gw["usd_per_hour_max"]) == ("CPU only", 0.0, 0.0)
-    assert (gw["containers"], gw["concurrency"], gw["environment"]) == ("1-any", "200 target / 1000 max", "prod")
+    assert (gw["containers"], gw["concurrency"], gw["modal_env"]) == ("1-any", "200 target / 1000 max", "llm-prod")
     assert gw["model"] == "gateway: 5 model name(s)" and gw["source"] == "deployments/fleet.yaml"
     assert len(rows) == 5
     text = run_cli("plan", "--env", "prod", cwd=gateway_fleet).stdout

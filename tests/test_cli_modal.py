@@ -17,7 +17,8 @@ from renderer.codegen.render import render_fleet
 from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE
 from renderer.config.resolve import resolve
 
-ENV = "dev"  # fleet.yaml's dev environment deploys into Modal environment "dev"
+FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
+MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
 MODAL_VARS = ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_CONFIG_PATH", "MODAL_PROFILE")
 
 
@@ -30,7 +31,7 @@ def no_credentials(tmp_path, *args: str):
 
 
 @pytest.mark.parametrize("argv", [
-    ["deploy", "--yes"], ["deploy", "--env", ENV, "--dry-run"], ["status"], ["status", "--env", "prod"],
+    ["deploy", "--yes"], ["deploy", "--env", FLEET_ENV, "--dry-run"], ["status"], ["status", "--env", "prod"],
     ["rollback", "llama-3-1-8b-fp8"], ["destroy", "llama-3-1-8b-fp8", "--yes"], ["destroy", "retired-model"],
 ])
 def test_modal_commands_without_credentials_say_so_in_one_line(tmp_path, argv):
@@ -71,7 +72,7 @@ def test_strategy_choices_are_the_backends():
 
 
 def test_plan_without_credentials_notes_it_and_shows_the_offline_plan(tmp_path):
-    result = no_credentials(tmp_path, "plan", "--env", ENV)
+    result = no_credentials(tmp_path, "plan", "--env", FLEET_ENV)
     assert result.returncode == 0
     assert result.stderr == NO_CREDENTIALS_PLAN_NOTE + "\n"
     assert "fleetform plan (env: dev)" in result.stdout and "4 deployment(s)." in result.stdout
@@ -99,7 +100,7 @@ def test_detailed_exitcode_without_credentials_or_against_is_an_error(tmp_path):
 @pytest.fixture
 def apps(monkeypatch):
     monkeypatch.chdir(REPO)  # the CLI's default `deployments`, named as the CLI names it (hashes depend on it)
-    resolved = resolve(load_fleet(["deployments"]), ENV)
+    resolved = resolve(load_fleet(["deployments"]), FLEET_ENV)
     return {a.deployment.name: a for a in render_fleet(resolved.deployments)}
 
 
@@ -113,7 +114,7 @@ def backend(monkeypatch, apps):
 
 def live(backend, apps, *names, stale=()):
     for n in names:
-        backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(apps[n]), env=ENV, versions=2)
+        backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(apps[n]), env=MODAL_ENV, versions=2)
 
 
 def main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -124,27 +125,27 @@ def main(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_live_plan_shows_what_deploy_would_do(backend, apps, capsys):
     live(backend, apps, "llama-3-1-8b-fp8", "qwen2-5-7b-awq", stale=("qwen2-5-7b-awq",))
-    backend.add_live("retired-model", "ff-123456789abc", env=ENV)
-    code, out, err = main(capsys, "plan", "--env", ENV)
+    backend.add_live("retired-model", "ff-123456789abc", env=MODAL_ENV)
+    code, out, err = main(capsys, "plan", "--env", FLEET_ENV)
     assert (code, err) == (0, "")
     offline, _, live_part = out.partition("Live plan")
     assert "fleetform plan (env: dev)" in offline and "Idle floor" in offline
     assert "2 to create, 1 to update, 1 unchanged, 1 orphan" in live_part
-    assert "orphan: retired-model (v1, ff-123456789abc) in 'dev' is managed by fleetform" in live_part
-    assert backend.calls_of("list_apps") == [("list_apps", ENV)]
+    assert "orphan: retired-model (v1, ff-123456789abc) in 'llm-dev' is managed by fleetform" in live_part
+    assert backend.calls_of("list_apps") == [("list_apps", MODAL_ENV)]
 
 
 def test_live_plan_detailed_exitcode(backend, apps, capsys):
     live(backend, apps, *apps)
-    backend.add_live("retired-model", "ff-123456789abc", env=ENV)  # an orphan alone is no change
-    assert main(capsys, "plan", "--env", ENV, "--detailed-exitcode")[0] == 0
-    backend.add_live("qwen2-5-7b-awq", "ff-000000000000", env=ENV)
-    assert main(capsys, "plan", "--env", ENV, "--detailed-exitcode")[0] == 2
+    backend.add_live("retired-model", "ff-123456789abc", env=MODAL_ENV)  # an orphan alone is no change
+    assert main(capsys, "plan", "--env", FLEET_ENV, "--detailed-exitcode")[0] == 0
+    backend.add_live("qwen2-5-7b-awq", "ff-000000000000", env=MODAL_ENV)
+    assert main(capsys, "plan", "--env", FLEET_ENV, "--detailed-exitcode")[0] == 2
 
 
 def test_live_plan_json(backend, apps, capsys):
     live(backend, apps, "llama-3-1-8b-fp8")
-    code, out, err = main(capsys, "plan", "--env", ENV, "--format", "json")
+    code, out, err = main(capsys, "plan", "--env", FLEET_ENV, "--format", "json")
     assert (code, err) == (0, "")
     doc = json.loads(out)
     assert doc["live"]["live"] is True and doc["live"]["changes"] is True
@@ -156,18 +157,18 @@ def test_live_plan_json(backend, apps, capsys):
 
 def test_live_plan_error_is_one_line_after_the_offline_plan(backend, apps, capsys):
     backend.list_error = NetworkError("cannot reach Modal (connection refused): check the network connection and retry")
-    code, out, err = main(capsys, "plan", "--env", ENV, "--detailed-exitcode")
+    code, out, err = main(capsys, "plan", "--env", FLEET_ENV, "--detailed-exitcode")
     assert code == 1
     assert err == "error: cannot reach Modal (connection refused): check the network connection and retry\n"
     assert "fleetform plan (env: dev)" in out and "Live plan" not in out
-    code, out, err = main(capsys, "plan", "--env", ENV, "--format", "json")
+    code, out, err = main(capsys, "plan", "--env", FLEET_ENV, "--format", "json")
     doc = json.loads(out)
     assert code == 1 and doc["live"] is None and doc["error"].startswith("cannot reach Modal")
 
 
 def test_deploy_dry_run_deploys_nothing(backend, apps, capsys):
     live(backend, apps, "llama-3-1-8b-fp8")
-    code, out, err = main(capsys, "deploy", "--env", ENV, "--dry-run")
+    code, out, err = main(capsys, "deploy", "--env", FLEET_ENV, "--dry-run")
     assert (code, err) == (0, "")
     assert "Dry run: nothing deployed" in out and "3 planned" in out and "1 unchanged (llama-3-1-8b-fp8)" in out
     assert backend.calls_of("deploy") == []
@@ -177,19 +178,19 @@ def test_deploy_passes_every_option_through(backend, apps, capsys):
     """--only, --strategy, --skip-smoke-test and --yes reach the orchestrator; the Modal environment
     is the one `--env dev` selects; the JSON report is the only thing on stdout."""
     live(backend, apps, "qwen2-5-7b-awq", stale=("qwen2-5-7b-awq",))
-    code, out, err = main(capsys, "deploy", "--env", ENV, "--only", "qwen2-5-7b-awq", "--only", "llama-3-1-8b-fp8",
+    code, out, err = main(capsys, "deploy", "--env", FLEET_ENV, "--only", "qwen2-5-7b-awq", "--only", "llama-3-1-8b-fp8",
                           "--strategy", "recreate", "--skip-smoke-test", "--yes", "--parallel", "1", "--format", "json")
     doc = json.loads(out)
     assert code == 0 and doc["ok"] is True, (out, err)
     assert sorted(doc["summary"]["deployed"]) == ["llama-3-1-8b-fp8", "qwen2-5-7b-awq"]
     assert sorted(c[1:] for c in backend.calls_of("deploy")) == [
-        ("llama-3-1-8b-fp8", ENV, deployment_tag(apps["llama-3-1-8b-fp8"]), "recreate"),
-        ("qwen2-5-7b-awq", ENV, deployment_tag(apps["qwen2-5-7b-awq"]), "recreate")]
+        ("llama-3-1-8b-fp8", MODAL_ENV, deployment_tag(apps["llama-3-1-8b-fp8"]), "recreate"),
+        ("qwen2-5-7b-awq", MODAL_ENV, deployment_tag(apps["qwen2-5-7b-awq"]), "recreate")]
     assert all(r["smoke_test"] is None for r in doc["deployments"])
 
 
 def test_deploy_without_yes_and_without_a_terminal_refuses(backend, apps, capsys):
-    code, out, err = main(capsys, "deploy", "--env", ENV, "--skip-smoke-test")
+    code, out, err = main(capsys, "deploy", "--env", FLEET_ENV, "--skip-smoke-test")
     assert code == 1 and backend.calls_of("deploy") == []
     assert "needs confirmation, and stdin is not a terminal: pass --yes" in out
 
@@ -199,34 +200,34 @@ def test_ctrl_c_while_planning_is_one_line(backend, apps, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(backend, "list_apps", interrupted)
-    assert main(capsys, "deploy", "--env", ENV, "--yes") == (130, "", "interrupted: nothing was deployed\n")
+    assert main(capsys, "deploy", "--env", FLEET_ENV, "--yes") == (130, "", "interrupted: nothing was deployed\n")
 
 
 def test_status(backend, apps, capsys):
     live(backend, apps, "llama-3-1-8b-fp8", "qwen2-5-7b-awq", stale=("qwen2-5-7b-awq",))
-    code, out, err = main(capsys, "status", "--env", ENV, "--format", "json")
+    code, out, err = main(capsys, "status", "--env", FLEET_ENV, "--format", "json")
     assert (code, err) == (0, "")
     states = {r["name"]: r["state"] for r in json.loads(out)["deployments"]}
     assert states == {"llama-3-1-8b-fp8": "in_sync", "qwen2-5-7b-awq": "drifted", "llama-3-3-70b-fp8": "not_deployed",
                       "qwen2-5-7b-instruct": "not_deployed"}
-    code, out, _ = main(capsys, "status", "--env", ENV)
+    code, out, _ = main(capsys, "status", "--env", FLEET_ENV)
     assert code == 0 and "Fleet status" in out and "https://llama-3-1-8b-fp8.example.test" in out
 
 
 def test_rollback_a_deployment_and_an_orphan_in_the_envs_modal_environment(backend, apps, capsys):
     live(backend, apps, "llama-3-1-8b-fp8")
-    backend.add_live("retired-model", "ff-123456789abc", env=ENV, versions=3)
-    code, out, err = main(capsys, "rollback", "llama-3-1-8b-fp8", "--env", ENV)
+    backend.add_live("retired-model", "ff-123456789abc", env=MODAL_ENV, versions=3)
+    code, out, err = main(capsys, "rollback", "llama-3-1-8b-fp8", "--env", FLEET_ENV)
     assert (code, err) == (0, "") and out.startswith("rolled back llama-3-1-8b-fp8 from v2")
-    code, out, _ = main(capsys, "rollback", "retired-model", "--env", ENV, "--to", "v1", "--format", "json")
+    code, out, _ = main(capsys, "rollback", "retired-model", "--env", FLEET_ENV, "--to", "v1", "--format", "json")
     doc = json.loads(out)
-    assert code == 0 and (doc["from_version"], doc["to_version"], doc["environment"]) == (3, 1, ENV)
-    assert [c[2] for c in backend.calls_of("rollback")] == [ENV, ENV]
+    assert code == 0 and (doc["from_version"], doc["to_version"], doc["modal_env"]) == (3, 1, MODAL_ENV)
+    assert [c[2] for c in backend.calls_of("rollback")] == [MODAL_ENV, MODAL_ENV]
 
 
 def test_rollback_refusal_is_one_line_on_stderr(backend, apps, capsys):
-    backend.add_live("hand-made", "", env=ENV, managed=False)
-    code, out, err = main(capsys, "rollback", "hand-made", "--env", ENV)
+    backend.add_live("hand-made", "", env=MODAL_ENV, managed=False)
+    code, out, err = main(capsys, "rollback", "hand-made", "--env", FLEET_ENV)
     assert (code, out) == (1, "")
     assert err == ("error: refusing to roll back hand-made: fleetform does not manage it (it lacks the managed-by: "
                    "fleetform tag)\n")
@@ -234,12 +235,12 @@ def test_rollback_refusal_is_one_line_on_stderr(backend, apps, capsys):
 
 def test_destroy(backend, apps, capsys):
     live(backend, apps, "qwen2-5-7b-awq")
-    code, out, err = main(capsys, "destroy", "qwen2-5-7b-awq", "--env", ENV)  # no terminal, no --yes
+    code, out, err = main(capsys, "destroy", "qwen2-5-7b-awq", "--env", FLEET_ENV)  # no terminal, no --yes
     assert code == 1 and out == "" and "needs confirmation, and stdin is not a terminal: pass --yes" in err
     assert err.count("\n") == 1 and backend.calls_of("stop") == []
-    code, out, err = main(capsys, "destroy", "qwen2-5-7b-awq", "--env", ENV, "--yes")
-    assert (code, out, err) == (0, "stopped qwen2-5-7b-awq in Modal environment 'dev'\n", "")
-    assert backend.calls_of("stop") == [("stop", "qwen2-5-7b-awq", ENV)]
+    code, out, err = main(capsys, "destroy", "qwen2-5-7b-awq", "--env", FLEET_ENV, "--yes")
+    assert (code, out, err) == (0, "stopped qwen2-5-7b-awq in Modal environment 'llm-dev'\n", "")
+    assert backend.calls_of("stop") == [("stop", "qwen2-5-7b-awq", MODAL_ENV)]
 
 
 def test_ctrl_c_at_destroy_is_one_line(backend, apps, capsys, monkeypatch):
@@ -250,7 +251,7 @@ def test_ctrl_c_at_destroy_is_one_line(backend, apps, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(common, "ask", ctrl_c)
-    assert main(capsys, "destroy", "qwen2-5-7b-awq", "--env", ENV) == (130, "", "interrupted: qwen2-5-7b-awq left running\n")
+    assert main(capsys, "destroy", "qwen2-5-7b-awq", "--env", FLEET_ENV) == (130, "", "interrupted: qwen2-5-7b-awq left running\n")
     assert backend.calls_of("stop") == []
 
 

@@ -43,19 +43,20 @@ from renderer.modal_api import (
     deployment_tag,
 )
 from renderer.codegen.render import render_fleet
-from renderer.plan.live import Action, environment_for, live_plan, plan_exit_code, render_plan
+from renderer.plan.live import Action, modal_env_for, live_plan, plan_exit_code, render_plan
 from renderer.config.resolve import gateway_from, resolve
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
-ENV = "dev"  # the example fleet's `dev` overlay deploys into Modal environment "dev"
+FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
+MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
 
 
 @pytest.fixture(scope="module")
 def apps():
-    resolved = resolve(load_fleet([str(DEPLOYMENTS)]), ENV)
+    resolved = resolve(load_fleet([str(DEPLOYMENTS)]), FLEET_ENV)
     assert resolved.ok, resolved.diagnostics
     rendered = render_fleet(resolved.deployments)
-    assert len(rendered) >= 4 and all(a.deployment.environment == ENV for a in rendered)
+    assert len(rendered) >= 4 and all(a.deployment.modal_env == MODAL_ENV for a in rendered)
     return rendered
 
 
@@ -67,7 +68,7 @@ def live_all(backend, apps, *, stale=()):
     """Make every app live: with its current tag, or an older one for the names in `stale`."""
     for a in apps:
         n = a.deployment.name
-        backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(a), env=ENV, versions=2)
+        backend.add_live(n, "ff-000000000000" if n in stale else deployment_tag(a), env=MODAL_ENV, versions=2)
 
 
 def deploy(backend, apps, smoke=None, gateway=None, **options):
@@ -96,11 +97,11 @@ def test_tag_is_the_short_hash_and_a_valid_modal_tag(apps):
 def test_live_plan_actions(apps):
     b = FakeBackend()
     a0, a1, a2, a3 = (a.deployment.name for a in apps[:4])
-    b.add_live(a0, deployment_tag(apps[0]), env=ENV)
-    b.add_live(a1, "ff-000000000000", env=ENV)
-    b.add_live(a2, "hand-made", env=ENV, managed=False)
-    b.add_live("retired-model", "ff-111111111111", env=ENV)
-    b.add_live("someone-elses-app", "", env=ENV, managed=False)
+    b.add_live(a0, deployment_tag(apps[0]), env=MODAL_ENV)
+    b.add_live(a1, "ff-000000000000", env=MODAL_ENV)
+    b.add_live(a2, "hand-made", env=MODAL_ENV, managed=False)
+    b.add_live("retired-model", "ff-111111111111", env=MODAL_ENV)
+    b.add_live("someone-elses-app", "", env=MODAL_ENV, managed=False)
     rows = live_plan(apps, b)
     actions = {r.name: r.action for r in rows}
     assert actions == {a0: Action.UNCHANGED, a1: Action.UPDATE, a2: Action.CONFLICT, a3: Action.CREATE,
@@ -133,14 +134,14 @@ def test_only_changed_deployments_are_deployed_with_their_tag(apps):
     deployed = {c[1]: c for c in b.calls_of("deploy")}
     assert set(deployed) == {apps[0].deployment.name, apps[1].deployment.name}
     for a in apps[:2]:
-        assert deployed[a.deployment.name] == ("deploy", a.deployment.name, ENV, deployment_tag(a), "recreate")
+        assert deployed[a.deployment.name] == ("deploy", a.deployment.name, MODAL_ENV, deployment_tag(a), "recreate")
     assert {r.name: r.action for r in report.results if r.status == DEPLOYED} == {
         apps[0].deployment.name: Action.CREATE,
         apps[1].deployment.name: Action.UPDATE,
     }
     assert sorted(n for n, _ in smoke.tested) == sorted(deployed)
     assert report.exit_code == 0
-    assert b.get_app(apps[1].deployment.name, ENV).tag == deployment_tag(apps[1])
+    assert b.get_app(apps[1].deployment.name, MODAL_ENV).tag == deployment_tag(apps[1])
 
 
 def test_two_changed_deployments_deploy_in_parallel(apps):
@@ -169,12 +170,12 @@ def test_smoke_failure_rolls_back_that_app_only(apps):
     live_all(b, apps, stale=names(apps[:2]))
     bad, good = apps[0].deployment.name, apps[1].deployment.name
     report = deploy(b, apps, FakeSmoke(failing={bad}))
-    assert b.calls_of("rollback") == [("rollback", bad, ENV, 2)]  # the version live before
+    assert b.calls_of("rollback") == [("rollback", bad, MODAL_ENV, 2)]  # the version live before
     assert b.calls_of("stop") == []
     by_name = {r.name: r for r in report.results}
     assert by_name[bad].status == FAILED and by_name[bad].recovery == ROLLED_BACK
     assert by_name[good].status == DEPLOYED
-    assert b.get_app(bad, ENV).tag == "ff-000000000000"  # the rollback restored the old tag
+    assert b.get_app(bad, MODAL_ENV).tag == "ff-000000000000"  # the rollback restored the old tag
     assert report.exit_code == 1
     out = text(report)
     assert "rolled back to v2" in out and "smoke test failed" in out
@@ -185,10 +186,10 @@ def test_first_deploy_that_fails_its_smoke_test_is_stopped(apps):
     b = FakeBackend()
     name = apps[0].deployment.name
     report = deploy(b, apps[:1], FakeSmoke(failing={name}))
-    assert b.calls_of("stop") == [("stop", name, ENV)]
+    assert b.calls_of("stop") == [("stop", name, MODAL_ENV)]
     assert b.calls_of("rollback") == []
     assert report.results[0].recovery == STOPPED
-    assert b.get_app(name, ENV) is None
+    assert b.get_app(name, MODAL_ENV) is None
     assert report.exit_code == 1
 
 
@@ -198,7 +199,7 @@ def test_no_rollback_keeps_the_failing_version(apps):
     report = deploy(b, apps[:1], FakeSmoke(failing=set(names(apps[:1]))), rollback=False)
     assert b.calls_of("rollback") == [] and b.calls_of("stop") == []
     assert report.results[0].recovery == KEPT
-    assert b.get_app(apps[0].deployment.name, ENV).tag == deployment_tag(apps[0])
+    assert b.get_app(apps[0].deployment.name, MODAL_ENV).tag == deployment_tag(apps[0])
     assert "--no-rollback" in text(report)
     assert report.exit_code == 1
 
@@ -220,7 +221,7 @@ def test_summary_version_is_the_one_live_after_the_run(apps, rollback, failing, 
     live_all(b, apps[:1], stale=[name])
     report = deploy(b, apps[:1], FakeSmoke(failing={name} if failing else set()), rollback=rollback)
     expected = {"new": deployment_tag(apps[0]), "old": "ff-000000000000"}[shown]
-    assert b.get_app(name, ENV).tag == expected  # what Modal runs...
+    assert b.get_app(name, MODAL_ENV).tag == expected  # what Modal runs...
     assert _summary_version(report, name) == expected  # ...is what the table says
     assert report.to_dict()["deployments"][0]["tag"] == deployment_tag(apps[0])
 
@@ -278,7 +279,7 @@ def test_dry_run_deploys_nothing(apps):
 def test_only_limits_the_deploy_and_rejects_unknown_names(apps):
     b = FakeBackend()
     target = apps[2].deployment.name
-    b.add_live("retired-model", "ff-1", env=ENV)
+    b.add_live("retired-model", "ff-1", env=MODAL_ENV)
     report = deploy(b, apps, only=(target,))
     assert [c[1] for c in b.calls_of("deploy")] == [target]
     assert report.orphans == []  # a partial deploy says nothing about the rest of the environment
@@ -289,7 +290,7 @@ def test_only_limits_the_deploy_and_rejects_unknown_names(apps):
 def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
     b = FakeBackend()
     name = apps[0].deployment.name
-    b.add_live(name, "", env=ENV, managed=False)
+    b.add_live(name, "", env=MODAL_ENV, managed=False)
     report = deploy(b, apps[:1])
     assert b.calls_of("deploy") == []
     assert report.results[0].status == FAILED and "does not manage" in report.results[0].error
@@ -300,11 +301,11 @@ def test_unmanaged_app_of_the_same_name_is_not_overwritten(apps):
 def test_adopt_takes_over_an_unmanaged_app_of_the_same_name(apps):
     b = FakeBackend()
     name = apps[0].deployment.name
-    b.add_live(name, "", env=ENV, managed=False, versions=2)
+    b.add_live(name, "", env=MODAL_ENV, managed=False, versions=2)
     adopted = deploy(b, apps[:1], adopt=True)
     assert adopted.names(DEPLOYED) == [name] and adopted.results[0].action == Action.UPDATE
-    assert b.calls_of("deploy") == [("deploy", name, ENV, deployment_tag(apps[0]), "rolling")]
-    assert b.get_app(name, ENV).managed  # the module's App tag makes it ours from now on
+    assert b.calls_of("deploy") == [("deploy", name, MODAL_ENV, deployment_tag(apps[0]), "rolling")]
+    assert b.get_app(name, MODAL_ENV).managed  # the module's App tag makes it ours from now on
     assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
     assert deploy(b, apps[:1]).names(UNCHANGED) == [name]
 
@@ -312,9 +313,9 @@ def test_adopt_takes_over_an_unmanaged_app_of_the_same_name(apps):
 def test_adopted_app_that_fails_its_smoke_test_goes_back_to_the_version_taken_over(apps):
     b = FakeBackend()
     name = apps[0].deployment.name
-    b.add_live(name, "hand-made", env=ENV, managed=False, versions=2)
+    b.add_live(name, "hand-made", env=MODAL_ENV, managed=False, versions=2)
     report = deploy(b, apps[:1], FakeSmoke(failing={name}), adopt=True)
-    assert report.results[0].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", name, ENV, 2)]
+    assert report.results[0].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", name, MODAL_ENV, 2)]
     assert b.calls_of("stop") == []  # never stopped: it was someone's running app
 
 
@@ -422,7 +423,7 @@ def test_progress_lines_without_a_terminal(apps):
 def test_json_report(apps):
     b = FakeBackend()
     live_all(b, apps, stale=names(apps[:1]))
-    b.add_live("retired-model", "ff-1", env=ENV)
+    b.add_live("retired-model", "ff-1", env=MODAL_ENV)
     report = deploy(b, apps, format="json")
     out = io.StringIO()
     assert report.emit(Console(file=out, width=200), "json") == 0
@@ -448,10 +449,10 @@ def test_json_format_keeps_stdout_for_the_document(apps, capsys):
 def test_status_reports_sync_drift_absence_and_orphans(apps):
     b = FakeBackend()
     a0, a1, a2 = (a.deployment.name for a in apps[:3])
-    b.add_live(a0, deployment_tag(apps[0]), env=ENV)
-    b.add_live(a1, "ff-000000000000", env=ENV, versions=3)
-    b.add_live("retired-model", "ff-111111111111", env=ENV)
-    report = run_status(apps, b, ENV)
+    b.add_live(a0, deployment_tag(apps[0]), env=MODAL_ENV)
+    b.add_live(a1, "ff-000000000000", env=MODAL_ENV, versions=3)
+    b.add_live("retired-model", "ff-111111111111", env=MODAL_ENV)
+    report = run_status(apps, b, MODAL_ENV)
     rows = {r.name: r for r in report.rows}
     assert rows[a0].state == "in_sync" and rows[a0].url == f"https://{a0}.example.test"
     assert (rows[a1].state, rows[a1].live_version, rows[a1].live_tag) == ("drifted", 3, "ff-000000000000")
@@ -468,12 +469,12 @@ def test_status_recognises_rolled_back_content_whatever_the_entry_is_tagged(apps
     b = FakeBackend()
     b.rollback_tag = entry_tag
     name, tag = apps[0].deployment.name, deployment_tag(apps[0])
-    fake = b.add_live(name, tag, env=ENV)
+    fake = b.add_live(name, tag, env=MODAL_ENV)
     fake.versions.append(Version(2, "ff-000000000000"))  # a newer, different module went live
     fake.live = 2
-    assert run_status(apps[:1], b, ENV).rows[0].state == "drifted"
-    assert run_rollback(name, b, environment=ENV).ok
-    row = run_status(apps[:1], b, ENV).rows[0]
+    assert run_status(apps[:1], b, MODAL_ENV).rows[0].state == "drifted"
+    assert run_rollback(name, b, modal_env=MODAL_ENV).ok
+    row = run_status(apps[:1], b, MODAL_ENV).rows[0]
     assert (row.state, row.live_version, row.live_tag) == ("in_sync", 3, tag)
     assert live_plan(apps[:1], b)[0].action == Action.UNCHANGED
 
@@ -483,50 +484,50 @@ def test_status_recognises_rolled_back_content_whatever_the_entry_is_tagged(apps
 
 def test_rollback_to_previous_version(apps):
     b = FakeBackend()
-    b.add_live("m", "ff-new", env=ENV, versions=3)  # v1 ff-old1, v2 ff-old2, v3 ff-new
-    report = run_rollback("m", b, environment=ENV)
+    b.add_live("m", "ff-new", env=MODAL_ENV, versions=3)  # v1 ff-old1, v2 ff-old2, v3 ff-new
+    report = run_rollback("m", b, modal_env=MODAL_ENV)
     assert report.ok, report.message
-    assert b.calls_of("rollback") == [("rollback", "m", ENV, 2)]
+    assert b.calls_of("rollback") == [("rollback", "m", MODAL_ENV, 2)]
     assert "from v3 (ff-new) to v2 (ff-old2)" in report.message
-    assert b.get_app("m", ENV).tag == "ff-old2"
+    assert b.get_app("m", MODAL_ENV).tag == "ff-old2"
 
 
 @pytest.mark.parametrize("to, version", [("v1", 1), ("1", 1), ("ff-old1", 1)])
 def test_rollback_to_a_given_version_or_tag(to, version):
     b = FakeBackend()
-    b.add_live("m", "ff-new", env=ENV, versions=3)
-    assert run_rollback("m", b, environment=ENV, to=to).ok
-    assert b.calls_of("rollback") == [("rollback", "m", ENV, version)]
+    b.add_live("m", "ff-new", env=MODAL_ENV, versions=3)
+    assert run_rollback("m", b, modal_env=MODAL_ENV, to=to).ok
+    assert b.calls_of("rollback") == [("rollback", "m", MODAL_ENV, version)]
 
 
 def test_rollback_refusals():
     b = FakeBackend()
-    b.add_live("m", "ff-new", env=ENV, versions=2)
-    b.add_live("theirs", "x", env=ENV, managed=False, versions=2)
-    assert "no version 'v9'" in run_rollback("m", b, environment=ENV, to="v9").message
-    assert "already the live version" in run_rollback("m", b, environment=ENV, to="v2").message
-    assert "does not manage" in run_rollback("theirs", b, environment=ENV).message
-    assert "no deployed app named ghost" in run_rollback("ghost", b, environment=ENV).message
+    b.add_live("m", "ff-new", env=MODAL_ENV, versions=2)
+    b.add_live("theirs", "x", env=MODAL_ENV, managed=False, versions=2)
+    assert "no version 'v9'" in run_rollback("m", b, modal_env=MODAL_ENV, to="v9").message
+    assert "already the live version" in run_rollback("m", b, modal_env=MODAL_ENV, to="v2").message
+    assert "does not manage" in run_rollback("theirs", b, modal_env=MODAL_ENV).message
+    assert "no deployed app named ghost" in run_rollback("ghost", b, modal_env=MODAL_ENV).message
     assert b.calls_of("rollback") == []
 
 
 def test_destroy_asks_and_refuses_unmanaged_apps():
     b = FakeBackend()
-    b.add_live("m", "ff-new", env=ENV)
-    b.add_live("theirs", "x", env=ENV, managed=False)
-    declined = run_destroy("m", b, environment=ENV, confirm=lambda q: False)
+    b.add_live("m", "ff-new", env=MODAL_ENV)
+    b.add_live("theirs", "x", env=MODAL_ENV, managed=False)
+    declined = run_destroy("m", b, modal_env=MODAL_ENV, confirm=lambda q: False)
     assert not declined.ok and b.calls_of("stop") == []
-    refused = run_destroy("theirs", b, environment=ENV, yes=True)
+    refused = run_destroy("theirs", b, modal_env=MODAL_ENV, yes=True)
     assert not refused.ok and "does not manage" in refused.message and b.calls_of("stop") == []
     asked = []
-    done = run_destroy("m", b, environment=ENV, confirm=lambda q: asked.append(q) or True)
-    assert done.ok and b.calls_of("stop") == [("stop", "m", ENV)] and "m" in asked[0]
-    assert b.get_app("m", ENV) is None
+    done = run_destroy("m", b, modal_env=MODAL_ENV, confirm=lambda q: asked.append(q) or True)
+    assert done.ok and b.calls_of("stop") == [("stop", "m", MODAL_ENV)] and "m" in asked[0]
+    assert b.get_app("m", MODAL_ENV) is None
 
 
-def test_environment_for(apps):
-    assert environment_for(apps[0].deployment.name, apps) == ENV
-    assert environment_for("retired-model", apps, "prod") == "prod"
+def test_modal_env_for(apps):
+    assert modal_env_for(apps[0].deployment.name, apps) == MODAL_ENV
+    assert modal_env_for("retired-model", apps, "prod") == "prod"
 
 
 # --- the gateway: a member of the fleet, never an orphan -------------------------------------------
@@ -543,8 +544,8 @@ def test_a_gateway_deployed_as_documented_is_a_member_not_an_orphan(apps, gatewa
     """`modal deploy build/fleetform-gateway.py` by hand: a managed app (the module's App tag), no ff- tag."""
     b = FakeBackend()
     live_all(b, apps)
-    b.add_live(gateway.name, "", env=ENV)
-    rows = live_plan(apps, b, ENV, gateway)
+    b.add_live(gateway.name, "", env=MODAL_ENV)
+    rows = live_plan(apps, b, MODAL_ENV, gateway)
     (row,) = [r for r in rows if r.name == gateway.name]
     assert row.gateway and row.action == Action.UPDATE and row.desired_tag == deployment_tag(gateway)
     assert [r.action for r in rows if r.action == Action.ORPHAN] == []
@@ -552,26 +553,26 @@ def test_a_gateway_deployed_as_documented_is_a_member_not_an_orphan(apps, gatewa
     render_plan(rows, Console(file=out, width=200))
     assert "orphan" not in out.getvalue() and "destroy" not in out.getvalue()
     assert f"{gateway.name} (gateway)" in out.getvalue()
-    status = run_status(apps, b, ENV, gateway)
+    status = run_status(apps, b, MODAL_ENV, gateway)
     assert {r.name: r.state for r in status.rows}[gateway.name] == "drifted"
-    report = deploy(b, apps, dry_run=True, environment=ENV, gateway=gateway)
+    report = deploy(b, apps, dry_run=True, modal_env=MODAL_ENV, gateway=gateway)
     assert report.orphans == [] and report.names(PLANNED) == [gateway.name]
 
 
 def test_gateway_compared_by_content_hash(apps, gateway):
     b = FakeBackend()
     live_all(b, apps)
-    b.add_live(gateway.name, deployment_tag(gateway), env=ENV)
-    rows = live_plan(apps, b, ENV, gateway)
+    b.add_live(gateway.name, deployment_tag(gateway), env=MODAL_ENV)
+    rows = live_plan(apps, b, MODAL_ENV, gateway)
     assert {r.name: r.action for r in rows}[gateway.name] == Action.UNCHANGED and plan_exit_code(rows) == 0
-    status = run_status(apps, b, ENV, gateway)
+    status = run_status(apps, b, MODAL_ENV, gateway)
     row = next(r for r in status.rows if r.name == gateway.name)
     assert (row.state, row.gateway, row.url) == ("in_sync", True, f"https://{gateway.name}.example.test")
     assert "fleetform-gateway (gateway)" in text(status)
     other = FakeBackend()  # a gateway rendered for another fleet (other routes): other content
     live_all(other, apps)
-    other.add_live(gateway.name, "ff-0123456789ab", env=ENV)
-    assert {r.name: r.action for r in live_plan(apps, other, ENV, gateway)}[gateway.name] == Action.UPDATE
+    other.add_live(gateway.name, "ff-0123456789ab", env=MODAL_ENV)
+    assert {r.name: r.action for r in live_plan(apps, other, MODAL_ENV, gateway)}[gateway.name] == Action.UPDATE
 
 
 def test_deploy_deploys_the_gateway_after_the_deployments_it_routes_to(apps, gateway):
@@ -580,20 +581,20 @@ def test_deploy_deploys_the_gateway_after_the_deployments_it_routes_to(apps, gat
     finished_when_gateway_started = []
     b.on_deploy = lambda name: finished_when_gateway_started.extend(b.finished) if name == gateway.name else None
     smoke = FakeSmoke()
-    report = deploy(b, apps, smoke, environment=ENV, gateway=gateway, parallel=4)
+    report = deploy(b, apps, smoke, modal_env=MODAL_ENV, gateway=gateway, parallel=4)
     assert report.exit_code == 0 and report.names(DEPLOYED) == [*names(apps[:2]), gateway.name]
     assert b.started[-1] == gateway.name
     assert sorted(finished_when_gateway_started) == sorted(names(apps[:2]))
-    assert b.calls_of("deploy")[-1] == ("deploy", gateway.name, ENV, deployment_tag(gateway), "rolling")
+    assert b.calls_of("deploy")[-1] == ("deploy", gateway.name, MODAL_ENV, deployment_tag(gateway), "rolling")
     assert smoke.tested[-1] == (gateway.name, f"https://{gateway.name}.example.test")
-    assert deploy(b, apps, environment=ENV, gateway=gateway).names(UNCHANGED) == [*names(apps), gateway.name]
+    assert deploy(b, apps, modal_env=MODAL_ENV, gateway=gateway).names(UNCHANGED) == [*names(apps), gateway.name]
 
 
 def test_gateway_is_not_deployed_when_a_deployment_fails(apps, gateway):
     b = FakeBackend()
     bad = apps[0].deployment.name
     live_all(b, apps, stale=[bad])
-    report = deploy(b, apps, FakeSmoke(failing={bad}), environment=ENV, gateway=gateway)
+    report = deploy(b, apps, FakeSmoke(failing={bad}), modal_env=MODAL_ENV, gateway=gateway)
     by_name = {r.name: r for r in report.results}
     assert by_name[bad].recovery == ROLLED_BACK
     assert by_name[gateway.name].status == SKIPPED and bad in by_name[gateway.name].error
@@ -603,31 +604,31 @@ def test_gateway_is_not_deployed_when_a_deployment_fails(apps, gateway):
 def test_gateway_failing_its_smoke_test_is_stopped_or_rolled_back(apps, gateway):
     b = FakeBackend()
     live_all(b, apps)
-    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
-    assert report.results[-1].recovery == STOPPED and b.calls_of("stop") == [("stop", gateway.name, ENV)]
-    b.add_live(gateway.name, "ff-0123456789ab", env=ENV, versions=2)
-    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), environment=ENV, gateway=gateway)
-    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", gateway.name, ENV, 2)]
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), modal_env=MODAL_ENV, gateway=gateway)
+    assert report.results[-1].recovery == STOPPED and b.calls_of("stop") == [("stop", gateway.name, MODAL_ENV)]
+    b.add_live(gateway.name, "ff-0123456789ab", env=MODAL_ENV, versions=2)
+    report = deploy(b, apps, FakeSmoke(failing={gateway.name}), modal_env=MODAL_ENV, gateway=gateway)
+    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", gateway.name, MODAL_ENV, 2)]
 
 
 def test_only_without_the_gateway_leaves_it_alone(apps, gateway):
     b = FakeBackend()
     target = apps[0].deployment.name
-    report = deploy(b, apps, only=(target,), environment=ENV, gateway=gateway)
+    report = deploy(b, apps, only=(target,), modal_env=MODAL_ENV, gateway=gateway)
     assert [c[1] for c in b.calls_of("deploy")] == [target] and report.names(DEPLOYED) == [target]
-    report = deploy(b, apps, only=(gateway.name,), environment=ENV, gateway=gateway)
+    report = deploy(b, apps, only=(gateway.name,), modal_env=MODAL_ENV, gateway=gateway)
     assert report.names(DEPLOYED) == [gateway.name]
 
 
 def test_rollback_and_destroy_the_gateway_in_its_environment(apps, gateway):
     b = FakeBackend()
-    b.add_live(gateway.name, deployment_tag(gateway), env=ENV, versions=2)
-    env = environment_for(gateway.name, apps, ENV)  # the gateway deploys where --env points
-    assert env == ENV
-    assert run_rollback(gateway.name, b, environment=env).ok
-    assert run_destroy(gateway.name, b, environment=env, yes=True).ok
-    assert b.calls_of("rollback") == [("rollback", gateway.name, ENV, 1)]
-    assert b.calls_of("stop") == [("stop", gateway.name, ENV)]
+    b.add_live(gateway.name, deployment_tag(gateway), env=MODAL_ENV, versions=2)
+    env = modal_env_for(gateway.name, apps, MODAL_ENV)  # the gateway deploys where --env points
+    assert env == MODAL_ENV
+    assert run_rollback(gateway.name, b, modal_env=env).ok
+    assert run_destroy(gateway.name, b, modal_env=env, yes=True).ok
+    assert b.calls_of("rollback") == [("rollback", gateway.name, MODAL_ENV, 1)]
+    assert b.calls_of("stop") == [("stop", gateway.name, MODAL_ENV)]
 
 
 # --- the real smoke tester against a local OpenAI-compatible server --------------------------------

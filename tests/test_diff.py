@@ -161,7 +161,7 @@ def test_json_plan(fleet_repo):
     data = json.loads(out)
     assert data["ok"] is True and data["changes"] is True
     assert data["against"] == {"ref": "HEAD~1", "commit": git(fleet_repo, "rev-parse", "HEAD~1")}
-    assert data["environment"] is None
+    assert data["fleet_env"] is None
     assert data["summary"] == {"create": 1, "update": 2, "remove": 1, "unchanged": 0}
     rows = {d["name"]: d for d in data["deployments"]}
     assert [d["name"] for d in data["deployments"]] == ["batch", "chat", "new", "old"]
@@ -172,7 +172,7 @@ def test_json_plan(fleet_repo):
     assert rows["chat"]["after"]["content_hash"].startswith("sha256:")
     assert rows["new"] == {"name": "new", "action": "create", "impact": None, "before": None, "changes": [],
                            "after": {"source": "deployments/new.yaml", "content_hash": rows["new"]["after"]["content_hash"],
-                                     "modal_environment": None}}
+                                     "modal_env": None}}
     assert rows["old"]["action"] == "remove" and rows["old"]["after"] is None
     assert rows["old"]["before"]["source"] == "deployments/old.yaml"
     assert data["notes"] == [] and data["diagnostics"] == []
@@ -189,9 +189,9 @@ def test_the_working_tree_is_what_is_compared(fleet_repo):
 def test_environment_overlays_apply_on_both_sides(fleet_repo):
     code, out, _ = run_plan("HEAD~1", fmt="json", env="prod")
     data = json.loads(out)
-    assert code == 0 and data["environment"] == "prod"
+    assert code == 0 and data["fleet_env"] == "prod"
     batch = next(d for d in data["deployments"] if d["name"] == "batch")
-    assert batch["after"]["modal_environment"] == "prod"
+    assert batch["after"]["modal_env"] == "ml-prod"
     assert batch["changes"] == [{"field": "scaling.max_containers", "before": 4, "after": 8, "impact": "scaling"}]
 
 

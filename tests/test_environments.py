@@ -106,7 +106,7 @@ def test_an_environment_that_touches_nothing_is_not_checked_again(tmp_path, monk
     # a: the base tree (dev changes nothing of it) and prod; b: base, its own dev overlay, prod
     assert sorted(calls) == ["a", "a", "b", "b", "b"]
     assert {d.name: d.scaling.min_containers for d in resolved.deployments} == {"a": 0, "b": 1}
-    assert {d.environment for d in resolved.deployments} == {"ff-dev"}
+    assert {d.modal_env for d in resolved.deployments} == {"ff-dev"}
     resolve(resolved.loaded, "prod")  # the same files for another environment: checked once already
     assert len(calls) == 5
 

@@ -480,7 +480,7 @@ def test_rendered_routing_table_covers_every_served_name(rendered, example_fleet
     module = import_module(path)
     expected = {name: d.name for d in example_fleet.deployments for name in d.model.names}
     assert module.ROUTES == expected == gw.routes
-    assert module.UPSTREAMS["qwen2-5-7b-awq"] == {"app": "qwen2-5-7b-awq", "environment": None, "url": None,
+    assert module.UPSTREAMS["qwen2-5-7b-awq"] == {"app": "qwen2-5-7b-awq", "modal_env": None, "url": None,
                                                   "auth": "api_key", "key_env": "FLEETFORM_UPSTREAM_KEY_QWEN2_5_7B_AWQ"}
     assert module.UPSTREAMS["llama-3-1-8b-fp8"]["auth"] == "proxy"
     assert (module.UPSTREAM_TIMEOUT, module.REQUEST_TIMEOUT) == (600, 3600)
@@ -550,7 +550,7 @@ def test_render_is_deterministic_and_hashed(example_fleet):
 
 def test_workspace_writes_static_urls(example_fleet):
     deployments = list(example_fleet.deployments)
-    deployments[0] = dataclasses.replace(deployments[0], environment="prod")
+    deployments[0] = dataclasses.replace(deployments[0], modal_env="prod")
     gw = render_gateway(deployments, gateway_from({"enabled": True, "workspace": "acme"}))
     urls = {u.name: u.url for u in gw.upstreams}
     assert urls[deployments[0].name] == f"https://acme-prod--{deployments[0].name}-serve.modal.run"
@@ -627,7 +627,7 @@ def test_a_long_host_name_in_one_environment_names_it(tmp_path):
     """The URL depends on the Modal environment: a label that is too long only in prod says so."""
     root = fleet_with_gateway(tmp_path, "  workspace: team-of-twenty-five-chars\n")
     fleet = root / "fleet.yaml"
-    fleet.write_text(fleet.read_text().replace("modal_environment: prod", "modal_environment: production-east"))
+    fleet.write_text(fleet.read_text().replace("modal_environment: llm-prod", "modal_environment: production-east-region"))
     errors = [d for d in resolve(load_fleet([str(root)])).diagnostics if d.is_error]
     assert errors and all(d.message.endswith("(in environment prod)") for d in errors)
 

@@ -26,7 +26,7 @@ defaults:
     vllm_version: "0.26.0"
 environments:
   prod:
-    modal_environment: prod
+    modal_environment: ml-prod
     overrides:
       scaling:
         min_containers: 1

@@ -45,7 +45,8 @@ from renderer.codegen.render import render_fleet
 from renderer.config.resolve import gateway_from, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = "dev"
+FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
+MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
 CREDENTIAL_VARS = (
     "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_CONFIG_PATH",
     "MODAL_OAUTH_REFRESH_TOKEN", "MODAL_OAUTH_CLIENT_ID", "MODAL_OAUTH_CLIENT_SECRET", "MODAL_IS_REMOTE",
@@ -54,7 +55,7 @@ CREDENTIAL_VARS = (
 
 @pytest.fixture(scope="module")
 def apps():
-    resolved = resolve(load_fleet([str(ROOT / "deployments")]), ENV)
+    resolved = resolve(load_fleet([str(ROOT / "deployments")]), FLEET_ENV)
     assert resolved.ok
     return render_fleet(resolved.deployments)
 
@@ -121,7 +122,7 @@ def test_config_path_variable_is_honoured(no_credentials, monkeypatch, tmp_path)
 def test_real_sdk_deploy_without_credentials_is_one_line(apps, no_credentials):
     """Nothing replaced: the SDK builds the app, checks name and tag, then finds no token."""
     with pytest.raises(CredentialsMissing) as err:
-        ModalBackend().deploy(apps[0], ENV, deployment_tag(apps[0]))
+        ModalBackend().deploy(apps[0], MODAL_ENV, deployment_tag(apps[0]))
     assert str(err.value) == NO_CREDENTIALS
     assert "\n" not in str(err.value) and "modal token new" in str(err.value)
     assert module_name(apps[0]) not in sys.modules  # unloaded even on failure
@@ -129,7 +130,7 @@ def test_real_sdk_deploy_without_credentials_is_one_line(apps, no_credentials):
 
 def test_real_sdk_reads_without_credentials_are_one_line(no_credentials):
     with pytest.raises(CredentialsMissing, match="MODAL_TOKEN_SECRET"):
-        ModalBackend().list_apps(ENV)
+        ModalBackend().list_apps(MODAL_ENV)
 
 
 # --- loading rendered modules ---------------------------------------------------------------------
@@ -227,10 +228,10 @@ def fake_sdk(monkeypatch):
 def test_deploy_calls_the_sdk_with_name_environment_tag_and_strategy(apps, fake_sdk, strategy):
     app = apps[1]
     tag = deployment_tag(app)
-    outcome = ModalBackend(strategy=strategy).deploy(app, ENV, tag)
+    outcome = ModalBackend(strategy=strategy).deploy(app, MODAL_ENV, tag)
     name = app.deployment.name
-    assert fake_sdk.deploy_app.calls == [(name, name, ENV, tag, strategy)]
-    assert fake_sdk.urls == [(name, SERVER_NAME, ENV)]
+    assert fake_sdk.deploy_app.calls == [(name, name, MODAL_ENV, tag, strategy)]
+    assert fake_sdk.urls == [(name, SERVER_NAME, MODAL_ENV)]
     assert outcome.app_id == "ap-123" and outcome.url == f"https://{name}.modal.run"
     assert module_name(app) not in sys.modules
 
@@ -259,9 +260,9 @@ def test_deploy_the_gateway_module_and_find_its_asgi_url(apps, fake_sdk, monkeyp
         lambda a, n, *, environment_name=None: SimpleNamespace(get_url=SimpleNamespace(aio=no_server_url))))
     monkeypatch.setattr(modal.Function, "from_name", staticmethod(
         lambda a, n, *, environment_name=None: FakeFunction(a, n, environment_name)))
-    outcome = ModalBackend().deploy(gateway, ENV, deployment_tag(gateway))
-    assert fake_sdk.deploy_app.calls == [(gateway.name, gateway.name, ENV, deployment_tag(gateway), "rolling")]
-    assert looked_up == [(gateway.name, SERVER_NAME, ENV)]
+    outcome = ModalBackend().deploy(gateway, MODAL_ENV, deployment_tag(gateway))
+    assert fake_sdk.deploy_app.calls == [(gateway.name, gateway.name, MODAL_ENV, deployment_tag(gateway), "rolling")]
+    assert looked_up == [(gateway.name, SERVER_NAME, MODAL_ENV)]
     assert outcome.url == "https://ws--fleetform-gateway-serve.modal.run" and outcome.warnings == ()
     assert module_name(gateway) not in sys.modules
 
@@ -274,7 +275,7 @@ def test_deploy_strategy_per_call_overrides_the_default(apps, fake_sdk):
 def test_deploy_timeout_cancels_the_sdk_call(apps, fake_sdk):
     fake_sdk.deploy_app.delay = 5.0
     with pytest.raises(DeployTimeout, match=r"not finished after 0.2s"):
-        ModalBackend().deploy(apps[0], ENV, deployment_tag(apps[0]), timeout=0.2)
+        ModalBackend().deploy(apps[0], MODAL_ENV, deployment_tag(apps[0]), timeout=0.2)
     assert fake_sdk.deploy_app.cancelled
 
 
@@ -283,14 +284,14 @@ def test_deploy_maps_sdk_errors(apps, fake_sdk):
 
     fake_sdk.deploy_app.error = ResourceExhaustedError("GPU quota exceeded for H100")
     with pytest.raises(CapacityError) as err:
-        ModalBackend().deploy(apps[0], ENV, deployment_tag(apps[0]))
+        ModalBackend().deploy(apps[0], MODAL_ENV, deployment_tag(apps[0]))
     msg = str(err.value)
     assert apps[0].deployment.name in msg and "GPU quota exceeded" in msg and "\n" not in msg
 
 
 def test_invalid_tag_is_refused_before_the_sdk(apps, fake_sdk):
     with pytest.raises(InvalidRequest):
-        ModalBackend().deploy(apps[0], ENV, "not a tag!")
+        ModalBackend().deploy(apps[0], MODAL_ENV, "not a tag!")
     assert fake_sdk.deploy_app.calls == []
 
 
@@ -322,7 +323,7 @@ def _sdk_errors():
 
 def test_translate_maps_each_failure_to_one_clear_line():
     for exc, cls, text in _sdk_errors():
-        got = translate(exc, env="nope", action="deploy x")
+        got = translate(exc, modal_env="nope", action="deploy x")
         assert type(got) is cls, (exc, got)
         assert text in str(got) and "\n" not in str(got)
 
@@ -399,24 +400,24 @@ def stub(monkeypatch):
 
 
 def test_list_apps_reads_tags_and_live_version(stub):
-    apps = {a.name: a for a in ModalBackend().list_apps(ENV)}
+    apps = {a.name: a for a in ModalBackend().list_apps(MODAL_ENV)}
     assert set(apps) == {"ours", "theirs"}  # stopped and ephemeral apps are not deployments
     ours = apps["ours"]
     assert ours.managed and ours.version == 3
     assert ours.tag == "ff-aaaaaaaaaaaa"  # the rollback entry runs v1's module
     assert not apps["theirs"].managed
-    assert stub.requests[0][1].environment_name == ENV
+    assert stub.requests[0][1].environment_name == MODAL_ENV
 
 
 def test_get_app_and_history(stub):
     backend = ModalBackend()
-    assert backend.get_app("missing", ENV) is None
-    assert backend.get_app("ours", ENV).tag == "ff-aaaaaaaaaaaa"
-    assert [(v.version, v.tag) for v in backend.history("ours", ENV)] == [
+    assert backend.get_app("missing", MODAL_ENV) is None
+    assert backend.get_app("ours", MODAL_ENV).tag == "ff-aaaaaaaaaaaa"
+    assert [(v.version, v.tag) for v in backend.history("ours", MODAL_ENV)] == [
         (3, "ff-aaaaaaaaaaaa"), (2, "ff-bbbbbbbbbbbb"), (1, "ff-aaaaaaaaaaaa"),
     ]
-    with pytest.raises(AppNotFound, match="no deployed app named missing in Modal environment 'dev'"):
-        backend.history("missing", ENV)
+    with pytest.raises(AppNotFound, match="no deployed app named missing in Modal environment 'llm-dev'"):
+        backend.history("missing", MODAL_ENV)
 
 
 @pytest.mark.parametrize("entry_tag", ["", "ff-bbbbbbbbbbbb", "rollback-of-v1"])
@@ -424,8 +425,8 @@ def test_a_rollback_entry_runs_the_content_of_the_version_it_restored(stub, entr
     """Whatever tag Modal puts on the rollback entry, the live content is v1's module."""
     stub.rollback_entry_tag = entry_tag
     backend = ModalBackend()
-    assert backend.get_app("ours", ENV).tag == "ff-aaaaaaaaaaaa"
-    assert backend.history("ours", ENV)[0].tag == "ff-aaaaaaaaaaaa"
+    assert backend.get_app("ours", MODAL_ENV).tag == "ff-aaaaaaaaaaaa"
+    assert backend.history("ours", MODAL_ENV)[0].tag == "ff-aaaaaaaaaaaa"
 
 
 def test_rollback_does_not_depend_on_rollback_allowed(stub, monkeypatch):
@@ -435,19 +436,19 @@ def test_rollback_does_not_depend_on_rollback_allowed(stub, monkeypatch):
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
     stub.rollback_entry_tag = "ff-aaaaaaaaaaaa"
-    report = run_rollback("ours", ModalBackend(), environment=ENV)
+    report = run_rollback("ours", ModalBackend(), modal_env=MODAL_ENV)
     assert report.ok, report.message
     assert (report.details["to_version"], report.details["to_tag"]) == (2, "ff-bbbbbbbbbbbb")
-    report = run_rollback("ours", ModalBackend(), environment=ENV, to="v1")
+    report = run_rollback("ours", ModalBackend(), modal_env=MODAL_ENV, to="v1")
     assert report.ok, report.message
     assert [r.version for n, r in stub.requests if n == "AppRollback"] == [2, 1]
 
 
 def test_rollback_and_stop_send_the_right_requests(stub):
     backend = ModalBackend()
-    backend.rollback("ours", ENV, 2)
-    backend.rollback("ours", ENV)
-    backend.stop("ours", ENV)
+    backend.rollback("ours", MODAL_ENV, 2)
+    backend.rollback("ours", MODAL_ENV)
+    backend.stop("ours", MODAL_ENV)
     sent = [(n, r) for n, r in stub.requests if n in ("AppRollback", "AppStop")]
     assert [(n, r.app_id) for n, r in sent] == [("AppRollback", "ap-ours"), ("AppRollback", "ap-ours"), ("AppStop", "ap-ours")]
     assert [r.version for n, r in sent if n == "AppRollback"] == [2, -1]  # -1: Modal's "previous version"

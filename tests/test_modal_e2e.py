@@ -131,7 +131,7 @@ def test_deploy_then_nothing_to_do(plane, fleet, endpoint):
     assert {r["action"] for r in json.loads(plan.stdout)["live"]["rows"]} == {"unchanged"}
     status = cli(plane, fleet, "status", "--env", "dev", "--format", "json")
     rows = json.loads(status.stdout)["deployments"]
-    assert {(r["name"], r["state"], r["environment"], r["url"]) for r in rows} == {
+    assert {(r["name"], r["state"], r["modal_env"], r["url"]) for r in rows} == {
         (SMALL, "in_sync", "ff-dev", endpoint.url), (LARGE, "in_sync", "ff-dev", endpoint.url)}
     assert_environment_everywhere(plane, "ff-dev")
 
@@ -274,7 +274,7 @@ def test_rollback_and_destroy_through_the_cli(plane, fleet, endpoint):
     result = cli(plane, fleet, "rollback", LARGE, "--env", "dev", "--format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(result.stdout)
-    assert (doc["from_version"], doc["to_version"], doc["environment"]) == (2, 1, "ff-dev")
+    assert (doc["from_version"], doc["to_version"], doc["modal_env"]) == (2, 1, "ff-dev")
     assert [m.version for m in plane.messages("AppRollback")] == [1] and app.live == 3
     result = cli(plane, fleet, "destroy", LARGE, "--env", "dev", "--yes")
     assert result.returncode == 0 and result.stdout == f"stopped {LARGE} in Modal environment 'ff-dev'\n"
@@ -290,7 +290,7 @@ def test_rollback_and_destroy_through_the_cli(plane, fleet, endpoint):
 
 def test_env_prod_goes_to_its_own_modal_environment(plane, fleet, endpoint):
     result, doc = deploy(plane, fleet, env="prod")
-    assert result.returncode == 0 and {r["environment"] for r in doc["deployments"]} == {"ff-prod"}
+    assert result.returncode == 0 and {r["modal_env"] for r in doc["deployments"]} == {"ff-prod"}
     assert_environment_everywhere(plane, "ff-prod")
     plane.clear()
     status = json.loads(cli(plane, fleet, "status", "--env", "dev", "--format", "json").stdout)

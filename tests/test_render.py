@@ -126,7 +126,7 @@ def test_module_image_pins_vllm_and_imports_only_modal(rendered_dir):
 def test_env_overlay_changes_objects(tmp_path):
     fleet = resolve(load_fleet([str(REPO / "deployments")]), "prod")
     [big] = [d for d in fleet.deployments if d.name == "llama-3-3-70b-fp8"]
-    assert big.environment == "prod"
+    assert big.modal_env == "llm-prod"
     out = tmp_path / "m.py"
     out.write_text(render(big).text)
     auto = server_config(out).data.autoscaler_settings

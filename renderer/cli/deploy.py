@@ -117,7 +117,7 @@ def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
         only=tuple(args.only or ()), parallel=args.parallel, dry_run=args.dry_run, yes=args.yes,
         rollback=not args.no_rollback, fail_fast=args.fail_fast, format=args.format,
         smoke_test=not args.skip_smoke_test, strategy=args.strategy, adopt=args.adopt,
-        environment=resolved.modal_environment,
+        modal_env=resolved.modal_env,
     )
     try:
         result = deploy(apps, backend(), options, console(), gateway=gateway(resolved))
@@ -130,24 +130,24 @@ def run_status(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.deploy.status import run_status as status
 
     resolved = resolve_args(args, report)
-    result = status(render_apps(resolved), backend(), resolved.modal_environment, gateway(resolved))
+    result = status(render_apps(resolved), backend(), resolved.modal_env, gateway(resolved))
     return _emit(report, result, failed=bool(result.error))
 
 
-def _app_environment(args: argparse.Namespace, report: TextReporter) -> str | None:
+def _app_modal_env(args: argparse.Namespace, report: TextReporter) -> str | None:
     """The Modal environment of app NAME: its deployment's, or for a name no deployment file has (an
     orphan), the one `--env` selects."""
-    from renderer.plan.live import environment_for
+    from renderer.plan.live import modal_env_for
 
     resolved = resolve_args(args, report)
-    return environment_for(args.name, render_apps(resolved), resolved.modal_environment)
+    return modal_env_for(args.name, render_apps(resolved), resolved.modal_env)
 
 
 def run_rollback(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.deploy.rollback import run_rollback as rollback
 
-    environment = _app_environment(args, report)
-    result = rollback(args.name, backend(), environment=environment, to=args.to)
+    modal_env = _app_modal_env(args, report)
+    result = rollback(args.name, backend(), modal_env=modal_env, to=args.to)
     return _emit(report, result, failed=not result.ok)
 
 
@@ -155,10 +155,10 @@ def run_destroy(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.cli.output import console
     from renderer.deploy.destroy import run_destroy as destroy
 
-    environment = _app_environment(args, report)
+    modal_env = _app_modal_env(args, report)
     prompt = console(stderr=args.format == "json")  # the question never mixes into the JSON document
     try:
-        result = destroy(args.name, backend(), environment=environment, yes=args.yes, console=prompt)
+        result = destroy(args.name, backend(), modal_env=modal_env, yes=args.yes, console=prompt)
     except KeyboardInterrupt:
         raise interrupted(f"{args.name} left running") from None
     return _emit(report, result, failed=not result.ok)

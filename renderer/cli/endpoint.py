@@ -134,7 +134,7 @@ def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[st
         if not backend.credentials_available():
             raise CliError(modal_api.NO_CREDENTIALS)
         try:
-            url = backend.web_url(deployment.name, deployment.environment)
+            url = backend.web_url(deployment.name, deployment.modal_env)
         except modal_api.BackendError as exc:
             raise CliError(str(exc)) from None
         if not url:

@@ -58,14 +58,14 @@ def yaml_value(value: Any) -> str:
 @dataclass
 class Explanation:
     deployment: Any
-    environment: str | None
+    fleet_env: str | None
     rows: list  # (path, value, Mark or None)
     exit_code: int = ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
         from renderer.diagnostics import format_path
 
-        return {"name": self.deployment.name, "environment": self.environment, "fields": [
+        return {"name": self.deployment.name, "fleet_env": self.fleet_env, "fields": [
             {"path": format_path(p), "value": v, "from": None if m is None else
              {"file": m.file, "line": m.line, "column": m.col}} for p, v, m in self.rows]}
 
@@ -75,7 +75,7 @@ class Explanation:
         from renderer.diagnostics import format_path
 
         d = self.deployment
-        title = f"{d.name}" + (f" (env: {self.environment})" if self.environment else "")
+        title = f"{d.name}" + (f" (env: {self.fleet_env})" if self.fleet_env else "")
         table = Table(title=literal(title), title_justify="left")
         table.add_column("field")
         table.add_column("value")
@@ -90,4 +90,4 @@ class Explanation:
 def run(args: argparse.Namespace, report: TextReporter) -> Explanation:
     resolved = resolve_args(args, report)
     d = one(resolved, args.name)
-    return Explanation(d, resolved.environment, resolved.explain(d.name))
+    return Explanation(d, resolved.fleet_env, resolved.explain(d.name))

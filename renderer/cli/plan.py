@@ -74,16 +74,16 @@ def offline_plan(args: argparse.Namespace, resolved: Any, apps: list) -> Any:
     from renderer.config.resolve import resolve
     from renderer.plan.cost import environment_totals, make_plan
 
-    plan = make_plan(apps, resolved.prices, resolved.environment, gateway=gateway(resolved),
-                     gateway_source=resolved.fleet_file, gateway_environment=resolved.modal_environment)
+    plan = make_plan(apps, resolved.prices, resolved.fleet_env, gateway=gateway(resolved),
+                     gateway_source=resolved.fleet_file, gateway_modal_env=resolved.modal_env)
     if not resolved.declared_environments:
         return plan
     totals = []
     for env in (None, *resolved.declared_environments):
-        fleet = resolved if env == resolved.environment else resolve(resolved.loaded, env)
+        fleet = resolved if env == resolved.fleet_env else resolve(resolved.loaded, env)
         if fleet.ok:
             totals.append(environment_totals(env, fleet.deployments, fleet.prices))
-    return dataclasses.replace(plan, by_environment=tuple(totals))
+    return dataclasses.replace(plan, by_fleet_env=tuple(totals))
 
 
 def live_rows(resolved: Any, apps: list) -> tuple[list | None, str | None]:
@@ -92,7 +92,7 @@ def live_rows(resolved: Any, apps: list) -> tuple[list | None, str | None]:
     from renderer.modal_api import BackendError
 
     try:
-        return live_plan(apps, backend(), resolved.modal_environment, gateway(resolved)), None
+        return live_plan(apps, backend(), resolved.modal_env, gateway(resolved)), None
     except BackendError as exc:
         return None, str(exc)
 
@@ -133,7 +133,7 @@ class AgainstResult:
     diff: Any  # plan.against.FleetDiff
     ref: str
     commit: str
-    environment: str | None
+    fleet_env: str | None
     notes: list[str] = field(default_factory=list)
     diagnostics: Sequence[Any] = ()
     origins: Mapping | None = None
@@ -142,19 +142,19 @@ class AgainstResult:
     def to_dict(self) -> dict[str, Any]:
         from renderer.plan.against import plan_json
 
-        return plan_json(self.diff, self.ref, self.commit, self.environment, self.notes, self.diagnostics)
+        return plan_json(self.diff, self.ref, self.commit, self.fleet_env, self.notes, self.diagnostics)
 
     def text(self) -> str:
         from renderer.cli.views import format_text_plan
 
-        return format_text_plan(self.diff, self.ref, self.commit, self.environment, self.notes)
+        return format_text_plan(self.diff, self.ref, self.commit, self.fleet_env, self.notes)
 
     def github(self, report: TextReporter) -> None:
         from renderer.cli.views import format_markdown_plan, github_annotations, write_step_summary
 
         for line in github_annotations(self.diff, self.ref, self.origins):
             print(line, file=report.out)
-        markdown = format_markdown_plan(self.diff, self.ref, self.commit, self.environment, self.notes)
+        markdown = format_markdown_plan(self.diff, self.ref, self.commit, self.fleet_env, self.notes)
         if write_step_summary(markdown, report.out, report.err, report.environ):
             report.out.write(self.text())
 

@@ -24,7 +24,7 @@ def print_plan(plan: Any, console: Any) -> None:
 
     from renderer.gpus import PRICES_AS_OF, PRICES_SOURCE
 
-    title = "fleetform plan" + (f" (env: {plan.environment})" if plan.environment else "")
+    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
     table = Table(title=literal(title), title_justify="left")
     for col, kw in (("deployment", {}), ("model@revision", {}), ("GPU", {}), ("containers", {"justify": "right"}),
                     ("concurrency", {}), ("hash", {}), ("$/h at min", {"justify": "right"}),
@@ -38,12 +38,12 @@ def print_plan(plan: Any, console: Any) -> None:
     extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
     console.print(literal(f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; "
                           f"ceiling {money(plan.ceiling_usd_per_hour)}/hour at max containers."))
-    if plan.by_environment:
+    if plan.by_fleet_env:
         totals = Table(title="cost by environment", title_justify="left")
         for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
             totals.add_column(col, justify="left" if col == "environment" else "right")
-        for t in plan.by_environment:
-            totals.add_row(literal(t.environment or "(no --env)"), str(t.deployments), money(t.idle_usd_per_day),
+        for t in plan.by_fleet_env:
+            totals.add_row(literal(t.fleet_env or "(no --env)"), str(t.deployments), money(t.idle_usd_per_day),
                            money(t.ceiling_usd_per_hour))
         console.print(totals)
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
@@ -160,10 +160,10 @@ def _failed_cell(result: Any) -> str:
 # --- text ---------------------------------------------------------------------------------------------------------
 
 
-def format_text_plan(diff: FleetDiff, ref: str, commit: str, environment: str | None,
+def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None,
                      notes: Sequence[str] = ()) -> str:
     """The human plan: one block per deployment that changes, then totals."""
-    lines = [f"fleetform plan: the working tree against {against_text(ref, commit, environment)}"]
+    lines = [f"fleetform plan: the working tree against {against_text(ref, commit, fleet_env)}"]
     lines += [f"note: {n}" for n in notes]
     lines.append("")
     quiet = []
@@ -254,13 +254,13 @@ def _md_prose(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def format_markdown_plan(diff: FleetDiff, ref: str, commit: str, environment: str | None,
+def format_markdown_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None,
                          notes: Sequence[str] = ()) -> str:
     """The pull request's summary: a table of what changes and what it does to running containers."""
     lines = ["## fleetform plan", ""]
     where = f"Against {md_code(ref)} ({md_code(commit[:7])})"
-    if environment:
-        where += f", environment {md_code(environment)}"
+    if fleet_env:
+        where += f", environment {md_code(fleet_env)}"
     if not diff.pending:
         lines.append(f"{where}: **no changes**; {len(diff.deployments)} deployment(s) render the same.")
     else:

@@ -42,7 +42,7 @@ FUNCTION_NAME = spec.GATEWAY_FUNCTION_NAME
 class UpstreamEntry:
     name: str
     app: str
-    environment: str | None
+    modal_env: str | None
     auth: str
     key_env: str | None
     url: str | None
@@ -51,7 +51,7 @@ class UpstreamEntry:
     @property
     def table(self) -> dict[str, Any]:
         """The plain data the rendered module holds for `GatewayApp.from_table`."""
-        return {"app": self.app, "environment": self.environment, "url": self.url, "auth": self.auth,
+        return {"app": self.app, "modal_env": self.modal_env, "url": self.url, "auth": self.auth,
                 "key_env": self.key_env}
 
     @property
@@ -64,9 +64,9 @@ def upstream_entries(deployments: Iterable[spec.Deployment], gateway: spec.Gatew
     out = []
     for d in sorted(deployments, key=lambda d: d.name):
         out.append(UpstreamEntry(
-            name=d.name, app=d.name, environment=d.environment, auth=d.auth.mode,
+            name=d.name, app=d.name, modal_env=d.modal_env, auth=d.auth.mode,
             key_env=upstream_key_env(d.name) if d.auth.mode == "api_key" else None,
-            url=gateway.url_of(d.name, d.environment), models=tuple(d.model.names),
+            url=gateway.url_of(d.name, d.modal_env), models=tuple(d.model.names),
         ))
     return out
 

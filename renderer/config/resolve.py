@@ -60,16 +60,16 @@ class UnknownEnvironment(Exception):
 class ResolvedFleet:
     deployments: tuple[spec.Deployment, ...]
     diagnostics: tuple[Diagnostic, ...]
-    environment: str | None
+    fleet_env: str | None  # the fleet environment (`--env`) the deployments are resolved for
     prices: dict[str, float]
     # deployment name -> every value of its merged (pre-default) tree: path -> (value, where it was written)
     origins: dict[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
     # fleet.yaml's `gateway` when it is enabled (None: absent or disabled); render and plan render it
     gateway: spec.Gateway | None = None
     fleet_file: str | None = None  # fleet.yaml's path as named, for the gateway module's header
-    # the Modal environment `--env` selects (its `modal_environment`): where rollback, destroy and
-    # status look for an app that no deployment file names
-    modal_environment: str | None = None
+    # the Modal environment the fleet environment selects (its `modal_environment`): where rollback,
+    # destroy and status look for an app that no deployment file names
+    modal_env: str | None = None
     declared_environments: tuple[str, ...] = ()  # every environment fleet.yaml declares
     # the files it was resolved from: resolving them for another environment reuses this run's checks
     loaded: LoadedFleet | None = field(default=None, repr=False, compare=False)
@@ -202,13 +202,13 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         secrets.append(auth.api_key_secret)
     region = d.get("region")
     return spec.Deployment(
-        name=d["name"], description=d.get("description"), source=source, fleet_environment=fleet_env,
+        name=d["name"], description=d.get("description"), source=source, fleet_env=fleet_env,
         model=model, gpu=gpu, scaling=scaling, engine=engine,
         image=spec.Image(python_version=d["image"]["python_version"], pip=tuple(d["image"]["pip"])),
         cache=spec.Cache(huggingface_volume=d["cache"]["huggingface_volume"], vllm_volume=d["cache"]["vllm_volume"]),
         secrets=tuple(secrets), auth=auth,
         region=None if region is None else (region,) if isinstance(region, str) else tuple(region),
-        routing_region=d["routing_region"], environment=d.get("environment"),
+        routing_region=d["routing_region"], modal_env=d.get("environment"),
         vllm_args=build_vllm_args(model, gpu, engine),
     )
 
@@ -527,7 +527,7 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
     return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env,
                          checked.prices, origins, gateway=checked.gateway,
                          fleet_file=fleet.path if fleet is not None else None,
-                         modal_environment=modal_env.plain() if modal_env is not None else None,
+                         modal_env=modal_env.plain() if modal_env is not None else None,
                          declared_environments=tuple(checked.declared), loaded=loaded)
 
 

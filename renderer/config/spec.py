@@ -129,7 +129,7 @@ class Deployment:
     name: str
     description: str | None
     source: str  # the YAML file it came from, as named on the command line
-    fleet_environment: str | None  # the `--env` it was resolved for
+    fleet_env: str | None  # the fleet environment (`--env`) it was resolved for
     model: Model
     gpu: Gpu
     scaling: Scaling
@@ -140,7 +140,7 @@ class Deployment:
     auth: Auth
     region: tuple[str, ...] | None
     routing_region: str
-    environment: str | None  # Modal environment
+    modal_env: str | None  # the Modal environment it deploys to
     vllm_args: tuple[Arg, ...]  # after the executable; see `argv`
 
     @property

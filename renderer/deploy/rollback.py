@@ -34,19 +34,19 @@ def rollback_target(history: list[Version], live: LiveApp, to: str | None) -> Ve
     return target
 
 
-def run_rollback(name: str, backend: Backend, *, environment: str | None = None, to: str | None = None) -> ActionReport:
+def run_rollback(name: str, backend: Backend, *, modal_env: str | None = None, to: str | None = None) -> ActionReport:
     """`fleetform rollback NAME [--to VERSION]`: VERSION is v3, 3, or a deployment tag (ff-...)."""
     try:
-        live = managed_app(name, backend, environment, "roll back")
+        live = managed_app(name, backend, modal_env, "roll back")
         if isinstance(live, ActionReport):
             return live
-        target = rollback_target(backend.history(name, environment), live, to)
+        target = rollback_target(backend.history(name, modal_env), live, to)
         if isinstance(target, str):
             return ActionReport(False, target)
-        backend.rollback(name, environment, target.version)
+        backend.rollback(name, modal_env, target.version)
     except BackendError as exc:
         return ActionReport(False, str(exc))
-    details = {"name": name, "environment": environment, "from_version": live.version, "from_tag": live.tag,
+    details = {"name": name, "modal_env": modal_env, "from_version": live.version, "from_tag": live.tag,
                "to_version": target.version, "to_tag": target.tag}
     return ActionReport(
         True,

@@ -58,13 +58,13 @@ class DeployOptions:
     strategy: str = "rolling"  # Modal deployment strategy: rolling | recreate
     deploy_timeout: float | None = 1800.0  # seconds for one SDK deploy (image build included)
     adopt: bool = False  # deploy over an app of the same name that fleetform does not manage
-    environment: str | None = None  # Modal environment scanned for orphans if no deployment names one
+    modal_env: str | None = None  # Modal environment scanned for orphans if no deployment names one
 
 
 @dataclass
 class DeploymentResult:
     name: str
-    environment: str | None
+    modal_env: str | None
     action: str
     status: str
     tag: str | None = None
@@ -81,13 +81,13 @@ class DeploymentResult:
     @classmethod
     def from_row(cls, row: LiveRow, status: str, **kw: Any) -> DeploymentResult:
         return cls(
-            row.name, row.environment, row.action, status, row.desired_tag, row.live_tag, row.live_version, **kw
+            row.name, row.modal_env, row.action, status, row.desired_tag, row.live_tag, row.live_version, **kw
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "environment": self.environment,
+            "modal_env": self.modal_env,
             "action": self.action,
             "status": self.status,
             "tag": self.tag,
@@ -160,7 +160,7 @@ def run_deploy(
     """Deploy what changed; never raises for Modal failures (they end up in the report).
 
     `gateway` is the fleet's rendered gateway module (when fleet.yaml enables it): deployed into
-    `options.environment` after the deployments it routes to, and only if none of them failed.
+    `options.modal_env` after the deployments it routes to, and only if none of them failed.
     `confirm` answers the "go ahead?" question (default: ask on the terminal; refuse without a
     terminal unless `options.yes`). `cancel` is set to stop starting new deploys (Ctrl-C sets it).
     """
@@ -176,7 +176,7 @@ def run_deploy(
         report.error = NO_CREDENTIALS
         return report
     try:
-        rows = live_plan(selected, backend, options.environment, gateway)
+        rows = live_plan(selected, backend, options.modal_env, gateway)
     except BackendError as exc:
         report.error = str(exc)
         return report
@@ -270,7 +270,7 @@ def _preflight(todo: list[LiveRow], tester: SmokeTester, results: dict[str, Depl
 
 def _confirm_question(todo: Sequence[LiveRow]) -> str:
     parts = ", ".join(f"{r.action} {r.name}" for r in todo)
-    envs = sorted({env_label(r.environment) for r in todo})
+    envs = sorted({env_label(r.modal_env) for r in todo})
     return f"Deploy to Modal environment {', '.join(envs)}: {parts}?"
 
 
@@ -385,7 +385,7 @@ def _deploy_one(
     progress.update(row.name, "deploying", f"{row.action}: {row.live_tag or 'nothing'} -> {row.desired_tag}")
     try:
         outcome = backend.deploy(
-            row.app, row.environment, row.desired_tag, strategy=options.strategy, timeout=options.deploy_timeout
+            row.app, row.modal_env, row.desired_tag, strategy=options.strategy, timeout=options.deploy_timeout
         )
     except Exception as exc:
         result.error = f"deploy failed: {error_message(exc)}"
@@ -408,7 +408,7 @@ def _deploy_one(
 def _smoke(row: LiveRow, backend: Backend, tester: SmokeTester, url: str | None) -> SmokeOutcome:
     if not url:
         try:
-            url = backend.web_url(row.name, row.environment)
+            url = backend.web_url(row.name, row.modal_env)
         except Exception as exc:
             return SmokeOutcome(False, f"cannot find the server URL: {error_message(exc)}")
     if not url:
@@ -430,11 +430,11 @@ def _recover(
     try:
         if row.action == Action.CREATE or row.live is None:
             progress.update(row.name, "stopping", "first deploy failed its smoke test")
-            backend.stop(row.name, row.environment)
+            backend.stop(row.name, row.modal_env)
             result.recovery, result.recovery_detail = STOPPED, "first deploy stopped"
         else:
             progress.update(row.name, "rolling back", f"to v{row.live_version} ({row.live_tag})")
-            backend.rollback(row.name, row.environment, row.live_version)
+            backend.rollback(row.name, row.modal_env, row.live_version)
             result.recovery = ROLLED_BACK
             result.recovery_detail = f"rolled back to v{row.live_version} ({row.live_tag or 'no tag'})"
     except Exception as exc:
@@ -475,7 +475,7 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             if r.recovery:
                 result += f" ({r.recovery.replace('_', ' ')})"
             seconds = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
-            table.add_row(r.name, r.environment or "(default)", r.action, result, _version_cell(r), seconds, r.url or "-")
+            table.add_row(r.name, r.modal_env or "(default)", r.action, result, _version_cell(r), seconds, r.url or "-")
         console.print(table)
     for r in report.results:
         if r.status == FAILED:

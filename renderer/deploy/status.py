@@ -23,7 +23,7 @@ IN_SYNC, DRIFTED, NOT_DEPLOYED, UNMANAGED, ORPHAN = "in_sync", "drifted", "not_d
 @dataclass(frozen=True)
 class StatusRow:
     name: str
-    environment: str | None
+    modal_env: str | None
     state: str  # in_sync | drifted | not_deployed | unmanaged | orphan
     desired_tag: str | None
     live_version: int | None
@@ -34,7 +34,7 @@ class StatusRow:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "environment": self.environment,
+            "modal_env": self.modal_env,
             "state": self.state,
             "desired_tag": self.desired_tag,
             "live_version": self.live_version,
@@ -69,7 +69,7 @@ class StatusReport(Report):
             s = styles.get(r.state, "")
             table.add_row(
                 f"{r.name} (gateway)" if r.gateway else r.name,
-                r.environment or "(default)",
+                r.modal_env or "(default)",
                 f"[{s}]{r.state.replace('_', ' ')}[/{s}]",
                 f"v{r.live_version}" if r.live_version is not None else "-",
                 r.live_tag or "-",
@@ -103,7 +103,7 @@ def run_status(
     return StatusReport(
         [
             StatusRow(
-                r.name, r.environment, _PLAN_TO_STATE[r.action], r.desired_tag, r.live_version, r.live_tag,
+                r.name, r.modal_env, _PLAN_TO_STATE[r.action], r.desired_tag, r.live_version, r.live_tag,
                 urls.get(r.name), r.gateway,
             )
             for r in rows
@@ -115,6 +115,6 @@ def _url_or_none(backend: Backend, row: LiveRow) -> str | None:
     if row.live is not None and row.live.url:
         return row.live.url
     try:
-        return backend.web_url(row.name, row.environment)
+        return backend.web_url(row.name, row.modal_env)
     except BackendError:
         return None

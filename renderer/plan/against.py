@@ -116,11 +116,13 @@ def worst(impacts: Iterable[str]) -> str:
 
 # Not compared: identity (`name`: a rename is a removal and a creation), where it came from, and
 # the vLLM command line, which is derived from fields that are compared.
-_SKIP = frozenset({"name", "source", "fleet_environment", "vllm_args"})
+_SKIP = frozenset({"name", "source", "fleet_env", "vllm_args"})
 # Tuples of (key, value) pairs, compared key by key.
 _MAPPINGS = frozenset({"engine.env"})
 # Seconds in the spec, shown as the YAML writes them.
 DURATIONS = frozenset({"scaling.scaledown_window", "scaling.startup_timeout"})
+# Spec fields named apart from the YAML key that sets them: a change is shown under the YAML's name.
+_YAML_NAMES = {("modal_env",): ("environment",)}
 
 
 def _jsonable(value: Any) -> Any:
@@ -148,7 +150,7 @@ def flatten(d: spec.Deployment) -> dict[tuple[str, ...], Any]:
             elif dataclasses.is_dataclass(value) and not isinstance(value, type):
                 walk(value, path)
             else:
-                out[path] = _jsonable(value)
+                out[_YAML_NAMES.get(path, path)] = _jsonable(value)
 
     walk(d, ())
     return out
@@ -193,7 +195,7 @@ class DeploymentDiff:
             if app is None:
                 return None
             return {"source": app.deployment.source, "content_hash": app.content_hash,
-                    "modal_environment": app.deployment.environment}
+                    "modal_env": app.deployment.modal_env}
 
         return {"name": self.name, "action": self.action, "impact": self.impact,
                 "before": side(self.before), "after": side(self.after),
@@ -222,7 +224,7 @@ def diff_deployment(before: RenderedApp, after: RenderedApp) -> DeploymentDiff:
     keys = list(new) + [k for k in old if k not in new]
     rendered = before.content_hash != after.content_hash
     # The Modal environment is chosen at deploy time, not written in the module: same hash, new app.
-    moved = before.deployment.environment != after.deployment.environment
+    moved = before.deployment.modal_env != after.deployment.modal_env
     changes = []
     for path in keys:
         if old.get(path) != new.get(path):
@@ -304,8 +306,8 @@ def remove_note(name: str) -> str:
 CREATE_NOTE = "a new app: Modal builds its image unless cached, the first container downloads the weights"
 
 
-def against_text(ref: str, commit: str, environment: str | None) -> str:
-    return f"{ref} ({commit[:7]})" + (f", environment {environment}" if environment else "")
+def against_text(ref: str, commit: str, fleet_env: str | None) -> str:
+    return f"{ref} ({commit[:7]})" + (f", environment {fleet_env}" if fleet_env else "")
 
 
 def totals_text(diff: FleetDiff) -> str:
@@ -318,13 +320,13 @@ def totals_text(diff: FleetDiff) -> str:
 # --- JSON -------------------------------------------------------------------------------------------------------------
 
 
-def plan_json(diff: FleetDiff, ref: str, commit: str, environment: str | None, notes: Sequence[str] = (),
+def plan_json(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = (),
               diagnostics: Sequence[Diagnostic] = ()) -> dict[str, Any]:
     """`plan --against --format json`: documented in docs/json-output.md; fields are only ever added."""
     return {
         "ok": True,
         "against": {"ref": ref, "commit": commit},
-        "environment": environment,
+        "fleet_env": fleet_env,
         "changes": diff.pending,
         "summary": diff.counts(),
         "deployments": [d.to_dict() for d in diff.deployments],

@@ -24,7 +24,7 @@ class PlanRow:
     content_hash: str
     usd_per_hour_min: float
     usd_per_hour_max: float | None  # None: no max_containers, no ceiling
-    environment: str | None
+    modal_env: str | None  # the Modal environment it deploys to
     auth: str
 
     def to_dict(self) -> dict:
@@ -49,7 +49,7 @@ def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
         concurrency=conc, content_hash=app.short_hash,
         usd_per_hour_min=round(per * s.min_containers, 4),
         usd_per_hour_max=None if s.max_containers is None else round(per * s.max_containers, 4),
-        environment=d.environment, auth=d.auth.mode,
+        modal_env=d.modal_env, auth=d.auth.mode,
     )
 
 
@@ -57,7 +57,7 @@ def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
 class EnvironmentTotals:
     """What one environment of the fleet costs: GPUs kept warm, and GPUs at full scale."""
 
-    environment: str | None  # None: no --env (fleet defaults and the files alone)
+    fleet_env: str | None  # None: no --env (fleet defaults and the files alone)
     deployments: int
     idle_usd_per_day: float  # min_containers around the clock
     ceiling_usd_per_hour: float | None  # every deployment at max_containers; None: some have no max
@@ -66,20 +66,20 @@ class EnvironmentTotals:
         return dict(self.__dict__)
 
 
-def environment_totals(environment: str | None, deployments, prices: dict[str, float]) -> EnvironmentTotals:
+def environment_totals(fleet_env: str | None, deployments, prices: dict[str, float]) -> EnvironmentTotals:
     idle = sum(gpu_hourly(d, prices) * d.scaling.min_containers for d in deployments) * 24
     ceiling = None if any(d.scaling.max_containers is None for d in deployments) else \
         sum(gpu_hourly(d, prices) * d.scaling.max_containers for d in deployments)
-    return EnvironmentTotals(environment, len(deployments), round(idle, 2),
+    return EnvironmentTotals(fleet_env, len(deployments), round(idle, 2),
                              None if ceiling is None else round(ceiling, 2))
 
 
 @dataclass(frozen=True)
 class Plan:
     rows: tuple[PlanRow, ...]
-    environment: str | None
+    fleet_env: str | None
     prices_overridden: tuple[str, ...]
-    by_environment: tuple[EnvironmentTotals, ...] = ()
+    by_fleet_env: tuple[EnvironmentTotals, ...] = ()
 
     @property
     def idle_usd_per_day(self) -> float:
@@ -93,15 +93,15 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "environment": self.environment,
+            "fleet_env": self.fleet_env,
             "deployments": [r.to_dict() for r in self.rows],
             "totals": {"idle_usd_per_day": self.idle_usd_per_day, "ceiling_usd_per_hour": self.ceiling_usd_per_hour},
-            "by_environment": [t.to_dict() for t in self.by_environment],
+            "by_fleet_env": [t.to_dict() for t in self.by_fleet_env],
             "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "overridden": list(self.prices_overridden)},
         }
 
 
-def gateway_row(gateway, source: str | None, environment: str | None) -> PlanRow:
+def gateway_row(gateway, source: str | None, modal_env: str | None) -> PlanRow:
     """The fleet's gateway (a `RenderedGateway`) as a row. It runs on CPUs only and the plan
     counts GPU time only, so its cost is $0 at any scale."""
     g = gateway.config
@@ -109,13 +109,13 @@ def gateway_row(gateway, source: str | None, environment: str | None) -> PlanRow
         name=gateway.name, source=source or "", model=f"gateway: {len(gateway.routes)} model name(s)",
         gpu="CPU only", containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
         concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max", content_hash=gateway.short_hash,
-        usd_per_hour_min=0.0, usd_per_hour_max=0.0, environment=environment, auth="api_key",
+        usd_per_hour_min=0.0, usd_per_hour_max=0.0, modal_env=modal_env, auth="api_key",
     )
 
 
-def make_plan(apps: list[RenderedApp], prices: dict[str, float], environment: str | None, *, gateway=None,
-              gateway_source: str | None = None, gateway_environment: str | None = None) -> Plan:
+def make_plan(apps: list[RenderedApp], prices: dict[str, float], fleet_env: str | None, *, gateway=None,
+              gateway_source: str | None = None, gateway_modal_env: str | None = None) -> Plan:
     rows = [plan_row(a, prices) for a in apps]
     if gateway is not None:
-        rows.append(gateway_row(gateway, gateway_source, gateway_environment))
-    return Plan(tuple(rows), environment, tuple(sorted(prices)))
+        rows.append(gateway_row(gateway, gateway_source, gateway_modal_env))
+    return Plan(tuple(rows), fleet_env, tuple(sorted(prices)))

@@ -46,7 +46,7 @@ class LiveRow:
     """One member of the fleet (or an orphan) and what deploying the fleet would do to it."""
 
     name: str
-    environment: str | None  # Modal environment
+    modal_env: str | None  # the Modal environment the app runs in
     action: Action
     desired_tag: str | None = None
     live: LiveApp | None = None
@@ -64,7 +64,7 @@ class LiveRow:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "environment": self.environment,
+            "modal_env": self.modal_env,
             "action": self.action,
             "desired_tag": self.desired_tag,
             "live_tag": self.live_tag,
@@ -72,23 +72,23 @@ class LiveRow:
         }
 
 
-def environments_of(apps: Iterable[RenderedApp], fallback: str | None = None) -> list[str | None]:
+def modal_envs_of(apps: Iterable[RenderedApp], fallback: str | None = None) -> list[str | None]:
     """The Modal environments the fleet deploys into (`fallback` when it has no deployment)."""
     envs: list[str | None] = []
     for app in apps:
-        if app.deployment.environment not in envs:
-            envs.append(app.deployment.environment)
+        if app.deployment.modal_env not in envs:
+            envs.append(app.deployment.modal_env)
     return envs or [fallback]
 
 
-def environment_for(name: str, apps: Iterable[RenderedApp], fallback: str | None = None) -> str | None:
+def modal_env_for(name: str, apps: Iterable[RenderedApp], fallback: str | None = None) -> str | None:
     """The Modal environment of deployment `name` (for rollback/destroy), else `fallback`.
 
     The gateway deploys into `fallback` (the Modal environment `--env` selects), like an orphan.
     """
     for app in apps:
         if app.deployment.name == name:
-            return app.deployment.environment
+            return app.deployment.modal_env
     return fallback
 
 
@@ -100,11 +100,11 @@ def live_plan(
     `env` is the Modal environment searched for orphans when no deployment names one, and the one
     `gateway` (the rendered gateway module, when fleet.yaml enables it) deploys into.
     """
-    envs = environments_of(apps, env)
+    envs = modal_envs_of(apps, env)
     if gateway is not None and env not in envs:
         envs.append(env)
     live = {e: {a.name: a for a in backend.list_apps(e)} for e in envs}
-    members: list[tuple[Member, str | None, bool]] = [(a, a.deployment.environment, False) for a in apps]
+    members: list[tuple[Member, str | None, bool]] = [(a, a.deployment.modal_env, False) for a in apps]
     if gateway is not None:
         members.append((gateway, env, True))
     rows = []
@@ -157,7 +157,7 @@ def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
         live = f"v{r.live_version} {r.live_tag or '(no tag)'}" if r.live else "-"
         style = _ACTION_STYLE.get(r.action, "")
         name = f"{r.name} (gateway)" if r.gateway else r.name
-        table.add_row(name, r.environment or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
+        table.add_row(name, r.modal_env or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
     console.print(table)
     counts = {a: sum(1 for r in rows if r.action == a) for a in Action}
     console.print(", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n) or "nothing deployed, nothing to do")
@@ -170,7 +170,7 @@ def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
 
 def conflict_message(row: LiveRow) -> str:
     return (
-        f"an app named {row.name} already runs in Modal environment {env_label(row.environment)} "
+        f"an app named {row.name} already runs in Modal environment {env_label(row.modal_env)} "
         "and fleetform does not manage it; rename the deployment, or remove that app "
         "(`modal app stop`), or deploy with --adopt to take it over"
     )
@@ -179,7 +179,7 @@ def conflict_message(row: LiveRow) -> str:
 def orphan_message(live: LiveApp | None) -> str:
     assert live is not None
     return (
-        f"{live.name} (v{live.version}, {live.tag or 'no tag'}) in {env_label(live.environment)} is managed by "
+        f"{live.name} (v{live.version}, {live.tag or 'no tag'}) in {env_label(live.modal_env)} is managed by "
         f"fleetform but no YAML describes it; `fleetform destroy {live.name}` removes it"
     )
 
