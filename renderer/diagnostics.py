@@ -8,7 +8,7 @@ instead of raising, so a run reports every problem at once.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Iterable, Sequence
 
@@ -88,27 +88,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
         hit = norm.get(word.lower().replace("-", "_"))
         matches = [hit] if hit else []
     return f'did you mean "{matches[0]}"?' if matches else None
-
-
-@dataclass
-class Report:
-    """Diagnostics of a run, kept sorted for stable output."""
-
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-
-    def extend(self, diags: Iterable[Diagnostic]) -> None:
-        self.diagnostics.extend(diags)
-
-    @property
-    def errors(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if d.is_error]
-
-    @property
-    def warnings(self) -> list[Diagnostic]:
-        return [d for d in self.diagnostics if not d.is_error]
-
-    def sorted(self) -> list[Diagnostic]:
-        return sorted(self.diagnostics, key=Diagnostic.sort_key)
 
 
 # --- reporters -------------------------------------------------------------------------------

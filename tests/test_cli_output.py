@@ -80,7 +80,7 @@ def test_choices_come_from_the_library_and_the_help_shows_them():
     """Choices read lazily (to keep start-up light) carry a metavar for --help: it must list them all."""
     from renderer.cli import build_parser
     from renderer.cli.common import LazyChoices
-    from renderer.config.validate import DEPLOYMENT_SCHEMA, load_schema
+    from renderer.config.schema import DEPLOYMENT_SCHEMA, load_schema
     from renderer.endpoint import AUTH_KINDS
     from renderer.modal_api import STRATEGIES
 

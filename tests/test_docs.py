@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from renderer.plan import against as D
 from renderer import docs
-from renderer.config.validate import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
+from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
 
 SCHEMA_MD = REPO / "docs" / "schema.md"
 
@@ -27,7 +27,7 @@ def test_a_schema_change_makes_the_reference_stale(tmp_path):
     import json
     import shutil
 
-    from renderer.config.validate import schema_dir
+    from renderer.config.schema import schema_dir
 
     shutil.copytree(schema_dir(), tmp_path / "schema")
     path = tmp_path / "schema" / DEPLOYMENT_SCHEMA

@@ -180,7 +180,7 @@ def test_a_broken_fleet_yaml_is_reported_alone(tmp_path, fleet_yaml):
 
 def test_the_deployment_schema_has_no_cross_section_keyword_at_its_top():
     """`_SchemaChecker` validates sections apart: only keywords that look at keys alone may sit at the top."""
-    from renderer.config.validate import DEPLOYMENT_SCHEMA, load_schema
+    from renderer.config.schema import DEPLOYMENT_SCHEMA, load_schema
 
     top = set(load_schema(DEPLOYMENT_SCHEMA)) - {"$schema", "$id", "title", "description", "$defs", "properties"}
     assert top <= {"type", "required", "additionalProperties"}
@@ -188,7 +188,8 @@ def test_the_deployment_schema_has_no_cross_section_keyword_at_its_top():
 
 def test_section_checks_find_what_a_whole_tree_check_finds(tmp_path):
     from renderer.config.load import load_text
-    from renderer.config.validate import DEPLOYMENT_SCHEMA, check_tree
+    from renderer.config.schema import DEPLOYMENT_SCHEMA
+    from renderer.config.validate import check_tree
 
     doc = load_text("f.yaml", b"name: a\nmodel: {id: nope, revision: main}\ngpu: {count: 99}\n"
                               b"scaling: {min_containers: -1}\nauth: {mode: api_key}\nbogus: 1\n")

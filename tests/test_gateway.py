@@ -568,7 +568,7 @@ def test_gateway_defaults_come_from_the_schema():
 
 
 def test_schema_examples_validate():
-    from renderer.config.validate import _validator, load_schema
+    from renderer.config.schema import load_schema, validator as _validator
 
     gateway = load_schema("fleet.schema.json")["properties"]["gateway"]
     validator = _validator("fleet.schema.json", "/properties/gateway")

@@ -187,15 +187,7 @@ class LazyChoices:
 def schema_enum(*path: str) -> LazyChoices:
     """The `enum` of a deployment-schema property, e.g. schema_enum("model", "quantization")."""
     def load() -> list:
-        from renderer.config.validate import DEPLOYMENT_SCHEMA, load_schema
+        from renderer.config.schema import DEPLOYMENT_SCHEMA, subschema_at
 
-        schema = load_schema(DEPLOYMENT_SCHEMA)
-        node: dict = schema
-        for key in path:
-            while "$ref" in node:
-                node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-            node = node["properties"][key]
-            while "$ref" in node:
-                node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-        return list(node["enum"])
+        return list((subschema_at(DEPLOYMENT_SCHEMA, path) or {})["enum"])
     return LazyChoices(load)

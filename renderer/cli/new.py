@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,26 +107,6 @@ def _check_yaml(text: str, filename: str) -> None:
         raise AssertionError(f"fleetform new produced an invalid deployment: {problems[0].message}")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write `path` all at once (a temporary file, then a rename), with the mode the umask gives a new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask says
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def print_options(s: Any, console: Any) -> None:
     """The options weighed, as a rich table: per GPU type, its smallest count that fits."""
     from rich.table import Table
@@ -174,7 +152,8 @@ def fleet_prices(out: str, report: TextReporter) -> dict[str, float] | None:
     """GPU prices of the fleet that `new` writes into: OUT/fleet.yaml's `prices`, so the cheapest fit
     is judged as `plan` will price it. None without a fleet.yaml; CliError if it does not validate."""
     from renderer.config.load import FLEET_FILE, LoadError, load_file
-    from renderer.config.validate import FLEET_SCHEMA, check_schema
+    from renderer.config.schema import FLEET_SCHEMA
+    from renderer.config.validate import check_schema
 
     path = Path(out) / FLEET_FILE
     if not path.is_file():
@@ -239,8 +218,13 @@ def new(options: Any, report: TextReporter) -> Written:
         raise CliError(f"{out} already exists: pass --force to replace it, or --name NAME")
     text = deployment_yaml(sizing, concurrency_given=get("concurrency") is not None)
     _check_yaml(text, str(out))
+    from renderer.codegen.write import write_file  # the one atomic writer; loaded only when writing
+
     try:
-        _write_atomic(out, text)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_file(out, text, replace=bool(get("force", False)))
+    except FileExistsError:  # appeared since the check above: never replaced without --force
+        raise CliError(f"{out} already exists: pass --force to replace it, or --name NAME") from None
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc.strerror or exc}") from None
     return Written(sizing, out)

@@ -35,7 +35,6 @@ AIOHTTP_REQUIREMENT = "aiohttp==3.14.5"
 PYTHON_VERSION = "3.12"
 CPU = 1.0  # cores: the gateway only relays bytes
 MEMORY_MB = 1024
-FUNCTION_NAME = spec.GATEWAY_FUNCTION_NAME
 
 
 @dataclass(frozen=True)

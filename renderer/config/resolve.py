@@ -28,23 +28,20 @@ from typing import Any, Iterator
 
 from renderer.config import spec
 from renderer.config.credentials import find_credentials
-from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
 from renderer.config.load import Document, LoadedFleet, Node
-from renderer.config.vllm_args import build_vllm_args
-from renderer.config.validate import (
+from renderer.config.rules import Claim, RuleContext, check_rules, undeclared_environments, unique_across_fleet
+from renderer.config.schema import (
     DEPLOYMENT_SCHEMA,
     FLEET_SCHEMA,
-    Claim,
-    RuleContext,
-    _schema_error_diags,
-    _validator,
-    check_rules,
-    check_schema,
+    gateway_defaults,
     load_schema,
     parse_duration,
-    undeclared_environments,
-    unique_across_fleet,
+    schema_defaults,
+    validator,
 )
+from renderer.config.validate import _schema_error_diags, check_schema
+from renderer.config.vllm_args import build_vllm_args
+from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
 
 
 class UnknownEnvironment(Exception):
@@ -118,27 +115,6 @@ def _without(node: Node, key: str) -> Node:
     value = {k: v for k, v in node.value.items() if k != key}
     marks = {k: m for k, m in (node.key_marks or {}).items() if k != key}
     return Node(value, node.mark, marks)
-
-
-@functools.cache
-def schema_defaults() -> dict[str, Any]:
-    """The `default` of every deployment field, nested as the YAML is, read from the schema."""
-    schema = load_schema(DEPLOYMENT_SCHEMA)
-    defs = schema["$defs"]
-    out: dict[str, Any] = {}
-    for key, prop in schema["properties"].items():
-        target = defs[prop["$ref"].split("/")[-1]] if "$ref" in prop else prop
-        if "default" in prop or "default" in target:
-            out[key] = prop.get("default", target.get("default"))
-        elif target.get("type") == "object" and "properties" in target:
-            section = {k: v["default"] for k, v in target["properties"].items() if "default" in v}
-            for k, v in target["properties"].items():
-                if "default" not in v and "$ref" in v:
-                    ref = defs[v["$ref"].split("/")[-1]]
-                    if "default" in ref:
-                        section[k] = ref["default"]
-            out[key] = section
-    return out
 
 
 def _unflatten(leaves: dict[tuple, tuple[Any, Mark]]) -> dict:
@@ -228,7 +204,7 @@ def _top_level_validator() -> Any:
 @functools.cache
 def _section_validator(key: str) -> Any:
     """The validator of one top-level field (`model`, `scaling`...), `$ref`s resolved in the deployment schema."""
-    return _validator(DEPLOYMENT_SCHEMA).evolve(schema=load_schema(DEPLOYMENT_SCHEMA)["properties"][key])
+    return validator(DEPLOYMENT_SCHEMA).evolve(schema=load_schema(DEPLOYMENT_SCHEMA)["properties"][key])
 
 
 class _SchemaChecker:
@@ -537,9 +513,7 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
 def gateway_from(data: dict[str, Any] | None) -> spec.Gateway | None:
     """fleet.yaml's `gateway` mapping (schema-checked; None: absent) as a typed object, the schema's
     defaults applied as for every other field; None unless it is enabled."""
-    props = load_schema(FLEET_SCHEMA)["properties"]["gateway"]["properties"]
-    merged = {k: p.get("default") for k, p in props.items()}
-    merged.update(data or {})
+    merged = {**gateway_defaults(), **(data or {})}
     if not merged.pop("enabled"):
         return None
     merged["upstream_timeout"] = parse_duration(merged["upstream_timeout"])

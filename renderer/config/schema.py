@@ -83,12 +83,6 @@ def shipped() -> SchemaFiles:
     return SchemaFiles({n: load_schema(n) for n in SCHEMAS})
 
 
-def resolve_ref(ref: str, base: str) -> tuple[str, dict]:
-    """(file, schema) a `$ref` written in schema file `base` points at."""
-    file, _, node = shipped().target(ref, base)
-    return file, node
-
-
 def expand(node: dict, file: str) -> tuple[str, dict]:
     """A schema with its `$ref`s merged in (the referring schema's own keys win), and its file."""
     return shipped().expand(node, file)

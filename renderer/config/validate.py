@@ -11,28 +11,9 @@ import json
 from typing import Any, Iterator
 
 from renderer.config.load import Document, Node
-from renderer.config.rules import (  # noqa: F401  (the rules, for callers that validate a whole deployment)
-    Claim,
-    RuleContext,
-    check_rules,
-    shown,
-    undeclared_environments,
-    unique_across_fleet,
-)
-from renderer.config.schema import (  # noqa: F401  (the schema reader, for callers that validate)
-    DEPLOYMENT_SCHEMA,
-    FLEET_SCHEMA,
-    expand,
-    load_schema,
-    parse_duration,
-    schema_dir,
-    section_of,
-    subschema_at,
-    validator,
-)
+from renderer.config.rules import shown
+from renderer.config.schema import DEPLOYMENT_SCHEMA, expand, section_of, subschema_at, validator
 from renderer.diagnostics import Diagnostic, Path as FieldPath, did_you_mean, format_path
-
-_validator = validator  # the name tests and older callers use
 
 
 # --- schema diagnostics ----------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,7 +19,8 @@ class ConfirmationUnavailable(Exception):
 
 
 class Report:
-    """What every report shares: `emit` prints it as the CLI should and returns the exit code."""
+    """What every report is to the CLI's reporters: a document (`to_dict`, for --format json), a
+    rendering (`render`, for text) and the exit code the command ends with."""
 
     exit_code: int
 
@@ -29,20 +29,6 @@ class Report:
 
     def render(self, console: Console) -> None:
         raise NotImplementedError
-
-    def emit(self, console: Console, fmt: str = "text") -> int:
-        """JSON on stdout for --format json, else the rendered text; returns the exit code."""
-        if fmt == "json":
-            write_json(console, self.to_dict())
-        else:
-            self.render(console)
-        return self.exit_code
-
-
-def write_json(console: Console, doc: dict[str, Any]) -> None:
-    """Exactly one JSON document, unstyled and unwrapped, on the console's stream."""
-    console.file.write(json.dumps(doc, indent=2) + "\n")
-    console.file.flush()
 
 
 @dataclass

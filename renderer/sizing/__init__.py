@@ -32,7 +32,6 @@ estimate errs on the side of more memory.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
