@@ -16,6 +16,7 @@ import pytest
 from fake_backend import FakeBackend, FakeSmoke
 from rich.console import Console
 
+from renderer import modal_api
 from renderer.deploy.destroy import run_destroy
 from renderer.deploy.progress import NullProgress, RichProgress
 from renderer.deploy.rollback import run_rollback
@@ -752,3 +753,30 @@ def test_client_smoke_tester_preflight_for_the_gateway_needs_its_key(gateway):
     why = ClientSmokeTester(environ={}).preflight(gateway)
     assert why and "FLEETFORM_GATEWAY_API_KEY" in why
     assert ClientSmokeTester(environ={"FLEETFORM_GATEWAY_API_KEY": "k"}).preflight(gateway) is None
+
+
+# --- text from Modal and servers is printed literally ------------------------------------------------------
+
+MARKUP = "[/bold][link=https://evil.example]click[/link] [red]x"
+
+
+def test_markup_in_what_modal_and_servers_say_is_printed_literally(apps):
+    """Tags, error messages and URLs come from Modal or the deployed server: a `[` in them is text,
+    never rich markup that would crash the report or hide part of it."""
+    b = FakeBackend()
+    live_all(b, apps[1:])
+    b.add_live("retired-model", f"ff-{MARKUP}", env=MODAL_ENV)
+    failing = apps[0].deployment.name
+    b.deploy_errors[failing] = modal_api.BackendError(f"deploy refused: {MARKUP}")
+    report = deploy(b, apps, modal_env=MODAL_ENV)
+    shown = text(report)
+    assert f"deploy refused: {MARKUP}" in shown and f"ff-{MARKUP}" in shown
+
+    rows = live_plan(apps, b, MODAL_ENV)
+    out = io.StringIO()
+    render_plan(rows, Console(file=out, width=400))
+    assert f"v1 ff-{MARKUP}" in out.getvalue()
+
+    status = run_status(apps, b, MODAL_ENV)
+    assert MARKUP in text(status)
+    assert "no deployed app named nonexistent[/b]" in text(run_rollback("nonexistent[/b]", b, modal_env=MODAL_ENV))

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from rich.markup import escape  # messages carry text from Modal: printed as it is, never as markup
+
 from renderer.modal_api import NO_CREDENTIALS, Backend, BackendError, LiveApp
 from renderer.plan.live import env_label
 
@@ -48,9 +50,9 @@ class ActionReport(Report):
 
     def render(self, console: Console) -> None:
         if self.ok:
-            console.print(self.message, highlight=False)
+            console.print(escape(self.message), highlight=False)
         else:
-            console.print(f"[red]error:[/red] {self.message}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(self.message)}", highlight=False, soft_wrap=True)
 
 
 def managed_app(name: str, backend: Backend, env: str | None, verb: str) -> LiveApp | ActionReport:

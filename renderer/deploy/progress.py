@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+
+from rich.markup import escape  # details carry text from Modal and servers: printed as it is
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ class RichProgress:
             items = list(self._state.items())
         now = time.monotonic()
         for name, (stage, detail, started) in items:
-            table.add_row(name, _stage_markup(stage), f"{now - started:.0f}s", detail)
+            table.add_row(name, _stage_markup(stage), f"{now - started:.0f}s", escape(detail))
         return table
 
     def update(self, name: str, stage: str, detail: str = "") -> None:
@@ -73,10 +75,10 @@ class RichProgress:
                 entry[2] = time.monotonic()
             entry[0], entry[1] = stage, detail
         if self._live is None:
-            self.console.print(f"{name}: {stage}" + (f" - {detail}" if detail else ""), highlight=False)
+            self.console.print(escape(f"{name}: {stage}" + (f" - {detail}" if detail else "")), highlight=False)
 
     def note(self, message: str) -> None:
-        self.console.print(message, highlight=False)
+        self.console.print(escape(message), highlight=False)
 
     def stop(self) -> None:
         if self._live is not None:

@@ -459,10 +459,11 @@ _STATUS_STYLE = {DEPLOYED: "green", UNCHANGED: "dim", PLANNED: "cyan", FAILED: "
 
 def render_deploy_report(report: DeployReport, console: Console) -> None:
     """The summary: a table, the full reason for each failure, orphans, one totals line."""
+    from rich.markup import escape  # text from Modal and from servers is printed as it is, never as markup
     from rich.table import Table
 
     if report.error:
-        console.print(f"[red]error:[/red] {report.error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(report.error)}", highlight=False, soft_wrap=True)
         if not report.results:
             return
     if report.results:
@@ -475,19 +476,20 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             if r.recovery:
                 result += f" ({r.recovery.replace('_', ' ')})"
             seconds = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
-            table.add_row(r.name, r.modal_env or "(default)", r.action, result, _version_cell(r), seconds, r.url or "-")
+            table.add_row(r.name, escape(r.modal_env or "(default)"), r.action, result, escape(_version_cell(r)),
+                          seconds, escape(r.url or "-"))
         console.print(table)
     for r in report.results:
         if r.status == FAILED:
-            line = f"[red]{r.name}:[/red] {r.error}"
+            line = f"[red]{r.name}:[/red] {escape(r.error or '')}"
             if r.recovery_detail:
-                line += f"; {r.recovery_detail}"
+                line += f"; {escape(r.recovery_detail)}"
             console.print(line, highlight=False, soft_wrap=True)
         for w in r.warnings:
-            console.print(f"[yellow]{r.name}: warning:[/yellow] {w}", highlight=False)
+            console.print(f"[yellow]{r.name}: warning:[/yellow] {escape(w)}", highlight=False)
     for o in report.orphans:
-        console.print(f"[magenta]orphan:[/magenta] {orphan_message(o)}", highlight=False)
-    console.print(_totals(report), highlight=False)
+        console.print(f"[magenta]orphan:[/magenta] {escape(orphan_message(o))}", highlight=False)
+    console.print(escape(_totals(report)), highlight=False)
 
 
 def _version_cell(r: DeploymentResult) -> str:

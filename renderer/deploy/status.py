@@ -56,10 +56,11 @@ class StatusReport(Report):
         return {"ok": self.error is None, "error": self.error, "deployments": [r.to_dict() for r in self.rows]}
 
     def render(self, console: Console) -> None:
+        from rich.markup import escape  # text from Modal is printed as it is, never as markup
         from rich.table import Table
 
         if self.error:
-            console.print(f"[red]error:[/red] {self.error}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(self.error)}", highlight=False, soft_wrap=True)
             return
         styles = {IN_SYNC: "green", DRIFTED: "yellow", NOT_DEPLOYED: "dim", UNMANAGED: "red", ORPHAN: "magenta"}
         table = Table(title="Fleet status")
@@ -69,12 +70,12 @@ class StatusReport(Report):
             s = styles.get(r.state, "")
             table.add_row(
                 f"{r.name} (gateway)" if r.gateway else r.name,
-                r.modal_env or "(default)",
+                escape(r.modal_env or "(default)"),
                 f"[{s}]{r.state.replace('_', ' ')}[/{s}]",
                 f"v{r.live_version}" if r.live_version is not None else "-",
-                r.live_tag or "-",
+                escape(r.live_tag or "-"),
                 r.desired_tag or "-",
-                r.url or "-",
+                escape(r.url or "-"),
             )
         console.print(table)
 

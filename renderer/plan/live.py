@@ -148,24 +148,25 @@ _ACTION_STYLE = {
 
 def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
     """The live plan as a table, then one line of totals."""
+    from rich.markup import escape  # names and tags read from Modal are printed as they are
     from rich.table import Table
 
     table = Table(title="Live plan")
     for col in ("Deployment", "Environment", "Action", "Live", "Desired"):
         table.add_column(col)
     for r in rows:
-        live = f"v{r.live_version} {r.live_tag or '(no tag)'}" if r.live else "-"
+        live = escape(f"v{r.live_version} {r.live_tag or '(no tag)'}") if r.live else "-"
         style = _ACTION_STYLE.get(r.action, "")
-        name = f"{r.name} (gateway)" if r.gateway else r.name
-        table.add_row(name, r.modal_env or "(default)", f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
+        name = escape(f"{r.name} (gateway)" if r.gateway else r.name)
+        table.add_row(name, escape(r.modal_env or "(default)"), f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
     console.print(table)
     counts = {a: sum(1 for r in rows if r.action == a) for a in Action}
     console.print(", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n) or "nothing deployed, nothing to do")
     for r in rows:
         if r.action == Action.CONFLICT:
-            console.print(f"[red]conflict:[/red] {conflict_message(r)}")
+            console.print(f"[red]conflict:[/red] {escape(conflict_message(r))}")
         elif r.action == Action.ORPHAN:
-            console.print(f"[magenta]orphan:[/magenta] {orphan_message(r.live)}")
+            console.print(f"[magenta]orphan:[/magenta] {escape(orphan_message(r.live))}")
 
 
 def conflict_message(row: LiveRow) -> str:
