@@ -49,9 +49,10 @@ def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import vllm
+
     from renderer.config.load import load_fleet
     from renderer.config.resolve import resolve
-    import vllm
 
     argvs = {d.name: list(d.argv) for d in resolve(load_fleet(["deployments"])).deployments}
     for path in VARIANTS:
@@ -83,7 +84,8 @@ def main() -> int:
     }
     (out / f"serve-options-{vllm.__version__}.json").write_text(json.dumps(dump, indent=1, sort_keys=True) + "\n")
     (out / "vllm-serve-options.txt").write_text(
-        f"# `vllm serve` option strings of vLLM {vllm.__version__}, read from its parser\n" + "\n".join(options) + "\n")
+        f"# `vllm serve` option strings of vLLM {vllm.__version__}, read from its parser\n" + "\n".join(options) + "\n"
+    )
     print(f"{len(options)} options written to {out / 'vllm-serve-options.txt'}; {failures} rejected")
     return 1 if failures else 0
 
@@ -125,16 +127,18 @@ def option_table(actions) -> list[dict]:
     for action in actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
-        rows.append({
-            "dest": action.dest,
-            "flags": sorted(action.option_strings),
-            "takes_value": action.nargs != 0,
-            "nargs": action.nargs if action.nargs not in (None, 0) else None,
-            "default": _json_safe(action.default),
-            "engine_default": engine.get(action.dest),
-            "choices": None if action.choices is None else [_json_safe(c) for c in action.choices],
-            "type": getattr(action.type, "__name__", None) if action.type is not None else None,
-        })
+        rows.append(
+            {
+                "dest": action.dest,
+                "flags": sorted(action.option_strings),
+                "takes_value": action.nargs != 0,
+                "nargs": action.nargs if action.nargs not in (None, 0) else None,
+                "default": _json_safe(action.default),
+                "engine_default": engine.get(action.dest),
+                "choices": None if action.choices is None else [_json_safe(c) for c in action.choices],
+                "type": getattr(action.type, "__name__", None) if action.type is not None else None,
+            }
+        )
     return sorted(rows, key=lambda r: r["dest"])
 
 

@@ -57,7 +57,16 @@ async def measure(url: str, server_pid: int, levels: list[int], duration: float,
     endpoint = Endpoint(url)
     warmup = BenchConfig(concurrency=[max(levels)], num_requests=200, input_len=32, output_len=tokens)
     await run_bench(endpoint, None, warmup, progress=False)
-    head = f"{'concurrency':>11} {'requests':>9} {'req/s':>8} {'tok/s':>8} {'client CPU':>11} {'server CPU':>11} {'failed':>7}"
+    columns = (
+        ("concurrency", 11),
+        ("requests", 9),
+        ("req/s", 8),
+        ("tok/s", 8),
+        ("client CPU", 11),
+        ("server CPU", 11),
+        ("failed", 7),
+    )
+    head = " ".join(f"{name:>{width}}" for name, width in columns)
     print(head)
     for level in levels:
         config = BenchConfig(concurrency=[level], duration=duration, input_len=32, output_len=tokens)

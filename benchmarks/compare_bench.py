@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print `fleetform bench` and `vllm bench serve` results side by side (written by gpu_e2e.sh).
 
-    python benchmarks/compare_bench.py RESULTS_DIR
+python benchmarks/compare_bench.py RESULTS_DIR
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ METRICS = (  # (label, fleetform getter, vLLM key)
     ("median TTFT ms", lambda r: r["ttft_ms"]["median"], "median_ttft_ms"),
     ("median TPOT ms", lambda r: r["tpot_ms"]["median"], "median_tpot_ms"),
     ("median ITL ms", lambda r: r["itl_ms"]["median"], "median_itl_ms"),
-    ("mean input tokens", lambda r: r["total_input_tokens"] / max(r["completed"], 1),
-     lambda v: v["total_input_tokens"] / max(v["completed"], 1)),
+    (
+        "mean input tokens",
+        lambda r: r["total_input_tokens"] / max(r["completed"], 1),
+        lambda v: v["total_input_tokens"] / max(v["completed"], 1),
+    ),
 )
 GATED = ("output tok/s", "median TTFT ms", "median TPOT ms")  # the issue's 10% goal
 

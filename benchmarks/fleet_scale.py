@@ -39,7 +39,7 @@ def make_fleet(dest: Path, count: int) -> list[Path]:
     for i in range(count):
         src = examples[i % len(examples)]
         text = src.read_text()
-        first_name = next(l for l in text.splitlines() if l.startswith("name: ")).split(": ", 1)[1]
+        first_name = next(line for line in text.splitlines() if line.startswith("name: ")).split(": ", 1)[1]
         text = text.replace(f"name: {first_name}", f"name: {first_name[:30]}-{i}")
         # served names must be unique across the fleet too
         text = text.replace("served_model_names: [", f"served_model_names: [m{i}-")
@@ -86,8 +86,10 @@ def main() -> int:
     for name, (secs, code) in results.items():
         print(f"  {name:<22} {secs:>9.2f} {args.count / secs:>9.0f}  {code}")
     one_file = statistics.median(single)
-    print(f"  fleetform validate, one file: median {one_file * 1000:.0f} ms "
-          f"(min {min(single) * 1000:.0f} ms) over {len(single)} runs")
+    print(
+        f"  fleetform validate, one file: median {one_file * 1000:.0f} ms "
+        f"(min {min(single) * 1000:.0f} ms) over {len(single)} runs"
+    )
     failed = [name for name, (_, code) in results.items() if code != 0]
     if failed:
         print(f"FAILED: {', '.join(failed)} exited non-zero; the figures above mean nothing")
@@ -102,6 +104,7 @@ def main() -> int:
     for what, value, limit in goals:
         print(f"  {what:<28} {value:6.2f}  (goal <= {limit:g}: {'met' if value <= limit else 'NOT met'})")
     return 0 if all(value <= limit for _, value, limit in goals) else 2
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

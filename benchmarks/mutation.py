@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import os
 import random
 import shutil
@@ -41,16 +40,36 @@ REPO = Path(__file__).resolve().parent.parent
 TARGETS: dict[str, tuple[str, ...]] = {
     "renderer/config/load.py": ("tests/test_load.py", "tests/test_cli_cases.py", "tests/test_gitref.py"),
     "renderer/config/validate.py": ("tests/test_schema.py", "tests/test_cli_cases.py", "tests/test_cli_fleet.py"),
-    "renderer/config/rules.py": ("tests/test_schema.py", "tests/test_cli_cases.py", "tests/test_vllm_flags.py",
-                                 "tests/test_sizing.py", "tests/test_cli_fleet.py"),
-    "renderer/config/resolve.py": ("tests/test_cli_fleet.py", "tests/test_schema.py", "tests/test_cli_cases.py",
-                                   "tests/test_render.py", "tests/test_diff.py"),
+    "renderer/config/rules.py": (
+        "tests/test_schema.py",
+        "tests/test_cli_cases.py",
+        "tests/test_vllm_flags.py",
+        "tests/test_sizing.py",
+        "tests/test_cli_fleet.py",
+    ),
+    "renderer/config/resolve.py": (
+        "tests/test_cli_fleet.py",
+        "tests/test_schema.py",
+        "tests/test_cli_cases.py",
+        "tests/test_render.py",
+        "tests/test_diff.py",
+    ),
     "renderer/codegen/render.py": ("tests/test_render.py", "tests/test_cli_fleet.py"),
     "renderer/plan/against.py": ("tests/test_diff.py",),
 }
 
-_FLIP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-         ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_FLIP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +84,12 @@ def _docstring_nodes(tree: ast.AST) -> set[int]:
     out = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             out.add(id(body[0].value))
     return out
 
@@ -86,8 +110,11 @@ def _sites(tree: ast.AST) -> list[tuple[ast.AST, str]]:
                 sites.append((node, "const"))
         elif isinstance(node, (ast.If, ast.While)):
             sites.append((node, "negate"))
-        elif isinstance(node, ast.Return) and node.value is not None and not (
-                isinstance(node.value, ast.Constant) and node.value.value is None):
+        elif (
+            isinstance(node, ast.Return)
+            and node.value is not None
+            and not (isinstance(node.value, ast.Constant) and node.value.value is None)
+        ):
             sites.append((node, "return"))
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
             sites.append((node, "delete"))
@@ -199,8 +226,11 @@ def main() -> int:
                     else:
                         killed += 1
                     if i % 10 == 0:
-                        print(f"  {module}: {i}/{len(found)} mutants, {killed} killed, "
-                              f"{time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+                        print(
+                            f"  {module}: {i}/{len(found)} mutants, {killed} killed, {time.monotonic() - t0:.0f} s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
             finally:
                 (scratch / module).write_text(original, encoding="utf-8")
             scores[module] = (killed, len(found))

@@ -8,9 +8,9 @@ instead of raising, so a run reports every problem at once.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Sequence
 
 PathPart = str | int
 Path = tuple[PathPart, ...]
@@ -122,4 +122,3 @@ def format_github(diag: Diagnostic) -> str:
 
 def diagnostics_json(diags: Iterable[Diagnostic]) -> list[dict]:
     return [d.to_dict() for d in diags]
-

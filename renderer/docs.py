@@ -15,8 +15,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, SchemaFiles, shipped
 
@@ -117,8 +118,16 @@ class _Doc:
         self.schemas = schemas
         self.sections: list[str] = []
 
-    def section(self, title: str, level: int, schema: dict, file: str, required: Sequence[str],
-                prefix: str, intro: str | None = None) -> None:
+    def section(
+        self,
+        title: str,
+        level: int,
+        schema: dict,
+        file: str,
+        required: Sequence[str],
+        prefix: str,
+        intro: str | None = None,
+    ) -> None:
         """One heading and table for an object's properties; nested objects get their own section after."""
         lines = [f"{'#' * level} {title}", ""]
         text = intro if intro is not None else schema.get("description")
@@ -135,17 +144,29 @@ class _Doc:
                 link = "#" + anchor(child_title)
                 required_here = [*prop.get("required", []), *child[1].get("required", [])]
                 nested.append((child_title, child[1], child[2], required_here))
-            lines.append("| " + " | ".join((
-                f"`{key}`",
-                _cell(type_text(self.schemas, prop, file, link)),
-                self._default(s, key in required),
-                _cell(s.get("description", "")),
-                "<br>".join(_code(e) for e in s.get("examples", [])),
-            )) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    (
+                        f"`{key}`",
+                        _cell(type_text(self.schemas, prop, file, link)),
+                        self._default(s, key in required),
+                        _cell(s.get("description", "")),
+                        "<br>".join(_code(e) for e in s.get("examples", [])),
+                    )
+                )
+                + " |"
+            )
         self.sections.append("\n".join(lines) + "\n")
         for child_title, child_schema, child_file, child_required in nested:
-            self.section(child_title, min(level + 1, 4), child_schema, child_file, child_required,
-                         child_title.strip("`").replace("[]", "").replace(".NAME", "") + ".")
+            self.section(
+                child_title,
+                min(level + 1, 4),
+                child_schema,
+                child_file,
+                child_required,
+                child_title.strip("`").replace("[]", "").replace(".NAME", "") + ".",
+            )
 
     def _child(self, s: dict, name: str | None, file: str) -> tuple[str, dict, str] | None:
         """(title suffix, schema, file) of a nested object that gets its own section, if any."""
@@ -197,13 +218,30 @@ def _shared_types(schemas: _Schemas) -> str:
     defs = schemas.files[DEPLOYMENT_SCHEMA]["$defs"]
     gpu = defs["gpu_type"]
     base = [v for v in gpu["enum"] if not v.endswith("!")]
-    lines = ["## Shared types", "", "### Duration", "", defs["duration"]["description"], "",
-             "### GPU type", "", gpu["description"], "", "One of: " + ", ".join(_code(v) for v in base)
-             + "; each may end in `!`.", "",
-             "### Partial deployments (defaults and overrides)", "", defs["overlay"]["description"],
-             "It takes the same sections as a deployment file: " + ", ".join(
-                 f"[`{k}`](#{anchor('`' + k + '`')})" if k in _SECTION_KEYS else f"`{k}`"
-                 for k in defs["overlay"]["properties"]) + ".", ""]
+    lines = [
+        "## Shared types",
+        "",
+        "### Duration",
+        "",
+        defs["duration"]["description"],
+        "",
+        "### GPU type",
+        "",
+        gpu["description"],
+        "",
+        "One of: " + ", ".join(_code(v) for v in base) + "; each may end in `!`.",
+        "",
+        "### Partial deployments (defaults and overrides)",
+        "",
+        defs["overlay"]["description"],
+        "It takes the same sections as a deployment file: "
+        + ", ".join(
+            f"[`{k}`](#{anchor('`' + k + '`')})" if k in _SECTION_KEYS else f"`{k}`"
+            for k in defs["overlay"]["properties"]
+        )
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -216,10 +254,18 @@ def render_schema_markdown(schema_dir: Path | None = None) -> str:
     deployment = schemas.files[DEPLOYMENT_SCHEMA]
     fleet = schemas.files[FLEET_SCHEMA]
     doc = _Doc(schemas)
-    doc.section("Deployment file", 2, deployment, DEPLOYMENT_SCHEMA, deployment.get("required", []), "",
-                deployment.get("description"))
-    doc.section("Fleet file: `fleet.yaml`", 2, fleet, FLEET_SCHEMA, fleet.get("required", []), "",
-                fleet.get("description"))
+    doc.section(
+        "Deployment file",
+        2,
+        deployment,
+        DEPLOYMENT_SCHEMA,
+        deployment.get("required", []),
+        "",
+        deployment.get("description"),
+    )
+    doc.section(
+        "Fleet file: `fleet.yaml`", 2, fleet, FLEET_SCHEMA, fleet.get("required", []), "", fleet.get("description")
+    )
     body = "\n".join(doc.sections)
     return HEADER + "\n" + body + "\n" + _shared_types(schemas)
 
@@ -228,8 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m renderer.docs", description="Write docs/schema.md from schema/.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write (default: docs/schema.md)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is stale")
-    parser.add_argument("--schema-dir", type=Path, metavar="DIR",
-                        help="read the schemas from DIR (default: the ones fleetform validates with)")
+    parser.add_argument(
+        "--schema-dir",
+        type=Path,
+        metavar="DIR",
+        help="read the schemas from DIR (default: the ones fleetform validates with)",
+    )
     args = parser.parse_args(argv)
     text = render_schema_markdown(args.schema_dir)
     if args.check:

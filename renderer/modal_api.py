@@ -29,9 +29,10 @@ import sys
 import tempfile
 import threading
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from renderer.codegen.gateway import RenderedGateway
@@ -47,8 +48,7 @@ STRATEGIES = ("rolling", "recreate")
 _TAG_RE = re.compile(r"^[A-Za-z0-9._-]{1,50}$")
 
 NO_CREDENTIALS = (
-    "no Modal credentials found: run `modal token new`, "
-    "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment"
+    "no Modal credentials found: run `modal token new`, or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the environment"
 )
 
 
@@ -172,9 +172,18 @@ def _modal_exceptions() -> dict[str, type]:
     except Exception:  # pragma: no cover - SDK unusable: every error is generic
         return {}
     names = (
-        "AuthError", "PermissionDeniedError", "NotFoundError", "ResourceExhaustedError", "ImageBuildError",
-        "TimeoutError", "ConnectionError", "ServiceError", "InvalidError", "ConflictError",
-        "AlreadyExistsError", "Error",
+        "AuthError",
+        "PermissionDeniedError",
+        "NotFoundError",
+        "ResourceExhaustedError",
+        "ImageBuildError",
+        "TimeoutError",
+        "ConnectionError",
+        "ServiceError",
+        "InvalidError",
+        "ConflictError",
+        "AlreadyExistsError",
+        "Error",
     )
     return {n: getattr(me, n) for n in names if hasattr(me, n)}
 
@@ -457,7 +466,9 @@ class ModalBackend(Backend):
         resp = await client._stub.AppList(api_pb2.AppListRequest(environment_name=environment))
         deployed = [a for a in resp.apps if a.state == api_pb2.APP_STATE_DEPLOYED and (a.name or a.description)]
         return list(
-            await asyncio.gather(*(self._describe(client, a.name or a.description, a.app_id, modal_env) for a in deployed))
+            await asyncio.gather(
+                *(self._describe(client, a.name or a.description, a.app_id, modal_env) for a in deployed)
+            )
         )
 
     async def _get_app(self, name: str, modal_env: str | None) -> LiveApp | None:
@@ -551,7 +562,8 @@ class ModalBackend(Backend):
             except Exception as exc:
                 if isinstance(exc, asyncio.TimeoutError):
                     raise DeployTimeout(
-                        f"{action}: not finished after {timeout:g}s (stopped waiting; Modal cancels a half-built deploy)"
+                        f"{action}: not finished after {timeout:g}s "
+                        "(stopped waiting; Modal cancels a half-built deploy)"
                     ) from exc
                 raise translate(exc, modal_env=modal_env, action=action) from exc
             finally:
@@ -587,7 +599,9 @@ class ModalBackend(Backend):
 
         client = await self._client()
         app_id = await self._app_id(client, name, modal_env)
-        await client._stub.AppRollback(api_pb2.AppRollbackRequest(app_id=app_id, version=-1 if version is None else version))
+        await client._stub.AppRollback(
+            api_pb2.AppRollbackRequest(app_id=app_id, version=-1 if version is None else version)
+        )
 
     def stop(self, name: str, modal_env: str | None) -> None:
         self._call(self._stop, name, modal_env, modal_env=modal_env, action=f"stop {name}")
@@ -597,9 +611,7 @@ class ModalBackend(Backend):
 
         client = await self._client()
         app_id = await self._app_id(client, name, modal_env)
-        await client._stub.AppStop(
-            api_pb2.AppStopRequest(app_id=app_id, source=api_pb2.APP_STOP_SOURCE_PYTHON_CLIENT)
-        )
+        await client._stub.AppStop(api_pb2.AppStopRequest(app_id=app_id, source=api_pb2.APP_STOP_SOURCE_PYTHON_CLIENT))
 
 
 def default_backend() -> ModalBackend:

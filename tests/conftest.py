@@ -11,12 +11,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None,
-            unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path = REPO, env: dict | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """Run the real `fleetform` command line in a subprocess (`unset`: variables to remove from its env)."""
     full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
-    return subprocess.run([sys.executable, "-m", "renderer", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "renderer", *args], cwd=cwd, capture_output=True, text=True, env=full, timeout=120
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,8 +30,13 @@ def machine_independent(tmp_path_factory):
     saved = dict(os.environ)
     for key in [k for k in os.environ if k.startswith("MODAL_")]:
         del os.environ[key]
-    os.environ.update({"HF_HOME": str(home / "hf"), "HF_HUB_CACHE": str(home / "hf" / "hub"),
-                       "MODAL_CONFIG_PATH": str(home / "no-modal.toml")})
+    os.environ.update(
+        {
+            "HF_HOME": str(home / "hf"),
+            "HF_HUB_CACHE": str(home / "hf" / "hub"),
+            "MODAL_CONFIG_PATH": str(home / "no-modal.toml"),
+        }
+    )
     constants = sys.modules.get("huggingface_hub.constants")  # read the variables when first imported
     cached = (constants.HF_HOME, constants.HF_HUB_CACHE) if constants else None
     if constants:

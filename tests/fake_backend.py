@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
+from renderer.codegen.render import RenderedApp
 from renderer.deploy.smoke import SmokeOutcome
 from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
-from renderer.codegen.render import RenderedApp
 
 
 @dataclass
@@ -42,7 +42,9 @@ class FakeBackend(Backend):
 
     # -- setting up live state
 
-    def add_live(self, name: str, tag: str, *, env: str | None = None, managed: bool = True, versions: int = 1) -> FakeApp:
+    def add_live(
+        self, name: str, tag: str, *, env: str | None = None, managed: bool = True, versions: int = 1
+    ) -> FakeApp:
         app = FakeApp(name, env, managed)
         for i in range(versions):
             app.versions.append(Version(i + 1, tag if i == versions - 1 else f"ff-old{i + 1}"))
@@ -71,7 +73,11 @@ class FakeBackend(Backend):
         self.calls.append(("list_apps", env))
         if self.list_error:
             raise self.list_error
-        return [self._describe(a) for (e, _), a in sorted(self.apps.items(), key=lambda kv: kv[0][1]) if e == env and self._live(a.name, e)]
+        return [
+            self._describe(a)
+            for (e, _), a in sorted(self.apps.items(), key=lambda kv: kv[0][1])
+            if e == env and self._live(a.name, e)
+        ]
 
     def get_app(self, name: str, env: str | None) -> LiveApp | None:
         self.calls.append(("get_app", name, env))
@@ -85,7 +91,9 @@ class FakeBackend(Backend):
             raise BackendError(f"no app {name}")
         return sorted(effective_tags(app.versions), key=lambda v: v.version, reverse=True)
 
-    def deploy(self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None) -> DeployOutcome:
+    def deploy(
+        self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+    ) -> DeployOutcome:
         name = app.name  # a deployment's app, or the gateway's
         with self._lock:
             self.calls.append(("deploy", name, env, tag, strategy))

@@ -75,7 +75,7 @@ def route_path(scope) -> str:
     """Starlette's get_route_path: under a root path, what follows it."""
     path, root = scope["path"], scope.get("root_path", "")
     if root and path.startswith(root) and (path == root or path[len(root)] == "/"):
-        return path[len(root):]
+        return path[len(root) :]
     return path
 
 
@@ -89,8 +89,14 @@ async def asgi_inner(scope, receive, send):
 def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     app = MIDDLEWARE(asgi_inner) if MIDDLEWARE else asgi_inner
     raw = path.split("?")[0]
-    scope = {"type": "http", "method": method, "path": urllib.parse.unquote(raw), "raw_path": raw.encode("latin-1"),
-             "root_path": ROOT_PATH, "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": urllib.parse.unquote(raw),
+        "raw_path": raw.encode("latin-1"),
+        "root_path": ROOT_PATH,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     out: dict = {}
 
     async def receive():
@@ -132,6 +138,11 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     if EXIT_EARLY:
         sys.exit(int(EXIT_EARLY))
-    log({"argv": argv, "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE"),
-         "pythonpath": os.environ.get("PYTHONPATH")})
+    log(
+        {
+            "argv": argv,
+            "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE"),
+            "pythonpath": os.environ.get("PYTHONPATH"),
+        }
+    )
     ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()

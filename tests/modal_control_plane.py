@@ -26,8 +26,9 @@ import inspect
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -57,8 +58,10 @@ class Request:
         fields = self.message.DESCRIPTOR.fields_by_name
         if self.method == "EnvironmentGetOrCreate":
             return self.message.deployment_name
-        if "object_creation_type" in fields and \
-                self.message.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP:
+        if (
+            "object_creation_type" in fields
+            and self.message.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_ANONYMOUS_OWNED_BY_APP
+        ):
             return None
         if "environment_name" in fields:
             return self.message.environment_name
@@ -186,8 +189,12 @@ class ControlPlane:
 
     def mounted_files(self, function: api_pb2.Function) -> dict[str, bytes]:
         """Remote file name -> content, of every file uploaded in the function's mounts."""
-        return {name: self.blobs[sha] for mount_id in function.mount_ids
-                for name, sha in self.mounts.get(mount_id, {}).items() if sha in self.blobs}
+        return {
+            name: self.blobs[sha]
+            for mount_id in function.mount_ids
+            for name, sha in self.mounts.get(mount_id, {}).items()
+            if sha in self.blobs
+        }
 
     # -- state helpers
 
@@ -252,8 +259,9 @@ class _Servicer(ModalClientBase):
         return [a for a in self.plane.apps.values() if a.environment == environment]
 
     def _deployed(self, name: str, environment: str) -> App | None:
-        return next((a for a in self._apps_in(environment)
-                     if a.name == name and a.state == api_pb2.APP_STATE_DEPLOYED), None)
+        return next(
+            (a for a in self._apps_in(environment) if a.name == name and a.state == api_pb2.APP_STATE_DEPLOYED), None
+        )
 
     def _app(self, app_id: str) -> App:
         app = self.plane.apps.get(app_id)
@@ -262,23 +270,36 @@ class _Servicer(ModalClientBase):
         return app
 
     def rpc_AppList(self, req: Any) -> Any:
-        items = [api_pb2.AppListResponse.AppListItem(
-            app_id=a.app_id, name="" if a.state == api_pb2.APP_STATE_INITIALIZING else a.name, description=a.name,
-            state=a.state) for a in self._apps_in(req.environment_name)]
+        items = [
+            api_pb2.AppListResponse.AppListItem(
+                app_id=a.app_id,
+                name="" if a.state == api_pb2.APP_STATE_INITIALIZING else a.name,
+                description=a.name,
+                state=a.state,
+            )
+            for a in self._apps_in(req.environment_name)
+        ]
         return api_pb2.AppListResponse(apps=items)
 
     def rpc_AppGetByDeploymentName(self, req: Any) -> Any:
         app = self._deployed(req.name, req.environment_name)
         if app is not None:
             return api_pb2.AppGetByDeploymentNameResponse(
-                app_id=app.app_id, environment_name=req.environment_name,
-                lifecycle=api_pb2.AppLifecycle(app_state=app.state, version=app.live))
-        stopped = [a for a in self._apps_in(req.environment_name)
-                   if a.name == req.name and a.state == api_pb2.APP_STATE_STOPPED]
+                app_id=app.app_id,
+                environment_name=req.environment_name,
+                lifecycle=api_pb2.AppLifecycle(app_state=app.state, version=app.live),
+            )
+        stopped = [
+            a
+            for a in self._apps_in(req.environment_name)
+            if a.name == req.name and a.state == api_pb2.APP_STATE_STOPPED
+        ]
         if stopped:
             return api_pb2.AppGetByDeploymentNameResponse(
-                previous_app_id=stopped[-1].app_id, environment_name=req.environment_name,
-                lifecycle=api_pb2.AppLifecycle(app_state=api_pb2.APP_STATE_STOPPED))
+                previous_app_id=stopped[-1].app_id,
+                environment_name=req.environment_name,
+                lifecycle=api_pb2.AppLifecycle(app_state=api_pb2.APP_STATE_STOPPED),
+            )
         return api_pb2.AppGetByDeploymentNameResponse(environment_name=req.environment_name)
 
     def rpc_AppGetTags(self, req: Any) -> Any:
@@ -286,10 +307,18 @@ class _Servicer(ModalClientBase):
 
     def rpc_AppDeploymentHistory(self, req: Any) -> Any:
         app = self._app(req.app_id)
-        entries = [api_pb2.AppDeploymentHistory(
-            app_id=app.app_id, version=v.version, tag=v.tag, deployed_at=v.deployed_at, rollback_version=v.rollback_of,
-            deployment_type=v.deployment_type, client_version="test")
-            for v in reversed(app.history)]
+        entries = [
+            api_pb2.AppDeploymentHistory(
+                app_id=app.app_id,
+                version=v.version,
+                tag=v.tag,
+                deployed_at=v.deployed_at,
+                rollback_version=v.rollback_of,
+                deployment_type=v.deployment_type,
+                client_version="test",
+            )
+            for v in reversed(app.history)
+        ]
         return api_pb2.AppDeploymentHistoryResponse(app_deployment_histories=entries, production_app_version=app.live)
 
     def rpc_AppGetLayout(self, req: Any) -> Any:
@@ -325,8 +354,9 @@ class _Servicer(ModalClientBase):
         app.history.append(Version(len(app.history) + 1, req.deployment_tag, dict(req.function_ids), now))
         app.live = len(app.history)
         app.containers[self.plane.new_id("ta")] = now  # the new version's container; older ones keep running
-        return api_pb2.AppPublishResponse(url=f"https://modal.com/apps/{WORKSPACE}/{app.environment}/{app.name}",
-                                          deployed_at=now)
+        return api_pb2.AppPublishResponse(
+            url=f"https://modal.com/apps/{WORKSPACE}/{app.environment}/{app.name}", deployed_at=now
+        )
 
     def rpc_AppRollback(self, req: Any) -> Any:
         app = self._app(req.app_id)
@@ -337,8 +367,16 @@ class _Servicer(ModalClientBase):
         if target is None or number == app.live:
             raise GRPCError(Status.INVALID_ARGUMENT, f"cannot roll back {app.name} to version {req.version}")
         now = time.time()
-        app.history.append(Version(len(app.history) + 1, self.plane.rollback_tag(target), dict(target.function_ids),
-                                   now, rollback_of=target.version, deployment_type=api_pb2.DEPLOYMENT_TYPE_ROLLBACK))
+        app.history.append(
+            Version(
+                len(app.history) + 1,
+                self.plane.rollback_tag(target),
+                dict(target.function_ids),
+                now,
+                rollback_of=target.version,
+                deployment_type=api_pb2.DEPLOYMENT_TYPE_ROLLBACK,
+            )
+        )
         app.live = len(app.history)
         return api_pb2.AppRollbackResponse(url=f"https://modal.com/apps/{WORKSPACE}/{app.name}", deployed_at=now)
 
@@ -352,9 +390,13 @@ class _Servicer(ModalClientBase):
 
     def rpc_TaskList(self, req: Any) -> Any:
         apps = [self._app(req.app_id)] if req.app_id else self._apps_in(req.environment_name)
-        return api_pb2.TaskListResponse(tasks=[
-            api_pb2.TaskStats(task_id=task_id, app_id=a.app_id, enqueued_at=enqueued_at, started_at=enqueued_at)
-            for a in apps for task_id, enqueued_at in a.containers.items()])
+        return api_pb2.TaskListResponse(
+            tasks=[
+                api_pb2.TaskStats(task_id=task_id, app_id=a.app_id, enqueued_at=enqueued_at, started_at=enqueued_at)
+                for a in apps
+                for task_id, enqueued_at in a.containers.items()
+            ]
+        )
 
     def rpc_ContainerStop(self, req: Any) -> Any:
         for app in self.plane.apps.values():
@@ -367,23 +409,32 @@ class _Servicer(ModalClientBase):
         name = req.deployment_name
         return api_pb2.EnvironmentGetOrCreateResponse(
             environment_id=f"en-{name}",
-            metadata=api_pb2.EnvironmentMetadata(name=name, settings=api_pb2.EnvironmentSettings(
-                image_builder_version=IMAGE_BUILDER_VERSION, webhook_suffix="modal.run")))
+            metadata=api_pb2.EnvironmentMetadata(
+                name=name,
+                settings=api_pb2.EnvironmentSettings(
+                    image_builder_version=IMAGE_BUILDER_VERSION, webhook_suffix="modal.run"
+                ),
+            ),
+        )
 
     def rpc_SecretGetOrCreate(self, req: Any) -> Any:
-        return api_pb2.SecretGetOrCreateResponse(secret_id=self.plane.object_id("st", req.environment_name,
-                                                                                req.deployment_name))
+        return api_pb2.SecretGetOrCreateResponse(
+            secret_id=self.plane.object_id("st", req.environment_name, req.deployment_name)
+        )
 
     def rpc_VolumeGetOrCreate(self, req: Any) -> Any:
         return api_pb2.VolumeGetOrCreateResponse(
             volume_id=self.plane.object_id("vo", req.environment_name, req.deployment_name),
-            version=api_pb2.VOLUME_FS_VERSION_V2)
+            version=api_pb2.VOLUME_FS_VERSION_V2,
+        )
 
     def rpc_ImageGetOrCreate(self, req: Any) -> Any:
         image_id = self.plane.object_id("im", "", str(req.image))
         return api_pb2.ImageGetOrCreateResponse(
-            image_id=image_id, result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
-            metadata=api_pb2.ImageMetadata(python_version_info="3.12.0", image_builder_version=IMAGE_BUILDER_VERSION))
+            image_id=image_id,
+            result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+            metadata=api_pb2.ImageMetadata(python_version_info="3.12.0", image_builder_version=IMAGE_BUILDER_VERSION),
+        )
 
     def rpc_MountBatchedCheckExistence(self, req: Any) -> Any:
         missing = [h for h in req.sha256_hex_hashes if h not in self.plane.blobs]
@@ -404,8 +455,9 @@ class _Servicer(ModalClientBase):
 
     def rpc_FunctionPrecreate(self, req: Any) -> Any:
         function_id = req.existing_function_id or self.plane.new_id("fu")
-        return api_pb2.FunctionPrecreateResponse(function_id=function_id, handle_metadata=self._handle(
-            req.app_id, req.function_name, function_id))
+        return api_pb2.FunctionPrecreateResponse(
+            function_id=function_id, handle_metadata=self._handle(req.app_id, req.function_name, function_id)
+        )
 
     def rpc_FunctionCreate(self, req: Any) -> Any:
         function_id = req.existing_function_id or self.plane.new_id("fu")
@@ -415,28 +467,40 @@ class _Servicer(ModalClientBase):
             f = req.function
             data = api_pb2.FunctionData(
                 ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=f)],
-                autoscaler_settings=f.autoscaler_settings, http_config=f.http_config,
-                startup_timeout_secs=f.startup_timeout_secs, is_server=f.is_server,
-                experimental_options=f.experimental_options, function_name=f.function_name,
-                module_name=f.module_name, webhook_config=f.webhook_config,
+                autoscaler_settings=f.autoscaler_settings,
+                http_config=f.http_config,
+                startup_timeout_secs=f.startup_timeout_secs,
+                is_server=f.is_server,
+                experimental_options=f.experimental_options,
+                function_name=f.function_name,
+                module_name=f.module_name,
+                webhook_config=f.webhook_config,
             )
         function = data.ranked_functions[0].function
         self.plane.functions[function_id] = function
         self.plane.function_data[function_id] = data
-        return api_pb2.FunctionCreateResponse(function_id=function_id, function_data=data,
-                                              handle_metadata=self._handle(req.app_id, function.function_name,
-                                                                           function_id))
+        return api_pb2.FunctionCreateResponse(
+            function_id=function_id,
+            function_data=data,
+            handle_metadata=self._handle(req.app_id, function.function_name, function_id),
+        )
 
     def rpc_FunctionGet(self, req: Any) -> Any:
         app = self._deployed(req.app_name, req.environment_name)
         live = next((v for v in app.history if v.version == app.live), None) if app else None
         if live is None or req.object_tag not in live.function_ids:
-            raise GRPCError(Status.NOT_FOUND, f"Lookup failed for Function '{req.object_tag}' from the "
-                                              f"'{req.app_name}' app: app not found in environment "
-                                              f"'{req.environment_name}'")
+            raise GRPCError(
+                Status.NOT_FOUND,
+                f"Lookup failed for Function '{req.object_tag}' from the "
+                f"'{req.app_name}' app: app not found in environment "
+                f"'{req.environment_name}'",
+            )
         function_id = live.function_ids[req.object_tag]
-        return api_pb2.FunctionGetResponse(function_id=function_id, function=self.plane.function_data[function_id],
-                                           handle_metadata=self._handle(app.app_id, req.object_tag, function_id))
+        return api_pb2.FunctionGetResponse(
+            function_id=function_id,
+            function=self.plane.function_data[function_id],
+            handle_metadata=self._handle(app.app_id, req.object_tag, function_id),
+        )
 
     def _handle(self, app_id: str, name: str, function_id: str) -> Any:
         """A function's metadata: its URL is a server's flash URL, or an ASGI function's web URL."""
@@ -445,10 +509,13 @@ class _Servicer(ModalClientBase):
         url = self.plane.urls.get(app.name, f"https://{WORKSPACE}-{app.environment}--{app.name}-{name}.modal.run")
         server = function is not None and function.is_server
         return api_pb2.FunctionHandleMetadata(
-            function_name=name, function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            function_name=name,
+            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
             definition_id=f"de-{function_id}",
-            web_url="" if server or function is None else url, _experimental_flash_urls=[url] if server else [],
-            app_id=app_id)
+            web_url="" if server or function is None else url,
+            _experimental_flash_urls=[url] if server else [],
+            app_id=app_id,
+        )
 
 
 def empty() -> Any:

@@ -74,16 +74,19 @@ class _RecordingStub:
     async def FunctionCreate(self, request, **_):  # noqa: N802 (gRPC method name)
         self.requests.append(request)
         if not request.HasField("function_data"):  # one GPU type: normalise to the ranked form
-            request.function_data.CopyFrom(api_pb2.FunctionData(
-                ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=request.function)],
-                autoscaler_settings=request.function.autoscaler_settings,
-                http_config=request.function.http_config,
-                startup_timeout_secs=request.function.startup_timeout_secs,
-                is_server=request.function.is_server,
-                experimental_options=request.function.experimental_options,
-            ))
-        return api_pb2.FunctionCreateResponse(function_id="fu-test", function_data=request.function_data,
-                                              handle_metadata=api_pb2.FunctionHandleMetadata())
+            request.function_data.CopyFrom(
+                api_pb2.FunctionData(
+                    ranked_functions=[api_pb2.FunctionData.RankedFunction(rank=0, function=request.function)],
+                    autoscaler_settings=request.function.autoscaler_settings,
+                    http_config=request.function.http_config,
+                    startup_timeout_secs=request.function.startup_timeout_secs,
+                    is_server=request.function.is_server,
+                    experimental_options=request.function.experimental_options,
+                )
+            )
+        return api_pb2.FunctionCreateResponse(
+            function_id="fu-test", function_data=request.function_data, handle_metadata=api_pb2.FunctionHandleMetadata()
+        )
 
 
 def server_config(path: Path) -> ServerConfig:

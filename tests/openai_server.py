@@ -224,9 +224,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         state.in_flight -= 1
 
 
-async def _complete(
-    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault
-) -> web.Response:
+async def _complete(request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault) -> web.Response:
     state = request.app[STATE]
     config = state.config
     start = asyncio.get_running_loop().time()
@@ -284,8 +282,14 @@ async def _stream(
                 pending.clear()
         if config.report_usage and (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
-            last = {"id": rid, "object": "chat.completion.chunk", "created": created,
-                    "model": model, "choices": [], "usage": usage}
+            last = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
             pending.append(b"data: " + json.dumps(last).encode() + b"\n\n")
         pending.append(b"data: [DONE]\n\n")
         await _write(resp, b"".join(pending), config.split_writes)

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
 from renderer.cli.views import render_bench_results
@@ -29,6 +28,8 @@ from renderer.endpoint.bench import (
     synthetic_prompt,
 )
 from renderer.endpoint.client import ClientError, Endpoint, FailureKind, StreamResult
+
+from openai_server import Fault, ServerConfig, serve
 
 MODEL = "test-model"
 
@@ -146,7 +147,11 @@ def test_dataset_jsonl(tmp_path):
     path.write_text(json.dumps({"prompt": "one two three"}) + "\n\n" + json.dumps({"messages": msgs}) + "\n")
     assert load_dataset(path) == [[{"role": "user", "content": "one two three"}], msgs]
     results, state = bench(ServerConfig(), BenchConfig(concurrency=[1], num_requests=3, dataset=path))
-    assert [r["messages"] for r in state.requests] == [[{"role": "user", "content": "one two three"}], msgs, [{"role": "user", "content": "one two three"}]]
+    assert [r["messages"] for r in state.requests] == [
+        [{"role": "user", "content": "one two three"}],
+        msgs,
+        [{"role": "user", "content": "one two three"}],
+    ]
     assert results[0].total_input_tokens == 3 + 4 + 3  # server-reported (word count)
     path.write_text('{"prompt": "ok"}\n{"text": "nope"}\n')
     with pytest.raises(ValueError, match=r"prompts.jsonl:2"):
@@ -221,7 +226,9 @@ def test_synthetic_prompts_are_seeded():
 
 
 def test_waits_out_a_cold_start_before_measuring():
-    results, state = bench(ServerConfig(health_failures=2, ttft_ms=5), BenchConfig(num_requests=2, health_timeout=5, health_interval=0.01))
+    results, state = bench(
+        ServerConfig(health_failures=2, ttft_ms=5), BenchConfig(num_requests=2, health_timeout=5, health_interval=0.01)
+    )
     assert state.health_count == 3 and results[0].completed == 2
     assert results[0].duration_s < 0.5  # the wait for /health is not part of the level
 
@@ -365,7 +372,9 @@ def test_ctrl_c_returns_the_figures_so_far():
     tests_dir = Path(__file__).resolve().parent
     proc = subprocess.Popen(
         [sys.executable, "-c", _CTRL_C_SCRIPT, str(tests_dir), str(tests_dir.parent)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().strip() == "ready"
@@ -378,4 +387,3 @@ def test_ctrl_c_returns_the_figures_so_far():
     assert proc.returncode == 0, err
     (result,) = json.loads(out)
     assert result["aborted"].startswith("interrupted") and result["completed"] > 0
-

@@ -14,8 +14,9 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO
 from renderer import cli
+
+from conftest import REPO
 from test_gitref import deployment_yaml, write
 
 WORKFLOW = REPO / ".github" / "workflows" / "fleet.yml"
@@ -23,8 +24,12 @@ HOOKS = REPO / ".pre-commit-hooks.yaml"
 
 
 def check_workflow_schema(path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-                           str(path)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,9 @@ def test_workflow_is_valid_against_githubs_schema():
 
 def test_the_schema_check_catches_a_broken_workflow(tmp_path):
     broken = tmp_path / "fleet.yml"
-    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs-on: [ubuntu-latest]\n"
-                                                   "    timeout-minutes: soon", 1))
+    broken.write_text(
+        WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs-on: [ubuntu-latest]\n    timeout-minutes: soon", 1)
+    )
     result = check_workflow_schema(broken)
     assert result.returncode != 0, result.stdout
 
@@ -92,8 +98,12 @@ def test_every_fleetform_command_in_the_workflow_parses(workflow):
     are wired into the CLI separately; until they are, their lines are reported, not failed."""
     parser = cli.build_parser()
     subs = _subcommands(parser)
-    lines = [line.strip() for job in workflow["jobs"].values() for line in _runs(job).splitlines()
-             if line.strip().startswith("fleetform ")]
+    lines = [
+        line.strip()
+        for job in workflow["jobs"].values()
+        for line in _runs(job).splitlines()
+        if line.strip().startswith("fleetform ")
+    ]
     assert len(lines) >= 6
     pending = []
     for line in lines:
@@ -115,21 +125,51 @@ def test_every_fleetform_command_in_the_workflow_parses(workflow):
 
 # The part of pre-commit's manifest format (pre-commit/clientlib.py) a hook here may use.
 HOOK_SCHEMA = {
-    "type": "array", "minItems": 1,
+    "type": "array",
+    "minItems": 1,
     "items": {
         "type": "object",
         "required": ["id", "name", "entry", "language"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string"}, "name": {"type": "string"}, "entry": {"type": "string"},
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "entry": {"type": "string"},
             "description": {"type": "string"},
-            "language": {"enum": ["conda", "coursier", "dart", "docker", "docker_image", "dotnet", "fail", "golang",
-                                  "haskell", "julia", "lua", "node", "perl", "pygrep", "python", "r", "ruby", "rust",
-                                  "swift", "script", "system", "unsupported", "unsupported_script"]},
-            "files": {"type": "string"}, "exclude": {"type": "string"},
+            "language": {
+                "enum": [
+                    "conda",
+                    "coursier",
+                    "dart",
+                    "docker",
+                    "docker_image",
+                    "dotnet",
+                    "fail",
+                    "golang",
+                    "haskell",
+                    "julia",
+                    "lua",
+                    "node",
+                    "perl",
+                    "pygrep",
+                    "python",
+                    "r",
+                    "ruby",
+                    "rust",
+                    "swift",
+                    "script",
+                    "system",
+                    "unsupported",
+                    "unsupported_script",
+                ]
+            },
+            "files": {"type": "string"},
+            "exclude": {"type": "string"},
             "types": {"type": "array", "items": {"type": "string"}},
-            "pass_filenames": {"type": "boolean"}, "always_run": {"type": "boolean"},
-            "require_serial": {"type": "boolean"}, "args": {"type": "array", "items": {"type": "string"}},
+            "pass_filenames": {"type": "boolean"},
+            "always_run": {"type": "boolean"},
+            "require_serial": {"type": "boolean"},
+            "args": {"type": "array", "items": {"type": "string"}},
             "stages": {"type": "array", "items": {"type": "string"}},
             "minimum_pre_commit_version": {"type": "string"},
         },
@@ -167,7 +207,9 @@ def test_hook_runs_on_deployment_yaml_only_and_checks_the_whole_fleet(hook):
 def test_hook_passes_a_valid_fleet_and_fails_an_invalid_one(hook, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = shlex.split(hook["entry"])[1:]
-    write(tmp_path, {"deployments/chat.yaml": deployment_yaml("chat"), "deployments/batch.yaml": deployment_yaml("batch")})
+    write(
+        tmp_path, {"deployments/chat.yaml": deployment_yaml("chat"), "deployments/batch.yaml": deployment_yaml("batch")}
+    )
     assert cli.main(args) == 0
     write(tmp_path, {"deployments/batch.yaml": deployment_yaml("chat")})  # a second deployment named chat
     assert cli.main(args) == 1

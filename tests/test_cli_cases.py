@@ -26,7 +26,7 @@ def test_invalid_case_reports_exact_message(case: Path):
     expected = (case.parent / (case.stem + ".expected")).read_text()
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if "nothing was rendered" not in l]
+    lines = [line for line in result.stderr.splitlines() if "nothing was rendered" not in line]
     assert "\n".join(lines) + "\n" == expected
     # every error line names file:line:col and a field path
     for line in lines:
@@ -60,7 +60,9 @@ def test_github_format_annotates(tmp_path):
     bad.write_text("name: ok\nmodel:\n  id: a/b\n  revision: main\ngpu:\n  type: H100\n")
     result = run_cli("validate", str(bad), "--format", "github")
     assert result.returncode == 1
-    assert result.stdout.startswith(f"::error file={bad},line=4,col=13,title=fleetform schema-pattern::model.revision: ")
+    assert result.stdout.startswith(
+        f"::error file={bad},line=4,col=13,title=fleetform schema-pattern::model.revision: "
+    )
 
 
 def test_missing_path_is_a_clear_error():
@@ -72,7 +74,10 @@ def test_missing_path_is_a_clear_error():
 def test_unknown_environment_is_a_usage_error():
     result = run_cli("plan", "--env", "prd")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: unknown environment 'prd'; fleet.yaml declares: dev, prod; did you mean \"prod\"?"
+    assert (
+        result.stderr.strip()
+        == "error: unknown environment 'prd'; fleet.yaml declares: dev, prod; did you mean \"prod\"?"
+    )
 
 
 def test_usage_error_exit_code():
@@ -81,8 +86,10 @@ def test_usage_error_exit_code():
 
 
 def test_validate_does_not_import_modal(tmp_path):
-    code = ("import sys, renderer.cli as c; rc = c.main(['validate', 'deployments']); "
-            "print(rc, 'modal' in sys.modules, 'aiohttp' in sys.modules, 'jinja2' in sys.modules)")
+    code = (
+        "import sys, renderer.cli as c; rc = c.main(['validate', 'deployments']); "
+        "print(rc, 'modal' in sys.modules, 'aiohttp' in sys.modules, 'jinja2' in sys.modules)"
+    )
     import subprocess
     import sys
 
@@ -150,15 +157,23 @@ def test_environment_overrides_beat_the_deployment_file(tmp_path):
     (tmp_path / "fleet.yaml").write_text(
         "defaults:\n  scaling: {max_containers: 9, buffer_containers: 3}\n"
         "environments:\n  dev:\n    modal_environment: ff-dev\n    overrides:\n"
-        "      scaling: {max_containers: 1, min_containers: 0}\n")
+        "      scaling: {max_containers: 1, min_containers: 0}\n"
+    )
     (tmp_path / "a.yaml").write_text(
         f"name: a\nmodel: {{id: org/m, revision: {'a' * 40}}}\ngpu: {{type: L4}}\n"
         "scaling: {max_containers: 4, buffer_containers: 2}\n"
-        "environments:\n  dev:\n    scaling: {min_containers: 1}\n")
-    got = lambda *env: {f["path"]: f["value"] for f in json.loads(
-        run_cli("explain", "a", str(tmp_path), "--format", "json", *env).stdout)["fields"]}
+        "environments:\n  dev:\n    scaling: {min_containers: 1}\n"
+    )
+    got = lambda *env: {
+        f["path"]: f["value"]
+        for f in json.loads(run_cli("explain", "a", str(tmp_path), "--format", "json", *env).stdout)["fields"]
+    }
     base, dev = got(), got("--env", "dev")
-    assert (base["scaling.max_containers"], base["scaling.buffer_containers"], base["scaling.min_containers"]) == (4, 2, 0)
+    assert (base["scaling.max_containers"], base["scaling.buffer_containers"], base["scaling.min_containers"]) == (
+        4,
+        2,
+        0,
+    )
     assert (dev["scaling.max_containers"], dev["scaling.buffer_containers"], dev["scaling.min_containers"]) == (1, 2, 1)
     assert dev["environment"] == "ff-dev"
 
@@ -174,7 +189,8 @@ def test_plan_totals_per_environment():
     price = {k: v.usd_per_hour for k, v in GPU_TYPES.items()}
     # dev caps every deployment at one container
     assert totals["dev"]["ceiling_usd_per_hour"] == pytest.approx(
-        round(price["B200"] + 2 * price["H100"] + price["L4"] + price["L40S"], 2))
+        round(price["B200"] + 2 * price["H100"] + price["L4"] + price["L40S"], 2)
+    )
     # prod keeps the 70B model's two H100s warm around the clock
     assert totals["prod"]["idle_usd_per_day"] == pytest.approx(round(2 * price["H100"] * 24, 2))
     assert totals[None]["ceiling_usd_per_hour"] is None  # the reference deployment sets no max

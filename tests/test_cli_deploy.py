@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_backend import FakeBackend
+
+from renderer import cli, modal_api
 
 from conftest import REPO
-from renderer import cli, modal_api
+from fake_backend import FakeBackend
 
 FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
 MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
@@ -27,8 +28,9 @@ def backend(monkeypatch):
 
 
 def deploy(capsys, *extra: str) -> tuple[int, dict]:
-    code = cli.main(["deploy", "--env", FLEET_ENV, "--only", NAME, "--skip-smoke-test", "--yes", "--format", "json",
-                     *extra])
+    code = cli.main(
+        ["deploy", "--env", FLEET_ENV, "--only", NAME, "--skip-smoke-test", "--yes", "--format", "json", *extra]
+    )
     out, _ = capsys.readouterr()
     return code, json.loads(out)
 

@@ -63,8 +63,7 @@ def test_test_json_is_unchanged_by_markup(markup_server):
 
 
 def test_bench_prints_the_model_name_literally(markup_server):
-    result = run_cli("bench", markup_server, "--model", MARKUP_MODELS[1], "--num-requests", "2",
-                     "--output-len", "3")
+    result = run_cli("bench", markup_server, "--model", MARKUP_MODELS[1], "--num-requests", "2", "--output-len", "3")
     assert result.returncode == 0, result.stderr
     assert f"Serving benchmark: {MARKUP_MODELS[1]}" in result.stdout
 
@@ -82,8 +81,20 @@ def test_explain_prints_values_literally(tmp_path):
 
 def test_bench_output_file_and_json_are_the_same_document(markup_server, tmp_path):
     path = tmp_path / "results.json"
-    result = run_cli("bench", markup_server, "--model", MARKUP_MODELS[0], "--num-requests", "2", "--output-len", "3",
-                     "--format", "json", "--output", str(path))
+    result = run_cli(
+        "bench",
+        markup_server,
+        "--model",
+        MARKUP_MODELS[0],
+        "--num-requests",
+        "2",
+        "--output-len",
+        "3",
+        "--format",
+        "json",
+        "--output",
+        str(path),
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc == json.loads(path.read_text())
@@ -107,22 +118,25 @@ def test_a_health_wait_that_cannot_end_is_a_usage_error(command, flag, value):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("argv", [
-    ["test", "http://127.0.0.1:9", "--model", "m", "--max-tokens", "0"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--duration", "nan"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--duration", "inf"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--request-rate", "nan"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--request-rate", "1,inf"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--concurrency", "0"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--num-requests", "-5"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--input-len", "0"],
-    ["bench", "http://127.0.0.1:9", "--model", "m", "--seed", "-1"],
-    ["serve", "x", "--local", "--port", "70000"],
-    ["serve", "x", "--local", "--startup-timeout", "0"],
-    ["new", "a/b", "--revision", "0" * 40, "--max-model-len", "0"],
-    ["new", "a/b", "--revision", "0" * 40, "--gpu-memory-utilization", "nan"],
-    ["new", "a/b", "--revision", "0" * 40, "--concurrency", "1.5"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["test", "http://127.0.0.1:9", "--model", "m", "--max-tokens", "0"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--duration", "nan"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--duration", "inf"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--request-rate", "nan"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--request-rate", "1,inf"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--concurrency", "0"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--num-requests", "-5"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--input-len", "0"],
+        ["bench", "http://127.0.0.1:9", "--model", "m", "--seed", "-1"],
+        ["serve", "x", "--local", "--port", "70000"],
+        ["serve", "x", "--local", "--startup-timeout", "0"],
+        ["new", "a/b", "--revision", "0" * 40, "--max-model-len", "0"],
+        ["new", "a/b", "--revision", "0" * 40, "--gpu-memory-utilization", "nan"],
+        ["new", "a/b", "--revision", "0" * 40, "--concurrency", "1.5"],
+    ],
+)
 def test_numbers_out_of_range_are_usage_errors(argv):
     result = run_cli(*argv)
     assert result.returncode == 2, (result.returncode, result.stderr)
@@ -132,8 +146,9 @@ def test_numbers_out_of_range_are_usage_errors(argv):
 def test_max_concurrency_without_request_rate_is_a_usage_error():
     result = run_cli("bench", "http://127.0.0.1:9", "--model", "m", "--max-concurrency", "4")
     assert result.returncode == 2
-    assert result.stderr == ("error: --max-concurrency caps the open loop of --request-rate; for a closed loop use "
-                             "--concurrency\n")
+    assert result.stderr == (
+        "error: --max-concurrency caps the open loop of --request-rate; for a closed loop use --concurrency\n"
+    )
 
 
 def test_abbreviated_options_are_refused():
@@ -174,8 +189,11 @@ def test_serve_local_binds_loopback_unless_told():
 def test_explain_prints_yaml_values():
     result = run_cli("explain", "qwen2-5-7b-instruct")
     assert result.returncode == 0, result.stderr
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in result.stdout.splitlines()
-            if line.count("│") == 4}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.count("│") == 4
+    }
     assert rows["model.id"] == "Qwen/Qwen2.5-7B-Instruct"
     assert rows["model.quantize_on_load"] == "false" and "False" not in result.stdout
     assert rows["description"] == '"General-purpose chat in BF16 on L40S"'

@@ -8,12 +8,13 @@ import shutil
 
 import pytest
 
-from conftest import REPO, run_cli
 from renderer.codegen.gateway import render_gateway
-from renderer.config.load import load_fleet
 from renderer.codegen.render import render_fleet
 from renderer.codegen.write import write_all
+from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+
+from conftest import REPO, run_cli
 from test_gitref import FLEET_YAML, REV_2, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
 # --- plan --against and the GitHub formats ------------------------------------------------------------------
@@ -38,11 +39,22 @@ def test_plan_against_detailed_exitcode(fleet_repo):
 
 def test_plan_against_github_annotates_and_summarises(fleet_repo, tmp_path):
     summary = tmp_path / "summary.md"
-    result = run_cli("plan", "--against", "HEAD~1", "--env", "prod", "--format", "github", cwd=fleet_repo,
-                     env={"GITHUB_STEP_SUMMARY": str(summary)})
+    result = run_cli(
+        "plan",
+        "--against",
+        "HEAD~1",
+        "--env",
+        "prod",
+        "--format",
+        "github",
+        cwd=fleet_repo,
+        env={"GITHUB_STEP_SUMMARY": str(summary)},
+    )
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout.startswith("::notice file=deployments/batch.yaml,line=8,col=19,title=fleetform plan::batch: "
-                                    "scaling.max_containers: 4 -> 8: scaling")
+    assert result.stdout.startswith(
+        "::notice file=deployments/batch.yaml,line=8,col=19,title=fleetform plan::batch: "
+        "scaling.max_containers: 4 -> 8: scaling"
+    )
     assert "\n::warning file=deployments/chat.yaml,line=4," in result.stdout
     assert summary.read_text().startswith("## fleetform plan\n")
 
@@ -115,10 +127,16 @@ def test_rendering_again_keeps_the_gateway_and_disabling_it_prunes_it(gateway_fl
     fleet = gateway_fleet / "deployments" / "fleet.yaml"
     fleet.write_text(fleet.read_text().replace("enabled: true", "enabled: false"))
     check = run_cli("render", "--out", "build", "--check", cwd=gateway_fleet)
-    assert check.returncode == 1 and "stale: build/fleetform-gateway.py: no deployment renders it any more" in check.stderr
+    assert (
+        check.returncode == 1 and "stale: build/fleetform-gateway.py: no deployment renders it any more" in check.stderr
+    )
     assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 0
     assert sorted(p.name for p in (gateway_fleet / "build").iterdir()) == [
-        "llama-3-1-8b-fp8.py", "llama-3-3-70b-fp8.py", "qwen2-5-7b-awq.py", "qwen2-5-7b-instruct.py"]
+        "llama-3-1-8b-fp8.py",
+        "llama-3-3-70b-fp8.py",
+        "qwen2-5-7b-awq.py",
+        "qwen2-5-7b-instruct.py",
+    ]
 
 
 def test_write_all_names_temporary_files_after_the_module_file(gateway_fleet, tmp_path, monkeypatch):
@@ -153,11 +171,13 @@ def test_a_gateway_problem_is_a_validate_error_at_the_gateway_key(gateway_fleet)
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr.splitlines() == [
         f"deployments/fleet.yaml:{line + 3}:9: error: gateway.name: gateway name 'qwen2-5-7b-awq' is also a "
-        "deployment's name", "    hint: pick another gateway.name: both are Modal app names",
+        "deployment's name",
+        "    hint: pick another gateway.name: both are Modal app names",
         f"deployments/fleet.yaml:{line + 4}:21: error: gateway.upstream_timeout: request_timeout (3600 s) must be "
         "longer than upstream_timeout (7200 s)",
         "    hint: a request waits up to upstream_timeout for a cold deployment, then needs time to answer",
-        "2 error(s); nothing was rendered or deployed"]
+        "2 error(s); nothing was rendered or deployed",
+    ]
     assert run_cli("render", "--out", "build", cwd=gateway_fleet).returncode == 1
     assert not (gateway_fleet / "build").exists()
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_backend import FakeBackend
+
+from renderer import cli, modal_api
+from renderer.codegen.render import render_fleet
+from renderer.config.load import load_fleet
+from renderer.config.resolve import resolve
+from renderer.modal_api import NO_CREDENTIALS, NetworkError, deployment_tag
+from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE
 
 from conftest import REPO, run_cli
-from renderer import cli, modal_api
-from renderer.config.load import load_fleet
-from renderer.modal_api import NO_CREDENTIALS, NetworkError, deployment_tag
-from renderer.codegen.render import render_fleet
-from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE
-from renderer.config.resolve import resolve
+from fake_backend import FakeBackend
 
 FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
 MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
@@ -30,10 +31,18 @@ def no_credentials(tmp_path, *args: str):
 # --- without credentials: one line, exit 1 -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [
-    ["deploy", "--yes"], ["deploy", "--env", FLEET_ENV, "--dry-run"], ["status"], ["status", "--env", "prod"],
-    ["rollback", "llama-3-1-8b-fp8"], ["destroy", "llama-3-1-8b-fp8", "--yes"], ["destroy", "retired-model"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["deploy", "--yes"],
+        ["deploy", "--env", FLEET_ENV, "--dry-run"],
+        ["status"],
+        ["status", "--env", "prod"],
+        ["rollback", "llama-3-1-8b-fp8"],
+        ["destroy", "llama-3-1-8b-fp8", "--yes"],
+        ["destroy", "retired-model"],
+    ],
+)
 def test_modal_commands_without_credentials_say_so_in_one_line(tmp_path, argv):
     result = no_credentials(tmp_path, *argv)
     assert (result.returncode, result.stdout) == (1, "")
@@ -48,14 +57,17 @@ def test_json_without_credentials_is_one_document_on_stdout(tmp_path, argv):
     assert doc["ok"] is False and NO_CREDENTIALS in (doc.get("error") or doc.get("message"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["deploy", "--only", "nope"], "error: --only names no deployment of this fleet: nope (deployments: "),
-    (["deploy", "--parallel", "0"], "error: --parallel must be at least 1, not 0"),
-    (["deploy", "--env", "prd"], "error: unknown environment 'prd'"),
-    (["deploy", "--strategy", "blue-green"], "argument --strategy: invalid choice: 'blue-green'"),
-    (["rollback"], "the following arguments are required: name"),
-    (["plan", "--format", "github"], "error: --format github annotates changes, so it needs --against REF"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["deploy", "--only", "nope"], "error: --only names no deployment of this fleet: nope (deployments: "),
+        (["deploy", "--parallel", "0"], "error: --parallel must be at least 1, not 0"),
+        (["deploy", "--env", "prd"], "error: unknown environment 'prd'"),
+        (["deploy", "--strategy", "blue-green"], "argument --strategy: invalid choice: 'blue-green'"),
+        (["rollback"], "the following arguments are required: name"),
+        (["plan", "--format", "github"], "error: --format github annotates changes, so it needs --against REF"),
+    ],
+)
 def test_usage_errors_exit_2(tmp_path, argv, message):
     result = no_credentials(tmp_path, *argv)
     assert result.returncode == 2 and result.stdout == ""
@@ -84,8 +96,12 @@ def test_plan_json_without_credentials(tmp_path):
     assert (result.returncode, result.stderr) == (0, NO_CREDENTIALS_PLAN_NOTE + "\n")
     doc = json.loads(result.stdout)
     assert doc["live"] is None and "error" not in doc
-    assert [r["name"] for r in doc["deployments"]] == ["llama-3-1-8b-fp8", "llama-3-3-70b-fp8", "qwen2-5-7b-awq",
-                                                       "qwen2-5-7b-instruct"]
+    assert [r["name"] for r in doc["deployments"]] == [
+        "llama-3-1-8b-fp8",
+        "llama-3-3-70b-fp8",
+        "qwen2-5-7b-awq",
+        "qwen2-5-7b-instruct",
+    ]
 
 
 def test_detailed_exitcode_without_credentials_or_against_is_an_error(tmp_path):
@@ -150,8 +166,12 @@ def test_live_plan_json(backend, apps, capsys):
     doc = json.loads(out)
     assert doc["live"]["live"] is True and doc["live"]["changes"] is True
     actions = {r["name"]: r["action"] for r in doc["live"]["rows"]}
-    assert actions == {"llama-3-1-8b-fp8": "unchanged", "llama-3-3-70b-fp8": "create", "qwen2-5-7b-awq": "create",
-                       "qwen2-5-7b-instruct": "create"}
+    assert actions == {
+        "llama-3-1-8b-fp8": "unchanged",
+        "llama-3-3-70b-fp8": "create",
+        "qwen2-5-7b-awq": "create",
+        "qwen2-5-7b-instruct": "create",
+    }
     assert len(doc["deployments"]) == 4  # the offline plan is all there too
 
 
@@ -178,14 +198,31 @@ def test_deploy_passes_every_option_through(backend, apps, capsys):
     """--only, --strategy, --skip-smoke-test and --yes reach the orchestrator; the Modal environment
     is the one `--env dev` selects; the JSON report is the only thing on stdout."""
     live(backend, apps, "qwen2-5-7b-awq", stale=("qwen2-5-7b-awq",))
-    code, out, err = main(capsys, "deploy", "--env", FLEET_ENV, "--only", "qwen2-5-7b-awq", "--only", "llama-3-1-8b-fp8",
-                          "--strategy", "recreate", "--skip-smoke-test", "--yes", "--parallel", "1", "--format", "json")
+    code, out, err = main(
+        capsys,
+        "deploy",
+        "--env",
+        FLEET_ENV,
+        "--only",
+        "qwen2-5-7b-awq",
+        "--only",
+        "llama-3-1-8b-fp8",
+        "--strategy",
+        "recreate",
+        "--skip-smoke-test",
+        "--yes",
+        "--parallel",
+        "1",
+        "--format",
+        "json",
+    )
     doc = json.loads(out)
     assert code == 0 and doc["ok"] is True, (out, err)
     assert sorted(doc["summary"]["deployed"]) == ["llama-3-1-8b-fp8", "qwen2-5-7b-awq"]
     assert sorted(c[1:] for c in backend.calls_of("deploy")) == [
         ("llama-3-1-8b-fp8", MODAL_ENV, deployment_tag(apps["llama-3-1-8b-fp8"]), "recreate"),
-        ("qwen2-5-7b-awq", MODAL_ENV, deployment_tag(apps["qwen2-5-7b-awq"]), "recreate")]
+        ("qwen2-5-7b-awq", MODAL_ENV, deployment_tag(apps["qwen2-5-7b-awq"]), "recreate"),
+    ]
     assert all(r["smoke_test"] is None for r in doc["deployments"])
 
 
@@ -208,8 +245,12 @@ def test_status(backend, apps, capsys):
     code, out, err = main(capsys, "status", "--env", FLEET_ENV, "--format", "json")
     assert (code, err) == (0, "")
     states = {r["name"]: r["state"] for r in json.loads(out)["deployments"]}
-    assert states == {"llama-3-1-8b-fp8": "in_sync", "qwen2-5-7b-awq": "drifted", "llama-3-3-70b-fp8": "not_deployed",
-                      "qwen2-5-7b-instruct": "not_deployed"}
+    assert states == {
+        "llama-3-1-8b-fp8": "in_sync",
+        "qwen2-5-7b-awq": "drifted",
+        "llama-3-3-70b-fp8": "not_deployed",
+        "qwen2-5-7b-instruct": "not_deployed",
+    }
     code, out, _ = main(capsys, "status", "--env", FLEET_ENV)
     assert code == 0 and "Fleet status" in out and "https://llama-3-1-8b-fp8.example.test" in out
 
@@ -229,8 +270,10 @@ def test_rollback_refusal_is_one_line_on_stderr(backend, apps, capsys):
     backend.add_live("hand-made", "", env=MODAL_ENV, managed=False)
     code, out, err = main(capsys, "rollback", "hand-made", "--env", FLEET_ENV)
     assert (code, out) == (1, "")
-    assert err == ("error: refusing to roll back hand-made: fleetform does not manage it (it lacks the managed-by: "
-                   "fleetform tag)\n")
+    assert err == (
+        "error: refusing to roll back hand-made: fleetform does not manage it (it lacks the managed-by: "
+        "fleetform tag)\n"
+    )
 
 
 def test_destroy(backend, apps, capsys):
@@ -251,7 +294,11 @@ def test_ctrl_c_at_destroy_is_one_line(backend, apps, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(common, "ask", ctrl_c)
-    assert main(capsys, "destroy", "qwen2-5-7b-awq", "--env", FLEET_ENV) == (130, "", "interrupted: qwen2-5-7b-awq left running\n")
+    assert main(capsys, "destroy", "qwen2-5-7b-awq", "--env", FLEET_ENV) == (
+        130,
+        "",
+        "interrupted: qwen2-5-7b-awq left running\n",
+    )
     assert backend.calls_of("stop") == []
 
 
@@ -264,8 +311,23 @@ def _subcommand(name: str):
     return sub.choices[name]
 
 
-@pytest.mark.parametrize("name", ["validate", "render", "plan", "explain", "deploy", "status", "rollback", "destroy",
-                                  "new", "test", "bench", "serve"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "validate",
+        "render",
+        "plan",
+        "explain",
+        "deploy",
+        "status",
+        "rollback",
+        "destroy",
+        "new",
+        "test",
+        "bench",
+        "serve",
+    ],
+)
 def test_every_command_explains_itself_with_examples(name):
     p = _subcommand(name)
     assert p.description and len(p.description) > 80

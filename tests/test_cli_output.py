@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from renderer.cli.output import REPORTERS, CliError, ExitCode, dumps, money, reporter
+
+from conftest import REPO
 
 # Modules whose source is copied into generated apps, or a maintainer's script: they may print.
 MAY_PRINT = {"renderer/codegen/runtime.py", "renderer/codegen/gateway_app.py", "renderer/docs.py"}
@@ -46,15 +47,18 @@ def test_json_never_carries_nan_or_infinity(value):
         dumps(value)
 
 
-@pytest.mark.parametrize("value, text", [(-0.0, "$0.00"), (-0.004, "$0.00"), (0.005, "$0.01"), (1234.5, "$1,234.50"),
-                                         (None, "no limit")])
+@pytest.mark.parametrize(
+    "value, text", [(-0.0, "$0.00"), (-0.004, "$0.00"), (0.005, "$0.01"), (1234.5, "$1,234.50"), (None, "no limit")]
+)
 def test_money(value, text):
     assert money(value) == text
 
 
 def test_start_up_imports_only_the_standard_library():
-    code = ("import sys; before = set(sys.modules); from renderer.cli import build_parser; build_parser(); "
-            "print('\\n'.join(sorted(set(sys.modules) - before)))")
+    code = (
+        "import sys; before = set(sys.modules); from renderer.cli import build_parser; build_parser(); "
+        "print('\\n'.join(sorted(set(sys.modules) - before)))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     third_party = {m.split(".")[0] for m in loaded.stdout.split()} - set(sys.stdlib_module_names) - {"renderer"}
     assert third_party == set()
@@ -71,7 +75,8 @@ def test_no_library_module_prints():
             if isinstance(node, ast.Call):
                 f = node.func
                 if (isinstance(f, ast.Name) and f.id == "print") or (
-                        isinstance(f, ast.Attribute) and f.attr == "exit" and getattr(f.value, "id", "") == "sys"):
+                    isinstance(f, ast.Attribute) and f.attr == "exit" and getattr(f.value, "id", "") == "sys"
+                ):
                     offenders.append(f"{rel}:{node.lineno}")
     assert offenders == []
 
@@ -94,8 +99,12 @@ def test_choices_come_from_the_library_and_the_help_shows_them():
     assert tuple(options["strategy"].choices) == STRATEGIES
     schema = load_schema(DEPLOYMENT_SCHEMA)
     assert list(options["quantization"].choices) == schema["$defs"]["model"]["properties"]["quantization"]["enum"]
-    assert all(tuple(a.choices) == AUTH_KINDS for name in ("test", "bench") for a in commands[name]._actions
-               if a.dest == "auth")
+    assert all(
+        tuple(a.choices) == AUTH_KINDS
+        for name in ("test", "bench")
+        for a in commands[name]._actions
+        if a.dest == "auth"
+    )
 
 
 def test_health_timeout_is_one_flag_for_test_and_bench_with_the_old_name_kept():

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+from test_sizing import LLAMA_8B_FILES, REVISION, model_dir
 
 from conftest import run_cli
-from test_sizing import LLAMA_8B_FILES, REVISION, model_dir
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -51,8 +51,10 @@ def test_new_json_and_refusing_to_overwrite(tmp_path, checkpoint):
     assert doc["path"] == (out / "llama-3-1-8b-instruct.yaml").as_posix()
     again = new(out, checkpoint, "--max-model-len", "8192")
     assert again.returncode == 1
-    assert again.stderr == f"error: {out / 'llama-3-1-8b-instruct.yaml'} already exists: pass --force to replace it, " \
-                           "or --name NAME\n"
+    assert (
+        again.stderr == f"error: {out / 'llama-3-1-8b-instruct.yaml'} already exists: pass --force to replace it, "
+        "or --name NAME\n"
+    )
     assert new(out, checkpoint, "--max-model-len", "8192", "--force").returncode == 0
 
 
@@ -74,19 +76,30 @@ def test_new_refuses_a_fleet_yaml_that_does_not_validate(tmp_path, checkpoint):
     (out / "fleet.yaml").write_text("prices:\n  L4: cheap\n")
     result = new(out, checkpoint)
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr.splitlines()[-1] == (f"error: {out / 'fleet.yaml'} does not validate, so its GPU prices cannot "
-                                              "be used; fix it first")
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {out / 'fleet.yaml'} does not validate, so its GPU prices cannot be used; fix it first"
+    )
     assert f"{out / 'fleet.yaml'}:2:7: error: prices.L4: " in result.stderr
     assert not (out / "llama-3-1-8b-instruct.yaml").exists()
 
 
-@pytest.mark.parametrize("argv, code, message", [
-    (["new", MODEL], 2, "the following arguments are required: --revision"),
-    (["new", MODEL, "--revision", "main"], 2, "error: --revision 'main': pin a full 40-character commit hash"),
-    (["new", MODEL, "--revision", REVISION, "--quantization", "int3"], 2, "argument --quantization: invalid choice"),
-    (["new", MODEL, "--revision", REVISION, "--from-dir", "no/such/dir"], 1, "error: --from-dir no/such/dir: not a "
-                                                                              "directory"),
-])
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["new", MODEL], 2, "the following arguments are required: --revision"),
+        (["new", MODEL, "--revision", "main"], 2, "error: --revision 'main': pin a full 40-character commit hash"),
+        (
+            ["new", MODEL, "--revision", REVISION, "--quantization", "int3"],
+            2,
+            "argument --quantization: invalid choice",
+        ),
+        (
+            ["new", MODEL, "--revision", REVISION, "--from-dir", "no/such/dir"],
+            1,
+            "error: --from-dir no/such/dir: not a directory",
+        ),
+    ],
+)
 def test_new_errors_are_one_line(tmp_path, argv, code, message):
     result = run_cli(*argv, "--out", str(tmp_path))
     assert result.returncode == code and message in result.stderr
@@ -133,7 +146,8 @@ def test_a_cached_model_that_cannot_fit_is_an_error_at_its_line(tmp_path, hf_cac
         f"{path}:5:18: error: model.max_model_len: 15.0 GiB of weights + 16.0 GiB of KV cache for one 131072-token "
         "sequence do not fit 1 x L4 at 0.92 utilization (21.1 GiB after overhead): vLLM would refuse to start\n"
         "    hint: set model.max_model_len to at most 49152, or 2 x L4 ($1.60/h) is the cheapest that fits\n"
-        "1 error(s); nothing was rendered or deployed\n")
+        "1 error(s); nothing was rendered or deployed\n"
+    )
 
 
 def test_a_cached_model_that_fits_passes(tmp_path, hf_cache):
@@ -158,20 +172,23 @@ def test_new_never_writes_the_fleet_file(tmp_path, checkpoint, argv):
     out = tmp_path / "deployments"
     out.mkdir()
     (out / "fleet.yaml").write_text("prices:\n  L4: 0.8\n")
-    result = run_cli("new", *argv, "--revision", REVISION, "--from-dir", str(checkpoint), "--out", str(out),
-                     "--force")
+    result = run_cli("new", *argv, "--revision", REVISION, "--from-dir", str(checkpoint), "--out", str(out), "--force")
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == ("error: fleet.yaml is the fleet's own file (defaults, environments, prices), not a "
-                             "deployment: pass --name NAME to write the deployment under another name\n")
+    assert result.stderr == (
+        "error: fleet.yaml is the fleet's own file (defaults, environments, prices), not a "
+        "deployment: pass --name NAME to write the deployment under another name\n"
+    )
     assert (out / "fleet.yaml").read_text() == "prices:\n  L4: 0.8\n"
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_new_honours_the_umask(tmp_path, checkpoint, umask, mode):
     out = tmp_path / "deployments"
-    code = (f"import os, sys; os.umask({umask}); from renderer.cli import main; "
-            f"sys.exit(main(['new', {MODEL!r}, '--revision', {REVISION!r}, '--from-dir', {str(checkpoint)!r}, "
-            f"'--out', {str(out)!r}, '--max-model-len', '8192']))")
+    code = (
+        f"import os, sys; os.umask({umask}); from renderer.cli import main; "
+        f"sys.exit(main(['new', {MODEL!r}, '--revision', {REVISION!r}, '--from-dir', {str(checkpoint)!r}, "
+        f"'--out', {str(out)!r}, '--max-model-len', '8192']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE((out / "llama-3-1-8b-instruct.yaml").stat().st_mode) == mode
@@ -191,11 +208,14 @@ def broken_cache(tmp_path, snapshot_config: str | None):
     return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.parametrize("config, message", [
-    ('{"hidden_size": 4096,', "error: config.json is not valid JSON: "),
-    ('{"model_type": "llama", "hidden_size": true}', "error: config.json `hidden_size` should be"),
-    (None, "error: cannot read the Hugging Face cache at "),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ('{"hidden_size": 4096,', "error: config.json is not valid JSON: "),
+        ('{"model_type": "llama", "hidden_size": true}', "error: config.json `hidden_size` should be"),
+        (None, "error: cannot read the Hugging Face cache at "),
+    ],
+)
 def test_new_with_a_broken_cache_names_the_file(tmp_path, config, message):
     env = broken_cache(tmp_path, config)
     result = run_cli("new", MODEL, "--revision", REVISION, "--out", str(tmp_path / "out"), env=env)
@@ -212,8 +232,9 @@ def test_validate_with_a_broken_cached_config_skips_the_fit_check_and_says_why(t
     result = run_cli("validate", str(path), env=env)
     assert result.returncode == 0 and "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == "ok: 1 deployment(s) valid, 1 warning(s)\n"
-    assert result.stderr.startswith(f"{path}:4:13: warning: model.revision: cannot check that the model fits its "
-                                    "GPUs: ")
+    assert result.stderr.startswith(
+        f"{path}:4:13: warning: model.revision: cannot check that the model fits its GPUs: "
+    )
     assert "models--meta-llama--Llama-3.1-8B-Instruct" in result.stderr  # the file, in its cache
 
 
@@ -226,11 +247,19 @@ def test_validate_with_a_broken_cache_folder_does_not_check_the_fit(tmp_path):
 def test_new_without_the_hub_fails_at_once_in_one_line(tmp_path):
     """Nothing listens on the endpoint: one error line, no minute of "Retrying" from huggingface_hub."""
     start = time.monotonic()
-    result = run_cli("new", MODEL, "--revision", REVISION, "--out", str(tmp_path / "out"),
-                     env={"HF_ENDPOINT": "http://127.0.0.1:9"},
-                     unset=("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                            "HF_HUB_OFFLINE"))
+    result = run_cli(
+        "new",
+        MODEL,
+        "--revision",
+        REVISION,
+        "--out",
+        str(tmp_path / "out"),
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        unset=("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"),
+    )
     assert time.monotonic() - start < 15
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == (f"error: {MODEL}@{REVISION[:12]}: cannot reach the Hub at http://127.0.0.1:9 "
-                             "(Connection refused): pass --from-dir DIR to size it offline\n")
+    assert result.stderr == (
+        f"error: {MODEL}@{REVISION[:12]}: cannot reach the Hub at http://127.0.0.1:9 "
+        "(Connection refused): pass --from-dir DIR to size it offline\n"
+    )

@@ -9,7 +9,6 @@ import socket
 import time
 
 import pytest
-from openai_server import Fault, ServerConfig, serve
 from rich.console import Console
 
 from renderer.cli.views import render_smoke_report
@@ -27,6 +26,8 @@ from renderer.endpoint.client import (
     smoke_test,
     wait_for_health,
 )
+
+from openai_server import Fault, ServerConfig, serve
 
 MODEL = "test-model"
 PROXY_ENV = {"MODAL_PROXY_TOKEN_ID": "wk-1", "MODAL_PROXY_TOKEN_SECRET": "ws-1"}
@@ -205,9 +206,16 @@ def test_stream_parser_skips_role_opener_and_non_data_lines():
         return b"data: " + json.dumps(body).encode()
 
     parser = _EventParser(True)
-    lines = [b": ping", b"event: message", chunk({"role": "assistant", "content": ""}), b"",
-             chunk({"content": "a"}), chunk({"reasoning_content": "r"}), chunk({}, {"completion_tokens": 2}),
-             b"data: [DONE]"]
+    lines = [
+        b": ping",
+        b"event: message",
+        chunk({"role": "assistant", "content": ""}),
+        b"",
+        chunk({"content": "a"}),
+        chunk({"reasoning_content": "r"}),
+        chunk({}, {"completion_tokens": 2}),
+        b"data: [DONE]",
+    ]
     assert [parser.line(x) for x in lines] == [False] * 7 + [True]
     result = parser.result(0.0)
     assert result.text == "a" and len(result.itl) == 1 and result.output_tokens == 2
@@ -237,7 +245,9 @@ def test_smoke_auth_failure_names_api_key_variable():
 
 def test_smoke_connection_refused():
     async def go():
-        return await smoke_test(Endpoint(f"http://127.0.0.1:{free_port()}"), [MODEL], health_timeout=0.2, health_interval=0.05)
+        return await smoke_test(
+            Endpoint(f"http://127.0.0.1:{free_port()}"), [MODEL], health_timeout=0.2, health_interval=0.05
+        )
 
     report = asyncio.run(go())
     health = step(report, "health")

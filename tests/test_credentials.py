@@ -42,15 +42,21 @@ def layout(place: str, value: str) -> tuple[str, str, str]:
     if place == "deployment":
         return fleet, deployment + f"description: {q}\n", "a.yaml:4"
     if place == "overlay":
-        return fleet, deployment + f"environments:\n  dev:\n    engine:\n      env:\n        EXTRA_HEADER: {q}\n", \
-            "a.yaml:8"
+        return (
+            fleet,
+            deployment + f"environments:\n  dev:\n    engine:\n      env:\n        EXTRA_HEADER: {q}\n",
+            "a.yaml:8",
+        )
     if place == "env-name":
         return fleet, deployment + f"engine:\n  env:\n    {q}: '1'\n", "a.yaml:6"
     if place == "fleet-defaults":
         return f"defaults:\n  engine:\n    env:\n      EXTRA_HEADER: {q}\n" + fleet, deployment, "fleet.yaml:4"
     if place == "fleet-overrides":
-        return fleet + f"    overrides:\n      engine:\n        env:\n          EXTRA_HEADER: {q}\n", deployment, \
-            "fleet.yaml:7"
+        return (
+            fleet + f"    overrides:\n      engine:\n        env:\n          EXTRA_HEADER: {q}\n",
+            deployment,
+            "fleet.yaml:7",
+        )
     if place == "gateway":
         return fleet + f"gateway:\n  enabled: true\n  api_key_secret: {q}\n", deployment, "fleet.yaml:6"
     raise AssertionError(place)
@@ -85,18 +91,30 @@ def test_a_token_in_fleet_defaults_is_one_error_for_the_whole_fleet(tmp_path):
     assert len(credential_errors(tmp_path, fleet, deployment)) == 1
 
 
-@pytest.mark.parametrize("name", ["HF_TOKEN", "MY_API_KEY", "DB_PASSWORD", "AWS_SECRET_ACCESS_KEY", "WANDB_APIKEY",
-                                  "SERVICE_CREDENTIALS", "hf_token"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "HF_TOKEN",
+        "MY_API_KEY",
+        "DB_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "WANDB_APIKEY",
+        "SERVICE_CREDENTIALS",
+        "hf_token",
+    ],
+)
 def test_credential_named_variables_with_literal_values(tmp_path, name):
     fleet, deployment, _ = layout("deployment", "x")
-    found = credential_errors(tmp_path, fleet, deployment.replace('description: "x"\n', "")
-                              + f"engine:\n  env:\n    {name}: 'not-a-pattern-0'\n")
+    found = credential_errors(
+        tmp_path,
+        fleet,
+        deployment.replace('description: "x"\n', "") + f"engine:\n  env:\n    {name}: 'not-a-pattern-0'\n",
+    )
     assert [d.message for d in found] == [f"{name} looks like a credential, set as a literal value"]
     assert secret_name(name)
 
 
-@pytest.mark.parametrize("flag", ["--api-key=letmein", "--api_key=letmein", "--api-ke=x", "--hf-token=x",
-                                  "--hf_token"])
+@pytest.mark.parametrize("flag", ["--api-key=letmein", "--api_key=letmein", "--api-ke=x", "--hf-token=x", "--hf_token"])
 @pytest.mark.parametrize("where", ["deployment", "overlay"])
 def test_secret_flags_in_extra_args_are_refused_as_managed_flags(tmp_path, flag, where):
     """A secret on vLLM's command line is refused once, by the managed-flag rule, wherever it is set."""
@@ -113,11 +131,23 @@ def test_secret_flags_in_extra_args_are_refused_as_managed_flags(tmp_path, flag,
 
 
 ORDINARY = [
-    "meta-llama/Llama-3.1-8B-Instruct", "org/ask-me-anything-v2", "org/task-specific-model-2024-instruct",
-    "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", "12fd6884d2585dd4d020373e7f39f74507b31866", "hf-token",
-    "openai-api-key", "as-prod-keys", "sk-team-shared", "https://user@example.com/path",
-    "https://example.com:8443/v1", "postgres://app:${DB_PASSWORD}@db/app", "Bearer", "hf_transfer",
-    "xoxb-placeholder", "ak-demo-key", "task-sk-learn-pipeline-v1-final-release",
+    "meta-llama/Llama-3.1-8B-Instruct",
+    "org/ask-me-anything-v2",
+    "org/task-specific-model-2024-instruct",
+    "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
+    "12fd6884d2585dd4d020373e7f39f74507b31866",
+    "hf-token",
+    "openai-api-key",
+    "as-prod-keys",
+    "sk-team-shared",
+    "https://user@example.com/path",
+    "https://example.com:8443/v1",
+    "postgres://app:${DB_PASSWORD}@db/app",
+    "Bearer",
+    "hf_transfer",
+    "xoxb-placeholder",
+    "ak-demo-key",
+    "task-sk-learn-pipeline-v1-final-release",
 ]
 
 
@@ -126,14 +156,30 @@ def test_ordinary_values_are_not_flagged(value):
     assert token_shape(value) is None
 
 
-@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "HF_HUB_ENABLE_HF_TRANSFER", "VLLM_USE_V1",
-                                  "KEYBOARD_LAYOUT", "CUDA_VISIBLE_DEVICES", "VLLM_LOGGING_LEVEL"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TOKENIZERS_PARALLELISM",
+        "HF_HUB_ENABLE_HF_TRANSFER",
+        "VLLM_USE_V1",
+        "KEYBOARD_LAYOUT",
+        "CUDA_VISIBLE_DEVICES",
+        "VLLM_LOGGING_LEVEL",
+    ],
+)
 def test_ordinary_variable_names_are_not_credentials(tmp_path, name):
     assert not secret_name(name)
     fleet, deployment, _ = layout("deployment", "x")
-    assert credential_errors(tmp_path, fleet, deployment.replace('description: "x"\n', "")
-                             + f"engine:\n  env:\n    {name}: 'true'\n  extra_args: ['--max-num-batched-tokens=8']\n"
-                             + "secrets: [hf-token, openai-api-key]\n") == []
+    assert (
+        credential_errors(
+            tmp_path,
+            fleet,
+            deployment.replace('description: "x"\n', "")
+            + f"engine:\n  env:\n    {name}: 'true'\n  extra_args: ['--max-num-batched-tokens=8']\n"
+            + "secrets: [hf-token, openai-api-key]\n",
+        )
+        == []
+    )
 
 
 def test_an_empty_value_for_a_credential_name_is_not_a_literal(tmp_path):

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_backend import FakeBackend, FakeSmoke
 from rich.console import Console
 
 from renderer import modal_api
+from renderer.codegen.render import render_fleet
+from renderer.config.load import load_fleet
+from renderer.config.resolve import gateway_from, resolve
 from renderer.deploy.destroy import run_destroy
 from renderer.deploy.progress import NullProgress, RichProgress
 from renderer.deploy.rollback import run_rollback
@@ -34,7 +36,6 @@ from renderer.deploy.run import (
 )
 from renderer.deploy.smoke import ClientSmokeTester
 from renderer.deploy.status import run_status
-from renderer.config.load import load_fleet
 from renderer.modal_api import (
     NO_CREDENTIALS,
     CapacityError,
@@ -43,9 +44,9 @@ from renderer.modal_api import (
     Version,
     deployment_tag,
 )
-from renderer.codegen.render import render_fleet
-from renderer.plan.live import Action, modal_env_for, live_plan, plan_exit_code, render_plan
-from renderer.config.resolve import gateway_from, resolve
+from renderer.plan.live import Action, live_plan, modal_env_for, plan_exit_code, render_plan
+
+from fake_backend import FakeBackend, FakeSmoke
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
 FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
@@ -75,7 +76,11 @@ def live_all(backend, apps, *, stale=()):
 def deploy(backend, apps, smoke=None, gateway=None, **options):
     options.setdefault("yes", True)
     return run_deploy(
-        apps, backend, DeployOptions(**options), gateway=gateway, smoke_tester=smoke or FakeSmoke(),
+        apps,
+        backend,
+        DeployOptions(**options),
+        gateway=gateway,
+        smoke_tester=smoke or FakeSmoke(),
         progress=NullProgress(),
     )
 
@@ -105,8 +110,13 @@ def test_live_plan_actions(apps):
     b.add_live("someone-elses-app", "", env=MODAL_ENV, managed=False)
     rows = live_plan(apps, b)
     actions = {r.name: r.action for r in rows}
-    assert actions == {a0: Action.UNCHANGED, a1: Action.UPDATE, a2: Action.CONFLICT, a3: Action.CREATE,
-                       "retired-model": Action.ORPHAN}
+    assert actions == {
+        a0: Action.UNCHANGED,
+        a1: Action.UPDATE,
+        a2: Action.CONFLICT,
+        a3: Action.CREATE,
+        "retired-model": Action.ORPHAN,
+    }
     assert plan_exit_code(rows) == 2
     unchanged_only = [r for r in rows if r.action in (Action.UNCHANGED, Action.ORPHAN)]
     assert plan_exit_code(unchanged_only) == 0  # orphans alone are not changes `deploy` would make
@@ -211,11 +221,14 @@ def _summary_version(report, name) -> str:
     return [cell.strip() for cell in row.split("│")][5]
 
 
-@pytest.mark.parametrize("rollback, failing, shown", [
-    (False, True, "new"),  # --no-rollback: the failing new version stays live
-    (True, True, "old"),  # rolled back
-    (True, False, "new"),  # deployed
-])
+@pytest.mark.parametrize(
+    "rollback, failing, shown",
+    [
+        (False, True, "new"),  # --no-rollback: the failing new version stays live
+        (True, True, "old"),  # rolled back
+        (True, False, "new"),  # deployed
+    ],
+)
 def test_summary_version_is_the_one_live_after_the_run(apps, rollback, failing, shown):
     b = FakeBackend()
     name = apps[0].deployment.name
@@ -352,7 +365,11 @@ def test_confirmation_declined_deploys_nothing(apps):
     b = FakeBackend()
     asked = []
     report = run_deploy(
-        apps[:1], b, DeployOptions(), smoke_tester=FakeSmoke(), progress=NullProgress(),
+        apps[:1],
+        b,
+        DeployOptions(),
+        smoke_tester=FakeSmoke(),
+        progress=NullProgress(),
         confirm=lambda q: asked.append(q) or False,
     )
     assert asked and apps[0].deployment.name in asked[0]
@@ -398,7 +415,10 @@ def test_sigint_during_deploys(apps):
     out = io.StringIO()
     before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a background shell
     report = run_deploy(
-        apps, b, DeployOptions(yes=True, parallel=2), smoke_tester=FakeSmoke(),
+        apps,
+        b,
+        DeployOptions(yes=True, parallel=2),
+        smoke_tester=FakeSmoke(),
         progress=RichProgress(Console(file=out, width=200)),
     )
     assert len(b.started) == 2 and sorted(b.finished) == sorted(b.started)
@@ -607,7 +627,9 @@ def test_gateway_failing_its_smoke_test_is_stopped_or_rolled_back(apps, gateway)
     assert report.results[-1].recovery == STOPPED and b.calls_of("stop") == [("stop", gateway.name, MODAL_ENV)]
     b.add_live(gateway.name, "ff-0123456789ab", env=MODAL_ENV, versions=2)
     report = deploy(b, apps, FakeSmoke(failing={gateway.name}), modal_env=MODAL_ENV, gateway=gateway)
-    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [("rollback", gateway.name, MODAL_ENV, 2)]
+    assert report.results[-1].recovery == ROLLED_BACK and b.calls_of("rollback") == [
+        ("rollback", gateway.name, MODAL_ENV, 2)
+    ]
 
 
 def test_only_without_the_gateway_leaves_it_alone(apps, gateway):
@@ -689,15 +711,21 @@ class _LocalServer:
         if self.chat_status != 200:
             return web.json_response({"error": {"message": "engine dead"}}, status=self.chat_status)
         if not body.get("stream"):
-            return web.json_response({
-                "object": "chat.completion",
-                "choices": [{"message": {"role": "assistant", "content": "ready"}}],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 1},
-            })
+            return web.json_response(
+                {
+                    "object": "chat.completion",
+                    "choices": [{"message": {"role": "assistant", "content": "ready"}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+                }
+            )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         chunk = {"object": "chat.completion.chunk", "choices": [{"delta": {"content": "ready"}, "index": 0}]}
-        usage = {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+        usage = {
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 1},
+        }
         for data in (chunk, usage):
             await resp.write(f"data: {json.dumps(data)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
@@ -734,7 +762,10 @@ def test_client_smoke_tester_fails_when_a_served_name_is_missing(apps):
 def test_client_smoke_tester_preflight_names_missing_proxy_tokens(apps):
     why = ClientSmokeTester(environ={}).preflight(apps[0])
     assert why and "MODAL_PROXY_TOKEN_ID" in why
-    assert ClientSmokeTester(environ={"MODAL_PROXY_TOKEN_ID": "a", "MODAL_PROXY_TOKEN_SECRET": "b"}).preflight(apps[0]) is None
+    assert (
+        ClientSmokeTester(environ={"MODAL_PROXY_TOKEN_ID": "a", "MODAL_PROXY_TOKEN_SECRET": "b"}).preflight(apps[0])
+        is None
+    )
 
 
 def test_client_smoke_tester_checks_the_gateway_lists_every_served_name(apps, gateway):

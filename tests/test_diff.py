@@ -13,10 +13,11 @@ import pytest
 
 from renderer.cli.plan import plan_against
 from renderer.cli.validate import validate_github
-from renderer.plan import against as D
-from renderer.config.load import load_fleet
 from renderer.codegen.render import render_fleet
+from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+from renderer.plan import against as D
+
 from test_gitref import FLEET_YAML, REV_1, REV_2, commit, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
 HASH = re.compile(r"\b[0-9a-f]{12} -> [0-9a-f]{12}\b")
@@ -35,7 +36,9 @@ def apps_of(folder: Path, files: dict[str, str], env: str | None = None):
     return render_fleet(resolved.deployments)
 
 
-def one_change(tmp_path: Path, before: str, after: str, fleet: str = FLEET_YAML, env: str | None = None) -> D.DeploymentDiff:
+def one_change(
+    tmp_path: Path, before: str, after: str, fleet: str = FLEET_YAML, env: str | None = None
+) -> D.DeploymentDiff:
     a = apps_of(tmp_path / "a", {"fleet.yaml": fleet, "x.yaml": before}, env)
     b = apps_of(tmp_path / "b", {"fleet.yaml": fleet, "x.yaml": after}, env)
     (d,) = D.diff_fleets(a, b).deployments
@@ -45,19 +48,26 @@ def one_change(tmp_path: Path, before: str, after: str, fleet: str = FLEET_YAML,
 # --- the restart rule ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra, field, impact, shown", [
-    ("  buffer_containers: 1\n", "scaling.buffer_containers", D.SCALING, "0 -> 1"),
-    ("  scaledown_window: 20m\n", "scaling.scaledown_window", D.SCALING, "15m -> 20m"),
-    ("  target_concurrency: 64\n", "scaling.target_concurrency", D.SCALING, "32 -> 64"),
-    ("routing_region: eu-west\n", "routing_region", D.SCALING, "us-east -> eu-west"),
-    ("engine:\n  vllm_version: \"0.26.1\"\n", "engine.vllm_version", D.REBUILD, "0.26.0 -> 0.26.1"),
-    ("image:\n  pip: [flashinfer-python==0.6.14]\n", "image.pip", D.REBUILD, "[] -> [flashinfer-python==0.6.14]"),
-    ("engine:\n  env:\n    VLLM_LOGGING_LEVEL: DEBUG\n", "engine.env.VLLM_LOGGING_LEVEL", D.RESTART,
-     "(unset) -> DEBUG"),
-    ("engine:\n  max_num_seqs: 64\n", "engine.max_num_seqs", D.RESTART, "(unset) -> 64"),
-    ("secrets: [hf-token]\n", "secrets", D.RESTART, "[] -> [hf-token]"),
-    ("environment: staging\n", "environment", D.MOVE, "(unset) -> staging"),
-])
+@pytest.mark.parametrize(
+    "extra, field, impact, shown",
+    [
+        ("  buffer_containers: 1\n", "scaling.buffer_containers", D.SCALING, "0 -> 1"),
+        ("  scaledown_window: 20m\n", "scaling.scaledown_window", D.SCALING, "15m -> 20m"),
+        ("  target_concurrency: 64\n", "scaling.target_concurrency", D.SCALING, "32 -> 64"),
+        ("routing_region: eu-west\n", "routing_region", D.SCALING, "us-east -> eu-west"),
+        ('engine:\n  vllm_version: "0.26.1"\n', "engine.vllm_version", D.REBUILD, "0.26.0 -> 0.26.1"),
+        ("image:\n  pip: [flashinfer-python==0.6.14]\n", "image.pip", D.REBUILD, "[] -> [flashinfer-python==0.6.14]"),
+        (
+            "engine:\n  env:\n    VLLM_LOGGING_LEVEL: DEBUG\n",
+            "engine.env.VLLM_LOGGING_LEVEL",
+            D.RESTART,
+            "(unset) -> DEBUG",
+        ),
+        ("engine:\n  max_num_seqs: 64\n", "engine.max_num_seqs", D.RESTART, "(unset) -> 64"),
+        ("secrets: [hf-token]\n", "secrets", D.RESTART, "[] -> [hf-token]"),
+        ("environment: staging\n", "environment", D.MOVE, "(unset) -> staging"),
+    ],
+)
 def test_each_kind_of_change_is_classified(tmp_path, extra, field, impact, shown):
     base = deployment_yaml("x")
     d = one_change(tmp_path, base, base + extra)
@@ -72,18 +82,24 @@ def test_a_change_that_does_not_reach_the_module_deploys_nothing(tmp_path):
     d = one_change(tmp_path, base, base + "description: for the batch team\n")
     assert d.action == D.UNCHANGED and d.impact == D.NONE
     assert [(c.field, c.before, c.after, c.impact) for c in d.changes] == [
-        ("description", None, "for the batch team", D.NONE)]
+        ("description", None, "for the batch team", D.NONE)
+    ]
     # the same value written differently is no change at all
-    assert one_change(tmp_path / "2", base + "  scaledown_window: 900\n", base + "  scaledown_window: 15m\n").changes == ()
+    assert (
+        one_change(tmp_path / "2", base + "  scaledown_window: 900\n", base + "  scaledown_window: 15m\n").changes == ()
+    )
 
 
 def test_the_worst_change_decides_and_every_change_is_listed(tmp_path):
     before = deployment_yaml("x")
-    after = deployment_yaml("x", REV_2, max_containers=8) + "engine:\n  vllm_version: \"0.26.1\"\n"
+    after = deployment_yaml("x", REV_2, max_containers=8) + 'engine:\n  vllm_version: "0.26.1"\n'
     d = one_change(tmp_path, before, after)
     assert d.impact == D.REBUILD
     assert [(c.field, c.impact) for c in d.changes] == [
-        ("model.revision", D.RESTART), ("scaling.max_containers", D.SCALING), ("engine.vllm_version", D.REBUILD)]
+        ("model.revision", D.RESTART),
+        ("scaling.max_containers", D.SCALING),
+        ("engine.vllm_version", D.REBUILD),
+    ]
 
 
 def test_a_new_modal_environment_deploys_though_the_module_is_the_same(tmp_path):
@@ -152,7 +168,9 @@ def test_text_plan_and_exit_codes(fleet_repo):
     assert run_plan("HEAD~1")[0] == 0  # without --detailed-exitcode, changes are not an error
     code, out, _ = run_plan("HEAD", detailed=True)
     assert code == 0
-    assert out.endswith("\n  3 unchanged: batch, chat, new\n\nNo changes: 3 deployment(s) render the same as at HEAD.\n")
+    assert out.endswith(
+        "\n  3 unchanged: batch, chat, new\n\nNo changes: 3 deployment(s) render the same as at HEAD.\n"
+    )
 
 
 def test_json_plan(fleet_repo):
@@ -166,13 +184,26 @@ def test_json_plan(fleet_repo):
     rows = {d["name"]: d for d in data["deployments"]}
     assert [d["name"] for d in data["deployments"]] == ["batch", "chat", "new", "old"]
     assert rows["chat"]["action"] == "update" and rows["chat"]["impact"] == "restart"
-    assert rows["chat"]["changes"] == [{"field": "model.revision", "before": REV_1, "after": REV_2, "impact": "restart"}]
-    assert rows["batch"]["changes"] == [{"field": "scaling.max_containers", "before": 4, "after": 8, "impact": "scaling"}]
+    assert rows["chat"]["changes"] == [
+        {"field": "model.revision", "before": REV_1, "after": REV_2, "impact": "restart"}
+    ]
+    assert rows["batch"]["changes"] == [
+        {"field": "scaling.max_containers", "before": 4, "after": 8, "impact": "scaling"}
+    ]
     assert rows["chat"]["before"]["content_hash"] != rows["chat"]["after"]["content_hash"]
     assert rows["chat"]["after"]["content_hash"].startswith("sha256:")
-    assert rows["new"] == {"name": "new", "action": "create", "impact": None, "before": None, "changes": [],
-                           "after": {"source": "deployments/new.yaml", "content_hash": rows["new"]["after"]["content_hash"],
-                                     "modal_env": None}}
+    assert rows["new"] == {
+        "name": "new",
+        "action": "create",
+        "impact": None,
+        "before": None,
+        "changes": [],
+        "after": {
+            "source": "deployments/new.yaml",
+            "content_hash": rows["new"]["after"]["content_hash"],
+            "modal_env": None,
+        },
+    }
     assert rows["old"]["action"] == "remove" and rows["old"]["after"] is None
     assert rows["old"]["before"]["source"] == "deployments/old.yaml"
     assert data["notes"] == [] and data["diagnostics"] == []
@@ -209,7 +240,7 @@ def test_errors_exit_1_with_one_line(fleet_repo):
     assert (code, out) == (1, "")
     assert err == "error: unknown git revision 'no-such-ref': no commit of that name in this repository\n"
     code, out, err = run_plan("no-such-ref", fmt="json")
-    assert code == 1 and json.loads(out) == {"ok": False, "error": err[len("error: "):].strip(), "diagnostics": []}
+    assert code == 1 and json.loads(out) == {"ok": False, "error": err[len("error: ") :].strip(), "diagnostics": []}
     # an unknown environment is a usage error (2), but 1 where 2 would read as "changes pending"
     assert run_plan("HEAD", env="prd")[0] == 2
     code, _, err = run_plan("HEAD", env="prd", detailed=True)
@@ -231,8 +262,9 @@ def test_an_invalid_fleet_at_the_revision_is_an_error(fleet_repo):
     assert code == 1
     short = git(fleet_repo, "rev-parse", "--short=7", "HEAD")
     assert err.splitlines()[0].startswith(f"  at {short}: deployments/chat.yaml:4:13: error: model.revision")
-    assert err.splitlines()[-1] == (f"error: the fleet at HEAD ({short}) does not validate (1 error(s)), "
-                                    "so there is nothing sound to compare with")
+    assert err.splitlines()[-1] == (
+        f"error: the fleet at HEAD ({short}) does not validate (1 error(s)), so there is nothing sound to compare with"
+    )
 
 
 # --- GitHub: annotations and the step summary (golden) --------------------------------------------------------
@@ -240,7 +272,8 @@ def test_an_invalid_fleet_at_the_revision_is_an_error(fleet_repo):
 EXPECTED_ANNOTATIONS = [
     "::notice file=deployments/batch.yaml,line=8,col=19,title=fleetform plan::batch: scaling.max_containers: 4 -> 8: "
     "scaling: redeploy without an image build; the server in the container is unchanged",
-    "::warning file=deployments/chat.yaml,line=4,col=13,title=fleetform plan::chat: model.revision: 1111111 -> 2222222: "
+    "::warning file=deployments/chat.yaml,line=4,col=13,title=fleetform plan::chat: "
+    "model.revision: 1111111 -> 2222222: "
     "restart: new containers: same image, vLLM restarts with the new settings",
     "::notice file=deployments/new.yaml,line=1,col=7,title=fleetform plan::new: create: a new app: Modal builds its "
     "image unless cached, the first container downloads the weights",
@@ -286,10 +319,11 @@ def test_github_summary_goes_to_the_step_summary_file(fleet_repo, tmp_path):
 def test_a_change_inherited_from_fleet_yaml_is_one_annotation_on_fleet_yaml(fleet_repo):
     write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML.replace('"0.26.0"', '"0.26.1"')})
     _, out, _ = run_plan("HEAD", fmt="github")
-    annotations = [l for l in out.splitlines() if l.startswith("::")]
+    annotations = [line for line in out.splitlines() if line.startswith("::")]
     assert annotations == [
         "::warning file=deployments/fleet.yaml,line=3,col=19,title=fleetform plan::batch, chat, new: "
-        "engine.vllm_version: 0.26.0 -> 0.26.1: rebuild: image rebuild, then new containers"]
+        "engine.vllm_version: 0.26.0 -> 0.26.1: rebuild: image rebuild, then new containers"
+    ]
 
 
 def test_github_format_of_an_invalid_working_tree(fleet_repo):
@@ -297,10 +331,14 @@ def test_github_format_of_an_invalid_working_tree(fleet_repo):
     code, out, _ = run_plan("HEAD", fmt="github")
     assert code == 1
     lines = out.splitlines()
-    assert lines[0].startswith("::error file=deployments/chat.yaml,line=4,col=13,title=fleetform schema-pattern::"
-                               "model.revision: ")
-    assert lines[1:4] == ["## fleetform validate", "", "**1 error(s)**; nothing can be rendered or deployed until "
-                                                       "they are fixed."]
+    assert lines[0].startswith(
+        "::error file=deployments/chat.yaml,line=4,col=13,title=fleetform schema-pattern::model.revision: "
+    )
+    assert lines[1:4] == [
+        "## fleetform validate",
+        "",
+        "**1 error(s)**; nothing can be rendered or deployed until they are fixed.",
+    ]
 
 
 def test_validate_github(fleet_repo, tmp_path):
@@ -313,5 +351,6 @@ def test_validate_github(fleet_repo, tmp_path):
     assert validate_github(["deployments"], None, out=out, err=err, environ={}) == 1
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("::error file=deployments/chat.yaml,line=4,col=13,")
-    assert lines[-3:] == ["| Where | Field | Problem |", "| --- | --- | --- |",
-                          lines[-1]] and lines[-1].startswith("| `deployments/chat.yaml:4:13` | `model.revision` | error: ")
+    assert lines[-3:] == ["| Where | Field | Problem |", "| --- | --- | --- |", lines[-1]] and lines[-1].startswith(
+        "| `deployments/chat.yaml:4:13` | `model.revision` | error: "
+    )

@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from conftest import REPO
-from renderer.plan import against as D
 from renderer import docs
 from renderer.config.schema import DEPLOYMENT_SCHEMA, FLEET_SCHEMA, load_schema
+from renderer.plan import against as D
+
+from conftest import REPO
 
 SCHEMA_MD = REPO / "docs" / "schema.md"
 
@@ -19,7 +20,8 @@ SCHEMA_MD = REPO / "docs" / "schema.md"
 def test_schema_reference_is_current():
     assert SCHEMA_MD.is_file(), "docs/schema.md is missing: run `python -m renderer.docs`"
     assert SCHEMA_MD.read_text(encoding="utf-8") == docs.render_schema_markdown(), (
-        "docs/schema.md is stale: run `python -m renderer.docs` and commit the result")
+        "docs/schema.md is stale: run `python -m renderer.docs` and commit the result"
+    )
 
 
 def test_a_schema_change_makes_the_reference_stale(tmp_path):
@@ -33,36 +35,49 @@ def test_a_schema_change_makes_the_reference_stale(tmp_path):
     path = tmp_path / "schema" / DEPLOYMENT_SCHEMA
     schema = json.loads(path.read_text())
     schema["$defs"]["scaling"]["properties"]["warmup_requests"] = {
-        "description": "Requests sent to a new container before it serves.", "type": "integer", "default": 0}
+        "description": "Requests sent to a new container before it serves.",
+        "type": "integer",
+        "default": 0,
+    }
     path.write_text(json.dumps(schema))
     changed = docs.render_schema_markdown(tmp_path / "schema")
     assert changed != SCHEMA_MD.read_text(encoding="utf-8")
-    assert ("| `warmup_requests` | integer | `0` | Requests sent to a new container before it serves. |  |"
-            in _section(changed, "### `scaling`"))
+    assert "| `warmup_requests` | integer | `0` | Requests sent to a new container before it serves. |  |" in _section(
+        changed, "### `scaling`"
+    )
     assert docs.main(["--check", "--schema-dir", str(tmp_path / "schema"), "--out", str(SCHEMA_MD)]) == 1
 
 
 def _section(text: str, heading: str) -> str:
     """The text under one heading, up to the next heading of any level."""
     start = text.index(f"\n{heading}\n")
-    rest = text[start + len(heading) + 2:]
+    rest = text[start + len(heading) + 2 :]
     end = re.search(r"^#+ ", rest, re.M)
     return rest[: end.start()] if end else rest
 
 
 def _rows(section: str) -> list[list[str]]:
-    return [[c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines()
-            if line.startswith("| `")]
+    return [
+        [c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines() if line.startswith("| `")
+    ]
 
 
-@pytest.mark.parametrize("heading, properties", [
-    ("## Deployment file", lambda d, f: d["properties"]),
-    *[(f"### `{s}`", lambda d, f, s=s: d["$defs"][s]["properties"])
-      for s in ("model", "gpu", "scaling", "engine", "image", "cache", "auth")],
-    ("#### `model.lora_adapters[]`", lambda d, f: d["$defs"]["model"]["properties"]["lora_adapters"]["items"]["properties"]),
-    ("## Fleet file: `fleet.yaml`", lambda d, f: f["properties"]),
-    ("### `environments.NAME`", lambda d, f: f["properties"]["environments"]["additionalProperties"]["properties"]),
-])
+@pytest.mark.parametrize(
+    "heading, properties",
+    [
+        ("## Deployment file", lambda d, f: d["properties"]),
+        *[
+            (f"### `{s}`", lambda d, f, s=s: d["$defs"][s]["properties"])
+            for s in ("model", "gpu", "scaling", "engine", "image", "cache", "auth")
+        ],
+        (
+            "#### `model.lora_adapters[]`",
+            lambda d, f: d["$defs"]["model"]["properties"]["lora_adapters"]["items"]["properties"],
+        ),
+        ("## Fleet file: `fleet.yaml`", lambda d, f: f["properties"]),
+        ("### `environments.NAME`", lambda d, f: f["properties"]["environments"]["additionalProperties"]["properties"]),
+    ],
+)
 def test_every_field_has_a_row_with_five_columns(heading, properties):
     deployment, fleet = load_schema(DEPLOYMENT_SCHEMA), load_schema(FLEET_SCHEMA)
     rows = _rows(_section(docs.render_schema_markdown(), heading))
@@ -125,20 +140,34 @@ def _keys(value) -> set[str]:
     return set()
 
 
-@pytest.mark.parametrize("argv", [
-    ["validate"], ["render", "--out", "out"], ["plan"], ["plan", "--env", "prod"], ["explain", "chat"],
-    ["validate", "deployments/bad.yaml"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate"],
+        ["render", "--out", "out"],
+        ["plan"],
+        ["plan", "--env", "prod"],
+        ["explain", "chat"],
+        ["validate", "deployments/bad.yaml"],
+    ],
+)
 def test_json_reference_names_every_key_the_commands_print(argv, tmp_path, monkeypatch, capsys):
     """The existing commands' JSON against the reference: a new key must be documented."""
     import json
 
     from renderer import cli
+
     from test_gitref import FLEET_YAML, deployment_yaml, write
 
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, {"deployments/fleet.yaml": FLEET_YAML, "deployments/chat.yaml": deployment_yaml("chat"),
-                     "deployments/bad.yaml": "name: Bad\n"})
+    write(
+        tmp_path,
+        {
+            "deployments/fleet.yaml": FLEET_YAML,
+            "deployments/chat.yaml": deployment_yaml("chat"),
+            "deployments/bad.yaml": "name: Bad\n",
+        },
+    )
     if argv != ["validate", "deployments/bad.yaml"]:
         (tmp_path / "deployments" / "bad.yaml").unlink()
     cli.main([*argv, "--format", "json"])

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from renderer.plan.gitref import GitError, load_fleet_at
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+from renderer.plan.gitref import GitError, load_fleet_at
 
 REV_1 = "1111111" + "a" * 33
 REV_2 = "2222222" + "b" * 33
@@ -34,8 +34,10 @@ environments:
 
 
 def deployment_yaml(name: str, revision: str = REV_1, max_containers: int = 2, extra: str = "") -> str:
-    return (f"name: {name}\nmodel:\n  id: org/{name}-model\n  revision: {revision}\ngpu:\n  type: L4\n"
-            f"scaling:\n  max_containers: {max_containers}\n{extra}")
+    return (
+        f"name: {name}\nmodel:\n  id: org/{name}-model\n  revision: {revision}\ngpu:\n  type: L4\n"
+        f"scaling:\n  max_containers: {max_containers}\n{extra}"
+    )
 
 
 @pytest.fixture
@@ -44,10 +46,14 @@ def git_env(monkeypatch, tmp_path):
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
         monkeypatch.delenv(var, raising=False)
     for key, value in {
-        "GIT_AUTHOR_NAME": "Fleet Test", "GIT_AUTHOR_EMAIL": "fleet-test@example.com",
-        "GIT_COMMITTER_NAME": "Fleet Test", "GIT_COMMITTER_EMAIL": "fleet-test@example.com",
-        "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z",
-        "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "Fleet Test",
+        "GIT_AUTHOR_EMAIL": "fleet-test@example.com",
+        "GIT_COMMITTER_NAME": "Fleet Test",
+        "GIT_COMMITTER_EMAIL": "fleet-test@example.com",
+        "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
+        "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CEILING_DIRECTORIES": str(tmp_path),
     }.items():
         monkeypatch.setenv(key, value)
@@ -82,19 +88,27 @@ def make_fleet_repo(root: Path) -> Path:
     repo = root / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
-    commit(repo, "fleet", {
-        "deployments/fleet.yaml": FLEET_YAML,
-        "deployments/chat.yaml": deployment_yaml("chat"),
-        "deployments/batch.yaml": deployment_yaml("batch", max_containers=4),
-        "deployments/old.yaml": deployment_yaml("old"),
-        "README.md": "not part of the fleet\n",
-    })
-    commit(repo, "bump chat, scale batch, replace old with new", {
-        "deployments/chat.yaml": deployment_yaml("chat", REV_2),
-        "deployments/batch.yaml": deployment_yaml("batch", max_containers=8),
-        "deployments/old.yaml": None,
-        "deployments/new.yaml": deployment_yaml("new"),
-    })
+    commit(
+        repo,
+        "fleet",
+        {
+            "deployments/fleet.yaml": FLEET_YAML,
+            "deployments/chat.yaml": deployment_yaml("chat"),
+            "deployments/batch.yaml": deployment_yaml("batch", max_containers=4),
+            "deployments/old.yaml": deployment_yaml("old"),
+            "README.md": "not part of the fleet\n",
+        },
+    )
+    commit(
+        repo,
+        "bump chat, scale batch, replace old with new",
+        {
+            "deployments/chat.yaml": deployment_yaml("chat", REV_2),
+            "deployments/batch.yaml": deployment_yaml("batch", max_containers=8),
+            "deployments/old.yaml": None,
+            "deployments/new.yaml": deployment_yaml("new"),
+        },
+    )
     return repo
 
 
@@ -126,8 +140,12 @@ def test_loads_the_files_of_the_revision_under_working_tree_names(fleet_repo):
 
 
 def test_names_match_what_the_working_tree_loader_produces(fleet_repo, monkeypatch):
-    for paths in (["deployments"], ["./deployments/"], ["deployments/chat.yaml"], ["deployments/fleet.yaml",
-                                                                                   "deployments/chat.yaml"]):
+    for paths in (
+        ["deployments"],
+        ["./deployments/"],
+        ["deployments/chat.yaml"],
+        ["deployments/fleet.yaml", "deployments/chat.yaml"],
+    ):
         at = load_fleet_at("HEAD", paths).loaded
         here = load_fleet(paths)
         assert _names(at) == _names(here), paths
@@ -157,8 +175,11 @@ def test_a_path_absent_at_the_revision_is_an_empty_fleet(fleet_repo):
 
 
 def test_diagnostics_at_the_revision_name_the_users_path(fleet_repo):
-    commit(fleet_repo, "break", {"deployments/chat.yaml": "name: chat\nmodel:\n  id: a/b\n  revision: main\ngpu:\n"
-                                                          "  type: L4\n"})
+    commit(
+        fleet_repo,
+        "break",
+        {"deployments/chat.yaml": "name: chat\nmodel:\n  id: a/b\n  revision: main\ngpu:\n  type: L4\n"},
+    )
     resolved = resolve(load_fleet_at("HEAD", ["deployments"]).loaded)
     errors = [d for d in resolved.diagnostics if d.is_error]
     assert [(d.mark.file, d.mark.line, d.mark.col) for d in errors] == [("deployments/chat.yaml", 4, 13)]

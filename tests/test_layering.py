@@ -68,8 +68,12 @@ def imports_in(text: str, here: str, is_package: bool = False) -> set[str]:
                 continue
             for alias in node.names:  # `from renderer.config import spec` imports renderer.config.spec
                 sub = f"{target}.{alias.name}"
-                out.add(sub if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
-                        or (PACKAGE.parent / sub.replace(".", "/")).is_dir() else target)
+                out.add(
+                    sub
+                    if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+                    or (PACKAGE.parent / sub.replace(".", "/")).is_dir()
+                    else target
+                )
     return out
 
 
@@ -101,7 +105,7 @@ def test_no_import_cycles_between_modules():
         seen[node] = 1
         for dep in sorted(graph.get(node, ())):
             if seen.get(dep) == 1:
-                cycle.extend(stack[stack.index(dep):] + [dep] if dep in stack else [node, dep])
+                cycle.extend(stack[stack.index(dep) :] + [dep] if dep in stack else [node, dep])
                 return True
             if dep not in seen and visit(dep, [*stack, dep]):
                 return True
@@ -116,7 +120,6 @@ def test_no_import_cycles_between_modules():
 
 def test_the_checker_sees_an_upward_import_inside_a_function():
     """The tests above can fail: a config module importing the CLI lazily is an upward edge."""
-    found = imports_in("def f():\n    from renderer.cli import main\n    from . import spec\n",
-                       "renderer.config.probe")
+    found = imports_in("def f():\n    from renderer.cli import main\n    from . import spec\n", "renderer.config.probe")
     assert found == {"renderer.cli", "renderer.config.spec"}
     assert layer_of("renderer.cli") > layer_of("renderer.config.probe")

@@ -21,10 +21,18 @@ def test_positions_of_keys_and_values():
     assert doc.root.find(("scaling", "nope"))[1].line == 2
 
 
-@pytest.mark.parametrize("text,fragment", [
-    (b"a: yes\n", "boolean true"), (b"a: No\n", "boolean false"), (b"a: on\n", "boolean true"),
-    (b"a: 0755\n", "octal"), (b"a: 1:30\n", "base-60"), (b"a: 2024-01-01\n", "date"), (b"a: 0b101\n", "binary"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        (b"a: yes\n", "boolean true"),
+        (b"a: No\n", "boolean false"),
+        (b"a: on\n", "boolean true"),
+        (b"a: 0755\n", "octal"),
+        (b"a: 1:30\n", "base-60"),
+        (b"a: 2024-01-01\n", "date"),
+        (b"a: 0b101\n", "binary"),
+    ],
+)
 def test_yaml_11_surprises_are_reported(text, fragment):
     [(line, col, message)] = errors(text)
     assert (line, col) == (1, 4) and fragment in message
@@ -36,8 +44,7 @@ def test_plain_values_are_kept():
 
 
 def test_duplicate_keys_all_reported():
-    assert errors(b"a: 1\nb: 2\na: 3\nb: 4\n") == [
-        (3, 1, "duplicate key 'a'"), (4, 1, "duplicate key 'b'")]
+    assert errors(b"a: 1\nb: 2\na: 3\nb: 4\n") == [(3, 1, "duplicate key 'a'"), (4, 1, "duplicate key 'b'")]
 
 
 def test_merge_keys_and_custom_tags_refused():
@@ -48,7 +55,7 @@ def test_merge_keys_and_custom_tags_refused():
 def test_alias_bomb_is_refused_quickly():
     lines = [b"a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 9):
-        lines.append(f"a{i}: &a{i} [".encode() + b", ".join([f"*a{i-1}".encode()] * 10) + b"]")
+        lines.append(f"a{i}: &a{i} [".encode() + b", ".join([f"*a{i - 1}".encode()] * 10) + b"]")
     [(_, _, message)] = errors(b"\n".join(lines) + b"\n")
     assert "expands to more than" in message
 
@@ -71,12 +78,15 @@ def test_non_string_keys_refused():
     assert "key '1' is not a string" in errors(b"1: a\n")[0][2]
 
 
-@pytest.mark.parametrize("text,where,path", [
-    (b"a:\n  b: 1\n  1: x\n", (3, 3), ("a", "1")),
-    (b"a:\n  b: 1\n  null: x\n", (3, 3), ("a", "null")),
-    (b"a: {b: 1, true: 2}\n", (1, 11), ("a", "true")),
-    (b"a:\n  b: 1\n  ? [x]\n  : y\n", (3, 5), ("a", "?")),
-])
+@pytest.mark.parametrize(
+    "text,where,path",
+    [
+        (b"a:\n  b: 1\n  1: x\n", (3, 3), ("a", "1")),
+        (b"a:\n  b: 1\n  null: x\n", (3, 3), ("a", "null")),
+        (b"a: {b: 1, true: 2}\n", (1, 11), ("a", "true")),
+        (b"a:\n  b: 1\n  ? [x]\n  : y\n", (3, 5), ("a", "?")),
+    ],
+)
 def test_a_bad_key_is_reported_at_its_own_line_and_path(text, where, path):
     with pytest.raises(LoadError) as exc:
         load_text("f.yaml", text)
@@ -84,16 +94,19 @@ def test_a_bad_key_is_reported_at_its_own_line_and_path(text, where, path):
     assert ((d.mark.line, d.mark.col), d.path) == (where, path)
 
 
-@pytest.mark.parametrize("text,where,fragment", [
-    (b"a: &a [*a]\n", (1, 4), "refers to a collection that contains it"),
-    (b"a: &a {b: {c: *a}}\n", (1, 4), "refers to a collection that contains it"),
-    (b"a: " + b"[" * 600 + b"]" * 600 + b"\n", (1, 3 + MAX_DEPTH), f"more than {MAX_DEPTH} levels"),
-    (b"a:\n" + b"".join(b"  " * i + b"- \n" for i in range(1, 200)), None, f"more than {MAX_DEPTH} levels"),
-    (b"a: " + b"{b: " * 100 + b"1" + b"}" * 100 + b"\n", None, f"more than {MAX_DEPTH} levels"),
-    (b"a: " + b"1" * 5000 + b"\n", (1, 4), "integer of 5000 digits is too large"),
-    (b"a: -" + b"9" * 31 + b"\n", (1, 4), "integer of 31 digits is too large"),
-    (b"a: 1.0e+400\n", (1, 4), "too large (infinite as a float)"),
-])
+@pytest.mark.parametrize(
+    "text,where,fragment",
+    [
+        (b"a: &a [*a]\n", (1, 4), "refers to a collection that contains it"),
+        (b"a: &a {b: {c: *a}}\n", (1, 4), "refers to a collection that contains it"),
+        (b"a: " + b"[" * 600 + b"]" * 600 + b"\n", (1, 3 + MAX_DEPTH), f"more than {MAX_DEPTH} levels"),
+        (b"a:\n" + b"".join(b"  " * i + b"- \n" for i in range(1, 200)), None, f"more than {MAX_DEPTH} levels"),
+        (b"a: " + b"{b: " * 100 + b"1" + b"}" * 100 + b"\n", None, f"more than {MAX_DEPTH} levels"),
+        (b"a: " + b"1" * 5000 + b"\n", (1, 4), "integer of 5000 digits is too large"),
+        (b"a: -" + b"9" * 31 + b"\n", (1, 4), "integer of 31 digits is too large"),
+        (b"a: 1.0e+400\n", (1, 4), "too large (infinite as a float)"),
+    ],
+)
 def test_hostile_documents_are_positioned_errors(text, where, fragment):
     """Recursion, depth and numbers Python cannot hold: each a diagnostic, never a crash."""
     with pytest.raises(LoadError) as exc:
@@ -160,19 +173,30 @@ def test_links_to_devices_and_broken_links_are_reported(tmp_path):
     os.symlink("gone.yaml", d / "broken.yaml")
     result = validate("deployments", cwd=tmp_path)
     assert result.returncode == 1
-    assert ("deployments/null.yaml:1:1: error: (document): is a character device (through a symbolic link), "
-            "not a regular file") in result.stderr
+    assert (
+        "deployments/null.yaml:1:1: error: (document): is a character device (through a symbolic link), "
+        "not a regular file"
+    ) in result.stderr
     assert "deployments/broken.yaml:1:1: error: (document): broken symbolic link (to gone.yaml)" in result.stderr
 
 
 def test_files_in_subfolders_are_named_in_a_warning(tmp_path):
-    fleet_dir(tmp_path, **{"a.yaml": deployment("a"), "old__b.yaml": deployment("b"), "old__notes.txt": "x",
-                           "old__deeper__c.yml": deployment("c")})
+    fleet_dir(
+        tmp_path,
+        **{
+            "a.yaml": deployment("a"),
+            "old__b.yaml": deployment("b"),
+            "old__notes.txt": "x",
+            "old__deeper__c.yml": deployment("c"),
+        },
+    )
     result = validate("deployments", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok: 1 deployment(s) valid, 2 warning(s)\n"
-    assert "deployments/old/b.yaml:1:1: warning: (document): not read: it is in a subfolder of deployments" \
+    assert (
+        "deployments/old/b.yaml:1:1: warning: (document): not read: it is in a subfolder of deployments"
         in result.stderr
+    )
     assert "deployments/old/deeper/c.yml:1:1: warning" in result.stderr and "notes.txt" not in result.stderr
 
 
@@ -182,7 +206,8 @@ def test_fleet_yml_is_refused_with_the_fix(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(
         "deployments/fleet.yml:1:1: error: (document): the fleet file must be named fleet.yaml\n"
-        "    hint: rename it: mv deployments/fleet.yml deployments/fleet.yaml\n")
+        "    hint: rename it: mv deployments/fleet.yml deployments/fleet.yaml\n"
+    )
     assert "name" not in result.stderr.split("\n", 2)[2].replace("named", "")  # no "missing name" as a deployment
 
 

@@ -18,7 +18,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from renderer.codegen.render import render_fleet
 from renderer.config.load import load_fleet
+from renderer.config.resolve import gateway_from, resolve
 from renderer.modal_api import (
     NO_CREDENTIALS,
     SERVER_NAME,
@@ -41,15 +43,19 @@ from renderer.modal_api import (
     translate,
     unload_app,
 )
-from renderer.codegen.render import render_fleet
-from renderer.config.resolve import gateway_from, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 FLEET_ENV = "dev"  # the example fleet's `dev` environment (`--env dev`)...
 MODAL_ENV = "llm-dev"  # ...deploys into this Modal environment: a mix-up of the two fails
 CREDENTIAL_VARS = (
-    "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "MODAL_PROFILE", "MODAL_CONFIG_PATH",
-    "MODAL_OAUTH_REFRESH_TOKEN", "MODAL_OAUTH_CLIENT_ID", "MODAL_OAUTH_CLIENT_SECRET", "MODAL_IS_REMOTE",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "MODAL_PROFILE",
+    "MODAL_CONFIG_PATH",
+    "MODAL_OAUTH_REFRESH_TOKEN",
+    "MODAL_OAUTH_CLIENT_ID",
+    "MODAL_OAUTH_CLIENT_SECRET",
+    "MODAL_IS_REMOTE",
 )
 
 
@@ -220,7 +226,11 @@ def fake_sdk(monkeypatch):
         async def _url(self):
             return f"https://{self.app_name}.modal.run"
 
-    monkeypatch.setattr(modal.Server, "from_name", staticmethod(lambda a, n, *, environment_name=None: FakeServer(a, n, environment_name)))
+    monkeypatch.setattr(
+        modal.Server,
+        "from_name",
+        staticmethod(lambda a, n, *, environment_name=None: FakeServer(a, n, environment_name)),
+    )
     return SimpleNamespace(deploy_app=deploy_app, urls=urls)
 
 
@@ -256,10 +266,18 @@ def test_deploy_the_gateway_module_and_find_its_asgi_url(apps, fake_sdk, monkeyp
     async def no_server_url():
         return None
 
-    monkeypatch.setattr(modal.Server, "from_name", staticmethod(
-        lambda a, n, *, environment_name=None: SimpleNamespace(get_url=SimpleNamespace(aio=no_server_url))))
-    monkeypatch.setattr(modal.Function, "from_name", staticmethod(
-        lambda a, n, *, environment_name=None: FakeFunction(a, n, environment_name)))
+    monkeypatch.setattr(
+        modal.Server,
+        "from_name",
+        staticmethod(
+            lambda a, n, *, environment_name=None: SimpleNamespace(get_url=SimpleNamespace(aio=no_server_url))
+        ),
+    )
+    monkeypatch.setattr(
+        modal.Function,
+        "from_name",
+        staticmethod(lambda a, n, *, environment_name=None: FakeFunction(a, n, environment_name)),
+    )
     outcome = ModalBackend().deploy(gateway, MODAL_ENV, deployment_tag(gateway))
     assert fake_sdk.deploy_app.calls == [(gateway.name, gateway.name, MODAL_ENV, deployment_tag(gateway), "rolling")]
     assert looked_up == [(gateway.name, SERVER_NAME, MODAL_ENV)]
@@ -314,7 +332,7 @@ def _sdk_errors():
         (me.ResourceExhaustedError("no GPUs available"), CapacityError, "no GPUs available"),
         (me.ConnectionError("Could not connect to the Modal server."), NetworkError, "network"),
         (OSError(101, "Network is unreachable"), NetworkError, "Network is unreachable"),
-        (asyncio.TimeoutError(), DeployTimeout, "timed out"),
+        (TimeoutError(), DeployTimeout, "timed out"),
         (me.InvalidError("bad\nmulti-line\n  message"), InvalidRequest, "bad multi-line message"),
         (me.Error("something else"), BackendError, "something else"),
         (RuntimeError("weird"), BackendError, "RuntimeError: weird"),
@@ -344,12 +362,14 @@ class FakeStub:
     async def AppList(self, req):
         self.requests.append(("AppList", req))
         pb = self.pb
-        return pb.AppListResponse(apps=[
-            pb.AppListResponse.AppListItem(app_id="ap-ours", name="ours", state=pb.APP_STATE_DEPLOYED),
-            pb.AppListResponse.AppListItem(app_id="ap-theirs", name="theirs", state=pb.APP_STATE_DEPLOYED),
-            pb.AppListResponse.AppListItem(app_id="ap-gone", name="gone", state=pb.APP_STATE_STOPPED),
-            pb.AppListResponse.AppListItem(app_id="ap-eph", description="ephemeral", state=pb.APP_STATE_EPHEMERAL),
-        ])
+        return pb.AppListResponse(
+            apps=[
+                pb.AppListResponse.AppListItem(app_id="ap-ours", name="ours", state=pb.APP_STATE_DEPLOYED),
+                pb.AppListResponse.AppListItem(app_id="ap-theirs", name="theirs", state=pb.APP_STATE_DEPLOYED),
+                pb.AppListResponse.AppListItem(app_id="ap-gone", name="gone", state=pb.APP_STATE_STOPPED),
+                pb.AppListResponse.AppListItem(app_id="ap-eph", description="ephemeral", state=pb.APP_STATE_EPHEMERAL),
+            ]
+        )
 
     async def AppGetTags(self, req):
         tags = {"managed-by": "fleetform"} if req.app_id == "ap-ours" else {"team": "x"}
@@ -362,8 +382,12 @@ class FakeStub:
         return pb.AppDeploymentHistoryResponse(
             app_deployment_histories=[
                 # v3: a rollback to v1. `rollback_allowed` is left unset (false), as a server may send it.
-                pb.AppDeploymentHistory(version=3, rollback_version=1, tag=self.rollback_entry_tag,
-                                        deployment_type=pb.DEPLOYMENT_TYPE_ROLLBACK),
+                pb.AppDeploymentHistory(
+                    version=3,
+                    rollback_version=1,
+                    tag=self.rollback_entry_tag,
+                    deployment_type=pb.DEPLOYMENT_TYPE_ROLLBACK,
+                ),
                 pb.AppDeploymentHistory(version=2, tag="ff-bbbbbbbbbbbb"),
                 pb.AppDeploymentHistory(version=1, tag="ff-aaaaaaaaaaaa"),
             ],
@@ -375,7 +399,8 @@ class FakeStub:
         pb = self.pb
         if req.name == "ours":
             return pb.AppGetByDeploymentNameResponse(
-                app_id="ap-ours", environment_name=req.environment_name,
+                app_id="ap-ours",
+                environment_name=req.environment_name,
                 lifecycle=pb.AppLifecycle(app_state=pb.APP_STATE_DEPLOYED),
             )
         return pb.AppGetByDeploymentNameResponse(environment_name=req.environment_name)
@@ -414,7 +439,9 @@ def test_get_app_and_history(stub):
     assert backend.get_app("missing", MODAL_ENV) is None
     assert backend.get_app("ours", MODAL_ENV).tag == "ff-aaaaaaaaaaaa"
     assert [(v.version, v.tag) for v in backend.history("ours", MODAL_ENV)] == [
-        (3, "ff-aaaaaaaaaaaa"), (2, "ff-bbbbbbbbbbbb"), (1, "ff-aaaaaaaaaaaa"),
+        (3, "ff-aaaaaaaaaaaa"),
+        (2, "ff-bbbbbbbbbbbb"),
+        (1, "ff-aaaaaaaaaaaa"),
     ]
     with pytest.raises(AppNotFound, match="no deployed app named missing in Modal environment 'llm-dev'"):
         backend.history("missing", MODAL_ENV)
@@ -450,7 +477,11 @@ def test_rollback_and_stop_send_the_right_requests(stub):
     backend.rollback("ours", MODAL_ENV)
     backend.stop("ours", MODAL_ENV)
     sent = [(n, r) for n, r in stub.requests if n in ("AppRollback", "AppStop")]
-    assert [(n, r.app_id) for n, r in sent] == [("AppRollback", "ap-ours"), ("AppRollback", "ap-ours"), ("AppStop", "ap-ours")]
+    assert [(n, r.app_id) for n, r in sent] == [
+        ("AppRollback", "ap-ours"),
+        ("AppRollback", "ap-ours"),
+        ("AppStop", "ap-ours"),
+    ]
     assert [r.version for n, r in sent if n == "AppRollback"] == [2, -1]  # -1: Modal's "previous version"
 
 
@@ -471,7 +502,9 @@ def test_effective_tags_follow_rollback_chains():
 
 
 def test_importing_the_deploy_stack_does_not_import_modal():
-    code = ("import sys, renderer.deploy.run, renderer.deploy.status, renderer.deploy.rollback, renderer.deploy.destroy, "
-            "renderer.plan.live, renderer.modal_api; sys.exit('modal' in sys.modules)")
+    code = (
+        "import sys, renderer.deploy.run, renderer.deploy.status, renderer.deploy.rollback, renderer.deploy.destroy, "
+        "renderer.plan.live, renderer.modal_api; sys.exit('modal' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0

@@ -64,9 +64,10 @@ def plane():
 def endpoint(plane):
     """The OpenAI test server, on the plane's event loop; every app's URL points at it, and it
     answers only with the proxy-auth headers the smoke test must send."""
-    config = ServerConfig(models=list(MODELS),
-                          require_headers={"Modal-Key": PROXY["MODAL_PROXY_TOKEN_ID"],
-                                           "Modal-Secret": PROXY["MODAL_PROXY_TOKEN_SECRET"]})
+    config = ServerConfig(
+        models=list(MODELS),
+        require_headers={"Modal-Key": PROXY["MODAL_PROXY_TOKEN_ID"], "Modal-Secret": PROXY["MODAL_PROXY_TOKEN_SECRET"]},
+    )
     context = serve(config)
     server = plane.run(context.__aenter__())
     for name in (SMALL, LARGE):
@@ -94,8 +95,9 @@ def assert_environment_everywhere(plane, modal_env: str) -> None:
     """Every request that names a Modal environment names `modal_env` (never the fleet's `dev`)."""
     named = [(r.method, r.environment) for r in plane.calls() if r.environment is not None]
     assert named and [n for n in named if n[1] != modal_env] == []
-    apps = {r.message.app_id for r in plane.calls() if "app_id" in r.message.DESCRIPTOR.fields_by_name
-            and r.message.app_id}
+    apps = {
+        r.message.app_id for r in plane.calls() if "app_id" in r.message.DESCRIPTOR.fields_by_name and r.message.app_id
+    }
     assert all(plane.apps[a].environment == modal_env for a in apps)
 
 
@@ -132,7 +134,9 @@ def test_deploy_then_nothing_to_do(plane, fleet, endpoint):
     status = cli(plane, fleet, "status", "--env", "dev", "--format", "json")
     rows = json.loads(status.stdout)["deployments"]
     assert {(r["name"], r["state"], r["modal_env"], r["url"]) for r in rows} == {
-        (SMALL, "in_sync", "ff-dev", endpoint.url), (LARGE, "in_sync", "ff-dev", endpoint.url)}
+        (SMALL, "in_sync", "ff-dev", endpoint.url),
+        (LARGE, "in_sync", "ff-dev", endpoint.url),
+    }
     assert_environment_everywhere(plane, "ff-dev")
 
 
@@ -143,7 +147,9 @@ def test_one_change_one_function_create(plane, fleet, endpoint):
     plan = cli(plane, fleet, "plan", "--env", "dev", "--detailed-exitcode", "--format", "json")
     assert plan.returncode == 2
     assert {r["name"]: r["action"] for r in json.loads(plan.stdout)["live"]["rows"]} == {
-        SMALL: "update", LARGE: "unchanged"}
+        SMALL: "update",
+        LARGE: "unchanged",
+    }
     plane.clear()
     result, doc = deploy(plane, fleet)
     assert result.returncode == 0, result.stdout
@@ -183,8 +189,11 @@ def ranked(req) -> tuple[list, object]:
 
 def _ids(plane, method: str) -> dict[str, str]:
     """object id -> name, for the Secrets or Volumes the client looked up (ids are stable per name)."""
-    return {oid: key for (kind, env, key), oid in plane.objects.items()
-            if kind == {"SecretGetOrCreate": "st", "VolumeGetOrCreate": "vo"}[method]}
+    return {
+        oid: key
+        for (kind, env, key), oid in plane.objects.items()
+        if kind == {"SecretGetOrCreate": "st", "VolumeGetOrCreate": "vo"}[method]
+    }
 
 
 def test_function_create_carries_gpu_autoscaler_volumes_and_secrets(plane, fleet, endpoint):
@@ -199,7 +208,9 @@ def test_function_create_carries_gpu_autoscaler_volumes_and_secrets(plane, fleet
     assert (small[0].max_concurrent_inputs, small[0].http_config.port) == (64, 8000)
     assert sorted(secrets[s] for s in small[0].secret_ids) == ["hf-read-token"]
     assert {m.mount_path: volumes[m.volume_id] for m in small[0].volume_mounts} == {
-        "/root/.cache/huggingface": "huggingface-cache", "/root/.cache/vllm": "vllm-cache"}
+        "/root/.cache/huggingface": "huggingface-cache",
+        "/root/.cache/vllm": "vllm-cache",
+    }
 
     large, large_scaling = ranked(by_app[LARGE])
     gpus = [(f.resources.gpu_config.gpu_type, f.resources.gpu_config.count) for f in large]
@@ -210,7 +221,9 @@ def test_function_create_carries_gpu_autoscaler_volumes_and_secrets(plane, fleet
     looked_up = {(m.deployment_name, m.environment_name) for m in plane.messages("SecretGetOrCreate")}
     assert looked_up == {("hf-read-token", "ff-dev"), ("huggingface-secret", "ff-dev")}
     assert {(m.deployment_name, m.environment_name) for m in plane.messages("VolumeGetOrCreate")} == {
-        ("huggingface-cache", "ff-dev"), ("vllm-cache", "ff-dev")}
+        ("huggingface-cache", "ff-dev"),
+        ("vllm-cache", "ff-dev"),
+    }
 
 
 def test_the_module_modal_runs_is_the_rendered_one(plane, fleet, endpoint):
@@ -309,11 +322,13 @@ def test_an_app_no_yaml_describes_is_an_orphan(plane, fleet, endpoint):
 
 
 def test_rejected_credentials_are_one_line(plane, fleet):
-    result = run_cli("status", "--env", "dev", cwd=fleet,
-                     env={**plane.env(), "MODAL_TOKEN_SECRET": "as-wrong", "HOME": str(fleet)})
+    result = run_cli(
+        "status", "--env", "dev", cwd=fleet, env={**plane.env(), "MODAL_TOKEN_SECRET": "as-wrong", "HOME": str(fleet)}
+    )
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.startswith("error: list apps: Modal rejected the credentials") and \
-        result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("error: list apps: Modal rejected the credentials") and result.stderr.count("\n") == 1
+    )
 
 
 # --- the gateway: a member of the fleet, through the CLI ------------------------------------------------------
@@ -328,8 +343,9 @@ def python(plane, fleet, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def cli_json(plane, fleet, *args: str, **env: str) -> dict:
-    result = run_cli(*args, "--env", "dev", "--format", "json", cwd=fleet,
-                     env={**plane.env(), **PROXY, "HOME": str(fleet), **env})
+    result = run_cli(
+        *args, "--env", "dev", "--format", "json", cwd=fleet, env={**plane.env(), **PROXY, "HOME": str(fleet), **env}
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -383,7 +399,8 @@ def test_modal_refusing_a_deploy_publishes_nothing_and_is_one_line(plane, fleet,
     assert "GPU quota exceeded for H100" in row["error"] and "\n" not in row["error"]
     assert plane.calls("AppPublish", "AppRollback", "AppStop") == []  # nothing went live, nothing to undo
     assert [m.reason for m in plane.messages("AppClientDisconnect")] == [
-        api_pb2.APP_DISCONNECT_REASON_DEPLOYMENT_EXCEPTION]
+        api_pb2.APP_DISCONNECT_REASON_DEPLOYMENT_EXCEPTION
+    ]
 
 
 def test_an_rpc_the_plane_does_not_serve_fails_naming_it(plane, fleet):

@@ -11,40 +11,104 @@ from pathlib import Path
 
 import pytest
 
+from renderer.codegen import render as render_mod
+from renderer.codegen.render import RenderError, render, render_fleet
+from renderer.config.load import load_fleet, load_text
+from renderer.config.resolve import resolve
+
 from conftest import REPO
 from modal_objects import import_module, server_config
-from renderer.codegen import render as render_mod
-from renderer.config.load import load_fleet, load_text
-from renderer.codegen.render import RenderError, render, render_fleet
-from renderer.config.resolve import resolve
 
 EXPECTED_ARGV = {
     "llama-3-1-8b-fp8": [
-        "vllm", "serve", "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
-        "--revision", "12fd6884d2585dd4d020373e7f39f74507b31866",
-        "--served-model-name", "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", "llm",
-        "--host", "0.0.0.0", "--port", "8000", "--uvicorn-log-level", "info",
-        "--no-enforce-eager", "--tensor-parallel-size", "1",
+        "vllm",
+        "serve",
+        "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
+        "--revision",
+        "12fd6884d2585dd4d020373e7f39f74507b31866",
+        "--served-model-name",
+        "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
+        "llm",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--uvicorn-log-level",
+        "info",
+        "--no-enforce-eager",
+        "--tensor-parallel-size",
+        "1",
     ],
     "qwen2-5-7b-instruct": [
-        "vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--revision", "a09a35458c702b33eeacc393d103063234e8bc28",
-        "--served-model-name", "qwen2.5-7b-instruct", "--host", "0.0.0.0", "--port", "8000",
-        "--uvicorn-log-level", "info", "--no-enforce-eager", "--tensor-parallel-size", "1",
-        "--dtype", "bfloat16", "--max-model-len", "32768", "--gpu-memory-utilization", "0.92",
+        "vllm",
+        "serve",
+        "Qwen/Qwen2.5-7B-Instruct",
+        "--revision",
+        "a09a35458c702b33eeacc393d103063234e8bc28",
+        "--served-model-name",
+        "qwen2.5-7b-instruct",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--uvicorn-log-level",
+        "info",
+        "--no-enforce-eager",
+        "--tensor-parallel-size",
+        "1",
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "32768",
+        "--gpu-memory-utilization",
+        "0.92",
         "--enable-prefix-caching",
     ],
     "llama-3-3-70b-fp8": [
-        "vllm", "serve", "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic",
-        "--revision", "f50dbad2c84590ca17dc51e207c34321b65ff14b", "--served-model-name", "llama-3.3-70b-instruct",
-        "--host", "0.0.0.0", "--port", "8000", "--uvicorn-log-level", "info", "--no-enforce-eager",
-        "--tensor-parallel-size", "2", "--max-model-len", "16384", "--gpu-memory-utilization", "0.92",
-        "--kv-cache-dtype", "fp8",
+        "vllm",
+        "serve",
+        "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic",
+        "--revision",
+        "f50dbad2c84590ca17dc51e207c34321b65ff14b",
+        "--served-model-name",
+        "llama-3.3-70b-instruct",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--uvicorn-log-level",
+        "info",
+        "--no-enforce-eager",
+        "--tensor-parallel-size",
+        "2",
+        "--max-model-len",
+        "16384",
+        "--gpu-memory-utilization",
+        "0.92",
+        "--kv-cache-dtype",
+        "fp8",
     ],
     "qwen2-5-7b-awq": [
-        "vllm", "serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--revision", "b25037543e9394b818fdfca67ab2a00ecc7dd641",
-        "--served-model-name", "qwen2.5-7b-awq", "--host", "0.0.0.0", "--port", "8000",
-        "--uvicorn-log-level", "info", "--enforce-eager", "--tensor-parallel-size", "1",
-        "--max-model-len", "8192", "--max-num-seqs", "64",
+        "vllm",
+        "serve",
+        "Qwen/Qwen2.5-7B-Instruct-AWQ",
+        "--revision",
+        "b25037543e9394b818fdfca67ab2a00ecc7dd641",
+        "--served-model-name",
+        "qwen2.5-7b-awq",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--uvicorn-log-level",
+        "info",
+        "--enforce-eager",
+        "--tensor-parallel-size",
+        "1",
+        "--max-model-len",
+        "8192",
+        "--max-num-seqs",
+        "64",
     ],
 }
 
@@ -54,15 +118,54 @@ VOLUMES = {HF: "modal.Volume.from_name('huggingface-cache')", VC: "modal.Volume.
 
 # What each example's YAML (with fleet.yaml defaults, no --env) says, written out by hand.
 EXPECTED = {
-    "llama-3-1-8b-fp8": dict(gpus=[("B200", 1)], secrets=[], scaledown=900, startup=600, min=0, max=0,
-                             buffer=0, target=32, max_conc=0, unauth=False),
-    "qwen2-5-7b-instruct": dict(gpus=[("L40S", 1)], secrets=[], scaledown=600, startup=600, min=0, max=4,
-                                buffer=0, target=24, max_conc=64, unauth=False),
-    "llama-3-3-70b-fp8": dict(gpus=[("H100", 2), ("H200", 2)], secrets=["modal.Secret.from_name('huggingface-secret')"],
-                              scaledown=1200, startup=1800, min=0, max=2, buffer=0, target=48, max_conc=0,
-                              unauth=False),
-    "qwen2-5-7b-awq": dict(gpus=[("L4", 1), ("A10", 1)], secrets=["modal.Secret.from_name('qwen-awq-api-key')"],
-                           scaledown=300, startup=600, min=0, max=2, buffer=0, target=16, max_conc=0, unauth=True),
+    "llama-3-1-8b-fp8": dict(
+        gpus=[("B200", 1)],
+        secrets=[],
+        scaledown=900,
+        startup=600,
+        min=0,
+        max=0,
+        buffer=0,
+        target=32,
+        max_conc=0,
+        unauth=False,
+    ),
+    "qwen2-5-7b-instruct": dict(
+        gpus=[("L40S", 1)],
+        secrets=[],
+        scaledown=600,
+        startup=600,
+        min=0,
+        max=4,
+        buffer=0,
+        target=24,
+        max_conc=64,
+        unauth=False,
+    ),
+    "llama-3-3-70b-fp8": dict(
+        gpus=[("H100", 2), ("H200", 2)],
+        secrets=["modal.Secret.from_name('huggingface-secret')"],
+        scaledown=1200,
+        startup=1800,
+        min=0,
+        max=2,
+        buffer=0,
+        target=48,
+        max_conc=0,
+        unauth=False,
+    ),
+    "qwen2-5-7b-awq": dict(
+        gpus=[("L4", 1), ("A10", 1)],
+        secrets=["modal.Secret.from_name('qwen-awq-api-key')"],
+        scaledown=300,
+        startup=600,
+        min=0,
+        max=2,
+        buffer=0,
+        target=16,
+        max_conc=0,
+        unauth=True,
+    ),
 }
 
 
@@ -117,8 +220,13 @@ def test_module_image_pins_vllm_and_imports_only_modal(rendered_dir):
         assert "shell=True" not in path.read_text()
         assert '.uv_pip_install("vllm==0.26.0")' in path.read_text()
         # every import at the top of the module, none in its middle (only the adapter fetcher's, in a function)
-        assert [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                and n not in tree.body and "huggingface_hub" not in ast.dump(n)] == []
+        assert [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            and n not in tree.body
+            and "huggingface_hub" not in ast.dump(n)
+        ] == []
         first_code = next(i for i, n in enumerate(tree.body) if not isinstance(n, (ast.Expr, ast.Import)))
         assert all(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body[first_code:])
 
@@ -137,7 +245,7 @@ def runtime_sections() -> dict[str, str]:
     """runtime.py's sections by name, read here independently of the renderer."""
     source = (REPO / "renderer" / "codegen" / "runtime.py").read_text()
     parts = re.split(r"^(?=# ---- [a-z]+: )", source, flags=re.MULTILINE)
-    return {part.split(":", 1)[0][len("# ---- "):]: part.rstrip("\n") for part in parts[1:]}
+    return {part.split(":", 1)[0][len("# ---- ") :]: part.rstrip("\n") for part in parts[1:]}
 
 
 def test_runtime_sections_are_embedded_verbatim_and_only_where_used(rendered_dir, tmp_path):
@@ -151,8 +259,9 @@ def test_runtime_sections_are_embedded_verbatim_and_only_where_used(rendered_dir
         assert {"secrets", "tempfile", "sys"}.isdisjoint(top)  # only the snapshot section uses them
     snap = _render_yaml(BENIGN_YAML.replace("engine:\n", "engine:\n  cold_start: snapshot\n"), tmp_path)
     assert sections["process"] + "\n\n\n" + sections["snapshot"] in snap
-    assert {"secrets", "tempfile", "sys"} <= {a.name for n in ast.parse(snap).body if isinstance(n, ast.Import)
-                                              for a in n.names}
+    assert {"secrets", "tempfile", "sys"} <= {
+        a.name for n in ast.parse(snap).body if isinstance(n, ast.Import) for a in n.names
+    }
 
 
 def test_runtime_module_is_what_serve_local_imports():
@@ -170,8 +279,13 @@ def test_render_is_deterministic_across_processes(tmp_path, example_fleet):
     assert first == again
     out = tmp_path / "other"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    subprocess.run([sys.executable, "-m", "renderer", "render", "--out", str(out)], cwd=REPO, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "renderer", "render", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     assert {p.name: p.read_text() for p in out.glob("*.py")} == first
 
 
@@ -226,9 +340,11 @@ def test_hostile_values_only_ever_become_string_constants(tmp_path):
     import json
 
     evil = json.dumps(EVIL)  # a YAML double-quoted scalar holding every nasty character
-    hostile = (BENIGN_YAML.replace('chat_template: "plain"', f"chat_template: {evil}")
-               .replace('description: "plain"', 'description: "ok"')
-               .replace('SOME_SETTING: "plain"', f"SOME_SETTING: {evil}"))
+    hostile = (
+        BENIGN_YAML.replace('chat_template: "plain"', f"chat_template: {evil}")
+        .replace('description: "plain"', 'description: "ok"')
+        .replace('SOME_SETTING: "plain"', f"SOME_SETTING: {evil}")
+    )
     hostile_src = _render_yaml(hostile, tmp_path)
     benign_src = _render_yaml(BENIGN_YAML, tmp_path)
     assert _shape(hostile_src) == _shape(benign_src)
@@ -240,10 +356,16 @@ def test_hostile_values_only_ever_become_string_constants(tmp_path):
     assert EVIL in module.VLLM_COMMAND
 
 
-@pytest.mark.parametrize("field,value", [
-    ("name", 'demo"); import os; ("'), ("model.id", "a/b'); import os; ('"), ("served", "x\nimport os"),
-    ("secret", "s'); import os; ('"), ("volume", "v\\x"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("name", 'demo"); import os; ("'),
+        ("model.id", "a/b'); import os; ('"),
+        ("served", "x\nimport os"),
+        ("secret", "s'); import os; ('"),
+        ("volume", "v\\x"),
+    ],
+)
 def test_hostile_names_are_rejected_by_validation(tmp_path, field, value):
     import json
 
@@ -269,7 +391,7 @@ def test_values_without_the_filter_are_refused():
     env = render_mod.environment()
     with pytest.raises(RenderError, match="without the `py` filter"):
         env.from_string("x = {{ value }}").render(value="1; import os")
-    assert env.from_string("x = {{ value|py }}").render(value="1'; import os") == "x = \"1'; import os\""
+    assert env.from_string("x = {{ value|py }}").render(value="1'; import os") == 'x = "1\'; import os"'
     with pytest.raises(RenderError):
         env.from_string("# {{ value|note }}").render(value="a\nimport os")
     with pytest.raises(RenderError):

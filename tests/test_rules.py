@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_sizing import REVISION, model_dir
 
-from conftest import REPO, run_cli
 from renderer import sizing
 from renderer.config import rules
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
-from test_sizing import REVISION, model_dir
+
+from conftest import REPO, run_cli
 
 CASES = sorted((Path(__file__).parent / "cases" / "invalid").glob("*.yaml"))
 HEAD = """\
@@ -58,8 +59,17 @@ def test_every_diagnostic_of_every_invalid_case_has_a_hint():
 # --- engine.env --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key, value", [("VLLM_API_KEY", '""'), ("VLLM_SERVER_DEV_MODE", '"1"'), ("HF_TOKEN", '""'),
-                                        ("PYTHONPATH", "/opt"), ("LD_PRELOAD", "/x.so"), ("FLEETFORM_ADMIN_TOKEN", '""')])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("VLLM_API_KEY", '""'),
+        ("VLLM_SERVER_DEV_MODE", '"1"'),
+        ("HF_TOKEN", '""'),
+        ("PYTHONPATH", "/opt"),
+        ("LD_PRELOAD", "/x.so"),
+        ("FLEETFORM_ADMIN_TOKEN", '""'),
+    ],
+)
 def test_env_may_not_set_what_fleetform_or_a_secret_owns(tmp_path, key, value):
     rc, diags = validate(tmp_path, f"gpu:\n  type: H100\nengine:\n  env:\n    {key}: {value}\n")
     assert rc == 1
@@ -73,7 +83,8 @@ def test_a_literal_secret_in_an_owned_variable_is_one_error_the_credential(tmp_p
     rc, diags = validate(tmp_path, "gpu:\n  type: H100\nengine:\n  env:\n    FLEETFORM_ADMIN_TOKEN: x\n")
     assert rc == 1
     assert [(d["code"], d["path"], d["line"]) for d in diags] == [
-        ("literal-credential", "engine.env.FLEETFORM_ADMIN_TOKEN", 9)]
+        ("literal-credential", "engine.env.FLEETFORM_ADMIN_TOKEN", 9)
+    ]
 
 
 def test_env_of_other_names_passes(tmp_path):
@@ -97,7 +108,12 @@ def test_owned_env_covers_every_variable_fleetform_sets(tmp_path):
     for node in ast.walk(module):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "env" and node.args:
             set_by_fleetform |= set(ast.literal_eval(node.args[0]))
-    assert {"VLLM_SERVER_DEV_MODE", "PYTHONPATH", "FLEETFORM_ADMIN_TOKEN", "HF_XET_HIGH_PERFORMANCE"} <= set_by_fleetform
+    assert {
+        "VLLM_SERVER_DEV_MODE",
+        "PYTHONPATH",
+        "FLEETFORM_ADMIN_TOKEN",
+        "HF_XET_HIGH_PERFORMANCE",
+    } <= set_by_fleetform
     assert set_by_fleetform <= set(rules.OWNED_ENV)
     assert {"VLLM_API_KEY", "HF_TOKEN", "LD_PRELOAD"} <= set(rules.OWNED_ENV)  # what Secrets and the loader own
 
@@ -124,8 +140,9 @@ def test_the_shadowed_set_is_derived_not_listed():
 # --- image.pip -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("req", ["vllm==0.9.0", "vLLM==0.26.0", "vllm[audio]==0.26.0", "torch==2.1.0",
-                                 "Torch==2.1.0", "torchvision==0.20.0"])
+@pytest.mark.parametrize(
+    "req", ["vllm==0.9.0", "vLLM==0.26.0", "vllm[audio]==0.26.0", "torch==2.1.0", "Torch==2.1.0", "torchvision==0.20.0"]
+)
 def test_pip_may_not_pin_vllm_or_torch_again(tmp_path, req):
     rc, diags = validate(tmp_path, f'gpu:\n  type: H100\nimage:\n  pip: ["{req}"]\n')
     assert rc == 1 and codes(diags) == ["pip-vllm"]
@@ -144,8 +161,10 @@ def test_pip_that_does_not_parse_is_refused_and_others_pass(tmp_path):
 def test_bf16_on_t4_is_refused_for_the_type_and_each_fallback(tmp_path):
     rc, diags = validate(tmp_path, "  dtype: bfloat16\ngpu:\n  type: T4\n  fallbacks: [L4, T4!]\n")
     assert rc == 1
-    assert [(d["code"], d["path"]) for d in diags] == [("dtype-hardware", "gpu.type"),
-                                                       ("dtype-hardware", "gpu.fallbacks[1]")]
+    assert [(d["code"], d["path"]) for d in diags] == [
+        ("dtype-hardware", "gpu.type"),
+        ("dtype-hardware", "gpu.fallbacks[1]"),
+    ]
     assert diags[0]["hint"].startswith("set model.dtype: float16")
 
 
@@ -209,7 +228,9 @@ def test_weights_fit_warning_and_its_threshold(tmp_path):
     [d] = diags
     assert (d["code"], d["severity"], d["path"]) == ("weights-fit", "warning", "gpu.type")
     # unset gpu_memory_utilization: vLLM 0.26.0's own default, 0.92, from the shipped option list
-    assert d["message"] == "70B parameters (none) need about 130 GiB of weights; 1 x H100 at 0.92 utilization hold 74 GiB"
+    assert (
+        d["message"] == "70B parameters (none) need about 130 GiB of weights; 1 x H100 at 0.92 utilization hold 74 GiB"
+    )
     assert validate(tmp_path, "  parameters_b: 70\ngpu:\n  type: H100\n  count: 2\n") == (0, [])
     # the memory model is the sizing advisor's: fp8 halves the bytes
     assert validate(tmp_path, "  parameters_b: 70\n  quantization: fp8\ngpu:\n  type: H100\n") == (0, [])
@@ -245,7 +266,10 @@ def test_shown_cuts_with_the_length():
 
 def test_long_keys_are_cut_in_paths_and_messages(tmp_path):
     big = "Y" * 300_000
-    path = deployment(tmp_path, f"gpu:\n  type: H100\nengine:\n  env:\n    ? {big}\n    : v\nenvironments:\n  ? x{big.lower()}\n  : {{}}\n")
+    path = deployment(
+        tmp_path,
+        f"gpu:\n  type: H100\nengine:\n  env:\n    ? {big}\n    : v\nenvironments:\n  ? x{big.lower()}\n  : {{}}\n",
+    )
     result = run_cli("validate", str(path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr) < 2000, len(result.stderr)

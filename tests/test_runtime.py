@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from renderer.codegen import runtime
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
 from renderer.endpoint.serve import LocalOptions, local_argv
+
+from conftest import REPO
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py")), "serve"]
 
@@ -33,8 +34,10 @@ def free_port() -> int:
 
 def deployment(tmp_path: Path, extra: str = "", name: str = "demo"):
     f = tmp_path / f"{name}.yaml"
-    f.write_text(f"name: {name}\nmodel:\n  id: org/model\n  revision: {'a' * 40}\n  served_model_names: [m1, m2]\n"
-                 f"gpu:\n  type: H100\n{extra}")
+    f.write_text(
+        f"name: {name}\nmodel:\n  id: org/model\n  revision: {'a' * 40}\n  served_model_names: [m1, m2]\n"
+        f"gpu:\n  type: H100\n{extra}"
+    )
     fleet = resolve(load_fleet([str(f)]))
     assert fleet.ok, fleet.diagnostics
     return fleet.deployments[0]
@@ -80,14 +83,17 @@ def guard_status(path: str, headers: dict[bytes, bytes] | None = None, token: st
     return sent["status"]
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version",
-                                  "/tokenize", "/v2/rerank"])
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version", "/tokenize", "/v2/rerank"]
+)
 def test_guard_lets_public_routes_through(path):
     assert guard_status(path) == 200
 
 
-@pytest.mark.parametrize("path", ["/sleep", "/wake_up", "/is_sleeping", "/collective_rpc", "/reset_prefix_cache",
-                                  "/healthz", "/v1", "/docs", "/"])
+@pytest.mark.parametrize(
+    "path",
+    ["/sleep", "/wake_up", "/is_sleeping", "/collective_rpc", "/reset_prefix_cache", "/healthz", "/v1", "/docs", "/"],
+)
 def test_guard_blocks_everything_else_without_the_token(path):
     assert guard_status(path) == 403
     assert guard_status(path, {b"x-fleetform-admin": b"wrong"}) == 403
@@ -130,9 +136,16 @@ def test_no_path_trick_reaches_a_development_route(scope):
     assert guard_status(path, {b"x-fleetform-admin": b"s3cret"}, **scope) == 200
 
 
-@pytest.mark.parametrize("path,root_path", [("/api/v1/chat/completions", "/api"), ("/v1/v1/models", "/v1"),
-                                            ("/v1/models/", ""), ("/metrics/", ""),
-                                            ("/v1/chat/completions", "/other")])
+@pytest.mark.parametrize(
+    "path,root_path",
+    [
+        ("/api/v1/chat/completions", "/api"),
+        ("/v1/v1/models", "/v1"),
+        ("/v1/models/", ""),
+        ("/metrics/", ""),
+        ("/v1/chat/completions", "/other"),
+    ],
+)
 def test_public_routes_pass_under_a_root_path(path, root_path):
     assert guard_status(path, root_path=root_path, raw_path=path.encode()) == 200
 
@@ -207,7 +220,9 @@ def test_snapshot_sequence_with_the_guard_in_front(tmp_path, monkeypatch):
         assert set(timings) == {"boot_s", "warmup_s", "sleep_s"}
         # from outside (no token) the dev routes are closed; the public API stays open
         for path, want in (("/sleep?level=1", 403), ("/wake_up", 403), ("/v1/models", 200)):
-            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if "models" not in path else "GET")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", method="POST" if "models" not in path else "GET"
+            )
             try:
                 status = urllib.request.urlopen(req, timeout=5).status
             except urllib.error.HTTPError as exc:
@@ -216,12 +231,16 @@ def test_snapshot_sequence_with_the_guard_in_front(tmp_path, monkeypatch):
         runtime.after_restore(proc)
     finally:
         proc.stop(grace=5)
-    entries = [json.loads(l) for l in log_file.read_text().splitlines()]
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert entries[0]["env_dev_mode"] == "1"
     calls = [(e["method"], e["path"].split("?")[0], e["status"]) for e in entries[1:] if e.get("path") != "/health"]
     assert calls == [("POST", "/v1/chat/completions", 200)] * 3 + [
-        ("POST", "/sleep", 200), ("POST", "/sleep", 403), ("POST", "/wake_up", 403), ("GET", "/v1/models", 200),
-        ("POST", "/wake_up", 200)]
+        ("POST", "/sleep", 200),
+        ("POST", "/sleep", 403),
+        ("POST", "/wake_up", 403),
+        ("GET", "/v1/models", 200),
+        ("POST", "/wake_up", 200),
+    ]
 
 
 def raw_request(port: int, method: str, path: str) -> int:
@@ -244,8 +263,18 @@ def test_path_tricks_through_a_root_path_never_reach_sleep_end_to_end(tmp_path, 
     port = free_port()
     argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port)) + ["--root-path", "/metrics"]
     proc = runtime.VLLMProcess(argv, port=port, env=d.process_env, log=lambda m: None)
-    tricks = ["/metrics/sleep", "/metrics/wake_up", "/metrics//sleep", "/metrics/./sleep", "/metrics/x/../sleep",
-              "/metrics/%2e%2e/metrics/sleep", "/metrics%2Fsleep", "/v1/../metrics/sleep", "/sleep", "/metrics/sleep/"]
+    tricks = [
+        "/metrics/sleep",
+        "/metrics/wake_up",
+        "/metrics//sleep",
+        "/metrics/./sleep",
+        "/metrics/x/../sleep",
+        "/metrics/%2e%2e/metrics/sleep",
+        "/metrics%2Fsleep",
+        "/v1/../metrics/sleep",
+        "/sleep",
+        "/metrics/sleep/",
+    ]
     runtime.guard(proc)
     try:
         runtime.boot(proc, timeout=20)
@@ -280,7 +309,7 @@ def test_snapshot_mode_refuses_to_run_without_the_guard(tmp_path):
     d = deployment(tmp_path, "engine:\n  cold_start: snapshot\n")
     argv = list(d.argv)
     i = argv.index("--middleware")
-    for without in (argv[:i] + argv[i + 2:], argv[:i] + ["--other", runtime.GUARD_MIDDLEWARE] + argv[i + 2:]):
+    for without in (argv[:i] + argv[i + 2 :], argv[:i] + ["--other", runtime.GUARD_MIDDLEWARE] + argv[i + 2 :]):
         proc = runtime.VLLMProcess(without, port=1, env=d.process_env, log=lambda m: None)
         with pytest.raises(RuntimeError, match="needs `--middleware fleetform_guard.DevRouteGuard`"):
             runtime.boot_for_snapshot(proc, timeout=1, model="m1")
@@ -307,8 +336,9 @@ def test_dev_mode_without_the_guard_never_starts(monkeypatch, where):
 def test_dev_mode_off_starts(monkeypatch):
     monkeypatch.setenv("FAKE_VLLM_BOOT_S", "0")
     port = free_port()
-    proc = runtime.VLLMProcess(FAKE + ["m", "--port", str(port)], port=port, env={"VLLM_SERVER_DEV_MODE": "0"},
-                               log=lambda m: None)
+    proc = runtime.VLLMProcess(
+        FAKE + ["m", "--port", str(port)], port=port, env={"VLLM_SERVER_DEV_MODE": "0"}, log=lambda m: None
+    )
     try:
         runtime.boot(proc, timeout=20)
     finally:
@@ -338,13 +368,35 @@ def test_the_vllm_process_sees_both_the_guard_and_the_users_pythonpath(tmp_path,
 
 def test_local_argv_substitutions(example_fleet):
     d = next(d for d in example_fleet.deployments if d.name == "llama-3-1-8b-fp8")
-    argv = local_argv(d, LocalOptions(model_path="/tmp/dummy-llama-8b", load_format="dummy", port=8123,
-                                      vllm=("python3", "-m", "vllm.entrypoints.cli.main", "serve")))
+    argv = local_argv(
+        d,
+        LocalOptions(
+            model_path="/tmp/dummy-llama-8b",
+            load_format="dummy",
+            port=8123,
+            vllm=("python3", "-m", "vllm.entrypoints.cli.main", "serve"),
+        ),
+    )
     assert argv == [
-        "python3", "-m", "vllm.entrypoints.cli.main", "serve", "/tmp/dummy-llama-8b",
-        "--served-model-name", "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8", "llm",
-        "--host", "0.0.0.0", "--port", "8123", "--uvicorn-log-level", "info",
-        "--no-enforce-eager", "--tensor-parallel-size", "1", "--load-format", "dummy",
+        "python3",
+        "-m",
+        "vllm.entrypoints.cli.main",
+        "serve",
+        "/tmp/dummy-llama-8b",
+        "--served-model-name",
+        "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8",
+        "llm",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "--uvicorn-log-level",
+        "info",
+        "--no-enforce-eager",
+        "--tensor-parallel-size",
+        "1",
+        "--load-format",
+        "dummy",
     ]
     # without options it is the rendered app's command line, token for token
     assert local_argv(d, LocalOptions()) == list(d.argv)
@@ -355,10 +407,24 @@ def test_serve_local_cli_runs_until_ctrl_c(tmp_path):
     d_file.write_text(f"name: demo\nmodel:\n  id: org/model\n  revision: {'a' * 40}\ngpu:\n  type: H100\n")
     port = free_port()
     log_file = tmp_path / "requests.jsonl"
-    cmd = [sys.executable, "-m", "renderer", "serve", "demo", str(d_file), "--local", "--port", str(port),
-           "--vllm", f"{sys.executable} {Path(__file__).with_name('fake_vllm.py')}", "--startup-timeout", "30"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "FAKE_VLLM_LOG": str(log_file)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "renderer",
+        "serve",
+        "demo",
+        str(d_file),
+        "--local",
+        "--port",
+        str(port),
+        "--vllm",
+        f"{sys.executable} {Path(__file__).with_name('fake_vllm.py')}",
+        "--startup-timeout",
+        "30",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "FAKE_VLLM_LOG": str(log_file)}
+    )
     try:
         deadline = time.monotonic() + 30
         line = ""
@@ -375,9 +441,11 @@ def test_serve_local_cli_runs_until_ctrl_c(tmp_path):
     assert argv[:2] == ["serve", "org/model"] and argv[argv.index("--port") + 1] == str(port)
 
 
-LORA = ("model:\n  id: org/model\n  revision: " + "a" * 40 + "\n  served_model_names: [m1]\n  max_lora_rank: 64\n"
-        "  lora_adapters:\n    - {name: sql, id: org/sql-lora, revision: " + "b" * 40 + "}\n"
-        "    - {name: chat, id: org/chat-lora, revision: " + "c" * 40 + "}\n")
+LORA = (
+    "model:\n  id: org/model\n  revision: " + "a" * 40 + "\n  served_model_names: [m1]\n  max_lora_rank: 64\n"
+    "  lora_adapters:\n    - {name: sql, id: org/sql-lora, revision: " + "b" * 40 + "}\n"
+    "    - {name: chat, id: org/chat-lora, revision: " + "c" * 40 + "}\n"
+)
 
 
 def test_lora_adapters_render_flags_and_local_paths(tmp_path):
@@ -387,11 +455,14 @@ def test_lora_adapters_render_flags_and_local_paths(tmp_path):
     assert fleet.ok, fleet.diagnostics
     d = fleet.deployments[0]
     argv = list(d.argv)
-    assert argv[argv.index("--enable-lora"):] == [
-        "--enable-lora", "--lora-modules",
+    assert argv[argv.index("--enable-lora") :] == [
+        "--enable-lora",
+        "--lora-modules",
         "sql=/root/.cache/huggingface/fleetform-lora/sql-bbbbbbbbbbbb",
         "chat=/root/.cache/huggingface/fleetform-lora/chat-cccccccccccc",
-        "--max-lora-rank", "64"]
+        "--max-lora-rank",
+        "64",
+    ]
     assert d.model.names == ("m1", "sql", "chat")
     local = local_argv(d, LocalOptions(lora_dir=str(tmp_path / "lora")))
     assert f"sql={tmp_path}/lora/sql-bbbbbbbbbbbb" in local
@@ -417,8 +488,9 @@ def test_fetch_adapters_downloads_pinned_once(tmp_path, monkeypatch):
 
 def test_adapter_names_are_unique_across_the_fleet(tmp_path):
     (tmp_path / "a.yaml").write_text("name: a\n" + LORA + "gpu:\n  type: H100\n")
-    (tmp_path / "b.yaml").write_text(f"name: b\nmodel:\n  id: org/other\n  revision: {'e' * 40}\n"
-                                     "  served_model_names: [sql]\ngpu:\n  type: H100\n")
+    (tmp_path / "b.yaml").write_text(
+        f"name: b\nmodel:\n  id: org/other\n  revision: {'e' * 40}\n  served_model_names: [sql]\ngpu:\n  type: H100\n"
+    )
     fleet = resolve(load_fleet([str(tmp_path)]))
     [err] = [d for d in fleet.diagnostics if d.is_error]
     assert err.code == "duplicate-served-name" and err.mark.file.endswith("b.yaml") and "'sql'" in err.message

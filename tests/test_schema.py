@@ -12,10 +12,11 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from conftest import REPO
-from renderer.gpus import GPU_TYPES
 from renderer.config import vllm_args
 from renderer.config.schema import load_schema
+from renderer.gpus import GPU_TYPES
+
+from conftest import REPO
 
 SCHEMAS = ["deployment.schema.json", "fleet.schema.json"]
 
@@ -87,18 +88,30 @@ def test_managed_flags_point_at_real_fields():
 
 def test_check_jsonschema_accepts_examples_and_rejects_typo(tmp_path):
     """The peer tool, with the same schema files, agrees: editors and CI can use them."""
-    exe = shutil.which("check-jsonschema") or str(__import__("pathlib").Path(sys.executable).with_name("check-jsonschema"))
+    exe = shutil.which("check-jsonschema") or str(
+        __import__("pathlib").Path(sys.executable).with_name("check-jsonschema")
+    )
     files = [str(p) for p in sorted((REPO / "deployments").glob("*.yaml")) if p.name != "fleet.yaml"]
-    ok = subprocess.run([exe, "--schemafile", str(REPO / "schema/deployment.schema.json"), *files],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [exe, "--schemafile", str(REPO / "schema/deployment.schema.json"), *files], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    fleet = subprocess.run([exe, "--schemafile", str(REPO / "schema/fleet.schema.json"),
-                            str(REPO / "deployments/fleet.yaml")], capture_output=True, text=True)
+    fleet = subprocess.run(
+        [exe, "--schemafile", str(REPO / "schema/fleet.schema.json"), str(REPO / "deployments/fleet.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert fleet.returncode == 0, fleet.stdout + fleet.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text((REPO / "deployments/qwen2-5-7b-awq.yaml").read_text().replace("scaledown_window", "scaledown_windw"))
-    assert subprocess.run([exe, "--schemafile", str(REPO / "schema/deployment.schema.json"), str(bad)],
-                          capture_output=True).returncode == 1
+    bad.write_text(
+        (REPO / "deployments/qwen2-5-7b-awq.yaml").read_text().replace("scaledown_window", "scaledown_windw")
+    )
+    assert (
+        subprocess.run(
+            [exe, "--schemafile", str(REPO / "schema/deployment.schema.json"), str(bad)], capture_output=True
+        ).returncode
+        == 1
+    )
 
 
 def test_files_declare_schema_for_editors():
@@ -111,6 +124,7 @@ def test_files_declare_schema_for_editors():
 # --- the validator reads the schema as a deployment needs it -------------------------------------------------
 
 from renderer.config import schema as S  # noqa: E402
+
 from conftest import run_cli  # noqa: E402
 
 
@@ -190,9 +204,11 @@ def test_prices_are_finite_and_bounded(tmp_path):
     folder = tmp_path / "deployments"
     folder.mkdir()
     (folder / "demo.yaml").write_text((REPO / "deployments" / "qwen2-5-7b-awq.yaml").read_text())
-    for price, message in (("1.0e+400", "number 1.0e+400 is too large (infinite as a float)"),
-                           ("-0.5", "must be >= 0, got -0.5"),
-                           ("5000", "must be <= 1000, got 5000")):
+    for price, message in (
+        ("1.0e+400", "number 1.0e+400 is too large (infinite as a float)"),
+        ("-0.5", "must be >= 0, got -0.5"),
+        ("5000", "must be <= 1000, got 5000"),
+    ):
         (folder / "fleet.yaml").write_text(f"prices:\n  H100: {price}\n")
         result = run_cli("validate", str(folder))
         assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -205,10 +221,12 @@ def test_catch_all_messages_for_keywords_without_their_own():
     from renderer.config.validate import _schema_error_diags
 
     doc = load_text("x.yaml", b"a: b\n")
-    for schema, want in (({"const": "c"}, "must be 'c', got string 'b'"),
-                         ({"maxLength": 0}, "must be at most 0 characters, got 1"),
-                         ({"minLength": 2}, "must be at least 2 characters, got 1"),
-                         ({"type": "string", "format": "ipv4", "not": {"const": "b"}}, "does not satisfy the schema's `not`")):
+    for schema, want in (
+        ({"const": "c"}, "must be 'c', got string 'b'"),
+        ({"maxLength": 0}, "must be at most 0 characters, got 1"),
+        ({"minLength": 2}, "must be at least 2 characters, got 1"),
+        ({"type": "string", "format": "ipv4", "not": {"const": "b"}}, "does not satisfy the schema's `not`"),
+    ):
         errors = list(S.validator_class()({"properties": {"a": schema}}).iter_errors(doc.root.plain()))
         [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
         assert d.message.startswith(want), d.message

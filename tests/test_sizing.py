@@ -12,10 +12,10 @@ import pytest
 from rich.console import Console
 
 from renderer import sizing
-from renderer.diagnostics import Severity
-from renderer.gpus import GPU_TYPES
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+from renderer.diagnostics import Severity
+from renderer.gpus import GPU_TYPES
 from renderer.sizing import (
     GIB,
     ModelMetadata,
@@ -99,10 +99,18 @@ def test_mla_shape():
     assert s.num_experts == 64 and s.first_dense_layers == 1
 
 
-@pytest.mark.parametrize("name, billions", [
-    ("llama-3.1-8b", 8.03), ("llama-3.1-70b", 70.6), ("qwen2.5-7b", 7.62), ("deepseek-v2-lite", 15.7),
-    ("deepseek-v3", 671), ("llava-v1.6-mistral-7b", 7.24), ("mistral-small-3.1-24b", 23.6),
-])
+@pytest.mark.parametrize(
+    "name, billions",
+    [
+        ("llama-3.1-8b", 8.03),
+        ("llama-3.1-70b", 70.6),
+        ("qwen2.5-7b", 7.62),
+        ("deepseek-v2-lite", 15.7),
+        ("deepseek-v3", 671),
+        ("llava-v1.6-mistral-7b", 7.24),
+        ("mistral-small-3.1-24b", 23.6),
+    ],
+)
 def test_parameter_estimate_matches_published_counts(name, billions):
     assert parameter_count(shape(name)) / 1e9 == pytest.approx(billions, rel=0.01)
 
@@ -113,26 +121,36 @@ def test_llama_8b_parameters_exactly():
     assert parameter_count(shape("llama-3.1-8b")) == 1_050_673_152 + 32 * (41_943_040 + 176_160_768)
 
 
-@pytest.mark.parametrize("name, quant", [
-    ("llama-3.1-8b", "none"), ("llama-3.1-8b-instruct-fp8", "fp8"), ("qwen2.5-7b-instruct-awq", "awq"),
-    ("deepseek-v3", "fp8"),
-])
+@pytest.mark.parametrize(
+    "name, quant",
+    [
+        ("llama-3.1-8b", "none"),
+        ("llama-3.1-8b-instruct-fp8", "fp8"),
+        ("qwen2.5-7b-instruct-awq", "awq"),
+        ("deepseek-v3", "fp8"),
+    ],
+)
 def test_checkpoint_quantization(name, quant):
     assert shape(name).quantization == quant
 
 
 def test_compressed_tensors_int4_stays_compressed_tensors():
     cfg = config("llama-3.1-8b")
-    cfg["quantization_config"] = {"quant_method": "compressed-tensors", "config_groups": {
-        "group_0": {"weights": {"num_bits": 4, "type": "int"}}}}
+    cfg["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"weights": {"num_bits": 4, "type": "int"}}},
+    }
     assert shape_from_config(cfg).quantization == "compressed-tensors"
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda c: c.pop("num_attention_heads"), "config.json has no `num_attention_heads` (model_type 'llama')"),
-    (lambda c: c.update(num_hidden_layers="32"), "`num_hidden_layers` should be a non-negative integer"),
-    (lambda c: c.update(quantization_config={"quant_method": "mxfp4"}), "quantization 'mxfp4' is not one"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.pop("num_attention_heads"), "config.json has no `num_attention_heads` (model_type 'llama')"),
+        (lambda c: c.update(num_hidden_layers="32"), "`num_hidden_layers` should be a non-negative integer"),
+        (lambda c: c.update(quantization_config={"quant_method": "mxfp4"}), "quantization 'mxfp4' is not one"),
+    ],
+)
 def test_bad_configs_are_one_line_errors(mutate, message):
     cfg = config("llama-3.1-8b")
     mutate(cfg)
@@ -144,19 +162,22 @@ def test_bad_configs_are_one_line_errors(mutate, message):
 # --- KV bytes a token ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("llama-3.1-8b", 2 * 32 * 8 * 128 * 2),  # 131072 = 128 KiB
-    ("llama-3.1-70b", 2 * 80 * 8 * 128 * 2),  # 327680 = 320 KiB
-    ("mixtral-8x7b", 2 * 32 * 8 * 128 * 2),  # experts add weights, not KV
-    ("qwen2.5-7b", 2 * 28 * 4 * 128 * 2),  # 57344 = 56 KiB
-    ("qwen1.5-moe-a2.7b", 2 * 24 * 16 * 128 * 2),  # MHA: 196608 = 192 KiB
-    ("qwen2-vl-7b", 2 * 28 * 4 * 128 * 2),
-    ("llava-v1.6-mistral-7b", 2 * 32 * 8 * 128 * 2),
-    ("mistral-small-3.1-24b", 2 * 40 * 8 * 128 * 2),  # 163840 = 160 KiB
-    # MLA: one latent of kv_lora_rank + qk_rope_head_dim a layer, no factor 2, no heads.
-    ("deepseek-v2-lite", (512 + 64) * 27 * 2),  # 31104 bytes
-    ("deepseek-v3", (512 + 64) * 61 * 2),  # 70272 bytes
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("llama-3.1-8b", 2 * 32 * 8 * 128 * 2),  # 131072 = 128 KiB
+        ("llama-3.1-70b", 2 * 80 * 8 * 128 * 2),  # 327680 = 320 KiB
+        ("mixtral-8x7b", 2 * 32 * 8 * 128 * 2),  # experts add weights, not KV
+        ("qwen2.5-7b", 2 * 28 * 4 * 128 * 2),  # 57344 = 56 KiB
+        ("qwen1.5-moe-a2.7b", 2 * 24 * 16 * 128 * 2),  # MHA: 196608 = 192 KiB
+        ("qwen2-vl-7b", 2 * 28 * 4 * 128 * 2),
+        ("llava-v1.6-mistral-7b", 2 * 32 * 8 * 128 * 2),
+        ("mistral-small-3.1-24b", 2 * 40 * 8 * 128 * 2),  # 163840 = 160 KiB
+        # MLA: one latent of kv_lora_rank + qk_rope_head_dim a layer, no factor 2, no heads.
+        ("deepseek-v2-lite", (512 + 64) * 27 * 2),  # 31104 bytes
+        ("deepseek-v3", (512 + 64) * 61 * 2),  # 70272 bytes
+    ],
+)
 def test_kv_bytes_per_token_bf16(name, expected):
     assert kv_bytes_per_token(shape(name), 2) == expected
 
@@ -263,8 +284,9 @@ def test_concurrency_multiplies_tokens():
 
 def test_llama_70b_bf16_picks_two_a100_80gb():
     weights = int(70.55e9 * 2)  # 141.1 GB of BF16 weights = 131.4 GiB
-    s = size_model("meta-llama/Llama-3.1-70B-Instruct", REVISION, metadata("llama-3.1-70b", weights),
-                   max_model_len=8192)
+    s = size_model(
+        "meta-llama/Llama-3.1-70B-Instruct", REVISION, metadata("llama-3.1-70b", weights), max_model_len=8192
+    )
     # KV 8192 x 320 KiB = 2.5 GiB. 2 x A100-80GB: budget 144, 144 - 131.4 - 2.5 - 2 = 8.1 GiB, $5.00/h;
     # 1 x B200 ($6.25), 2 x RTX-PRO-6000 ($6.06), 8 x L4 ($6.39) also fit but cost more; 1 x H200 holds
     # only 126.9 GiB.
@@ -306,10 +328,13 @@ def test_quantize_on_load_halves_linear_layers():
     assert GPU_TYPES[s.chosen.gpu].supports_fp8
 
 
-@pytest.mark.parametrize("requested, message", [
-    ("awq", "this checkpoint is not quantized"),
-    ("none", None),
-])
+@pytest.mark.parametrize(
+    "requested, message",
+    [
+        ("awq", "this checkpoint is not quantized"),
+        ("none", None),
+    ],
+)
 def test_quantization_request_against_checkpoint(requested, message):
     m = metadata("llama-3.1-8b", LLAMA_8B_BYTES)
     if message is None:
@@ -334,8 +359,12 @@ def test_prices_override_the_ranking():
 
 
 def deployment(gpu: dict, model: dict | None = None, engine: dict | None = None) -> dict:
-    return {"name": "x", "model": {"id": "a/b", "revision": REVISION, **(model or {})}, "gpu": gpu,
-            "engine": engine or {}}
+    return {
+        "name": "x",
+        "model": {"id": "a/b", "revision": REVISION, **(model or {})},
+        "gpu": gpu,
+        "engine": engine or {},
+    }
 
 
 def test_check_fit_accepts_the_example_fleet(example_fleet):
@@ -360,8 +389,9 @@ def test_check_fit_kv_for_one_sequence():
 def test_check_fit_points_at_max_model_len_when_set():
     diag = check_fit(deployment({"type": "L4"}, {"max_model_len": 100000}), shape("llama-3.1-8b"), LLAMA_8B_BYTES)
     assert diag.path == ("model", "max_model_len")
-    assert check_fit(deployment({"type": "L4"}, {"max_model_len": 32768}), shape("llama-3.1-8b"),
-                     LLAMA_8B_BYTES) is None
+    assert (
+        check_fit(deployment({"type": "L4"}, {"max_model_len": 32768}), shape("llama-3.1-8b"), LLAMA_8B_BYTES) is None
+    )
 
 
 def test_check_fit_weights_alone():
@@ -391,8 +421,12 @@ def test_check_fit_uses_the_given_mark():
     from renderer.diagnostics import Mark
 
     marks = []
-    diag = check_fit(deployment({"type": "L4"}), shape("llama-3.1-8b"), LLAMA_8B_BYTES,
-                     mark=lambda *path: marks.append(path) or Mark("f.yaml", 7, 3))
+    diag = check_fit(
+        deployment({"type": "L4"}),
+        shape("llama-3.1-8b"),
+        LLAMA_8B_BYTES,
+        mark=lambda *path: marks.append(path) or Mark("f.yaml", 7, 3),
+    )
     assert marks == [("gpu", "type")] and str(diag.mark) == "f.yaml:7:3"
 
 
@@ -415,8 +449,9 @@ def test_weights_from_safetensors_sizes(tmp_path):
 
 def test_weights_from_index_total_size(tmp_path):
     folder = model_dir(tmp_path, files=[])
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": 16060522496},
-                                                                     "weight_map": {}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 16060522496}, "weight_map": {}})
+    )
     m = sizing.metadata_from_dir(folder)
     assert m.weights_bytes == 16060522496 and "total_size" in m.weights_source
 
@@ -465,9 +500,19 @@ def test_new_json(tmp_path, capsys):
     assert new(tmp_path, from_dir=str(folder), max_model_len=8192, format="json") == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kv_bytes_per_token"] == 131072
-    assert out["chosen"] == {"gpu": "L4", "count": 1, "tensor_parallel_size": 1, "weights_gib": 14.96,
-                             "kv_gib": 1.0, "overhead_gib": 1.0, "budget_gib": 21.6, "headroom_gib": 4.64,
-                             "usd_per_hour": 0.7992, "fits": True, "excluded": None}
+    assert out["chosen"] == {
+        "gpu": "L4",
+        "count": 1,
+        "tensor_parallel_size": 1,
+        "weights_gib": 14.96,
+        "kv_gib": 1.0,
+        "overhead_gib": 1.0,
+        "budget_gib": 21.6,
+        "headroom_gib": 4.64,
+        "usd_per_hour": 0.7992,
+        "fits": True,
+        "excluded": None,
+    }
     assert out["weights_source"] == "4 safetensors file(s) on disk"
     assert {(o["gpu"], o["count"]) for o in out["options"]} >= {("A10", 4), ("B200", 8)}
 
@@ -507,11 +552,14 @@ def test_config_without_fields_is_one_line(tmp_path, capsys):
     assert "config.json has no `hidden_size` (model_type 'mystery')" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"revision": "main"}, "pin a full 40-character commit hash"),
-    ({"model_id": "not a repo"}, "is not a Hugging Face repository id"),
-    ({"name": "Bad_Name"}, "--name 'Bad_Name'"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"revision": "main"}, "pin a full 40-character commit hash"),
+        ({"model_id": "not a repo"}, "is not a Hugging Face repository id"),
+        ({"name": "Bad_Name"}, "--name 'Bad_Name'"),
+    ],
+)
 def test_new_usage_errors(tmp_path, capsys, kw, message):
     assert new(tmp_path, **kw) == 2
     assert message in one_line_error(capsys)

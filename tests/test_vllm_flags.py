@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+
+from conftest import REPO
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm-0.26.0-serve-options.txt"
 ALL_KNOBS = Path(__file__).parent / "fixtures" / "all-knobs.yaml"
@@ -25,7 +26,7 @@ ALL_KNOBS = Path(__file__).parent / "fixtures" / "all-knobs.yaml"
 def vllm_options() -> set[str]:
     lines = FIXTURE.read_text().splitlines()
     assert lines[0].startswith("# `vllm serve` option strings of vLLM 0.26.0")
-    return {l for l in lines[1:] if l}
+    return {line for line in lines[1:] if line}
 
 
 def command_lines(tmp_path: Path) -> dict[str, list[str]]:
@@ -47,8 +48,17 @@ def test_every_flag_exists_in_vllm(tmp_path):
     lines = command_lines(tmp_path)
     emitted = {t for argv in lines.values() for t in argv if t.startswith("-")}
     # the all-knobs deployment really exercises every optional flag fleetform knows
-    assert {"--enable-sleep-mode", "--middleware", "--lora-modules", "--quantization", "--chat-template",
-            "--no-enable-prefix-caching", "--enforce-eager", "--no-enforce-eager", "--kv-cache-dtype"} <= emitted
+    assert {
+        "--enable-sleep-mode",
+        "--middleware",
+        "--lora-modules",
+        "--quantization",
+        "--chat-template",
+        "--no-enable-prefix-caching",
+        "--enforce-eager",
+        "--no-enforce-eager",
+        "--kv-cache-dtype",
+    } <= emitted
     unknown = sorted(emitted - options)
     assert unknown == [], f"flags the pinned vLLM does not accept: {unknown}"
 
@@ -84,8 +94,11 @@ def _specs(tmp_path):
     out = list(resolve(load_fleet([str(REPO / "deployments")])).deployments)
     out += resolve(load_fleet([str(ALL_KNOBS)])).deployments
     plain = tmp_path / "plain.yaml"
-    plain.write_text(ALL_KNOBS.read_text().replace("fast_boot: true", "fast_boot: false")
-                     .replace("enable_prefix_caching: false", "enable_prefix_caching: true"))
+    plain.write_text(
+        ALL_KNOBS.read_text()
+        .replace("fast_boot: true", "fast_boot: false")
+        .replace("enable_prefix_caching: false", "enable_prefix_caching: true")
+    )
     out += resolve(load_fleet([str(plain)])).deployments
     return out
 
@@ -126,20 +139,57 @@ def test_every_breaking_option_exists_in_the_pinned_vllm():
     assert set(vllm_args.BREAKING) <= set(options.by_dest), set(vllm_args.BREAKING) - set(options.by_dest)
 
 
-@pytest.mark.parametrize("arg", ["--api_key=x", "--API-KEY", "--api-ke", "--hf_token", "--enable_sleep_mode", "--host",
-                                 "--port=1", "--middleware", "--served_model_name", "--root-path", "--root_path=/x",
-                                 "--no-enable-prefix-caching", "--no-enable-sleep-mode", "--enable-lora",
-                                 "--tensor_parallel_size", "--ssl-certfile", "--config=x.yaml", "--uds", "-tp", "-q",
-                                 "-qfp8", "-tp=2", "--help", "-h", "--kv-cache-dtype=int3"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--api_key=x",
+        "--API-KEY",
+        "--api-ke",
+        "--hf_token",
+        "--enable_sleep_mode",
+        "--host",
+        "--port=1",
+        "--middleware",
+        "--served_model_name",
+        "--root-path",
+        "--root_path=/x",
+        "--no-enable-prefix-caching",
+        "--no-enable-sleep-mode",
+        "--enable-lora",
+        "--tensor_parallel_size",
+        "--ssl-certfile",
+        "--config=x.yaml",
+        "--uds",
+        "-tp",
+        "-q",
+        "-qfp8",
+        "-tp=2",
+        "--help",
+        "-h",
+        "--kv-cache-dtype=int3",
+    ],
+)
 def test_managed_and_unknown_spellings_are_refused(arg):
     problems = rules.extra_arg_problems([arg], load_options("0.26.0"))
     assert len(problems) == 1 and problems[0].index == 0 and problems[0].hint
 
 
-@pytest.mark.parametrize("args", [["--seed", "1"], ["--max-num-batched-tokens=8192"], ["--enable-chunked-prefill"],
-                                  ["--no-enable-chunked-prefill"], ["--max_num_batched_tokens", "8192"],
-                                  ["--override-generation-config", '{"temperature": 0.2}'], ["--seed", "-1"],
-                                  ["-dp", "2"], ["--ignore-patterns", "a", "b"], ["--allowed-origins", '["a"]'], ["--seed=3"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--seed", "1"],
+        ["--max-num-batched-tokens=8192"],
+        ["--enable-chunked-prefill"],
+        ["--no-enable-chunked-prefill"],
+        ["--max_num_batched_tokens", "8192"],
+        ["--override-generation-config", '{"temperature": 0.2}'],
+        ["--seed", "-1"],
+        ["-dp", "2"],
+        ["--ignore-patterns", "a", "b"],
+        ["--allowed-origins", '["a"]'],
+        ["--seed=3"],
+    ],
+)
 def test_real_options_pass(args):
     assert rules.extra_arg_problems(args, load_options("0.26.0")) == []
 
@@ -154,24 +204,84 @@ def test_abbreviations_unknown_flags_and_stray_values():
     assert "no option before it" in p.message
 
 
-DUMP = {"vllm_version": "9.9.9", "generated_by": "test", "options": [
-    {"dest": "gpu_memory_utilization", "flags": ["--gpu-memory-utilization"], "takes_value": True, "nargs": None,
-     "default": 0.5, "choices": None, "type": "float"},
-    {"dest": "tensor_parallel_size", "flags": ["--tensor-parallel-size", "-tp"], "takes_value": True, "nargs": None,
-     "default": 1, "choices": None, "type": "int"},
-    {"dest": "enforce_eager", "flags": ["--enforce-eager", "--no-enforce-eager"], "takes_value": False,
-     "nargs": 0, "default": False, "choices": None, "type": None},
-    {"dest": "kv_cache_dtype", "flags": ["--kv-cache-dtype"], "takes_value": True, "nargs": None, "default": "auto",
-     "choices": ["auto", "fp8"], "type": "str"},
-    {"dest": "dtype", "flags": ["--dtype"], "takes_value": True, "nargs": None, "default": "auto",
-     "choices": ["auto", "half", "float16", "bfloat16"], "type": "str"},
-    {"dest": "seed", "flags": ["--seed", "-s"], "takes_value": True, "nargs": None, "default": 0, "choices": None,
-     "type": "int"},
-    {"dest": "tokenizer_mode", "flags": ["--tokenizer-mode"], "takes_value": True, "nargs": None, "default": "auto",
-     "choices": ["auto", "slow"], "type": "str"},
-    {"dest": "trust_remote_code", "flags": ["--trust-remote-code"], "takes_value": False, "nargs": 0,
-     "default": False, "choices": None, "type": None},
-]}
+DUMP = {
+    "vllm_version": "9.9.9",
+    "generated_by": "test",
+    "options": [
+        {
+            "dest": "gpu_memory_utilization",
+            "flags": ["--gpu-memory-utilization"],
+            "takes_value": True,
+            "nargs": None,
+            "default": 0.5,
+            "choices": None,
+            "type": "float",
+        },
+        {
+            "dest": "tensor_parallel_size",
+            "flags": ["--tensor-parallel-size", "-tp"],
+            "takes_value": True,
+            "nargs": None,
+            "default": 1,
+            "choices": None,
+            "type": "int",
+        },
+        {
+            "dest": "enforce_eager",
+            "flags": ["--enforce-eager", "--no-enforce-eager"],
+            "takes_value": False,
+            "nargs": 0,
+            "default": False,
+            "choices": None,
+            "type": None,
+        },
+        {
+            "dest": "kv_cache_dtype",
+            "flags": ["--kv-cache-dtype"],
+            "takes_value": True,
+            "nargs": None,
+            "default": "auto",
+            "choices": ["auto", "fp8"],
+            "type": "str",
+        },
+        {
+            "dest": "dtype",
+            "flags": ["--dtype"],
+            "takes_value": True,
+            "nargs": None,
+            "default": "auto",
+            "choices": ["auto", "half", "float16", "bfloat16"],
+            "type": "str",
+        },
+        {
+            "dest": "seed",
+            "flags": ["--seed", "-s"],
+            "takes_value": True,
+            "nargs": None,
+            "default": 0,
+            "choices": None,
+            "type": "int",
+        },
+        {
+            "dest": "tokenizer_mode",
+            "flags": ["--tokenizer-mode"],
+            "takes_value": True,
+            "nargs": None,
+            "default": "auto",
+            "choices": ["auto", "slow"],
+            "type": "str",
+        },
+        {
+            "dest": "trust_remote_code",
+            "flags": ["--trust-remote-code"],
+            "takes_value": False,
+            "nargs": 0,
+            "default": False,
+            "choices": None,
+            "type": None,
+        },
+    ],
+}
 
 
 @pytest.fixture
@@ -205,18 +315,24 @@ def test_a_full_dump_knows_aliases_values_and_choices(dumped: VllmOptions):
 
 def test_values_fleetform_passes_are_checked_against_vllms_choices(dumped, tmp_path):
     path = tmp_path / "d.yaml"
-    path.write_text("name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  dtype: float32\n"
-                    "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n  kv_cache_dtype: fp8_e5m2\n")
+    path.write_text(
+        "name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  dtype: float32\n"
+        "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n  kv_cache_dtype: fp8_e5m2\n"
+    )
     fleet = resolve(load_fleet([str(path)]))
     got = [(d.code, d.path, d.hint) for d in fleet.diagnostics]
-    assert got == [("vllm-choice", ("model", "dtype"), "choose one of auto, half, float16, bfloat16"),
-                   ("vllm-choice", ("engine", "kv_cache_dtype"), "choose one of auto, fp8")]
+    assert got == [
+        ("vllm-choice", ("model", "dtype"), "choose one of auto, half, float16, bfloat16"),
+        ("vllm-choice", ("engine", "kv_cache_dtype"), "choose one of auto, fp8"),
+    ]
 
 
 def test_the_fit_rules_take_vllms_default_utilization_from_the_dump(dumped, tmp_path):
     path = tmp_path / "d.yaml"
-    path.write_text("name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  parameters_b: 30\n"
-                    "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n")
+    path.write_text(
+        "name: demo\nmodel:\n  id: a/b\n  revision: " + "a" * 40 + "\n  parameters_b: 30\n"
+        "gpu:\n  type: H100\nengine:\n  vllm_version: 9.9.9\n"
+    )
     [d] = resolve(load_fleet([str(path)])).diagnostics
     assert d.code == "weights-fit" and "at 0.5 utilization hold 40 GiB" in d.message
 
@@ -245,7 +361,9 @@ def test_schema_descriptions_state_the_pinned_vllms_defaults():
             stated = _as_value(next(g for g in m.groups() if g is not None))
             checked[row.field] = stated
             assert options.by_flag[row.flags[0]].default == stated, (row.field, stated)
-    assert {"engine.gpu_memory_utilization", "model.dtype", "model.max_lora_rank", "engine.kv_cache_dtype"} <= set(checked)
+    assert {"engine.gpu_memory_utilization", "model.dtype", "model.max_lora_rank", "engine.kv_cache_dtype"} <= set(
+        checked
+    )
 
 
 def load_schema_default(section: str, prop: str):
@@ -255,8 +373,11 @@ def load_schema_default(section: str, prop: str):
 def test_schema_enums_are_among_vllms_choices():
     """Values fleetform passes for an enum field are ones the pinned vLLM accepts."""
     options = load_options(load_schema_default("engine", "vllm_version"))
-    for field, flag in (("model.dtype", "--dtype"), ("engine.kv_cache_dtype", "--kv-cache-dtype"),
-                        ("model.max_lora_rank", "--max-lora-rank")):
+    for field, flag in (
+        ("model.dtype", "--dtype"),
+        ("engine.kv_cache_dtype", "--kv-cache-dtype"),
+        ("model.max_lora_rank", "--max-lora-rank"),
+    ):
         section, prop = field.split(".")
         enum = S.load_schema(S.DEPLOYMENT_SCHEMA)["$defs"][section]["properties"][prop]["enum"]
         assert {str(v) for v in enum} <= set(options.by_flag[flag].choices), field

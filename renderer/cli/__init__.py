@@ -50,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetform",
         description="Declare an LLM fleet in YAML; validate it, render it into Modal apps that run vLLM, "
-                    "plan, deploy, test and benchmark it.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+        "plan, deploy, test and benchmark it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"fleetform {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -82,7 +84,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a fleetform bug: one line, unless debugging
         if os.environ.get("FLEETFORM_DEBUG"):
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (set FLEETFORM_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"internal error: {type(exc).__name__}: {exc} (set FLEETFORM_DEBUG=1 for a traceback)", file=sys.stderr)
         return ExitCode.INVALID
-

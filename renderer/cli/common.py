@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from renderer.cli.output import FORMATS, CliError, ExitCode, TextReporter
 
@@ -13,8 +14,12 @@ RAW = argparse.RawDescriptionHelpFormatter
 
 
 def add_common(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -> None:
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="deployment files or folders (default: deployments/); fleet.yaml in a folder holds defaults")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="deployment files or folders (default: deployments/); fleet.yaml in a folder holds defaults",
+    )
     p.add_argument("--env", metavar="ENV", help="apply the overrides of this environment from fleet.yaml")
     p.add_argument("--format", choices=formats, default="text", help="output format (default: text)")
 
@@ -26,8 +31,9 @@ def _number(kind: type, text: str) -> Any:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+        ) from None
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
@@ -35,6 +41,7 @@ def _number(kind: type, text: str) -> Any:
 
 def positive(kind: type = float) -> Callable[[str], Any]:
     """A number above 0 (a timeout, a rate, a count)."""
+
     def parse(text: str) -> Any:
         value = _number(kind, text)
         if value <= 0:
@@ -47,6 +54,7 @@ def positive(kind: type = float) -> Callable[[str], Any]:
 
 def non_negative(kind: type = int) -> Callable[[str], Any]:
     """A number of at least 0 (a seed)."""
+
     def parse(text: str) -> Any:
         value = _number(kind, text)
         if value < 0:
@@ -83,8 +91,9 @@ def positive_list(kind: type) -> Callable[[str], list]:
         try:
             return [one(x) for x in parts]
         except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"expected comma-separated numbers above 0, got {text!r} ({exc})") \
-                from None
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated numbers above 0, got {text!r} ({exc})"
+            ) from None
 
     parse.__name__ = f"{kind.__name__} list"
     return parse
@@ -93,9 +102,16 @@ def positive_list(kind: type) -> Callable[[str], list]:
 # --- load -> validate -> resolve -> render --------------------------------------------------------------------
 
 
-def resolve_fleet(paths: list[str] | None, env: str | None, report: TextReporter, *, usage: int = ExitCode.USAGE,
-                  invalid: str = "nothing was rendered or deployed", title: str | None = None,
-                  on_invalid: Callable | None = None) -> Any:
+def resolve_fleet(
+    paths: list[str] | None,
+    env: str | None,
+    report: TextReporter,
+    *,
+    usage: int = ExitCode.USAGE,
+    invalid: str = "nothing was rendered or deployed",
+    title: str | None = None,
+    on_invalid: Callable | None = None,
+) -> Any:
     """load -> validate -> resolve; reports diagnostics; raises CliError on errors (`usage`: the code for
     no files or an unknown environment)."""
     from renderer.config.load import load_fleet
@@ -116,8 +132,12 @@ def resolve_fleet(paths: list[str] | None, env: str | None, report: TextReporter
         if on_invalid is not None:
             on_invalid(resolved)
         n = sum(d.is_error for d in resolved.diagnostics)
-        raise CliError(f"{n} error(s){f' in {title}' if title else ''}; {invalid}", ExitCode.INVALID, plain=True,
-                       doc={"ok": False, "diagnostics": diagnostics_json(resolved.diagnostics)})
+        raise CliError(
+            f"{n} error(s){f' in {title}' if title else ''}; {invalid}",
+            ExitCode.INVALID,
+            plain=True,
+            doc={"ok": False, "diagnostics": diagnostics_json(resolved.diagnostics)},
+        )
     return resolved
 
 
@@ -161,7 +181,6 @@ def backend() -> Any:
     return modal_api.default_backend()
 
 
-
 class LazyChoices:
     """argparse `choices` read from a library constant only when argparse needs them (a value to
     check, or --help), so building the parser imports nothing beyond the standard library."""
@@ -186,8 +205,10 @@ class LazyChoices:
 
 def schema_enum(*path: str) -> LazyChoices:
     """The `enum` of a deployment-schema property, e.g. schema_enum("model", "quantization")."""
+
     def load() -> list:
         from renderer.config.schema import DEPLOYMENT_SCHEMA, subschema_at
 
         return list((subschema_at(DEPLOYMENT_SCHEMA, path) or {})["enum"])
+
     return LazyChoices(load)

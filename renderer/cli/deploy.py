@@ -23,70 +23,100 @@ def _strategies() -> tuple[str, ...]:
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("deploy", help="deploy what changed to Modal, smoke test it, roll back what fails",
-                       description="Render the fleet, compare each deployment with the app Modal runs (its "
-                                   "ff-<content hash> tag) and deploy only what changed, several at a time. Each "
-                                   "deployed app is smoke tested (health, /v1/models, one chat completion); one that "
-                                   "fails is rolled back to the version live before (a first deploy is stopped). Asks "
-                                   "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
-                                   f"finish. {NEEDS} See docs/deploying.md.",
-                       epilog="examples:\n"
-                              "  fleetform deploy --env prod --dry-run          what would be deployed, nothing more\n"
-                              "  fleetform deploy --env prod                    ask, then deploy what changed\n"
-                              "  fleetform deploy --only llama-3-1-8b-fp8 --yes one deployment, no question\n"
-                              "  fleetform deploy --env prod --yes --format json   for CI: one JSON report on stdout\n"
-                              "\nexit codes: 0 all deployed or unchanged, 1 a deployment or the run failed, "
-                              "2 usage error", formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "deploy",
+        help="deploy what changed to Modal, smoke test it, roll back what fails",
+        description="Render the fleet, compare each deployment with the app Modal runs (its "
+        "ff-<content hash> tag) and deploy only what changed, several at a time. Each "
+        "deployed app is smoke tested (health, /v1/models, one chat completion); one that "
+        "fails is rolled back to the version live before (a first deploy is stopped). Asks "
+        "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
+        f"finish. {NEEDS} See docs/deploying.md.",
+        epilog="examples:\n"
+        "  fleetform deploy --env prod --dry-run          what would be deployed, nothing more\n"
+        "  fleetform deploy --env prod                    ask, then deploy what changed\n"
+        "  fleetform deploy --only llama-3-1-8b-fp8 --yes one deployment, no question\n"
+        "  fleetform deploy --env prod --yes --format json   for CI: one JSON report on stdout\n"
+        "\nexit codes: 0 all deployed or unchanged, 1 a deployment or the run failed, "
+        "2 usage error",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_common(p, ("text", "json"))
     p.add_argument("--only", action="append", metavar="NAME", help="deploy just this deployment (repeatable)")
     p.add_argument("--parallel", type=int, default=4, metavar="N", help="deploys at a time (default: 4)")
     p.add_argument("--dry-run", action="store_true", help="show what would be deployed; deploy nothing")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)")
-    p.add_argument("--no-rollback", action="store_true",
-                   help="leave a version that fails its smoke test live, for debugging")
+    p.add_argument(
+        "--no-rollback", action="store_true", help="leave a version that fails its smoke test live, for debugging"
+    )
     p.add_argument("--fail-fast", action="store_true", help="after the first failure, start no new deploy")
-    p.add_argument("--strategy", choices=LazyChoices(_strategies), default="rolling", metavar="{rolling,recreate}",
-                   help="Modal's deployment strategy: rolling starts new containers before old ones drain "
-                        "(default); recreate stops the old ones first")
-    p.add_argument("--skip-smoke-test", action="store_true",
-                   help="do not test deployed apps (so nothing is ever rolled back)")
-    p.add_argument("--adopt", action="store_true",
-                   help="deploy over an app of the same name that fleetform does not manage (one made by hand or "
-                        "another tool): its running version is replaced and fleetform manages it from then on, "
-                        "so whatever deployed it before loses it. Check the name with `fleetform plan` first")
+    p.add_argument(
+        "--strategy",
+        choices=LazyChoices(_strategies),
+        default="rolling",
+        metavar="{rolling,recreate}",
+        help="Modal's deployment strategy: rolling starts new containers before old ones drain "
+        "(default); recreate stops the old ones first",
+    )
+    p.add_argument(
+        "--skip-smoke-test", action="store_true", help="do not test deployed apps (so nothing is ever rolled back)"
+    )
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="deploy over an app of the same name that fleetform does not manage (one made by hand or "
+        "another tool): its running version is replaced and fleetform manages it from then on, "
+        "so whatever deployed it before loses it. Check the name with `fleetform plan` first",
+    )
     p.set_defaults(func=run_deploy)
 
-    p = sub.add_parser("status", help="show what Modal runs for each deployment: in sync, drifted, not deployed",
-                       description="Per deployment: the live version and its tag, the tag the YAML renders to, "
-                                   "the state (in sync, drifted, not deployed, unmanaged) and the URL; then the "
-                                   f"orphans, managed apps no YAML describes. {NEEDS}",
-                       epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "status",
+        help="show what Modal runs for each deployment: in sync, drifted, not deployed",
+        description="Per deployment: the live version and its tag, the tag the YAML renders to, "
+        "the state (in sync, drifted, not deployed, unmanaged) and the URL; then the "
+        f"orphans, managed apps no YAML describes. {NEEDS}",
+        epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_common(p, ("text", "json"))
     p.set_defaults(func=run_status)
 
-    p = sub.add_parser("rollback", help="make an earlier version of a deployed app live again",
-                       description="Roll a managed app back to the version before the live one (skipping versions "
-                                   "that ran the same module), or to --to VERSION. Modal records the rollback as a "
-                                   "new version; `status` then shows the app as drifted until the YAML matches. "
-                                   f"Apps fleetform does not manage are refused. {NEEDS}",
-                       epilog="examples:\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
-                              "  fleetform rollback llama-3-1-8b-fp8 --to v3\n"
-                              "  fleetform rollback llama-3-1-8b-fp8 --to ff-1a2b3c4d5e6f",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "rollback",
+        help="make an earlier version of a deployed app live again",
+        description="Roll a managed app back to the version before the live one (skipping versions "
+        "that ran the same module), or to --to VERSION. Modal records the rollback as a "
+        "new version; `status` then shows the app as drifted until the YAML matches. "
+        f"Apps fleetform does not manage are refused. {NEEDS}",
+        epilog="examples:\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
+        "  fleetform rollback llama-3-1-8b-fp8 --to v3\n"
+        "  fleetform rollback llama-3-1-8b-fp8 --to ff-1a2b3c4d5e6f",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     p.add_argument("name", help="the deployment (or orphaned app) to roll back")
     add_common(p, ("text", "json"))
-    p.add_argument("--to", metavar="VERSION",
-                   help="a version number (v3 or 3, as `modal app history` lists them) or a deployment tag (ff-...)")
+    p.add_argument(
+        "--to",
+        metavar="VERSION",
+        help="a version number (v3 or 3, as `modal app history` lists them) or a deployment tag (ff-...)",
+    )
     p.set_defaults(func=run_rollback)
 
-    p = sub.add_parser("destroy", help="stop a deployed app: its containers terminate, its URL stops answering",
-                       description="Stop a managed app, after a yes/no question unless --yes (without a terminal, "
-                                   "--yes is required). Volumes with the weights and caches are kept. Apps fleetform "
-                                   f"does not manage are refused. {NEEDS}",
-                       epilog="examples:\n  fleetform destroy old-model --env dev\n"
-                              "  fleetform destroy old-model --env dev --yes --format json",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "destroy",
+        help="stop a deployed app: its containers terminate, its URL stops answering",
+        description="Stop a managed app, after a yes/no question unless --yes (without a terminal, "
+        "--yes is required). Volumes with the weights and caches are kept. Apps fleetform "
+        f"does not manage are refused. {NEEDS}",
+        epilog="examples:\n  fleetform destroy old-model --env dev\n"
+        "  fleetform destroy old-model --env dev --yes --format json",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     p.add_argument("name", help="the deployment (or orphaned app) to stop")
     add_common(p, ("text", "json"))
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -109,14 +139,22 @@ def _emit(report: TextReporter, result: Any, failed: bool) -> int:
 
 def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.cli.output import console
-    from renderer.deploy.run import DeployOptions, run_deploy as deploy
+    from renderer.deploy.run import DeployOptions
+    from renderer.deploy.run import run_deploy as deploy
 
     resolved = resolve_args(args, report)
     apps = render_apps(resolved)
     options = DeployOptions(
-        only=tuple(args.only or ()), parallel=args.parallel, dry_run=args.dry_run, yes=args.yes,
-        rollback=not args.no_rollback, fail_fast=args.fail_fast, format=args.format,
-        smoke_test=not args.skip_smoke_test, strategy=args.strategy, adopt=args.adopt,
+        only=tuple(args.only or ()),
+        parallel=args.parallel,
+        dry_run=args.dry_run,
+        yes=args.yes,
+        rollback=not args.no_rollback,
+        fail_fast=args.fail_fast,
+        format=args.format,
+        smoke_test=not args.skip_smoke_test,
+        strategy=args.strategy,
+        adopt=args.adopt,
         modal_env=resolved.modal_env,
     )
     try:

@@ -29,69 +29,114 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("target", metavar="TARGET", help="a deployment name (its URL comes from Modal) or a base URL")
         p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
         p.add_argument("--env", metavar="ENV", help="environment of the deployment")
-        p.add_argument("--deployment", metavar="NAME",
-                       help="with a URL: take served names and auth from this deployment")
-        p.add_argument("--model", action="append", metavar="NAME",
-                       help="model name to use (repeatable for test; default: the deployment's served names, or for "
-                            "a bare URL those the server lists at /v1/models)")
-        p.add_argument("--auth", choices=AUTH_KINDS,
-                       help="proxy: MODAL_PROXY_TOKEN_ID/SECRET; api_key: Bearer from --api-key-env (default: the "
-                            "deployment's mode, or none for a bare URL)")
-        p.add_argument("--api-key-env", default="FLEETFORM_API_KEY", metavar="VAR",
-                       help="environment variable holding the API key (default: FLEETFORM_API_KEY)")
+        p.add_argument(
+            "--deployment", metavar="NAME", help="with a URL: take served names and auth from this deployment"
+        )
+        p.add_argument(
+            "--model",
+            action="append",
+            metavar="NAME",
+            help="model name to use (repeatable for test; default: the deployment's served names, or for "
+            "a bare URL those the server lists at /v1/models)",
+        )
+        p.add_argument(
+            "--auth",
+            choices=AUTH_KINDS,
+            help="proxy: MODAL_PROXY_TOKEN_ID/SECRET; api_key: Bearer from --api-key-env (default: the "
+            "deployment's mode, or none for a bare URL)",
+        )
+        p.add_argument(
+            "--api-key-env",
+            default="FLEETFORM_API_KEY",
+            metavar="VAR",
+            help="environment variable holding the API key (default: FLEETFORM_API_KEY)",
+        )
         p.add_argument("--format", choices=("text", "json"), default="text")
-        p.add_argument("--health-timeout", type=positive(float), default=600.0, metavar="S",
-                       help="seconds to wait for /health, e.g. for a cold start (default: 600)")
+        p.add_argument(
+            "--health-timeout",
+            type=positive(float),
+            default=600.0,
+            metavar="S",
+            help="seconds to wait for /health, e.g. for a cold start (default: 600)",
+        )
         p.add_argument("--timeout", dest="health_timeout", type=positive(float), help=argparse.SUPPRESS)  # old name
 
-    p = sub.add_parser("test", help="smoke-test an endpoint: health, models, chat, streaming chat",
-                       description="Check a deployment end to end: GET /health (waiting out a cold start), "
-                                   "/v1/models lists every served name, one chat completion and one streaming chat "
-                                   "completion per prompt (the reference example's two system prompts by default). "
-                                   "Prints status, time to first token, tokens/s and the text.",
-                       epilog="examples:\n  fleetform test llama-3-1-8b-fp8\n"
-                              "  fleetform test http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8\n"
-                              "  fleetform test http://127.0.0.1:8000 --model llm --prompt 'Say hi.'",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "test",
+        help="smoke-test an endpoint: health, models, chat, streaming chat",
+        description="Check a deployment end to end: GET /health (waiting out a cold start), "
+        "/v1/models lists every served name, one chat completion and one streaming chat "
+        "completion per prompt (the reference example's two system prompts by default). "
+        "Prints status, time to first token, tokens/s and the text.",
+        epilog="examples:\n  fleetform test llama-3-1-8b-fp8\n"
+        "  fleetform test http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8\n"
+        "  fleetform test http://127.0.0.1:8000 --model llm --prompt 'Say hi.'",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_target(p)
     p.add_argument("--prompt", action="append", metavar="TEXT", help="user prompt (repeatable)")
     p.add_argument("--max-tokens", type=positive(int), default=256, metavar="N")
     p.set_defaults(func=run_test)
 
-    p = sub.add_parser("bench", help="load-test an endpoint with vLLM's serving metrics",
-                       description="Generate load against /v1/chat/completions (streaming, token counts from the "
-                                   "server's usage) and report request and token throughput, TTFT, TPOT, ITL and "
-                                   "end-to-end latency (mean, median, p90, p99) as `vllm bench serve` defines them, "
-                                   "plus errors by kind.",
-                       epilog="examples:\n  fleetform bench llama-3-1-8b-fp8 --concurrency 1,16,64 --num-requests 200\n"
-                              "  fleetform bench http://127.0.0.1:8000 --model llm --request-rate 4 --duration 60\n"
-                              "  fleetform bench URL --model llm --input-len 512 --output-len 128 --ignore-eos "
-                              "--output results.json", formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "bench",
+        help="load-test an endpoint with vLLM's serving metrics",
+        description="Generate load against /v1/chat/completions (streaming, token counts from the "
+        "server's usage) and report request and token throughput, TTFT, TPOT, ITL and "
+        "end-to-end latency (mean, median, p90, p99) as `vllm bench serve` defines them, "
+        "plus errors by kind.",
+        epilog="examples:\n  fleetform bench llama-3-1-8b-fp8 --concurrency 1,16,64 --num-requests 200\n"
+        "  fleetform bench http://127.0.0.1:8000 --model llm --request-rate 4 --duration 60\n"
+        "  fleetform bench URL --model llm --input-len 512 --output-len 128 --ignore-eos "
+        "--output results.json",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_target(p)
-    p.add_argument("--concurrency", type=positive_list(int), metavar="C[,C...]",
-                   help="closed loop: sweep these concurrency levels (default 1)")
-    p.add_argument("--request-rate", type=positive_list(float), metavar="R[,R...]",
-                   help="open loop: Poisson arrivals at R requests/s (each rate a level)")
-    p.add_argument("--max-concurrency", type=positive(int), metavar="N",
-                   help="open loop (with --request-rate): cap on requests in flight")
-    p.add_argument("--num-requests", type=positive(int), metavar="N",
-                   help="requests per level (default 100 without --duration)")
+    p.add_argument(
+        "--concurrency",
+        type=positive_list(int),
+        metavar="C[,C...]",
+        help="closed loop: sweep these concurrency levels (default 1)",
+    )
+    p.add_argument(
+        "--request-rate",
+        type=positive_list(float),
+        metavar="R[,R...]",
+        help="open loop: Poisson arrivals at R requests/s (each rate a level)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=positive(int),
+        metavar="N",
+        help="open loop (with --request-rate): cap on requests in flight",
+    )
+    p.add_argument(
+        "--num-requests", type=positive(int), metavar="N", help="requests per level (default 100 without --duration)"
+    )
     p.add_argument("--duration", type=positive(float), metavar="S", help="seconds per level")
-    p.add_argument("--input-len", type=positive(int), default=128, metavar="N",
-                   help="synthetic prompt length (~tokens)")
+    p.add_argument(
+        "--input-len", type=positive(int), default=128, metavar="N", help="synthetic prompt length (~tokens)"
+    )
     p.add_argument("--output-len", type=positive(int), default=128, metavar="N", help="max_tokens of each request")
     p.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
     p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
     p.add_argument("--seed", type=non_negative(int), default=0)
-    p.add_argument("--output", metavar="FILE", help="write config and results as JSON (the document --format json "
-                                                    "prints)")
+    p.add_argument(
+        "--output", metavar="FILE", help="write config and results as JSON (the document --format json prints)"
+    )
     p.set_defaults(func=run_bench)
 
-    p = sub.add_parser("serve", help="run a deployment's vLLM command on this machine",
-                       description="Run the exact vLLM command line the rendered app runs, on this machine's GPU, "
-                                   "wait until it is healthy, and stream its logs. Ctrl-C stops it.",
-                       epilog="example: fleetform serve llama-3-1-8b-fp8 --local --model-path /models/llama "
-                              "--load-format dummy", formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "serve",
+        help="run a deployment's vLLM command on this machine",
+        description="Run the exact vLLM command line the rendered app runs, on this machine's GPU, "
+        "wait until it is healthy, and stream its logs. Ctrl-C stops it.",
+        epilog="example: fleetform serve llama-3-1-8b-fp8 --local --model-path /models/llama --load-format dummy",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     p.add_argument("name", help="the deployment to serve")
     p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
     p.add_argument("--env", metavar="ENV", help="apply this environment's overrides")
@@ -99,11 +144,17 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model-path", metavar="DIR", help="serve a local copy of the model instead of the hub id")
     p.add_argument("--load-format", metavar="FMT", help="vLLM --load-format, e.g. dummy for random weights")
     p.add_argument("--port", type=port, help="port to listen on (default: the deployment's)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the port to the "
-                        "network)")
-    p.add_argument("--vllm", type=command_line, metavar="CMD", help='the vLLM executable (default: "vllm"), e.g. '
-                                                                    '"python3 -m vllm.entrypoints.cli.main"')
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the port to the network)",
+    )
+    p.add_argument(
+        "--vllm",
+        type=command_line,
+        metavar="CMD",
+        help='the vLLM executable (default: "vllm"), e.g. "python3 -m vllm.entrypoints.cli.main"',
+    )
     p.add_argument("--startup-timeout", type=positive(int), metavar="S", help="seconds to wait for health")
     p.add_argument("--print-argv", action="store_true", help="print the command line and exit")
     p.set_defaults(func=run_serve, format="text")
@@ -144,8 +195,9 @@ def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[st
 
 def say_waiting(url: str, timeout: float) -> None:
     """Waiting for /health can take minutes (a cold start): say so before the first request."""
-    print(f"checking {url.rstrip('/')}/health (waits up to {timeout:g} s for a cold start)", file=sys.stderr,
-          flush=True)
+    print(
+        f"checking {url.rstrip('/')}/health (waits up to {timeout:g} s for a cold start)", file=sys.stderr, flush=True
+    )
 
 
 @dataclass
@@ -171,8 +223,9 @@ def run_test(args: argparse.Namespace, report: TextReporter) -> SmokeResult:
     try:
         endpoint, names = target(args, report)  # no names: those the server lists at /v1/models
         say_waiting(endpoint.base_url, args.health_timeout)
-        smoke = run_smoke(endpoint, names, prompts=args.prompt or None, health_timeout=args.health_timeout,
-                          max_tokens=args.max_tokens)
+        smoke = run_smoke(
+            endpoint, names, prompts=args.prompt or None, health_timeout=args.health_timeout, max_tokens=args.max_tokens
+        )
     except ClientError as exc:
         raise CliError(exc.message) from None
     return SmokeResult(smoke)
@@ -193,9 +246,11 @@ class BenchRun:
     def to_dict(self) -> dict[str, Any]:
         """The one document --format json prints and --output writes: the config and the results."""
         c = self.config
-        return {"config": {k: v for k, v in c.__dict__.items() if k != "dataset"} |
-                {"dataset": str(c.dataset) if c.dataset else None, "base_url": self.base_url},
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "config": {k: v for k, v in c.__dict__.items() if k != "dataset"}
+            | {"dataset": str(c.dataset) if c.dataset else None, "base_url": self.base_url},
+            "results": [r.to_dict() for r in self.results],
+        }
 
     def render(self, console: Any) -> None:
         from renderer.cli.views import render_bench_results
@@ -210,13 +265,22 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
     from renderer.endpoint.client import ClientError
 
     if args.max_concurrency is not None and not args.request_rate:
-        raise CliError("--max-concurrency caps the open loop of --request-rate; for a closed loop use --concurrency",
-                       ExitCode.USAGE)
+        raise CliError(
+            "--max-concurrency caps the open loop of --request-rate; for a closed loop use --concurrency",
+            ExitCode.USAGE,
+        )
     config = BenchConfig(
-        concurrency=tuple(args.concurrency or [1]), request_rates=args.request_rate,
-        max_concurrency=args.max_concurrency, num_requests=args.num_requests,
-        duration=args.duration, input_len=args.input_len, output_len=args.output_len, ignore_eos=args.ignore_eos,
-        dataset=args.dataset, seed=args.seed, health_timeout=args.health_timeout,
+        concurrency=tuple(args.concurrency or [1]),
+        request_rates=args.request_rate,
+        max_concurrency=args.max_concurrency,
+        num_requests=args.num_requests,
+        duration=args.duration,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        ignore_eos=args.ignore_eos,
+        dataset=args.dataset,
+        seed=args.seed,
+        health_timeout=args.health_timeout,
     )
     if config.num_requests is None and config.duration is None:
         config = dataclasses.replace(config, num_requests=100)
@@ -227,8 +291,9 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
     try:
         endpoint, names = target(args, report)
         say_waiting(endpoint.base_url, args.health_timeout)
-        results = run_bench_sync(endpoint, names[0] if names else None, config, progress=True,
-                                 console=console(stderr=args.format == "json"))
+        results = run_bench_sync(
+            endpoint, names[0] if names else None, config, progress=True, console=console(stderr=args.format == "json")
+        )
     except ClientError as exc:
         raise CliError(exc.message) from None
     result = BenchRun(config, endpoint.base_url, results)
@@ -251,18 +316,26 @@ def run_serve(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.endpoint.serve import LocalOptions, ServeError, local_argv, run_local
 
     if not args.local:
-        raise CliError("serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)",
-                       ExitCode.USAGE)
+        raise CliError(
+            "serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)", ExitCode.USAGE
+        )
     d = one(resolve_args(args, report), args.name)
-    opts = LocalOptions(model_path=args.model_path, load_format=args.load_format, port=args.port, host=args.host,
-                        vllm=args.vllm + ("serve",) if args.vllm else LocalOptions.vllm,
-                        startup_timeout=args.startup_timeout)
+    opts = LocalOptions(
+        model_path=args.model_path,
+        load_format=args.load_format,
+        port=args.port,
+        host=args.host,
+        vllm=args.vllm + ("serve",) if args.vllm else LocalOptions.vllm,
+        startup_timeout=args.startup_timeout,
+    )
     if args.print_argv:
         print(shlex.join(local_argv(d, opts)))
         return ExitCode.OK
     if shutil.which(opts.vllm[0]) is None:
-        raise CliError(f"cannot run {opts.vllm[0]!r}: it is not on PATH. Install vLLM (pip install vllm) on a machine "
-                       "with a GPU, or name its command with --vllm")
+        raise CliError(
+            f"cannot run {opts.vllm[0]!r}: it is not on PATH. Install vLLM (pip install vllm) on a machine "
+            "with a GPU, or name its command with --vllm"
+        )
     try:
         served = run_local(d, opts, log=lambda m: print(f"[fleetform] {m}", file=sys.stderr, flush=True))
     except ServeError as exc:  # said as the log lines before it are

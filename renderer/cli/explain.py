@@ -13,12 +13,16 @@ from renderer.cli.output import ExitCode, TextReporter, literal
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("explain", help="show a deployment's resolved values and where each came from",
-                       description="Print every field of one resolved deployment with the file:line:column it came "
-                                   "from: the deployment file, fleet.yaml defaults, an environment's overrides, "
-                                   "or the schema's default.",
-                       epilog="example: fleetform explain llama-3-3-70b-fp8 --env prod", formatter_class=RAW,
-                       allow_abbrev=False)
+    p = sub.add_parser(
+        "explain",
+        help="show a deployment's resolved values and where each came from",
+        description="Print every field of one resolved deployment with the file:line:column it came "
+        "from: the deployment file, fleet.yaml defaults, an environment's overrides, "
+        "or the schema's default.",
+        epilog="example: fleetform explain llama-3-3-70b-fp8 --env prod",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     p.add_argument("name", help="the deployment to explain")
     add_common(p, ("text", "json"))
     p.set_defaults(func=run)
@@ -65,9 +69,18 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         from renderer.diagnostics import format_path
 
-        return {"name": self.deployment.name, "fleet_env": self.fleet_env, "fields": [
-            {"path": format_path(p), "value": v, "from": None if m is None else
-             {"file": m.file, "line": m.line, "column": m.col}} for p, v, m in self.rows]}
+        return {
+            "name": self.deployment.name,
+            "fleet_env": self.fleet_env,
+            "fields": [
+                {
+                    "path": format_path(p),
+                    "value": v,
+                    "from": None if m is None else {"file": m.file, "line": m.line, "column": m.col},
+                }
+                for p, v, m in self.rows
+            ],
+        }
 
     def render(self, console: Any) -> None:
         from rich.table import Table
@@ -81,8 +94,11 @@ class Explanation:
         table.add_column("value")
         table.add_column("from")
         for path, value, mark in self.rows:
-            table.add_row(literal(format_path(path)), literal(yaml_value(value)),
-                          literal(str(mark) if mark else "default (schema)"))
+            table.add_row(
+                literal(format_path(path)),
+                literal(yaml_value(value)),
+                literal(str(mark) if mark else "default (schema)"),
+            )
         console.print(table)
         console.print(literal("vLLM command: " + " ".join(d.argv)), style="dim")
 

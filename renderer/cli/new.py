@@ -20,33 +20,51 @@ _NAME = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?\Z")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("new", help="size a model and write a deployment for it on the cheapest GPUs that fit",
-                       description="Read a model's config.json and weight sizes (from --from-dir, the local Hugging "
-                                   "Face cache, or the Hub), weigh every GPU type and count for its weights plus the "
-                                   "KV cache of --concurrency sequences of --max-model-len tokens, print the options, "
-                                   "and write OUT/NAME.yaml on the cheapest that fits. GPU prices come from "
-                                   "OUT/fleet.yaml's `prices` when it has them.",
-                       epilog="examples:\n"
-                              "  fleetform new meta-llama/Llama-3.1-8B-Instruct --revision 0e9e39f249a16976918f6564b8830bc894c89659\n"
-                              "  fleetform new ORG/MODEL --revision SHA --max-model-len 8192 --concurrency 16\n"
-                              "  fleetform new ORG/MODEL --revision SHA --from-dir ./checkpoint --quantization fp8\n"
-                              "\nexit codes: 0 written, 1 the model cannot be read or fit (or the file exists), "
-                              "2 usage error", formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "new",
+        help="size a model and write a deployment for it on the cheapest GPUs that fit",
+        description="Read a model's config.json and weight sizes (from --from-dir, the local Hugging "
+        "Face cache, or the Hub), weigh every GPU type and count for its weights plus the "
+        "KV cache of --concurrency sequences of --max-model-len tokens, print the options, "
+        "and write OUT/NAME.yaml on the cheapest that fits. GPU prices come from "
+        "OUT/fleet.yaml's `prices` when it has them.",
+        epilog="examples:\n"
+        "  fleetform new meta-llama/Llama-3.1-8B-Instruct --revision 0e9e39f249a16976918f6564b8830bc894c89659\n"
+        "  fleetform new ORG/MODEL --revision SHA --max-model-len 8192 --concurrency 16\n"
+        "  fleetform new ORG/MODEL --revision SHA --from-dir ./checkpoint --quantization fp8\n"
+        "\nexit codes: 0 written, 1 the model cannot be read or fit (or the file exists), "
+        "2 usage error",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     p.add_argument("model_id", metavar="MODEL_ID", help="Hugging Face repository id, e.g. meta-llama/Llama-3.1-8B")
     p.add_argument("--revision", required=True, metavar="SHA", help="the full 40-character commit to pin")
-    p.add_argument("--max-model-len", type=positive(int), metavar="N",
-                   help="longest context to serve (default: the model's own limit)")
-    p.add_argument("--concurrency", type=positive(int), metavar="C",
-                   help="sequences of that length to hold at once (default 1); also the autoscaler's target")
+    p.add_argument(
+        "--max-model-len",
+        type=positive(int),
+        metavar="N",
+        help="longest context to serve (default: the model's own limit)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=positive(int),
+        metavar="C",
+        help="sequences of that length to hold at once (default 1); also the autoscaler's target",
+    )
     p.add_argument("--from-dir", metavar="DIR", help="read config.json and weights from this folder (offline)")
     p.add_argument("--name", help="deployment name (default: derived from the model id)")
-    p.add_argument("--quantization", choices=schema_enum("model", "quantization"),
-                   metavar="{none,fp8,awq,gptq,compressed-tensors,bitsandbytes}",
-                   help="the checkpoint's format, or fp8/bitsandbytes to quantize a 16-bit checkpoint on load")
-    p.add_argument("--gpu-memory-utilization", type=fraction, metavar="U",
-                   help="share of GPU memory vLLM may use (default 0.9)")
-    p.add_argument("--out", default="deployments", metavar="DIR", help="folder to write NAME.yaml into "
-                                                                      "(default: deployments)")
+    p.add_argument(
+        "--quantization",
+        choices=schema_enum("model", "quantization"),
+        metavar="{none,fp8,awq,gptq,compressed-tensors,bitsandbytes}",
+        help="the checkpoint's format, or fp8/bitsandbytes to quantize a 16-bit checkpoint on load",
+    )
+    p.add_argument(
+        "--gpu-memory-utilization", type=fraction, metavar="U", help="share of GPU memory vLLM may use (default 0.9)"
+    )
+    p.add_argument(
+        "--out", default="deployments", metavar="DIR", help="folder to write NAME.yaml into (default: deployments)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing NAME.yaml")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
     p.set_defaults(func=run)
@@ -114,18 +132,32 @@ def print_options(s: Any, console: Any) -> None:
     from renderer.sizing import OVERHEAD_GIB, weighed
 
     chosen = s.chosen
-    table = Table(title=literal(f"{s.model_id}: {s.concurrency} x {s.max_model_len} tokens at {s.utilization:g} "
-                                "utilization"),
-                  caption=f"GiB per container; headroom after {OVERHEAD_GIB:g} GiB a GPU of overhead; "
-                          "list prices (override in fleet.yaml `prices`)")
-    for col, justify in (("GPU x count", "left"), ("weights GiB", "right"), ("KV GiB", "right"),
-                         ("headroom GiB", "right"), ("$/hour", "right"), ("", "left")):
+    table = Table(
+        title=literal(f"{s.model_id}: {s.concurrency} x {s.max_model_len} tokens at {s.utilization:g} utilization"),
+        caption=f"GiB per container; headroom after {OVERHEAD_GIB:g} GiB a GPU of overhead; "
+        "list prices (override in fleet.yaml `prices`)",
+    )
+    for col, justify in (
+        ("GPU x count", "left"),
+        ("weights GiB", "right"),
+        ("KV GiB", "right"),
+        ("headroom GiB", "right"),
+        ("$/hour", "right"),
+        ("", "left"),
+    ):
         table.add_column(col, justify=justify)
     for o in weighed(s.options):
         verdict = "chosen" if o is chosen else ("fits" if o.fits else (o.excluded or "too small"))
         style = "bold green" if o is chosen else (None if o.fits else "dim")
-        table.add_row(o.label, f"{o.weights_gib:.1f}", f"{o.kv_gib:.1f}", f"{o.headroom_gib:.1f}",
-                      f"{round(o.usd_per_hour, 2) + 0.0:.2f}", literal(verdict), style=style)
+        table.add_row(
+            o.label,
+            f"{o.weights_gib:.1f}",
+            f"{o.kv_gib:.1f}",
+            f"{o.headroom_gib:.1f}",
+            f"{round(o.usd_per_hour, 2) + 0.0:.2f}",
+            literal(verdict),
+            style=style,
+        )
     console.print(table)
 
 
@@ -144,8 +176,12 @@ class Written:
     def render(self, console: Any) -> None:
         print_options(self.sizing, console)
         o, out = self.sizing.chosen, self.path.as_posix()
-        console.print(literal(f"wrote {out}: {o.label} at {money(o.usd_per_hour)}/hour a container; "
-                              f"check it with `fleetform validate {out}`"))
+        console.print(
+            literal(
+                f"wrote {out}: {o.label} at {money(o.usd_per_hour)}/hour a container; "
+                f"check it with `fleetform validate {out}`"
+            )
+        )
 
 
 def fleet_prices(out: str, report: TextReporter) -> dict[str, float] | None:
@@ -182,28 +218,45 @@ def new(options: Any, report: TextReporter) -> Written:
 
     model_id, revision = get("model_id", ""), get("revision", "")
     if not _MODEL_ID.match(model_id):
-        raise CliError(f"{model_id!r} is not a Hugging Face repository id such as meta-llama/Llama-3.1-8B-Instruct",
-                       ExitCode.USAGE)
+        raise CliError(
+            f"{model_id!r} is not a Hugging Face repository id such as meta-llama/Llama-3.1-8B-Instruct", ExitCode.USAGE
+        )
     if not _REVISION.match(revision):
-        raise CliError(f"--revision {revision!r}: pin a full 40-character commit hash (a branch or tag is not pinned)",
-                       ExitCode.USAGE)
+        raise CliError(
+            f"--revision {revision!r}: pin a full 40-character commit hash (a branch or tag is not pinned)",
+            ExitCode.USAGE,
+        )
     name = get("name") or derive_name(model_id)
     if not _NAME.match(name):
-        raise CliError(f"--name {name!r}: a lowercase DNS-safe name: letters, digits and dashes, starting with a "
-                       "letter, at most 40 characters", ExitCode.USAGE)
+        raise CliError(
+            f"--name {name!r}: a lowercase DNS-safe name: letters, digits and dashes, starting with a "
+            "letter, at most 40 characters",
+            ExitCode.USAGE,
+        )
     from renderer.config.load import FLEET_FILE
 
     if f"{name}.yaml" == FLEET_FILE:  # it would be read as the fleet's own file, not a deployment
-        raise CliError(f"{name}.yaml is the fleet's own file (defaults, environments, prices), not a deployment: "
-                       "pass --name NAME to write the deployment under another name", ExitCode.USAGE)
+        raise CliError(
+            f"{name}.yaml is the fleet's own file (defaults, environments, prices), not a deployment: "
+            "pass --name NAME to write the deployment under another name",
+            ExitCode.USAGE,
+        )
     utilization = float(get("gpu_memory_utilization", DEFAULT_UTILIZATION))
     if not 0 < utilization <= 1:
         raise CliError(f"--gpu-memory-utilization {utilization:g} must be above 0 and at most 1", ExitCode.USAGE)
     try:
         metadata = load_metadata(model_id, revision, from_dir=get("from_dir"))
-        sizing = size_model(model_id, revision, metadata, max_model_len=get("max_model_len"),
-                            concurrency=int(get("concurrency", 1)), quantization=get("quantization"), name=name,
-                            utilization=utilization, prices=get("prices"))
+        sizing = size_model(
+            model_id,
+            revision,
+            metadata,
+            max_model_len=get("max_model_len"),
+            concurrency=int(get("concurrency", 1)),
+            quantization=get("quantization"),
+            name=name,
+            utilization=utilization,
+            prices=get("prices"),
+        )
     except SizingError as exc:
         raise CliError(str(exc)) from None
     out = Path(get("out", "deployments")) / f"{name}.yaml"
@@ -212,8 +265,10 @@ def new(options: Any, report: TextReporter) -> Written:
             from renderer.cli.output import console
 
             print_options(sizing, console())
-        raise CliError(f"no GPU type and count holds {sizing.weights_bytes / GIB:.1f} GiB of weights plus "
-                       f"{sizing.tokens} tokens of KV cache; lower --max-model-len or --concurrency, or quantize")
+        raise CliError(
+            f"no GPU type and count holds {sizing.weights_bytes / GIB:.1f} GiB of weights plus "
+            f"{sizing.tokens} tokens of KV cache; lower --max-model-len or --concurrency, or quantize"
+        )
     if out.exists() and not get("force", False):
         raise CliError(f"{out} already exists: pass --force to replace it, or --name NAME")
     text = deployment_yaml(sizing, concurrency_given=get("concurrency") is not None)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
-from typing import Any, Callable, Iterable, Mapping, TextIO
+from typing import Any, TextIO
 
 
 class ExitCode(IntEnum):
@@ -31,8 +32,9 @@ class CliError(Exception):
     `doc`, when given, is the JSON document `--format json` prints on stdout instead of nothing.
     """
 
-    def __init__(self, message: str | None, code: int = ExitCode.INVALID, *, doc: dict | None = None,
-                 plain: bool = False):
+    def __init__(
+        self, message: str | None, code: int = ExitCode.INVALID, *, doc: dict | None = None, plain: bool = False
+    ):
         super().__init__(message or "")
         self.message = message
         self.code = int(code)
@@ -45,8 +47,10 @@ def dumps(obj: object) -> str:
     try:
         return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
-        raise CliError("cannot write the JSON output: a number in it is not finite (NaN or infinity); "
-                       "check the numbers the fleet declares, e.g. fleet.yaml `prices`") from None
+        raise CliError(
+            "cannot write the JSON output: a number in it is not finite (NaN or infinity); "
+            "check the numbers the fleet declares, e.g. fleet.yaml `prices`"
+        ) from None
 
 
 def console(stderr: bool = False) -> Any:
@@ -153,8 +157,9 @@ REPORTERS: dict[str, type[TextReporter]] = {r.name: r for r in (TextReporter, Js
 FORMATS = tuple(REPORTERS)
 
 
-def reporter(fmt: str | None, out: TextIO | None = None, err: TextIO | None = None,
-             environ: Mapping[str, str] | None = None) -> TextReporter:
+def reporter(
+    fmt: str | None, out: TextIO | None = None, err: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> TextReporter:
     return REPORTERS[fmt or "text"](out, err, environ)
 
 

@@ -4,38 +4,57 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
-from renderer.cli.common import DEFAULT_PATHS, RAW, add_common, backend, gateway, render_apps, resolve_args, \
-    resolve_fleet
+from renderer.cli.common import (
+    DEFAULT_PATHS,
+    RAW,
+    add_common,
+    backend,
+    gateway,
+    render_apps,
+    resolve_args,
+    resolve_fleet,
+)
 from renderer.cli.output import CliError, ExitCode, TextReporter, drive, reporter
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("plan", help="show what would run, what it costs, and what a deploy would change",
-                       description="Render the fleet and show, per deployment, the model and revision, GPUs, "
-                                   "container range, concurrency, content hash and estimated GPU cost per hour "
-                                   "(the gateway, when fleet.yaml enables it, is a CPU-only row at $0). With Modal "
-                                   "credentials it also shows what `deploy` would do to each app (create, update, "
-                                   "unchanged, conflict, orphan); without them it says so in one line and shows "
-                                   "the offline plan. --against REF instead compares with the fleet at a git "
-                                   "revision, offline: see docs/ci.md.",
-                       epilog="examples:\n"
-                              "  fleetform plan --env prod                       cost, and the live view with credentials\n"
-                              "  fleetform plan --against origin/main            what this branch changes, field by field\n"
-                              "  fleetform plan --against origin/main --format github   annotations for a pull request\n"
-                              "  fleetform plan --env prod --detailed-exitcode   exit 2 if deploy would change something\n"
-                              "\nexit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 no changes, "
-                              "2 changes pending, 1 any error",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "plan",
+        help="show what would run, what it costs, and what a deploy would change",
+        description="Render the fleet and show, per deployment, the model and revision, GPUs, "
+        "container range, concurrency, content hash and estimated GPU cost per hour "
+        "(the gateway, when fleet.yaml enables it, is a CPU-only row at $0). With Modal "
+        "credentials it also shows what `deploy` would do to each app (create, update, "
+        "unchanged, conflict, orphan); without them it says so in one line and shows "
+        "the offline plan. --against REF instead compares with the fleet at a git "
+        "revision, offline: see docs/ci.md.",
+        epilog="examples:\n"
+        "  fleetform plan --env prod                       cost, and the live view with credentials\n"
+        "  fleetform plan --against origin/main            what this branch changes, field by field\n"
+        "  fleetform plan --against origin/main --format github   annotations for a pull request\n"
+        "  fleetform plan --env prod --detailed-exitcode   exit 2 if deploy would change something\n"
+        "\nexit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 no changes, "
+        "2 changes pending, 1 any error",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_common(p)
-    p.add_argument("--against", metavar="REF",
-                   help="compare with the fleet at git revision REF (e.g. origin/main): what changes, field by field, "
-                        "and which changes start new containers")
-    p.add_argument("--detailed-exitcode", action="store_true",
-                   help="exit 0 if nothing changes, 2 if changes are pending, 1 on error (without --against: "
-                        "against what Modal runs, which needs credentials)")
+    p.add_argument(
+        "--against",
+        metavar="REF",
+        help="compare with the fleet at git revision REF (e.g. origin/main): what changes, field by field, "
+        "and which changes start new containers",
+    )
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 if nothing changes, 2 if changes are pending, 1 on error (without --against: "
+        "against what Modal runs, which needs credentials)",
+    )
     p.set_defaults(func=run)
 
 
@@ -74,8 +93,14 @@ def offline_plan(args: argparse.Namespace, resolved: Any, apps: list) -> Any:
     from renderer.config.resolve import resolve
     from renderer.plan.cost import environment_totals, make_plan
 
-    plan = make_plan(apps, resolved.prices, resolved.fleet_env, gateway=gateway(resolved),
-                     gateway_source=resolved.fleet_file, gateway_modal_env=resolved.modal_env)
+    plan = make_plan(
+        apps,
+        resolved.prices,
+        resolved.fleet_env,
+        gateway=gateway(resolved),
+        gateway_source=resolved.fleet_file,
+        gateway_modal_env=resolved.modal_env,
+    )
     if not resolved.declared_environments:
         return plan
     totals = []
@@ -88,8 +113,8 @@ def offline_plan(args: argparse.Namespace, resolved: Any, apps: list) -> Any:
 
 def live_rows(resolved: Any, apps: list) -> tuple[list | None, str | None]:
     """(what `deploy` would do to each app, None), or (None, why Modal could not tell)."""
-    from renderer.plan.live import live_plan
     from renderer.modal_api import BackendError
+    from renderer.plan.live import live_plan
 
     try:
         return live_plan(apps, backend(), resolved.modal_env, gateway(resolved)), None
@@ -101,8 +126,9 @@ def run(args: argparse.Namespace, report: TextReporter) -> Any:
     if args.against:
         return against(args.against, args.paths, args.env, report, args.detailed_exitcode)
     if report.name == "github":
-        raise CliError("--format github annotates changes, so it needs --against REF (e.g. --against origin/main)",
-                       ExitCode.USAGE)
+        raise CliError(
+            "--format github annotates changes, so it needs --against REF (e.g. --against origin/main)", ExitCode.USAGE
+        )
     from renderer import modal_api
 
     live = modal_api.credentials_available()
@@ -116,8 +142,11 @@ def run(args: argparse.Namespace, report: TextReporter) -> Any:
     rows, error = live_rows(resolved, apps) if live else (None, None)
     if not live:
         print(NO_CREDENTIALS_PLAN_NOTE, file=report.err)  # stderr: stdout stays the table or the JSON
-    code = ExitCode.INVALID if error else (
-        plan_exit_code(rows) if args.detailed_exitcode and rows is not None else ExitCode.OK)
+    code = (
+        ExitCode.INVALID
+        if error
+        else (plan_exit_code(rows) if args.detailed_exitcode and rows is not None else ExitCode.OK)
+    )
     result = PlanResult(plan, rows, error, code)
     report.result(result)
     if error:
@@ -180,8 +209,10 @@ def at_ref(ref: str, paths: Sequence[str], env: str | None, report: TextReporter
         errors = [d for d in resolved.diagnostics if d.is_error]
         for d in errors:
             print(f"  at {at.short}: {format_text(d)}", file=report.err)
-        message = (f"the fleet at {ref} ({at.short}) does not validate ({len(errors)} error(s)), "
-                   "so there is nothing sound to compare with")
+        message = (
+            f"the fleet at {ref} ({at.short}) does not validate ({len(errors)} error(s)), "
+            "so there is nothing sound to compare with"
+        )
         raise CliError(message, doc=_error_doc(message))
     if not at.loaded.deployments and not at.loaded.diagnostics:
         notes.append(f"no deployment files at {ref} in {' '.join(paths)}: every deployment counts as new")
@@ -200,8 +231,9 @@ def _render_or_say(resolved: Any) -> list:
         raise
 
 
-def against(ref: str, paths: Sequence[str] | None, env: str | None, report: TextReporter,
-            detailed_exitcode: bool = False) -> AgainstResult:
+def against(
+    ref: str, paths: Sequence[str] | None, env: str | None, report: TextReporter, detailed_exitcode: bool = False
+) -> AgainstResult:
     """`fleetform plan --against REF`: what changes between REF and the working tree.
 
     Exit codes: 0 ok (with `detailed_exitcode`: no changes), 2 changes pending (only with
@@ -215,8 +247,15 @@ def against(ref: str, paths: Sequence[str] | None, env: str | None, report: Text
     paths = list(paths or DEFAULT_PATHS)
     usage = ExitCode.INVALID if detailed_exitcode else ExitCode.USAGE
     try:
-        after = resolve_fleet(paths, env, report, usage=usage, invalid="nothing was compared",
-                              title="the working tree", on_invalid=markdown_on_invalid(report))
+        after = resolve_fleet(
+            paths,
+            env,
+            report,
+            usage=usage,
+            invalid="nothing was compared",
+            title="the working tree",
+            on_invalid=markdown_on_invalid(report),
+        )
     except CliError as exc:
         if exc.doc is None:  # no files, an unknown environment: JSON gets the error as a document too
             exc.doc = _error_doc(exc.message or "")
@@ -229,9 +268,17 @@ def against(ref: str, paths: Sequence[str] | None, env: str | None, report: Text
     return AgainstResult(diff, ref, commit, env, notes, after.diagnostics, getattr(after, "origins", None), code)
 
 
-def plan_against(ref: str, paths: Sequence[str] | None, env: str | None, fmt: str = "text",
-                 detailed_exitcode: bool = False, *, out: TextIO | None = None, err: TextIO | None = None,
-                 environ: Mapping[str, str] | None = None) -> int:
+def plan_against(
+    ref: str,
+    paths: Sequence[str] | None,
+    env: str | None,
+    fmt: str = "text",
+    detailed_exitcode: bool = False,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """`plan --against` printed to the given streams; returns the exit code (for tests and scripts)."""
     report = reporter(fmt, out, err, environ)
     return drive(report, lambda: against(ref, paths, env, report, detailed_exitcode))

@@ -11,11 +11,15 @@ from renderer.cli.output import CliError, ExitCode, TextReporter
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("render", help="write one Modal app module per deployment",
-                       description="Render each deployment into a self-contained Modal app module (it imports only "
-                                   "`modal`). Output is deterministic and written all-or-nothing.",
-                       epilog="example: fleetform render --out build && modal deploy build/NAME.py",
-                       formatter_class=RAW, allow_abbrev=False)
+    p = sub.add_parser(
+        "render",
+        help="write one Modal app module per deployment",
+        description="Render each deployment into a self-contained Modal app module (it imports only "
+        "`modal`). Output is deterministic and written all-or-nothing.",
+        epilog="example: fleetform render --out build && modal deploy build/NAME.py",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
     add_common(p, ("text", "json"))
     p.add_argument("--out", default="build", metavar="DIR", help="output folder (default: build)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR is not what render would write")
@@ -29,11 +33,13 @@ class Written:
     exit_code: int = ExitCode.OK
 
     def to_dict(self) -> list[dict[str, Any]]:
-        return [{"name": m.name, "path": str(p), "content_hash": m.content_hash} for m, p in zip(self.modules,
-                                                                                                   self.paths)]
+        return [
+            {"name": m.name, "path": str(p), "content_hash": m.content_hash}
+            for m, p in zip(self.modules, self.paths, strict=True)
+        ]
 
     def text(self) -> str:
-        return "".join(f"wrote {p}  ({m.short_hash})\n" for m, p in zip(self.modules, self.paths))
+        return "".join(f"wrote {p}  ({m.short_hash})\n" for m, p in zip(self.modules, self.paths, strict=True))
 
 
 @dataclass
@@ -59,8 +65,15 @@ def run(args: argparse.Namespace, report: TextReporter) -> Any:
     if args.check:
         problems = stale(modules, args.out)
         if problems:
-            raise CliError("\n".join([*(f"stale: {p}" for p in problems),
-                                      f"run `fleetform render --out {args.out}` and commit the result"]), plain=True)
+            raise CliError(
+                "\n".join(
+                    [
+                        *(f"stale: {p}" for p in problems),
+                        f"run `fleetform render --out {args.out}` and commit the result",
+                    ]
+                ),
+                plain=True,
+            )
         return UpToDate(len(modules), args.out)
     try:
         written = write_all(modules, args.out)

@@ -6,13 +6,29 @@ written to a stream), so markup-like text such as `[red]` is shown as written.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 from renderer.cli.output import literal, money
 from renderer.diagnostics import Diagnostic, Mark, _github_escape, format_path
 from renderer.plan.against import (
-    CREATE, CREATE_NOTE, IMPACT_SUMMARY, MOVE, NONE, REBUILD, REMOVE, RESTART, UNCHANGED, UPDATE,
-    DeploymentDiff, FleetDiff, against_text, remove_note, totals_text, change_text, show,
+    CREATE,
+    CREATE_NOTE,
+    IMPACT_SUMMARY,
+    MOVE,
+    NONE,
+    REBUILD,
+    REMOVE,
+    RESTART,
+    UNCHANGED,
+    UPDATE,
+    DeploymentDiff,
+    FleetDiff,
+    against_text,
+    change_text,
+    remove_note,
+    show,
+    totals_text,
 )
 
 # --- plan (offline) ---------------------------------------------------------------------------------------------
@@ -26,25 +42,43 @@ def print_plan(plan: Any, console: Any) -> None:
 
     title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
     table = Table(title=literal(title), title_justify="left")
-    for col, kw in (("deployment", {}), ("model@revision", {}), ("GPU", {}), ("containers", {"justify": "right"}),
-                    ("concurrency", {}), ("hash", {}), ("$/h at min", {"justify": "right"}),
-                    ("$/h at max", {"justify": "right"})):
+    for col, kw in (
+        ("deployment", {}),
+        ("model@revision", {}),
+        ("GPU", {}),
+        ("containers", {"justify": "right"}),
+        ("concurrency", {}),
+        ("hash", {}),
+        ("$/h at min", {"justify": "right"}),
+        ("$/h at max", {"justify": "right"}),
+    ):
         table.add_column(col, **kw)
     for r in plan.rows:
-        table.add_row(*map(literal, (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash)),
-                      money(r.usd_per_hour_min), money(r.usd_per_hour_max))
+        table.add_row(
+            *map(literal, (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash)),
+            money(r.usd_per_hour_min),
+            money(r.usd_per_hour_max),
+        )
     console.print(table)
     gpu_rows = sum(r.gpu != "CPU only" for r in plan.rows)
     extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
-    console.print(literal(f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; "
-                          f"ceiling {money(plan.ceiling_usd_per_hour)}/hour at max containers."))
+    console.print(
+        literal(
+            f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; "
+            f"ceiling {money(plan.ceiling_usd_per_hour)}/hour at max containers."
+        )
+    )
     if plan.by_fleet_env:
         totals = Table(title="cost by environment", title_justify="left")
         for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
             totals.add_column(col, justify="left" if col == "environment" else "right")
         for t in plan.by_fleet_env:
-            totals.add_row(literal(t.fleet_env or "(no --env)"), str(t.deployments), money(t.idle_usd_per_day),
-                           money(t.ceiling_usd_per_hour))
+            totals.add_row(
+                literal(t.fleet_env or "(no --env)"),
+                str(t.deployments),
+                money(t.idle_usd_per_day),
+                money(t.ceiling_usd_per_hour),
+            )
         console.print(totals)
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
     if plan.prices_overridden:
@@ -77,12 +111,9 @@ def render_smoke_report(report: Any, console: Any) -> None:
     for col in ("Step", "Result", "HTTP", "Time (s)", "TTFT (ms)", "Tokens", "Tok/s", "Detail"):
         table.add_column(col, justify="right" if col not in ("Step", "Result", "Detail") else "left")
     for step in report.steps:
-        result = (_styled("ok", "green") if step.ok else
-                  _styled(step.failure.value if step.failure else "failed", "red"))
+        result = _styled("ok", "green") if step.ok else _styled(step.failure.value if step.failure else "failed", "red")
         tokens = (
-            f"{step.prompt_tokens or '-'} -> {step.completion_tokens}"
-            if step.completion_tokens is not None
-            else "-"
+            f"{step.prompt_tokens or '-'} -> {step.completion_tokens}" if step.completion_tokens is not None else "-"
         )
         detail = step.error if not step.ok else (step.text if step.name == "models" else "")
         table.add_row(
@@ -141,8 +172,12 @@ def render_bench_results(results: Sequence[Any], console: Any) -> None:
         if res.aborted:
             console.print(_styled(f"{res.label}: {res.aborted}", "red"))
         if res.missing_usage:
-            console.print(_styled(f"{res.label}: {res.missing_usage} responses carried no usage; "
-                                  "their tokens are not counted", "yellow"))
+            console.print(
+                _styled(
+                    f"{res.label}: {res.missing_usage} responses carried no usage; their tokens are not counted",
+                    "yellow",
+                )
+            )
         for kind, messages in res.error_samples.items():
             for message in messages:
                 line = _styled(f"{res.label}: {kind}:", "red")
@@ -160,8 +195,7 @@ def _failed_cell(result: Any) -> str:
 # --- text ---------------------------------------------------------------------------------------------------------
 
 
-def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None,
-                     notes: Sequence[str] = ()) -> str:
+def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = ()) -> str:
     """The human plan: one block per deployment that changes, then totals."""
     lines = [f"fleetform plan: the working tree against {against_text(ref, commit, fleet_env)}"]
     lines += [f"note: {n}" for n in notes]
@@ -212,8 +246,9 @@ def _where(origins: Mapping[str, Mapping[tuple, Any]], d: DeploymentDiff, path: 
     return Mark(d.source, 1, 1)
 
 
-def github_annotations(diff: FleetDiff, ref: str,
-                       origins: Mapping[str, Mapping[tuple, Any]] | None = None) -> list[str]:
+def github_annotations(
+    diff: FleetDiff, ref: str, origins: Mapping[str, Mapping[tuple, Any]] | None = None
+) -> list[str]:
     """Workflow commands that mark each change on the line of the pull request that made it.
 
     Changes that start new containers are warnings, the rest notices. One change written once in
@@ -227,7 +262,9 @@ def github_annotations(diff: FleetDiff, ref: str,
         if d.action == CREATE:
             grouped[("notice", _where(origins, d, ("name",)), f"create: {CREATE_NOTE}")] = [d.name]
         elif d.action == REMOVE:
-            grouped[("warning", None, f"removed from the fleet ({d.source} at {ref}): {remove_note(d.name)}")] = [d.name]
+            grouped[("warning", None, f"removed from the fleet ({d.source} at {ref}): {remove_note(d.name)}")] = [
+                d.name
+            ]
         elif d.action == UPDATE:
             for c in d.changes:
                 level = "warning" if c.impact in (RESTART, REBUILD, MOVE) else "notice"
@@ -254,8 +291,9 @@ def _md_prose(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def format_markdown_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None,
-                         notes: Sequence[str] = ()) -> str:
+def format_markdown_plan(
+    diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = ()
+) -> str:
     """The pull request's summary: a table of what changes and what it does to running containers."""
     lines = ["## fleetform plan", ""]
     where = f"Against {md_code(ref)} ({md_code(commit[:7])})"
@@ -277,14 +315,19 @@ def format_markdown_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str 
             else:
                 impact = d.impact or NONE
                 effect = f"**{impact}**: {IMPACT_SUMMARY[impact]}"
-                changes = "<br>".join(f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → "
-                                      f"{md_code(show(c.after, c.field))}" for c in d.changes)
+                changes = "<br>".join(
+                    f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → {md_code(show(c.after, c.field))}"
+                    for c in d.changes
+                )
             lines.append(f"| {md_code(d.name)} | {d.action} | {_md_prose(effect)} | {changes} |")
     quiet = [d.name for d in diff.deployments if d.action == UNCHANGED and not d.changes]
     if quiet:
         lines += ["", f"Unchanged: {', '.join(md_code(n) for n in quiet)}."]
-    lines += ["", "<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and "
-                  "containers · move: new Modal environment. The rule: docs/ci.md.</sub>"]
+    lines += [
+        "",
+        "<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and "
+        "containers · move: new Modal environment. The rule: docs/ci.md.</sub>",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -294,8 +337,11 @@ def format_markdown_validation(diagnostics: Sequence[Diagnostic], deployments: i
     warnings = len(diagnostics) - errors
     lines = ["## fleetform validate", ""]
     if errors:
-        lines.append(f"**{errors} error(s)**" + (f", {warnings} warning(s)" if warnings else "")
-                     + "; nothing can be rendered or deployed until they are fixed.")
+        lines.append(
+            f"**{errors} error(s)**"
+            + (f", {warnings} warning(s)" if warnings else "")
+            + "; nothing can be rendered or deployed until they are fixed."
+        )
     else:
         lines.append(f"**{deployments} deployment(s) valid**" + (f", {warnings} warning(s)" if warnings else "") + ".")
     if diagnostics:
@@ -315,9 +361,6 @@ def write_step_summary(markdown: str, out: TextIO, err: TextIO, environ: Mapping
                 fh.write(markdown + "\n")
             return True
         except OSError as exc:
-            print(f"warning: cannot write the step summary to {path}: {exc.strerror or exc}; printing it",
-                  file=err)
+            print(f"warning: cannot write the step summary to {path}: {exc.strerror or exc}; printing it", file=err)
     out.write(markdown)
     return False
-
-

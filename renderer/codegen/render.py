@@ -21,17 +21,17 @@ import hashlib
 import math
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 
 from renderer import __version__
-
+from renderer.codegen.write import HASH_PREFIX
 from renderer.config import spec
 from renderer.gpus import gpu_info
-from renderer.codegen.write import HASH_PREFIX
 
 TEMPLATE = "app.py.j2"
 _RUNTIME = Path(__file__).with_name("runtime.py")
@@ -123,7 +123,7 @@ def _finalize(value: Any) -> Any:
 
 
 @functools.cache
-def environment() -> "jinja2.Environment":
+def environment() -> jinja2.Environment:
     """The one Jinja environment (imported here, not at the top: validating a fleet never needs it)."""
     import jinja2
 
@@ -198,8 +198,8 @@ def runtime() -> Runtime:
             raise AssertionError("runtime.py: write `import module`, so each import's use can be found")
     marks = list(_SECTION.finditer(source))
     sections = {}
-    for m, nxt in zip(marks, [*marks[1:], None]):
-        sections[m["name"]] = source[m.start():nxt.start() if nxt else len(source)].rstrip("\n")
+    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+        sections[m["name"]] = source[m.start() : nxt.start() if nxt else len(source)].rstrip("\n")
     return Runtime(tuple(imports), sections)
 
 
@@ -251,8 +251,14 @@ def _duration(seconds: int) -> str:
 # (the runtime uses the same constants), `secrets` when there are any, the snapshot flags in
 # snapshot mode.
 SERVER_DEFAULTS: dict[str, Any] = {
-    "min_containers": None, "max_containers": None, "buffer_containers": None, "target_concurrency": None,
-    "max_concurrency": None, "scaledown_window": None, "unauthenticated": False, "routing_region": "us-east",
+    "min_containers": None,
+    "max_containers": None,
+    "buffer_containers": None,
+    "target_concurrency": None,
+    "max_concurrency": None,
+    "scaledown_window": None,
+    "unauthenticated": False,
+    "routing_region": "us-east",
     "compute_region": None,
 }
 
@@ -274,19 +280,38 @@ def _server_args(d: spec.Deployment) -> list[ServerArg]:
     """
     s = d.scaling
     args: list[tuple[str, Any, str | None]] = [
-        ("scaledown_window", s.scaledown_window,
-         f"an idle container stops after {_duration(s.scaledown_window)}: cost vs cold starts"),
-        ("min_containers", s.min_containers,
-         "scales to zero when idle: no cost, but the next request waits for a cold start" if s.min_containers == 0
-         else f"{_plural(s.min_containers, 'container')} kept warm around the clock, billed while idle"),
-        ("max_containers", s.max_containers,
-         f"at most {_plural(s.max_containers or 0, 'container')}: a ceiling on cost and GPU quota"),
-        ("buffer_containers", s.buffer_containers or None,
-         f"{_plural(s.buffer_containers, 'spare container')} started ahead of demand while under load"),
-        ("target_concurrency", s.target_concurrency,
-         f"another container starts when each has {s.target_concurrency} requests in flight"),
-        ("max_concurrency", s.max_concurrency or None,
-         f"hard cap of {s.max_concurrency} requests a container; above it callers get HTTP 429"),
+        (
+            "scaledown_window",
+            s.scaledown_window,
+            f"an idle container stops after {_duration(s.scaledown_window)}: cost vs cold starts",
+        ),
+        (
+            "min_containers",
+            s.min_containers,
+            "scales to zero when idle: no cost, but the next request waits for a cold start"
+            if s.min_containers == 0
+            else f"{_plural(s.min_containers, 'container')} kept warm around the clock, billed while idle",
+        ),
+        (
+            "max_containers",
+            s.max_containers,
+            f"at most {_plural(s.max_containers or 0, 'container')}: a ceiling on cost and GPU quota",
+        ),
+        (
+            "buffer_containers",
+            s.buffer_containers or None,
+            f"{_plural(s.buffer_containers, 'spare container')} started ahead of demand while under load",
+        ),
+        (
+            "target_concurrency",
+            s.target_concurrency,
+            f"another container starts when each has {s.target_concurrency} requests in flight",
+        ),
+        (
+            "max_concurrency",
+            s.max_concurrency or None,
+            f"hard cap of {s.max_concurrency} requests a container; above it callers get HTTP 429",
+        ),
     ]
     if d.auth.mode == "api_key":
         args.append(("unauthenticated", True, "no Modal proxy auth: vLLM checks VLLM_API_KEY (the Secret's) on /v1"))
@@ -345,8 +370,8 @@ def _command_line(arg: spec.Arg, constants: dict[str, Any]) -> Trusted:
             raise RenderError(f"vLLM argument {arg.tokens!r} names an unknown constant {name!r}")
         value = constants[name]
         if isinstance(value, list):
-            run = list(arg.tokens[i:i + len(value)])
-            ok, code, width = run == value and all(n == name for n in names[i:i + len(value)]), f"*{name}", len(value)
+            run = list(arg.tokens[i : i + len(value)])
+            ok, code, width = run == value and all(n == name for n in names[i : i + len(value)]), f"*{name}", len(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             ok, code, width = arg.tokens[i] == str(value), f"str({name})", 1
         else:

@@ -233,8 +233,11 @@ def install_guard(env):
     with open(os.path.join(directory, GUARD_MODULE + ".py"), "w") as fh:
         fh.write(GUARD_SOURCE)
     path = env["PYTHONPATH"] if "PYTHONPATH" in env else os.environ.get("PYTHONPATH", "")
-    return {**env, "PYTHONPATH": directory + (os.pathsep + path if path else ""),
-            "FLEETFORM_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    return {
+        **env,
+        "PYTHONPATH": directory + (os.pathsep + path if path else ""),
+        "FLEETFORM_ADMIN_TOKEN": secrets.token_urlsafe(32),
+    }
 
 
 def guard(proc):
@@ -289,8 +292,10 @@ def boot_for_snapshot(proc, timeout, model, warmup_requests=3, adapters=()):
     warm_up(proc, model, requests=warmup_requests)
     timings["warmup_s"] = time.monotonic() - t0
     timings["sleep_s"] = sleep(proc, level=1)
-    proc.log(f"asleep: ready for the snapshot (boot {timings['boot_s']:.1f} s, warm-up {timings['warmup_s']:.1f} s, "
-             f"sleep {timings['sleep_s']:.1f} s)")
+    proc.log(
+        f"asleep: ready for the snapshot (boot {timings['boot_s']:.1f} s, warm-up {timings['warmup_s']:.1f} s, "
+        f"sleep {timings['sleep_s']:.1f} s)"
+    )
     return timings
 
 

@@ -143,8 +143,9 @@ def _swap(targets: list[Path], new_dir: Path, old_dir: Path, pruned: list[Path])
             except OSError:
                 lost.append(target)
         if lost:
-            raise RestoreFailed(errno.EIO, f"{exc}; and {len(lost)} earlier file(s) could not be put back: "
-                                           f"they are in {old_dir}") from exc
+            raise RestoreFailed(
+                errno.EIO, f"{exc}; and {len(lost)} earlier file(s) could not be put back: they are in {old_dir}"
+            ) from exc
         raise
 
 

@@ -27,11 +27,12 @@ body, so a model id such as `org/ask-me-anything-v2` or a Secret named `hf-token
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from renderer.config.load import Document, Node
-from renderer.diagnostics import Diagnostic, Path as FieldPath
+from renderer.diagnostics import Diagnostic
+from renderer.diagnostics import Path as FieldPath
 
 CODE = "literal-credential"
 HINT = "put it in a Modal Secret (`modal secret create NAME VAR=...`) and list the Secret's name under `secrets`"
@@ -68,13 +69,27 @@ SHAPES: tuple[Shape, ...] = (
     Shape("a GitHub token", re.compile(r"github_pat_[A-Za-z0-9_]{22,}")),
     Shape("a Slack token", re.compile(r"xox[abposre]-[A-Za-z0-9-]{10,}"), lambda m: any(c.isdigit() for c in m)),
     Shape("a Modal token", re.compile(r"(?:ak|as|wk|ws)-[A-Za-z0-9]{20,}"), _random),
-    Shape("a password in a URL", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@"),
-          lambda m: not re.search(r":\$|:\{|:<", m)),  # `${VAR}`, `{password}`, `<password>` are placeholders
+    Shape(
+        "a password in a URL",
+        re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*:([^\s/@]+)@"),
+        lambda m: not re.search(r":\$|:\{|:<", m),
+    ),  # `${VAR}`, `{password}`, `<password>` are placeholders
 )
 
 # Words in an environment variable's name that say its value is a secret (`_`-separated parts).
-_SECRET_WORDS = {"TOKEN", "SECRET", "KEY", "APIKEY", "PASSWORD", "PASSWD", "PWD", "PASS", "CREDENTIAL",
-                 "CREDENTIALS", "PRIVATE"}
+_SECRET_WORDS = {
+    "TOKEN",
+    "SECRET",
+    "KEY",
+    "APIKEY",
+    "PASSWORD",
+    "PASSWD",
+    "PWD",
+    "PASS",
+    "CREDENTIAL",
+    "CREDENTIALS",
+    "PRIVATE",
+}
 
 
 def secret_name(name: str) -> bool:
@@ -113,8 +128,12 @@ def _findings(root: Node) -> Iterator[tuple[FieldPath, Node, str]]:
                 if what:
                     # the key is the secret: its path would print it, so the finding is the mapping's
                     yield path, mark_node, f"a key here looks like {what}: credentials never belong in YAML"
-                elif env and secret_name(key) and child.value not in ("", None) and not (
-                        isinstance(child.value, str) and token_shape(child.value)):
+                elif (
+                    env
+                    and secret_name(key)
+                    and child.value not in ("", None)
+                    and not (isinstance(child.value, str) and token_shape(child.value))
+                ):
                     yield (*path, key), child, f"{key} looks like a credential, set as a literal value"
 
 

@@ -15,13 +15,15 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from renderer.diagnostics import Diagnostic, Mark, Path as FieldPath, Severity
+from renderer.diagnostics import Diagnostic, Mark, Severity
+from renderer.diagnostics import Path as FieldPath
 
 MAX_BYTES = 1 << 20  # 1 MiB: a deployment is a page of YAML; anything bigger is a mistake
 MAX_NODES = 100_000
@@ -130,19 +132,44 @@ class _Builder:
     def build(self, node: yaml.Node, path: FieldPath) -> Node:
         self.count += 1
         if self.count > MAX_NODES:
-            raise LoadError([_err(self.file, node.start_mark, path,
-                                  f"document expands to more than {MAX_NODES} nodes",
-                                  "YAML aliases that repeat each other (a 'billion laughs' document) are refused",
-                                  code="yaml-too-large")])
+            raise LoadError(
+                [
+                    _err(
+                        self.file,
+                        node.start_mark,
+                        path,
+                        f"document expands to more than {MAX_NODES} nodes",
+                        "YAML aliases that repeat each other (a 'billion laughs' document) are refused",
+                        code="yaml-too-large",
+                    )
+                ]
+            )
         mark = _mark(self.file, node.start_mark)
         if not isinstance(node, yaml.ScalarNode):
             if id(node) in self.active:
-                raise LoadError([Diagnostic(mark, path, "a YAML alias refers to a collection that contains it",
-                                            "yaml-recursive", hint="a recursive document has no value; "
-                                            "write the value out instead of the alias")])
+                raise LoadError(
+                    [
+                        Diagnostic(
+                            mark,
+                            path,
+                            "a YAML alias refers to a collection that contains it",
+                            "yaml-recursive",
+                            hint="a recursive document has no value; write the value out instead of the alias",
+                        )
+                    ]
+                )
             if len(path) >= MAX_DEPTH:
-                raise LoadError([Diagnostic(mark, path[:3], f"nested more than {MAX_DEPTH} levels deep", "yaml-too-deep",
-                                            hint="a deployment nests a few levels; check the brackets")])
+                raise LoadError(
+                    [
+                        Diagnostic(
+                            mark,
+                            path[:3],
+                            f"nested more than {MAX_DEPTH} levels deep",
+                            "yaml-too-deep",
+                            hint="a deployment nests a few levels; check the brackets",
+                        )
+                    ]
+                )
             self.active.add(id(node))
             try:
                 if isinstance(node, yaml.MappingNode):
@@ -158,24 +185,45 @@ class _Builder:
         for key_node, value_node in node.value:
             kmark = _mark(self.file, key_node.start_mark)
             if key_node.tag == _TAG + "merge":
-                self.errors.append(_err(self.file, kmark, (*path, "<<"), "YAML merge keys (<<) are not supported",
-                                        "put shared values in deployments/fleet.yaml `defaults` instead"))
+                self.errors.append(
+                    _err(
+                        self.file,
+                        kmark,
+                        (*path, "<<"),
+                        "YAML merge keys (<<) are not supported",
+                        "put shared values in deployments/fleet.yaml `defaults` instead",
+                    )
+                )
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _TAG + "str":
                 if isinstance(key_node, yaml.ScalarNode):
                     message, shown = f"key {_cut(key_node.value)!r} is not a string", _cut(key_node.value)
                 else:
                     message, shown = "a key must be a string, not a collection", "?"
-                self.errors.append(_err(self.file, kmark, (*path, shown), message,
-                                        f'quote the key ("{shown}")' if shown != "?" else "use a plain name as key",
-                                        code="yaml-key"))
+                self.errors.append(
+                    _err(
+                        self.file,
+                        kmark,
+                        (*path, shown),
+                        message,
+                        f'quote the key ("{shown}")' if shown != "?" else "use a plain name as key",
+                        code="yaml-key",
+                    )
+                )
                 continue
             key = key_node.value
             if key in out:
                 first = key_marks[key]
-                self.errors.append(_err(self.file, kmark, (*path, key), f"duplicate key {key!r}",
-                                        f"first set at line {first.line}; YAML would silently keep only the last",
-                                        code="yaml-duplicate-key"))
+                self.errors.append(
+                    _err(
+                        self.file,
+                        kmark,
+                        (*path, key),
+                        f"duplicate key {key!r}",
+                        f"first set at line {first.line}; YAML would silently keep only the last",
+                        code="yaml-duplicate-key",
+                    )
+                )
                 continue
             key_marks[key] = kmark
             out[key] = self.build(value_node, (*path, key))
@@ -190,25 +238,44 @@ class _Builder:
         if tag == _TAG + "bool":
             if text.lower() in ("true", "false"):
                 return text.lower() == "true"
-            self._surprise(mark, path, f"{text!r} is read as the boolean {str(text.lower() in _TRUTHY).lower()} by YAML 1.1",
-                           f'write true or false, or quote it ("{text}") if you meant the string')
+            self._surprise(
+                mark,
+                path,
+                f"{text!r} is read as the boolean {str(text.lower() in _TRUTHY).lower()} by YAML 1.1",
+                f'write true or false, or quote it ("{text}") if you meant the string',
+            )
             return text
         if tag == _TAG + "int":
             if _PLAIN_INT.match(text) or _HEX_INT.match(text):
                 digits = text.replace("_", "").lstrip("+-")
                 if len(digits) > MAX_INT_DIGITS:
-                    self.errors.append(Diagnostic(mark, path, f"integer of {len(digits)} digits is too large",
-                                                  "yaml-number", hint="no fleetform field takes a number this big"))
+                    self.errors.append(
+                        Diagnostic(
+                            mark,
+                            path,
+                            f"integer of {len(digits)} digits is too large",
+                            "yaml-number",
+                            hint="no fleetform field takes a number this big",
+                        )
+                    )
                     return 0
                 return int(text.replace("_", ""), 0) if not _PLAIN_INT.match(text) else int(text.replace("_", ""))
             if ":" in text:
-                self._surprise(mark, path, f"{text!r} is read as a base-60 number by YAML 1.1",
-                               f'quote it ("{text}"), or for a duration write seconds or "1m30s"')
+                self._surprise(
+                    mark,
+                    path,
+                    f"{text!r} is read as a base-60 number by YAML 1.1",
+                    f'quote it ("{text}"), or for a duration write seconds or "1m30s"',
+                )
             elif text.lstrip("+-").startswith("0b"):
                 self._surprise(mark, path, f"{text!r} is read as a binary number by YAML 1.1", f'quote it ("{text}")')
             else:
-                self._surprise(mark, path, f"{text!r} is read as an octal number by YAML 1.1 (leading zero)",
-                               f'drop the leading zero, or quote it ("{text}")')
+                self._surprise(
+                    mark,
+                    path,
+                    f"{text!r} is read as an octal number by YAML 1.1 (leading zero)",
+                    f'drop the leading zero, or quote it ("{text}")',
+                )
             return text
         if tag == _TAG + "float":
             if ":" in text:
@@ -217,17 +284,31 @@ class _Builder:
             if _PLAIN_FLOAT.match(text):
                 value = float(text.replace("_", ""))
                 if not math.isfinite(value):
-                    self.errors.append(Diagnostic(mark, path, f"number {_cut(text)} is too large (infinite as a float)",
-                                                  "yaml-number", hint="no fleetform field takes a number this big"))
+                    self.errors.append(
+                        Diagnostic(
+                            mark,
+                            path,
+                            f"number {_cut(text)} is too large (infinite as a float)",
+                            "yaml-number",
+                            hint="no fleetform field takes a number this big",
+                        )
+                    )
                 return value
             self._surprise(mark, path, f"{text!r} is read as a special float by YAML 1.1", f'quote it ("{text}")')
             return text
         if tag == _TAG + "timestamp":
             self._surprise(mark, path, f"{text!r} is read as a date by YAML 1.1", f'quote it ("{text}")')
             return text
-        self.errors.append(_err(self.file, mark, path, f"unsupported YAML tag {tag!r}",
-                                "fleetform files hold plain strings, numbers, booleans, lists and maps",
-                                code="yaml-tag"))
+        self.errors.append(
+            _err(
+                self.file,
+                mark,
+                path,
+                f"unsupported YAML tag {tag!r}",
+                "fleetform files hold plain strings, numbers, booleans, lists and maps",
+                code="yaml-tag",
+            )
+        )
         return text
 
     def _surprise(self, mark: Mark, path: FieldPath, message: str, hint: str) -> None:
@@ -246,7 +327,7 @@ def _cut(text: str, limit: int = 40) -> str:
 _WHAT = {
     "deployment": "a deployment needs at least `name`, `model` and `gpu`",
     "fleet": "fleet.yaml holds fleet-wide settings (`defaults`, `environments`, `prices`, `gateway`); "
-             "write at least one, or delete the file",
+    "write at least one, or delete the file",
 }
 _STARTS = {
     "deployment": "a deployment starts with `name:` on the first line",
@@ -263,9 +344,17 @@ def _decode(file: str, raw: bytes, kind: str) -> str:
         before = raw[: exc.start]
         line = before.count(b"\n") + 1
         col = exc.start - (before.rfind(b"\n") + 1) + 1
-        raise LoadError([Diagnostic(Mark(file, line, col), (),
-                                    f"not UTF-8: byte 0x{raw[exc.start]:02x} cannot be decoded", "encoding",
-                                    hint="save the file as UTF-8")]) from None
+        raise LoadError(
+            [
+                Diagnostic(
+                    Mark(file, line, col),
+                    (),
+                    f"not UTF-8: byte 0x{raw[exc.start]:02x} cannot be decoded",
+                    "encoding",
+                    hint="save the file as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def _too_deep(file: str, text: str) -> Diagnostic:
@@ -282,16 +371,30 @@ def _too_deep(file: str, text: str) -> Diagnostic:
                 depth -= 1
     except yaml.YAMLError:
         pass
-    return Diagnostic(where, (), f"nested more than {MAX_DEPTH} levels deep", "yaml-too-deep",
-                      hint="a deployment nests a few levels; check the brackets")
+    return Diagnostic(
+        where,
+        (),
+        f"nested more than {MAX_DEPTH} levels deep",
+        "yaml-too-deep",
+        hint="a deployment nests a few levels; check the brackets",
+    )
 
 
 def load_text(file: str, raw: bytes, kind: str = "deployment") -> Document:
     """Load one YAML document from bytes; `file` names it in diagnostics; `kind` is "deployment" or
     "fleet" (for the hints). Raises LoadError, and nothing else, whatever the bytes."""
     if len(raw) > MAX_BYTES:
-        raise LoadError([Diagnostic(Mark(file, 1, 1), (), f"file is {len(raw)} bytes, over the 1 MiB limit",
-                                    "too-large", hint="one deployment a file; a deployment is a page of YAML")])
+        raise LoadError(
+            [
+                Diagnostic(
+                    Mark(file, 1, 1),
+                    (),
+                    f"file is {len(raw)} bytes, over the 1 MiB limit",
+                    "too-large",
+                    hint="one deployment a file; a deployment is a page of YAML",
+                )
+            ]
+        )
     text = _decode(file, raw, kind)
     try:
         nodes = list(yaml.compose_all(text, Loader=_Loader))
@@ -307,21 +410,36 @@ def load_text(file: str, raw: bytes, kind: str = "deployment") -> Document:
         raise LoadError([_too_deep(file, text)]) from None
     nodes = [n for n in nodes if n is not None]
     if not nodes:
-        raise LoadError([Diagnostic(Mark(file, 1, 1), (), "file holds no YAML document, only comments",
-                                    "empty-file", hint=_WHAT[kind])])
+        raise LoadError(
+            [
+                Diagnostic(
+                    Mark(file, 1, 1), (), "file holds no YAML document, only comments", "empty-file", hint=_WHAT[kind]
+                )
+            ]
+        )
     if len(nodes) > 1:
-        raise LoadError([Diagnostic(_mark(file, nodes[1].start_mark), (),
-                                    "more than one YAML document in the file", "yaml-multi-document",
-                                    hint="one deployment a file: split at the `---`" if kind == "deployment"
-                                    else "fleet.yaml is one document: remove the `---`")])
+        raise LoadError(
+            [
+                Diagnostic(
+                    _mark(file, nodes[1].start_mark),
+                    (),
+                    "more than one YAML document in the file",
+                    "yaml-multi-document",
+                    hint="one deployment a file: split at the `---`"
+                    if kind == "deployment"
+                    else "fleet.yaml is one document: remove the `---`",
+                )
+            ]
+        )
     builder = _Builder(file)
     root = builder.build(nodes[0], ())
     if builder.errors:
         raise LoadError(builder.errors)
     if not isinstance(root.value, dict):
         got = "a list" if isinstance(root.value, list) else _describe_scalar(root.value)
-        raise LoadError([Diagnostic(root.mark, (), f"expected a mapping of fields, got {got}",
-                                    "not-a-mapping", hint=_STARTS[kind])])
+        raise LoadError(
+            [Diagnostic(root.mark, (), f"expected a mapping of fields, got {got}", "not-a-mapping", hint=_STARTS[kind])]
+        )
     return Document(file, root)
 
 
@@ -330,8 +448,13 @@ def _describe_scalar(value: Any) -> str:
 
 
 def _kind_of(mode: int) -> str:
-    for test, what in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+    for test, what in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return what
     return "not a regular file"
@@ -349,8 +472,9 @@ def load_file(path: str | Path, kind: str = "deployment") -> Document:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise fail(f"broken symbolic link (to {os.readlink(path)})",
-                       "point the link at an existing file, or remove it") from None
+            raise fail(
+                f"broken symbolic link (to {os.readlink(path)})", "point the link at an existing file, or remove it"
+            ) from None
         raise fail("no such file") from None
     except OSError as exc:
         raise fail(f"cannot read: {exc.strerror}") from None
@@ -358,8 +482,10 @@ def load_file(path: str | Path, kind: str = "deployment") -> Document:
         raise fail("is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
         linked = " (through a symbolic link)" if os.path.islink(path) else ""
-        raise fail(f"is {_kind_of(info.st_mode)}{linked}, not a regular file",
-                   "fleetform reads only regular YAML files; remove it or rename it so it does not end in .yaml")
+        raise fail(
+            f"is {_kind_of(info.st_mode)}{linked}, not a regular file",
+            "fleetform reads only regular YAML files; remove it or rename it so it does not end in .yaml",
+        )
     try:
         # O_NONBLOCK: should the file be swapped for a FIFO after the check, opening it still cannot hang.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -400,17 +526,28 @@ def _unread(folder: Path) -> list[Diagnostic]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
             if f.endswith(YAML_SUFFIXES) and not f.startswith("."):
-                out.append(Diagnostic(Mark(os.path.join(dirpath, f), 1, 1), (),
-                                      f"not read: it is in a subfolder of {folder.parent}", "not-read",
-                                      Severity.WARNING,
-                                      hint=f"fleetform reads only the files directly in {folder.parent}; move it "
-                                           "there, or name it (or its folder) on the command line"))
+                out.append(
+                    Diagnostic(
+                        Mark(os.path.join(dirpath, f), 1, 1),
+                        (),
+                        f"not read: it is in a subfolder of {folder.parent}",
+                        "not-read",
+                        Severity.WARNING,
+                        hint=f"fleetform reads only the files directly in {folder.parent}; move it "
+                        "there, or name it (or its folder) on the command line",
+                    )
+                )
     return out
 
 
 def _misnamed_fleet(path: str) -> Diagnostic:
-    return Diagnostic(Mark(path, 1, 1), (), "the fleet file must be named fleet.yaml", "fleet-file-name",
-                      hint=f"rename it: mv {path} {os.path.join(os.path.dirname(path), FLEET_FILE)}")
+    return Diagnostic(
+        Mark(path, 1, 1),
+        (),
+        "the fleet file must be named fleet.yaml",
+        "fleet-file-name",
+        hint=f"rename it: mv {path} {os.path.join(os.path.dirname(path), FLEET_FILE)}",
+    )
 
 
 def discover(paths: list[str]) -> FleetFiles:
@@ -432,9 +569,16 @@ def discover(paths: list[str]) -> FleetFiles:
             if fleet is None:
                 fleet = str(path)
             elif os.path.realpath(fleet) != os.path.realpath(path):
-                problems.append(Diagnostic(Mark(str(path), 1, 1), (), f"not read: {fleet} is the fleet file",
-                                           "not-read", Severity.WARNING,
-                                           hint="a fleet has one fleet.yaml; validate the folders one at a time"))
+                problems.append(
+                    Diagnostic(
+                        Mark(str(path), 1, 1),
+                        (),
+                        f"not read: {fleet} is the fleet file",
+                        "not-read",
+                        Severity.WARNING,
+                        hint="a fleet has one fleet.yaml; validate the folders one at a time",
+                    )
+                )
         elif path.name in _FLEET_MISSPELT:
             problems.append(_misnamed_fleet(str(path)))
         else:
@@ -495,5 +639,6 @@ def load_fleet(paths: list[str]) -> LoadedFleet:
             docs.append(load_file(f))
         except LoadError as exc:
             diags.extend(exc.diagnostics)
-    return LoadedFleet(fleet_doc, tuple(docs), tuple(diags), files.fleet,
-                       tuple(d for d in files.problems if not d.is_error))
+    return LoadedFleet(
+        fleet_doc, tuple(docs), tuple(diags), files.fleet, tuple(d for d in files.problems if not d.is_error)
+    )

@@ -23,8 +23,9 @@ command line is built here, once; the renderer and `fleetform serve --local` onl
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
 
 from renderer.config import spec
 from renderer.config.credentials import find_credentials
@@ -150,27 +151,45 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
     d = _deep_merge(schema_defaults(), data)
     m, g, s, e = d["model"], d["gpu"], d["scaling"], d["engine"]
     model = spec.Model(
-        id=m["id"], revision=m["revision"],
+        id=m["id"],
+        revision=m["revision"],
         served_model_names=tuple(m.get("served_model_names") or [m["id"]]),
-        quantization=m["quantization"], quantize_on_load=m["quantize_on_load"], dtype=m.get("dtype"),
-        max_model_len=m.get("max_model_len"), tokenizer=m.get("tokenizer"), chat_template=m.get("chat_template"),
+        quantization=m["quantization"],
+        quantize_on_load=m["quantize_on_load"],
+        dtype=m.get("dtype"),
+        max_model_len=m.get("max_model_len"),
+        tokenizer=m.get("tokenizer"),
+        chat_template=m.get("chat_template"),
         parameters_b=m.get("parameters_b"),
         lora_adapters=tuple(spec.LoraAdapter(a["name"], a["id"], a["revision"]) for a in m["lora_adapters"]),
         max_lora_rank=m.get("max_lora_rank"),
     )
-    gpu = spec.Gpu(type=g["type"], count=g["count"], fallbacks=tuple(g["fallbacks"]),
-                   tensor_parallel_size=g.get("tensor_parallel_size") or g["count"])
+    gpu = spec.Gpu(
+        type=g["type"],
+        count=g["count"],
+        fallbacks=tuple(g["fallbacks"]),
+        tensor_parallel_size=g.get("tensor_parallel_size") or g["count"],
+    )
     scaling = spec.Scaling(
-        min_containers=s["min_containers"], max_containers=s.get("max_containers"),
-        buffer_containers=s["buffer_containers"], scaledown_window=parse_duration(s["scaledown_window"]),
-        target_concurrency=s["target_concurrency"], max_concurrency=s.get("max_concurrency"),
+        min_containers=s["min_containers"],
+        max_containers=s.get("max_containers"),
+        buffer_containers=s["buffer_containers"],
+        scaledown_window=parse_duration(s["scaledown_window"]),
+        target_concurrency=s["target_concurrency"],
+        max_concurrency=s.get("max_concurrency"),
         startup_timeout=parse_duration(s["startup_timeout"]),
     )
     engine = spec.Engine(
-        vllm_version=e["vllm_version"], fast_boot=e["fast_boot"], cold_start=e["cold_start"], port=e["port"],
-        gpu_memory_utilization=e.get("gpu_memory_utilization"), max_num_seqs=e.get("max_num_seqs"),
-        enable_prefix_caching=e.get("enable_prefix_caching"), kv_cache_dtype=e.get("kv_cache_dtype"),
-        extra_args=tuple(e["extra_args"]), env=tuple(sorted(e["env"].items())),
+        vllm_version=e["vllm_version"],
+        fast_boot=e["fast_boot"],
+        cold_start=e["cold_start"],
+        port=e["port"],
+        gpu_memory_utilization=e.get("gpu_memory_utilization"),
+        max_num_seqs=e.get("max_num_seqs"),
+        enable_prefix_caching=e.get("enable_prefix_caching"),
+        kv_cache_dtype=e.get("kv_cache_dtype"),
+        extra_args=tuple(e["extra_args"]),
+        env=tuple(sorted(e["env"].items())),
     )
     auth = spec.Auth(mode=d["auth"]["mode"], api_key_secret=d["auth"].get("api_key_secret"))
     secrets = list(d["secrets"])
@@ -178,13 +197,21 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         secrets.append(auth.api_key_secret)
     region = d.get("region")
     return spec.Deployment(
-        name=d["name"], description=d.get("description"), source=source, fleet_env=fleet_env,
-        model=model, gpu=gpu, scaling=scaling, engine=engine,
+        name=d["name"],
+        description=d.get("description"),
+        source=source,
+        fleet_env=fleet_env,
+        model=model,
+        gpu=gpu,
+        scaling=scaling,
+        engine=engine,
         image=spec.Image(python_version=d["image"]["python_version"], pip=tuple(d["image"]["pip"])),
         cache=spec.Cache(huggingface_volume=d["cache"]["huggingface_volume"], vllm_volume=d["cache"]["vllm_volume"]),
-        secrets=tuple(secrets), auth=auth,
+        secrets=tuple(secrets),
+        auth=auth,
         region=None if region is None else (region,) if isinstance(region, str) else tuple(region),
-        routing_region=d["routing_region"], modal_env=d.get("environment"),
+        routing_region=d["routing_region"],
+        modal_env=d.get("environment"),
         vllm_args=build_vllm_args(model, gpu, engine),
     )
 
@@ -234,8 +261,11 @@ class _SchemaChecker:
     def check(self, tree: Node) -> list[Diagnostic]:
         """A merged tree: only the sections not seen before are validated."""
         shape = {k: None for k in tree.value}  # the top level's keywords only look at the keys
-        out = [d for err in _top_level_validator().iter_errors(shape) for d in _schema_error_diags(
-            err, tree, DEPLOYMENT_SCHEMA, ())]
+        out = [
+            d
+            for err in _top_level_validator().iter_errors(shape)
+            for d in _schema_error_diags(err, tree, DEPLOYMENT_SCHEMA, ())
+        ]
         for key, node in tree.value.items():
             if key not in self._sections:
                 continue
@@ -413,10 +443,16 @@ def _check(loaded: LoadedFleet) -> _Checked:
             results[c] = (tree, found, not any(d.is_error for d in found))
         # a field the deployment leaves to its environments, and every environment sets, is no error
         missing = [d for d in results[BASE][1] if d.code == "schema-required"]
-        if missing and declared and len(missing) == len(results[BASE][1]) \
-                and all(results[c][2] for c in declared):
-            environment_only.append((doc, [format_path((*d.path, d.message.split("'")[1])) if "'" in d.message
-                                           else format_path(d.path) for d in missing]))
+        if missing and declared and len(missing) == len(results[BASE][1]) and all(results[c][2] for c in declared):
+            environment_only.append(
+                (
+                    doc,
+                    [
+                        format_path((*d.path, d.message.split("'")[1])) if "'" in d.message else format_path(d.path)
+                        for d in missing
+                    ],
+                )
+            )
             results[BASE] = (results[BASE][0], [], False)
         ruled: dict[int, list[Diagnostic]] = {}
         for c in configs:
@@ -438,7 +474,7 @@ def _check(loaded: LoadedFleet) -> _Checked:
         name_claims: list[Claim] = []
         served_claims: list[Claim] = []
         upstreams: list[tuple[str, str | None, str]] = []
-        for doc, tree in clean[c]:
+        for _doc, tree in clean[c]:
             data = tree.plain()
             dname = data["name"]
             name_claims.append(Claim(dname, tree.find(("name",))[1], ("name",)))
@@ -486,10 +522,16 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
     diags = list(checked.diagnostics)
     if env is None:
         for doc, missing in checked.environment_only:
-            diags.append(Diagnostic(doc.root.mark, (), f"{', '.join(missing)} set only by its environments: "
-                                                       "left out without --env", "environment-only",
-                                    Severity.WARNING, hint="name the environment with --env, or set it in the "
-                                                           "deployment file or fleet.yaml `defaults`"))
+            diags.append(
+                Diagnostic(
+                    doc.root.mark,
+                    (),
+                    f"{', '.join(missing)} set only by its environments: left out without --env",
+                    "environment-only",
+                    Severity.WARNING,
+                    hint="name the environment with --env, or set it in the deployment file or fleet.yaml `defaults`",
+                )
+            )
     built: list[spec.Deployment] = []
     origins: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
     for doc, tree in checked.clean.get(env, []):
@@ -498,13 +540,22 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
         deployment = _build(tree.plain(), doc.path, env)
         built.append(deployment)
         origins[deployment.name] = {  # lists count as one value, as they replace rather than merge
-            p: (n.plain(), n.mark) for p, n in tree.walk()
-            if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)}
-    return ResolvedFleet(tuple(built), tuple(sorted(diags, key=Diagnostic.sort_key)), env,
-                         checked.prices, origins, gateway=checked.gateway,
-                         fleet_file=fleet.path if fleet is not None else None,
-                         modal_env=modal_env.plain() if modal_env is not None else None,
-                         declared_environments=tuple(checked.declared), loaded=loaded)
+            p: (n.plain(), n.mark)
+            for p, n in tree.walk()
+            if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)
+        }
+    return ResolvedFleet(
+        tuple(built),
+        tuple(sorted(diags, key=Diagnostic.sort_key)),
+        env,
+        checked.prices,
+        origins,
+        gateway=checked.gateway,
+        fleet_file=fleet.path if fleet is not None else None,
+        modal_env=modal_env.plain() if modal_env is not None else None,
+        declared_environments=tuple(checked.declared),
+        loaded=loaded,
+    )
 
 
 # --- the gateway -----------------------------------------------------------------------------------------
@@ -526,8 +577,9 @@ def _gateway(fleet: Document) -> spec.Gateway | None:
     return gateway_from(node.plain() if node is not None else None)
 
 
-def gateway_diagnostics(fleet: Document, gateway: spec.Gateway,
-                        upstreams: list[tuple[str, str | None, str]]) -> list[Diagnostic]:
+def gateway_diagnostics(
+    fleet: Document, gateway: spec.Gateway, upstreams: list[tuple[str, str | None, str]]
+) -> list[Diagnostic]:
     """What is wrong with an enabled gateway for these deployments ((name, Modal environment, auth
     mode) each), each error at the field of fleet.yaml's `gateway` it is about."""
     out = []
@@ -544,22 +596,36 @@ def gateway_diagnostics(fleet: Document, gateway: spec.Gateway,
 
     g = gateway
     if g.request_timeout <= g.upstream_timeout:
-        error(("request_timeout", "upstream_timeout"), f"request_timeout ({g.request_timeout} s) must be longer than upstream_timeout "
-                                 f"({g.upstream_timeout} s)",
-              "a request waits up to upstream_timeout for a cold deployment, then needs time to answer")
+        error(
+            ("request_timeout", "upstream_timeout"),
+            f"request_timeout ({g.request_timeout} s) must be longer than upstream_timeout ({g.upstream_timeout} s)",
+            "a request waits up to upstream_timeout for a cold deployment, then needs time to answer",
+        )
     if g.request_timeout > spec.MAX_REQUEST_TIMEOUT:
-        error("request_timeout", f"request_timeout ({g.request_timeout} s) is over Modal's 24 h limit",
-              f"at most {spec.MAX_REQUEST_TIMEOUT} s (24h)")
+        error(
+            "request_timeout",
+            f"request_timeout ({g.request_timeout} s) is over Modal's 24 h limit",
+            f"at most {spec.MAX_REQUEST_TIMEOUT} s (24h)",
+        )
     if g.max_containers is not None and g.min_containers > g.max_containers:
-        error(("min_containers", "max_containers"), f"min_containers {g.min_containers} is above max_containers {g.max_containers}",
-              f"raise max_containers to at least {g.min_containers}, or lower min_containers")
+        error(
+            ("min_containers", "max_containers"),
+            f"min_containers {g.min_containers} is above max_containers {g.max_containers}",
+            f"raise max_containers to at least {g.min_containers}, or lower min_containers",
+        )
     if g.target_concurrency > g.max_concurrency:
-        error(("target_concurrency", "max_concurrency"), f"target_concurrency {g.target_concurrency} is above max_concurrency "
-                                    f"{g.max_concurrency}", "the autoscaler could never reach its target")
+        error(
+            ("target_concurrency", "max_concurrency"),
+            f"target_concurrency {g.target_concurrency} is above max_concurrency {g.max_concurrency}",
+            "the autoscaler could never reach its target",
+        )
     names = [name for name, _, _ in upstreams]
     if g.name in names:
-        error("name", f"gateway name {g.name!r} is also a deployment's name", "pick another gateway.name: "
-                                                                                "both are Modal app names")
+        error(
+            "name",
+            f"gateway name {g.name!r} is also a deployment's name",
+            "pick another gateway.name: both are Modal app names",
+        )
     if not upstreams:
         error(None, "the gateway has no deployments to route to", "set gateway.enabled: false, or add deployments")
     # (Upstream key variables cannot clash: a deployment name has no `_`, so upper-casing it and
@@ -567,6 +633,9 @@ def gateway_diagnostics(fleet: Document, gateway: spec.Gateway,
     for name, environment, _ in sorted(upstreams):
         url = g.url_of(name, environment)
         if url and len(url.split("//", 1)[1].split(".", 1)[0]) > spec.MAX_HOST_LABEL:
-            error("workspace", f"{name}: host name label of {url} is over {spec.MAX_HOST_LABEL} characters, "
-                               "so Modal shortens it", "leave gateway.workspace unset to look URLs up at run time")
+            error(
+                "workspace",
+                f"{name}: host name label of {url} is over {spec.MAX_HOST_LABEL} characters, so Modal shortens it",
+                "leave gateway.workspace unset to look URLs up at run time",
+            )
     return out

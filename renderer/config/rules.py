@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from renderer import sizing
 from renderer.config import vllm_args
 from renderer.config.load import Node
 from renderer.config.schema import parse_duration
-from renderer.diagnostics import Diagnostic, Mark, Path as FieldPath, Severity, did_you_mean, format_path
+from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
+from renderer.diagnostics import Path as FieldPath
 from renderer.gpus import GPU_TYPES, gpu_info
 
 SHOWN_CHARS = 80  # longest value echoed in a message
@@ -29,7 +31,7 @@ def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
     if len(text) <= limit:
         return text
     size = f" ({len(value)} characters)" if isinstance(value, str) else ""
-    return text[:limit - 1] + "…" + size
+    return text[: limit - 1] + "…" + size
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,12 @@ def durations_in_range(ctx: RuleContext) -> Iterator[Diagnostic]:
             continue
         seconds = parse_duration(raw)
         if not lo <= seconds <= hi:
-            yield ctx.error(("scaling", key), f"must be between {lo} s and {hi} s, got {shown(raw)} ({seconds} s)",
-                            "range", hint=f"write a duration from {lo} to {hi} seconds, such as 900 or \"15m\"")
+            yield ctx.error(
+                ("scaling", key),
+                f"must be between {lo} s and {hi} s, got {shown(raw)} ({seconds} s)",
+                "range",
+                hint=f'write a duration from {lo} to {hi} seconds, such as 900 or "15m"',
+            )
 
 
 def shadowed_module(name: str, extra: Iterable[str] = ()) -> str | None:
@@ -155,9 +161,12 @@ def name_is_not_a_module(ctx: RuleContext) -> Iterator[Diagnostic]:
     name = ctx.get("name")
     what = shadowed_module(name, _image_packages(ctx)) if isinstance(name, str) and name.isidentifier() else None
     if what:
-        yield ctx.error(("name",), f"name {name!r} is also {what}: build/{name}.py would shadow it when Modal "
-                                   "imports the app", "module-name",
-                        hint=f"pick another name, such as {name}-llm or {name}-1")
+        yield ctx.error(
+            ("name",),
+            f"name {name!r} is also {what}: build/{name}.py would shadow it when Modal imports the app",
+            "module-name",
+            hint=f"pick another name, such as {name}-llm or {name}-1",
+        )
 
 
 # Packages whose version `engine.vllm_version` decides: vLLM pins its torch exactly.
@@ -177,15 +186,22 @@ def pip_does_not_pin_vllm(ctx: RuleContext) -> Iterator[Diagnostic]:
         try:
             req = Requirement(item)
         except InvalidRequirement as exc:
-            yield ctx.error(("image", "pip", i), f"{shown(item)} is not a requirement pip can read: "
-                                                 f"{str(exc).splitlines()[0]}",
-                            "pip-requirement", hint='write NAME==VERSION, such as "flashinfer-python==0.2.5"')
+            yield ctx.error(
+                ("image", "pip", i),
+                f"{shown(item)} is not a requirement pip can read: {str(exc).splitlines()[0]}",
+                "pip-requirement",
+                hint='write NAME==VERSION, such as "flashinfer-python==0.2.5"',
+            )
             continue
         name = canonicalize_name(req.name)
         if name in VLLM_OWNED_PACKAGES:
-            yield ctx.error(("image", "pip", i), f"{shown(item)} installs {name} again: the image already has "
-                                                 f"vllm=={ctx.vllm_version} and the torch it pins", "pip-vllm",
-                            hint="set engine.vllm_version to change vLLM, and leave torch to the vLLM release")
+            yield ctx.error(
+                ("image", "pip", i),
+                f"{shown(item)} installs {name} again: the image already has "
+                f"vllm=={ctx.vllm_version} and the torch it pins",
+                "pip-vllm",
+                hint="set engine.vllm_version to change vLLM, and leave torch to the vLLM release",
+            )
 
 
 # --- hardware --------------------------------------------------------------------------------------------
@@ -194,12 +210,15 @@ def pip_does_not_pin_vllm(ctx: RuleContext) -> Iterator[Diagnostic]:
 @rule
 def gpu_count_allowed(ctx: RuleContext) -> Iterator[Diagnostic]:
     count = ctx.get("gpu", "count", default=1)
-    for path, spec in _gpu_types(ctx):
+    for _path, spec in _gpu_types(ctx):
         info = gpu_info(spec)
         if count > info.max_count:
-            yield ctx.error(("gpu", "count"), f"{info.name} allows at most {info.max_count} GPUs a container, "
-                                              f"got {count}", "gpu-count",
-                            hint=f"use a larger GPU type, or at most {info.max_count} {info.name}")
+            yield ctx.error(
+                ("gpu", "count"),
+                f"{info.name} allows at most {info.max_count} GPUs a container, got {count}",
+                "gpu-count",
+                hint=f"use a larger GPU type, or at most {info.max_count} {info.name}",
+            )
 
 
 @rule
@@ -209,13 +228,19 @@ def tensor_parallel_divides_count(ctx: RuleContext) -> Iterator[Diagnostic]:
     if tp is None:
         return
     if tp > count or count % tp:
-        yield ctx.error(("gpu", "tensor_parallel_size"),
-                        f"tensor_parallel_size {tp} must divide the GPU count {count}", "tensor-parallel",
-                        hint=f"choose one of {', '.join(str(d) for d in range(1, count + 1) if count % d == 0)}")
+        yield ctx.error(
+            ("gpu", "tensor_parallel_size"),
+            f"tensor_parallel_size {tp} must divide the GPU count {count}",
+            "tensor-parallel",
+            hint=f"choose one of {', '.join(str(d) for d in range(1, count + 1) if count % d == 0)}",
+        )
     elif tp < count:
-        yield ctx.warning(("gpu", "tensor_parallel_size"),
-                          f"tensor_parallel_size {tp} uses {tp} of {count} GPUs; the rest stay idle", "tensor-parallel",
-                          hint="set gpu.count to the tensor parallel size, or add data parallelism in engine.extra_args")
+        yield ctx.warning(
+            ("gpu", "tensor_parallel_size"),
+            f"tensor_parallel_size {tp} uses {tp} of {count} GPUs; the rest stay idle",
+            "tensor-parallel",
+            hint="set gpu.count to the tensor parallel size, or add data parallelism in engine.extra_args",
+        )
 
 
 @rule
@@ -226,8 +251,12 @@ def weight_format_runs_on_gpu(ctx: RuleContext) -> Iterator[Diagnostic]:
         problem = sizing.hardware_problem(gpu_info(spec), quant)
         if problem:
             capable = [g.name for g in GPU_TYPES.values() if sizing.hardware_problem(g, quant) is None]
-            yield ctx.error(path, problem, "fp8-hardware" if quant == "fp8" else "quantization-hardware",
-                            hint=f"{'FP8' if quant == 'fp8' else quant} runs on " + ", ".join(capable))
+            yield ctx.error(
+                path,
+                problem,
+                "fp8-hardware" if quant == "fp8" else "quantization-hardware",
+                hint=f"{'FP8' if quant == 'fp8' else quant} runs on " + ", ".join(capable),
+            )
 
 
 def _checkpoint_dtype(ctx: RuleContext) -> str | None:
@@ -254,18 +283,25 @@ def dtype_runs_on_gpu(ctx: RuleContext) -> Iterator[Diagnostic]:
         problem = sizing.dtype_problem(gpu_info(spec), running)
         if problem:
             source = "model.dtype" if dtype not in (None, "auto") else "the checkpoint's dtype (config.json)"
-            yield ctx.error(path, f"{problem} ({source} is bfloat16): vLLM would refuse to start", "dtype-hardware",
-                            hint="set model.dtype: float16, or use a GPU of compute capability 8.0 or newer "
-                                 "(A10, L4, A100 and later)")
+            yield ctx.error(
+                path,
+                f"{problem} ({source} is bfloat16): vLLM would refuse to start",
+                "dtype-hardware",
+                hint="set model.dtype: float16, or use a GPU of compute capability 8.0 or newer "
+                "(A10, L4, A100 and later)",
+            )
 
 
 @rule
 def quantize_on_load_methods(ctx: RuleContext) -> Iterator[Diagnostic]:
     method = ctx.get("model", "quantization", default="none")
     if ctx.get("model", "quantize_on_load") and method not in ("fp8", "bitsandbytes"):
-        yield ctx.error(("model", "quantize_on_load"),
-                        f"vLLM quantizes on load only to fp8 or bitsandbytes, not {method!r}", "quantize-on-load",
-                        hint="drop quantize_on_load: a pre-quantized checkpoint's method is read from its config")
+        yield ctx.error(
+            ("model", "quantize_on_load"),
+            f"vLLM quantizes on load only to fp8 or bitsandbytes, not {method!r}",
+            "quantize-on-load",
+            hint="drop quantize_on_load: a pre-quantized checkpoint's method is read from its config",
+        )
 
 
 @rule
@@ -281,10 +317,14 @@ def weights_fit(ctx: RuleContext) -> Iterator[Diagnostic]:
         info = gpu_info(spec)
         have = info.memory_gib * sizing.GIB * count * util
         if need > have:
-            yield ctx.warning(path, f"{params:g}B parameters ({quant}) need about {need / sizing.GIB:.0f} GiB of "
-                                    f"weights; {count} x {info.name} at {util:g} utilization hold "
-                                    f"{have / sizing.GIB:.0f} GiB", "weights-fit",
-                              hint="more or larger GPUs, or a quantized checkpoint")
+            yield ctx.warning(
+                path,
+                f"{params:g}B parameters ({quant}) need about {need / sizing.GIB:.0f} GiB of "
+                f"weights; {count} x {info.name} at {util:g} utilization hold "
+                f"{have / sizing.GIB:.0f} GiB",
+                "weights-fit",
+                hint="more or larger GPUs, or a quantized checkpoint",
+            )
 
 
 def _cached_snapshot(model_id: str, revision: str) -> bool:
@@ -314,11 +354,16 @@ def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
     problems: list[str] = []
     meta = sizing.metadata_offline(model_id, revision, problems=problems)
     for problem in problems:  # a broken cache: no fit check, and say why
-        yield ctx.warning(("model", "revision"), f"cannot check that the model fits its GPUs: {problem}",
-                          "model-fit", hint="fix or delete that cache entry (huggingface-cli delete-cache)")
+        yield ctx.warning(
+            ("model", "revision"),
+            f"cannot check that the model fits its GPUs: {problem}",
+            "model-fit",
+            hint="fix or delete that cache entry (huggingface-cli delete-cache)",
+        )
     if meta:
-        d = sizing.check_fit(ctx.data, meta.shape, meta.weights_bytes, mark=ctx.mark,
-                             default_utilization=default_utilization(ctx))
+        d = sizing.check_fit(
+            ctx.data, meta.shape, meta.weights_bytes, mark=ctx.mark, default_utilization=default_utilization(ctx)
+        )
         if d:
             yield d
 
@@ -330,17 +375,24 @@ def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
 def containers_ordered(ctx: RuleContext) -> Iterator[Diagnostic]:
     lo, hi = ctx.get("scaling", "min_containers"), ctx.get("scaling", "max_containers")
     if lo is not None and hi is not None and lo > hi:
-        yield ctx.error(("scaling", "min_containers"), f"min_containers {lo} is above max_containers {hi}",
-                        "containers", hint=f"raise max_containers to at least {lo}, or lower min_containers")
+        yield ctx.error(
+            ("scaling", "min_containers"),
+            f"min_containers {lo} is above max_containers {hi}",
+            "containers",
+            hint=f"raise max_containers to at least {lo}, or lower min_containers",
+        )
 
 
 @rule
 def concurrency_ordered(ctx: RuleContext) -> Iterator[Diagnostic]:
     target, cap = ctx.get("scaling", "target_concurrency"), ctx.get("scaling", "max_concurrency")
     if target is not None and cap is not None and target > cap:
-        yield ctx.error(("scaling", "target_concurrency"),
-                        f"target_concurrency {target} is above max_concurrency {cap}", "concurrency",
-                        hint="the autoscaler could never reach its target; lower it or raise max_concurrency")
+        yield ctx.error(
+            ("scaling", "target_concurrency"),
+            f"target_concurrency {target} is above max_concurrency {cap}",
+            "concurrency",
+            hint="the autoscaler could never reach its target; lower it or raise max_concurrency",
+        )
 
 
 # --- endpoint safety --------------------------------------------------------------------------------------
@@ -349,8 +401,12 @@ def concurrency_ordered(ctx: RuleContext) -> Iterator[Diagnostic]:
 @rule
 def auth_explicit(ctx: RuleContext) -> Iterator[Diagnostic]:
     if ctx.get("auth", "mode") == "none":
-        yield ctx.warning(("auth", "mode"), "endpoint is open to anyone on the internet (auth.mode: none)",
-                          "unauthenticated", hint="use `proxy` (the default) or `api_key` unless this is intended")
+        yield ctx.warning(
+            ("auth", "mode"),
+            "endpoint is open to anyone on the internet (auth.mode: none)",
+            "unauthenticated",
+            hint="use `proxy` (the default) or `api_key` unless this is intended",
+        )
 
 
 SLEEP_MODE_SINCE = (0, 8, 0)  # vLLM release whose server exposes /sleep and /wake_up in dev mode
@@ -362,20 +418,27 @@ def snapshot_supported(ctx: RuleContext) -> Iterator[Diagnostic]:
         return
     version = ctx.vllm_version
     if tuple(int(p) for p in version.split(".")[:3]) < SLEEP_MODE_SINCE:
-        yield ctx.error(("engine", "cold_start"), f"cold_start snapshot needs vLLM sleep mode, which vLLM {version} "
-                                                  "does not serve", "snapshot-vllm",
-                        hint="use engine.vllm_version 0.8.0 or newer")
-    yield ctx.warning(("engine", "cold_start"), "GPU memory snapshots are an alpha Modal feature", "snapshot-alpha",
-                      hint="watch the first deploy's restore times; `cold_start: standard` is the safe fallback")
+        yield ctx.error(
+            ("engine", "cold_start"),
+            f"cold_start snapshot needs vLLM sleep mode, which vLLM {version} does not serve",
+            "snapshot-vllm",
+            hint="use engine.vllm_version 0.8.0 or newer",
+        )
+    yield ctx.warning(
+        ("engine", "cold_start"),
+        "GPU memory snapshots are an alpha Modal feature",
+        "snapshot-alpha",
+        hint="watch the first deploy's restore times; `cold_start: standard` is the safe fallback",
+    )
 
 
 # Variables of the vLLM process that fleetform, a Secret, the image or the runtime sets: engine.env
 # may not set them (tests/test_rules.py proves this covers every place fleetform sets one).
 OWNED_ENV: dict[str, str] = {
     "VLLM_API_KEY": "the API key comes from auth.api_key_secret's Secret; an empty value here switches "
-                    "vLLM's key check off",
+    "vLLM's key check off",
     "VLLM_SERVER_DEV_MODE": "it opens /sleep, /wake_up and /collective_rpc; fleetform sets it, guarded, only "
-                            "for cold_start: snapshot",
+    "for cold_start: snapshot",
     "FLEETFORM_ADMIN_TOKEN": "the runtime's per-container token for the sleep/wake guard",
     "HF_TOKEN": "a token belongs in a Modal Secret listed under `secrets`",
     "HUGGING_FACE_HUB_TOKEN": "a token belongs in a Modal Secret listed under `secrets`",
@@ -395,8 +458,12 @@ def env_not_owned(ctx: RuleContext) -> Iterator[Diagnostic]:
     for key in ctx.get("engine", "env", default={}) or {}:
         owner = OWNED_ENV.get(key) or OWNED_ENV.get(key.upper())
         if owner:
-            yield ctx.error(("engine", "env", key), f"{key} may not be set in engine.env: {owner}", "env-owned",
-                            hint=f"remove {key} from engine.env")
+            yield ctx.error(
+                ("engine", "env", key),
+                f"{key} may not be set in engine.env: {owner}",
+                "env-owned",
+                hint=f"remove {key} from engine.env",
+            )
 
 
 def _is_value(token: str) -> bool:
@@ -428,13 +495,23 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
     for i, token in enumerate(args):
         if _is_value(token):
             if pending is not None and pending.choices is not None and token not in pending.choices:
-                out.append(ArgProblem(i, f"{pending.long_name} {shown(token)} is not one of vLLM's choices",
-                                      "choose one of " + ", ".join(pending.choices)))
+                out.append(
+                    ArgProblem(
+                        i,
+                        f"{pending.long_name} {shown(token)} is not one of vLLM's choices",
+                        "choose one of " + ", ".join(pending.choices),
+                    )
+                )
             pending = None
             if takes_value is False:
                 where = "at the start" if i == 0 else f"after {args[i - 1]}, which takes no value"
-                out.append(ArgProblem(i, f"{shown(token)} is a value with no option before it ({where})",
-                                      "put the option this value belongs to before it, or remove it"))
+                out.append(
+                    ArgProblem(
+                        i,
+                        f"{shown(token)} is a value with no option before it ({where})",
+                        "put the option this value belongs to before it, or remove it",
+                    )
+                )
             takes_value = None if takes_value is None else False  # one value taken; `+` options take more
             continue
         if token == "--":
@@ -460,28 +537,55 @@ def extra_arg_problems(args: list[str], options: vllm_args.VllmOptions) -> list[
                 m = managed[longer[0]]
                 out.append(ArgProblem(i, f"{shown_flag} abbreviates {longer[0]}, which fleetform manages", m.hint))
             elif len(longer) == 1:
-                out.append(ArgProblem(i, f"{shown_flag} abbreviates {longer[0]}: vLLM would expand it",
-                                      f"write {longer[0]} in full"))
+                out.append(
+                    ArgProblem(
+                        i, f"{shown_flag} abbreviates {longer[0]}: vLLM would expand it", f"write {longer[0]} in full"
+                    )
+                )
             elif longer:
-                out.append(ArgProblem(i, f"{shown_flag} abbreviates {len(longer)} options ({', '.join(longer[:4])}"
-                                         f"{', ...' if len(longer) > 4 else ''})", "write the option in full"))
+                out.append(
+                    ArgProblem(
+                        i,
+                        f"{shown_flag} abbreviates {len(longer)} options ({', '.join(longer[:4])}"
+                        f"{', ...' if len(longer) > 4 else ''})",
+                        "write the option in full",
+                    )
+                )
             else:
                 close = did_you_mean(flag, [f for f in options.by_flag if f.startswith("--")])
-                out.append(ArgProblem(i, f"{shown_flag} is not an option of vLLM {options.version}'s `vllm serve`",
-                                      close or "see `vllm serve --help` for the pinned release"))
+                out.append(
+                    ArgProblem(
+                        i,
+                        f"{shown_flag} is not an option of vLLM {options.version}'s `vllm serve`",
+                        close or "see `vllm serve --help` for the pinned release",
+                    )
+                )
             takes_value = None
             continue
         if not flag.startswith("--") and not options.complete:
-            out.append(ArgProblem(i, f"{shown_flag} is a short alias fleetform cannot check",
-                                  "write the option's long name (`vllm serve --help` lists it)"))
+            out.append(
+                ArgProblem(
+                    i,
+                    f"{shown_flag} is a short alias fleetform cannot check",
+                    "write the option's long name (`vllm serve --help` lists it)",
+                )
+            )
             takes_value = None
             continue
         if eq and option.takes_value is False:
-            out.append(ArgProblem(i, f"{option.long_name} takes no value, got {shown(value)}",
-                                  f"write {option.long_name} alone"))
+            out.append(
+                ArgProblem(
+                    i, f"{option.long_name} takes no value, got {shown(value)}", f"write {option.long_name} alone"
+                )
+            )
         elif eq and option.choices is not None and value not in option.choices:
-            out.append(ArgProblem(i, f"{option.long_name} {shown(value)} is not one of vLLM's choices",
-                                  "choose one of " + ", ".join(option.choices)))
+            out.append(
+                ArgProblem(
+                    i,
+                    f"{option.long_name} {shown(value)} is not one of vLLM's choices",
+                    "choose one of " + ", ".join(option.choices),
+                )
+            )
         takes_value = False if eq else option.values
         pending = option if takes_value else None
     return out
@@ -495,11 +599,14 @@ def extra_args_checked(ctx: RuleContext) -> Iterator[Diagnostic]:
     options = ctx.vllm_options
     if options is None:
         known = ", ".join(vllm_args.shipped_versions())
-        yield ctx.warning(("engine", "extra_args"),
-                          f"fleetform ships no option list for vLLM {ctx.vllm_version}: {len(args)} extra argument(s) "
-                          "passed through unchecked", "extra-args-unchecked",
-                          hint=f"fleetform checks extra_args for vLLM {known}; `fleetform serve --local` or a "
-                               "deploy's smoke test will try these")
+        yield ctx.warning(
+            ("engine", "extra_args"),
+            f"fleetform ships no option list for vLLM {ctx.vllm_version}: {len(args)} extra argument(s) "
+            "passed through unchecked",
+            "extra-args-unchecked",
+            hint=f"fleetform checks extra_args for vLLM {known}; `fleetform serve --local` or a "
+            "deploy's smoke test will try these",
+        )
         return
     for p in extra_arg_problems(list(args), options):
         yield ctx.error(("engine", "extra_args", p.index), p.message, "extra-args", hint=p.hint)
@@ -517,8 +624,12 @@ def values_vllm_accepts(ctx: RuleContext) -> Iterator[Diagnostic]:
         if value is None or option is None or option.choices is None or str(value) in option.choices:
             continue
         path = tuple(row.field.split(".")) if row.field else ("engine",)
-        yield ctx.error(path, f"vLLM {options.version} does not accept {row.flags[0]} {shown(value)}",
-                        "vllm-choice", hint="choose one of " + ", ".join(option.choices))
+        yield ctx.error(
+            path,
+            f"vLLM {options.version} does not accept {row.flags[0]} {shown(value)}",
+            "vllm-choice",
+            hint="choose one of " + ", ".join(option.choices),
+        )
 
 
 # --- fleet-wide rules --------------------------------------------------------------------------------
@@ -539,8 +650,15 @@ def unique_across_fleet(claims: list[Claim], what: str, code: str) -> list[Diagn
     for c in claims:
         if c.value in first:
             prev = first[c.value]
-            out.append(Diagnostic(c.mark, c.path, f"{what} {c.value!r} is already used", code,
-                                  hint=f"first used at {prev.mark} ({format_path(prev.path)})"))
+            out.append(
+                Diagnostic(
+                    c.mark,
+                    c.path,
+                    f"{what} {c.value!r} is already used",
+                    code,
+                    hint=f"first used at {prev.mark} ({format_path(prev.path)})",
+                )
+            )
         else:
             first[c.value] = c
     return out
@@ -554,7 +672,17 @@ def undeclared_environments(root: Node, declared: list[str]) -> list[Diagnostic]
     out = []
     for env in node.value:
         hint = did_you_mean(env, declared) or (
-            f"fleet.yaml declares: {', '.join(declared)}" if declared else "declare it under `environments` in fleet.yaml")
-        out.append(Diagnostic((node.key_marks or {}).get(env, node.mark), ("environments", env),
-                              f"unknown environment {shown(env)}", "unknown-environment", hint=hint))
+            f"fleet.yaml declares: {', '.join(declared)}"
+            if declared
+            else "declare it under `environments` in fleet.yaml"
+        )
+        out.append(
+            Diagnostic(
+                (node.key_marks or {}).get(env, node.mark),
+                ("environments", env),
+                f"unknown environment {shown(env)}",
+                "unknown-environment",
+                hint=hint,
+            )
+        )
     return [d for d in out if d.path[1] not in declared]

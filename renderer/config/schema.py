@@ -20,8 +20,9 @@ import functools
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from renderer.diagnostics import Path as FieldPath
 
@@ -57,7 +58,7 @@ class SchemaFiles:
         self.files = files
 
     @classmethod
-    def from_dir(cls, folder: Path) -> "SchemaFiles":
+    def from_dir(cls, folder: Path) -> SchemaFiles:
         return cls({n: json.loads((folder / n).read_text(encoding="utf-8")) for n in SCHEMAS})
 
     def target(self, ref: str, base: str) -> tuple[str, str, dict]:
@@ -156,6 +157,7 @@ def section_of(key: str) -> str | None:
 
 def walk(name: str) -> Iterator[tuple[str, dict]]:
     """(JSON pointer, schema) of every schema object in a file, depth first (no `$ref` following)."""
+
     def go(node: Any, pointer: str) -> Iterator[tuple[str, dict]]:
         if isinstance(node, dict):
             yield pointer, node
@@ -181,14 +183,14 @@ def ecma_pattern(pattern: str) -> str:
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
-            out.append(pattern[i:i + 2])
+            out.append(pattern[i : i + 2])
             i += 2
             continue
         if in_class:
             in_class = c != "]"
         elif c == "[":
             in_class = True
-            if pattern[i + 1:i + 2] == "]":  # `[]...]`: a leading `]` is a member in Python
+            if pattern[i + 1 : i + 2] == "]":  # `[]...]`: a leading `]` is a member in Python
                 out.append("[]")
                 i += 2
                 continue
@@ -241,8 +243,11 @@ def validator(name: str, fragment: str = "") -> Any:
     from referencing import Registry, Resource
 
     registry = Registry().with_resources((n, Resource.from_contents(load_schema(n))) for n in SCHEMAS)
-    schema = ({"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": f"{name}#{fragment}"}
-              if fragment else load_schema(name))
+    schema = (
+        {"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": f"{name}#{fragment}"}
+        if fragment
+        else load_schema(name)
+    )
     return validator_class()(schema, registry=registry)
 
 

@@ -8,13 +8,14 @@ and column where the offending value was written, even when it came from `fleet.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from renderer.config.load import Document, Node
 from renderer.config.rules import shown
 from renderer.config.schema import DEPLOYMENT_SCHEMA, expand, section_of, subschema_at, validator
-from renderer.diagnostics import Diagnostic, Path as FieldPath, did_you_mean, format_path
-
+from renderer.diagnostics import Diagnostic, did_you_mean, format_path
+from renderer.diagnostics import Path as FieldPath
 
 # --- schema diagnostics ----------------------------------------------------------------------------
 
@@ -53,8 +54,11 @@ def _bounds_hint(schema: dict) -> str:
     hi = schema.get("maximum", schema.get("exclusiveMaximum"))
     if lo is not None and hi is not None:
         return f"use a value from {lo} to {hi}" + (" (exclusive)" if "exclusiveMinimum" in schema else "")
-    return f"use a value {'above' if 'exclusiveMinimum' in schema else 'of at least'} {lo}" if lo is not None \
+    return (
+        f"use a value {'above' if 'exclusiveMinimum' in schema else 'of at least'} {lo}"
+        if lo is not None
         else f"use a value of at most {hi}"
+    )
 
 
 def _type_hint(want: str, got: Any, about: str) -> str:
@@ -98,15 +102,27 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
         choices = [str(c) for c in err.validator_value]
         got = err.instance
         hint = did_you_mean(str(got), choices) if isinstance(got, str) else None
-        shown_choices = ", ".join(choices) if len(choices) <= 12 else ", ".join(c for c in choices if not c.endswith("!"))
-        yield Diagnostic(mark, path, f"expected one of {shown_choices}; got {_describe(got)}", code,
-                         hint=hint or f"write one of the values listed ({about})")
+        shown_choices = (
+            ", ".join(choices) if len(choices) <= 12 else ", ".join(c for c in choices if not c.endswith("!"))
+        )
+        yield Diagnostic(
+            mark,
+            path,
+            f"expected one of {shown_choices}; got {_describe(got)}",
+            code,
+            hint=hint or f"write one of the values listed ({about})",
+        )
         return
     if v == "type":
         want = err.validator_value
         want = " or ".join(want) if isinstance(want, list) else want
-        yield Diagnostic(mark, path, f"expected {want}, got {_describe(err.instance)}", code,
-                         hint=_type_hint(want, err.instance, about))
+        yield Diagnostic(
+            mark,
+            path,
+            f"expected {want}, got {_describe(err.instance)}",
+            code,
+            hint=_type_hint(want, err.instance, about),
+        )
         return
     if v in ("pattern", "anyOf", "oneOf"):
         expected = _expected(schema) or _expected(err.validator_value if isinstance(err.validator_value, dict) else {})
@@ -118,14 +134,24 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
         if isinstance(got, str) and ("\n" in got or "\r" in got):
             hint = "remove the line break: a quoted string's \\n or a block scalar's last newline counts"
         elif isinstance(got, float) and v == "anyOf" and got.is_integer():
-            hint = f"write {int(got)}, without a decimal point, or a string such as \"15m\""
-        yield Diagnostic(mark, path, f"expected {expected or 'a value matching ' + shown(err.validator_value)}, "
-                                     f"got {_describe(got)}", code, hint=hint)
+            hint = f'write {int(got)}, without a decimal point, or a string such as "15m"'
+        yield Diagnostic(
+            mark,
+            path,
+            f"expected {expected or 'a value matching ' + shown(err.validator_value)}, got {_describe(got)}",
+            code,
+            hint=hint,
+        )
         return
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
-        yield Diagnostic(mark, path, f"must be {op} {err.validator_value}, got {shown(err.instance)}", code,
-                         hint=_bounds_hint(schema))
+        yield Diagnostic(
+            mark,
+            path,
+            f"must be {op} {err.validator_value}, got {shown(err.instance)}",
+            code,
+            hint=_bounds_hint(schema),
+        )
         return
     if v == "uniqueItems":
         seen, dups = set(), []
@@ -134,8 +160,13 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
             if key in seen:
                 dups.append(item)
             seen.add(key)
-        yield Diagnostic(mark, path, f"items must be unique; repeated: {', '.join(map(shown, dups))}", code,
-                         hint="remove the repeated item(s)")
+        yield Diagnostic(
+            mark,
+            path,
+            f"items must be unique; repeated: {', '.join(map(shown, dups))}",
+            code,
+            hint="remove the repeated item(s)",
+        )
         return
     limit = err.validator_value
     size = len(err.instance) if isinstance(err.instance, (str, list, dict)) else None
@@ -159,8 +190,9 @@ def _bad_key(err: Any, node: Node, path: FieldPath, schema_name: str, code: str)
     kmark = (node.key_marks or {}).get(bad, node.mark)
     names = err.schema if isinstance(err.schema, dict) else {}
     names = expand(names, schema_name or DEPLOYMENT_SCHEMA)[1]
-    expected = _expected(names) or ("one of " + ", ".join(map(str, names["enum"])) if "enum" in names
-                                    else "a valid name")
+    expected = _expected(names) or (
+        "one of " + ", ".join(map(str, names["enum"])) if "enum" in names else "a valid name"
+    )
     hint = did_you_mean(str(bad), map(str, names.get("enum", []))) or f"rename the key: {expected}"
     return Diagnostic(kmark, (*path, bad), f"invalid key {shown(bad)}: expected {expected}", code, hint=hint)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from renderer.config import spec
 
@@ -79,9 +80,16 @@ def _from_json(version: str, data: dict) -> VllmOptions:
     options = []
     for o in data["options"]:
         choices = o.get("choices")
-        options.append(VllmOption(o["dest"], tuple(o["flags"]), o.get("takes_value"),
-                                   tuple(map(str, choices)) if choices is not None else None, o.get("default"),
-                                   o.get("nargs")))
+        options.append(
+            VllmOption(
+                o["dest"],
+                tuple(o["flags"]),
+                o.get("takes_value"),
+                tuple(map(str, choices)) if choices is not None else None,
+                o.get("default"),
+                o.get("nargs"),
+            )
+        )
     return VllmOptions(version, tuple(options), True)
 
 
@@ -94,8 +102,9 @@ def _from_flags(version: str, lines: Iterable[str]) -> VllmOptions:
         if name.startswith("no-") and "--" + name[3:] in flags:
             name = name[3:]
         groups.setdefault(name, []).append(flag)
-    return VllmOptions(version, tuple(VllmOption(k.replace("-", "_").lstrip("_"), tuple(v))
-                                      for k, v in groups.items()), False)
+    return VllmOptions(
+        version, tuple(VllmOption(k.replace("-", "_").lstrip("_"), tuple(v)) for k, v in groups.items()), False
+    )
 
 
 @functools.cache
@@ -112,7 +121,7 @@ def load_options(version: str) -> VllmOptions | None:
 
 def shipped_versions() -> list[str]:
     names = [p.name for p in OPTIONS_DIR.glob("serve-options-*.*") if p.suffix in (".json", ".txt")]
-    return sorted({n[len("serve-options-"):].rsplit(".", 1)[0] for n in names})
+    return sorted({n[len("serve-options-") :].rsplit(".", 1)[0] for n in names})
 
 
 # --- the table -----------------------------------------------------------------------------------------
@@ -145,76 +154,231 @@ def _get(data: dict, *path: str) -> Any:
 A = spec.Arg
 
 ARGS: tuple[Row, ...] = (
-    Row(("--model",), "model.id", "", lambda m, g, e: [
-        A((m.id,), "the model, fetched from the Hugging Face Hub into the cache Volume", ("MODEL_ID",))]),
-    Row(("--revision",), "model.revision", "", lambda m, g, e: [
-        A(("--revision", m.revision), "pinned weights: avoid nasty surprises when the repository changes",
-          (None, "MODEL_REVISION"))]),
-    Row(("--served-model-name",), "model.served_model_names", "", lambda m, g, e: [
-        A(("--served-model-name", *m.served_model_names), "names clients put in the request's `model` field",
-          (None, *("SERVED_MODEL_NAMES",) * len(m.served_model_names)))]),
-    Row(("--host",), None, "the server must listen where Modal's proxy reaches it", lambda m, g, e: [
-        A(("--host", "0.0.0.0"), "listen on every interface, so Modal's proxy can reach the server")]),
-    Row(("--port",), "engine.port", "", lambda m, g, e: [
-        A(("--port", str(e.port)), "the port the app exposes", (None, "VLLM_PORT"))]),
-    Row(("--uvicorn-log-level",), None, "the app's logs depend on it", lambda m, g, e: [
-        A(("--uvicorn-log-level", "info"), "one log line per request")]),
-    Row(("--enforce-eager", "--no-enforce-eager"), "engine.fast_boot", "", lambda m, g, e: [
-        A(("--enforce-eager",), "fast_boot: no torch.compile or CUDA graphs; boots sooner, serves slower")
-        if e.fast_boot
-        else A(("--no-enforce-eager",), "torch.compile and CUDA graphs: slower boot, about 2x the throughput")]),
-    Row(("--tensor-parallel-size",), "gpu.tensor_parallel_size", "", lambda m, g, e: [
-        A(("--tensor-parallel-size", str(g.tensor_parallel_size)), "split each layer over this many GPUs")]),
-    Row(("--dtype",), "model.dtype", "", lambda m, g, e: [
-        A(("--dtype", m.dtype), "activation and unquantized weight dtype")] if m.dtype is not None else [],
-        value=lambda d: _get(d, "model", "dtype")),
-    Row(("--max-model-len",), "model.max_model_len", "", lambda m, g, e: [
-        A(("--max-model-len", str(m.max_model_len)), "longest context; bounds KV cache per request")]
-        if m.max_model_len is not None else []),
-    Row(("--quantization",), "model.quantization", "", lambda m, g, e: [
-        A(("--quantization", m.quantization), "quantize the 16-bit checkpoint while loading")]
-        if m.quantize_on_load else [],
-        value=lambda d: _get(d, "model", "quantization") if _get(d, "model", "quantize_on_load") else None),
-    Row(("--tokenizer",), "model.tokenizer", "", lambda m, g, e: [
-        A(("--tokenizer", m.tokenizer), "tokenizer from another repository")] if m.tokenizer is not None else []),
-    Row(("--chat-template",), "model.chat_template", "", lambda m, g, e: [
-        A(("--chat-template", m.chat_template), "chat template instead of the tokenizer's")]
-        if m.chat_template is not None else []),
-    Row(("--gpu-memory-utilization",), "engine.gpu_memory_utilization", "", lambda m, g, e: [
-        A(("--gpu-memory-utilization", _num(e.gpu_memory_utilization)),
-          "share of GPU memory for weights and KV cache")] if e.gpu_memory_utilization is not None else []),
-    Row(("--max-num-seqs",), "engine.max_num_seqs", "", lambda m, g, e: [
-        A(("--max-num-seqs", str(e.max_num_seqs)), "most sequences batched at once")]
-        if e.max_num_seqs is not None else []),
-    Row(("--enable-prefix-caching", "--no-enable-prefix-caching"), "engine.enable_prefix_caching", "",
+    Row(
+        ("--model",),
+        "model.id",
+        "",
         lambda m, g, e: [
-            A(("--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching",),
-              "reuse KV cache across requests that share a prefix")] if e.enable_prefix_caching is not None else []),
-    Row(("--kv-cache-dtype",), "engine.kv_cache_dtype", "", lambda m, g, e: [
-        A(("--kv-cache-dtype", e.kv_cache_dtype), "KV cache element type")] if e.kv_cache_dtype is not None else [],
-        value=lambda d: _get(d, "engine", "kv_cache_dtype")),
-    Row(("--enable-lora", "--lora-modules"), "model.lora_adapters", "", lambda m, g, e: [
-        A(("--enable-lora",), "serve LoRA adapters on top of the base model"),
-        A(("--lora-modules", *(f"{a.name}={a.path}" for a in m.lora_adapters)),
-          "adapter name=folder; fetched at their pinned revisions before vLLM starts")] if m.lora_adapters else []),
-    Row(("--max-lora-rank",), "model.max_lora_rank", "", lambda m, g, e: [
-        A(("--max-lora-rank", str(m.max_lora_rank)), "largest adapter rank to load")]
-        if m.lora_adapters and m.max_lora_rank is not None else []),
-    Row(("--enable-sleep-mode",), "engine.cold_start", "", lambda m, g, e: [
-        A(("--enable-sleep-mode",), "cold_start snapshot: sleep before the GPU snapshot, wake after restore")]
-        if e.cold_start == "snapshot" else []),
-    Row(("--middleware",), None, "fleetform's guard middleware fences the sleep/wake endpoints", lambda m, g, e: [
-        A(("--middleware", GUARD_MIDDLEWARE), "only the container itself may call the sleep/wake development endpoints")]
-        if e.cold_start == "snapshot" else []),
+            A((m.id,), "the model, fetched from the Hugging Face Hub into the cache Volume", ("MODEL_ID",))
+        ],
+    ),
+    Row(
+        ("--revision",),
+        "model.revision",
+        "",
+        lambda m, g, e: [
+            A(
+                ("--revision", m.revision),
+                "pinned weights: avoid nasty surprises when the repository changes",
+                (None, "MODEL_REVISION"),
+            )
+        ],
+    ),
+    Row(
+        ("--served-model-name",),
+        "model.served_model_names",
+        "",
+        lambda m, g, e: [
+            A(
+                ("--served-model-name", *m.served_model_names),
+                "names clients put in the request's `model` field",
+                (None, *("SERVED_MODEL_NAMES",) * len(m.served_model_names)),
+            )
+        ],
+    ),
+    Row(
+        ("--host",),
+        None,
+        "the server must listen where Modal's proxy reaches it",
+        lambda m, g, e: [A(("--host", "0.0.0.0"), "listen on every interface, so Modal's proxy can reach the server")],
+    ),
+    Row(
+        ("--port",),
+        "engine.port",
+        "",
+        lambda m, g, e: [A(("--port", str(e.port)), "the port the app exposes", (None, "VLLM_PORT"))],
+    ),
+    Row(
+        ("--uvicorn-log-level",),
+        None,
+        "the app's logs depend on it",
+        lambda m, g, e: [A(("--uvicorn-log-level", "info"), "one log line per request")],
+    ),
+    Row(
+        ("--enforce-eager", "--no-enforce-eager"),
+        "engine.fast_boot",
+        "",
+        lambda m, g, e: [
+            A(("--enforce-eager",), "fast_boot: no torch.compile or CUDA graphs; boots sooner, serves slower")
+            if e.fast_boot
+            else A(("--no-enforce-eager",), "torch.compile and CUDA graphs: slower boot, about 2x the throughput")
+        ],
+    ),
+    Row(
+        ("--tensor-parallel-size",),
+        "gpu.tensor_parallel_size",
+        "",
+        lambda m, g, e: [
+            A(("--tensor-parallel-size", str(g.tensor_parallel_size)), "split each layer over this many GPUs")
+        ],
+    ),
+    Row(
+        ("--dtype",),
+        "model.dtype",
+        "",
+        lambda m, g, e: (
+            [A(("--dtype", m.dtype), "activation and unquantized weight dtype")] if m.dtype is not None else []
+        ),
+        value=lambda d: _get(d, "model", "dtype"),
+    ),
+    Row(
+        ("--max-model-len",),
+        "model.max_model_len",
+        "",
+        lambda m, g, e: (
+            [A(("--max-model-len", str(m.max_model_len)), "longest context; bounds KV cache per request")]
+            if m.max_model_len is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--quantization",),
+        "model.quantization",
+        "",
+        lambda m, g, e: (
+            [A(("--quantization", m.quantization), "quantize the 16-bit checkpoint while loading")]
+            if m.quantize_on_load
+            else []
+        ),
+        value=lambda d: _get(d, "model", "quantization") if _get(d, "model", "quantize_on_load") else None,
+    ),
+    Row(
+        ("--tokenizer",),
+        "model.tokenizer",
+        "",
+        lambda m, g, e: (
+            [A(("--tokenizer", m.tokenizer), "tokenizer from another repository")] if m.tokenizer is not None else []
+        ),
+    ),
+    Row(
+        ("--chat-template",),
+        "model.chat_template",
+        "",
+        lambda m, g, e: (
+            [A(("--chat-template", m.chat_template), "chat template instead of the tokenizer's")]
+            if m.chat_template is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--gpu-memory-utilization",),
+        "engine.gpu_memory_utilization",
+        "",
+        lambda m, g, e: (
+            [
+                A(
+                    ("--gpu-memory-utilization", _num(e.gpu_memory_utilization)),
+                    "share of GPU memory for weights and KV cache",
+                )
+            ]
+            if e.gpu_memory_utilization is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--max-num-seqs",),
+        "engine.max_num_seqs",
+        "",
+        lambda m, g, e: (
+            [A(("--max-num-seqs", str(e.max_num_seqs)), "most sequences batched at once")]
+            if e.max_num_seqs is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--enable-prefix-caching", "--no-enable-prefix-caching"),
+        "engine.enable_prefix_caching",
+        "",
+        lambda m, g, e: (
+            [
+                A(
+                    ("--enable-prefix-caching" if e.enable_prefix_caching else "--no-enable-prefix-caching",),
+                    "reuse KV cache across requests that share a prefix",
+                )
+            ]
+            if e.enable_prefix_caching is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--kv-cache-dtype",),
+        "engine.kv_cache_dtype",
+        "",
+        lambda m, g, e: (
+            [A(("--kv-cache-dtype", e.kv_cache_dtype), "KV cache element type")] if e.kv_cache_dtype is not None else []
+        ),
+        value=lambda d: _get(d, "engine", "kv_cache_dtype"),
+    ),
+    Row(
+        ("--enable-lora", "--lora-modules"),
+        "model.lora_adapters",
+        "",
+        lambda m, g, e: (
+            [
+                A(("--enable-lora",), "serve LoRA adapters on top of the base model"),
+                A(
+                    ("--lora-modules", *(f"{a.name}={a.path}" for a in m.lora_adapters)),
+                    "adapter name=folder; fetched at their pinned revisions before vLLM starts",
+                ),
+            ]
+            if m.lora_adapters
+            else []
+        ),
+    ),
+    Row(
+        ("--max-lora-rank",),
+        "model.max_lora_rank",
+        "",
+        lambda m, g, e: (
+            [A(("--max-lora-rank", str(m.max_lora_rank)), "largest adapter rank to load")]
+            if m.lora_adapters and m.max_lora_rank is not None
+            else []
+        ),
+    ),
+    Row(
+        ("--enable-sleep-mode",),
+        "engine.cold_start",
+        "",
+        lambda m, g, e: (
+            [A(("--enable-sleep-mode",), "cold_start snapshot: sleep before the GPU snapshot, wake after restore")]
+            if e.cold_start == "snapshot"
+            else []
+        ),
+    ),
+    Row(
+        ("--middleware",),
+        None,
+        "fleetform's guard middleware fences the sleep/wake endpoints",
+        lambda m, g, e: (
+            [
+                A(
+                    ("--middleware", GUARD_MIDDLEWARE),
+                    "only the container itself may call the sleep/wake development endpoints",
+                )
+            ]
+            if e.cold_start == "snapshot"
+            else []
+        ),
+    ),
 )
 
 # Options that would break fleetform if extra_args set them, by vLLM's name for them (dest): the
 # credentials, the server's binding and routing, and whatever replaces the command line wholesale.
 BREAKING: dict[str, str] = {
     "api_key": "a key on the command line is visible in the process list and the rendered module: use auth.mode "
-               "api_key with auth.api_key_secret (vLLM reads VLLM_API_KEY from the Secret)",
+    "api_key with auth.api_key_secret (vLLM reads VLLM_API_KEY from the Secret)",
     "hf_token": "a token on the command line is visible in the process list and the rendered module: put HF_TOKEN "
-                "in a Modal Secret listed under `secrets`",
+    "in a Modal Secret listed under `secrets`",
     "root_path": "it rewrites the paths vLLM routes on, around fleetform's sleep/wake guard and Modal's proxy",
     "uds": "vLLM would listen on a Unix socket, which Modal's proxy cannot reach",
     "headless": "vLLM would start no API server",
@@ -237,8 +401,13 @@ def build_vllm_args(model: spec.Model, gpu: spec.Gpu, engine: spec.Engine) -> tu
     args = [arg for row in ARGS for arg in row.build(model, gpu, engine)]
     if engine.extra_args:
         checked = load_options(engine.vllm_version) is not None
-        args.append(A(engine.extra_args, "engine.extra_args, " + (f"checked against vLLM {engine.vllm_version}'s options"
-                                                                  if checked else "passed through unchecked")))
+        args.append(
+            A(
+                engine.extra_args,
+                "engine.extra_args, "
+                + (f"checked against vLLM {engine.vllm_version}'s options" if checked else "passed through unchecked"),
+            )
+        )
     return tuple(args)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from renderer.deploy import common
 from renderer.deploy.common import ActionReport, ConfirmationUnavailable, managed_app

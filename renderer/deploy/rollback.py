@@ -46,8 +46,14 @@ def run_rollback(name: str, backend: Backend, *, modal_env: str | None = None, t
         backend.rollback(name, modal_env, target.version)
     except BackendError as exc:
         return ActionReport(False, str(exc))
-    details = {"name": name, "modal_env": modal_env, "from_version": live.version, "from_tag": live.tag,
-               "to_version": target.version, "to_tag": target.tag}
+    details = {
+        "name": name,
+        "modal_env": modal_env,
+        "from_version": live.version,
+        "from_tag": live.tag,
+        "to_version": target.version,
+        "to_tag": target.tag,
+    }
     return ActionReport(
         True,
         f"rolled back {name} from v{live.version} ({live.tag or 'no tag'}) to v{target.version} "

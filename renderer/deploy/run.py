@@ -20,9 +20,10 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from renderer.deploy.common import ConfirmationUnavailable, Report, ask, error_message, stderr_console
 from renderer.deploy.progress import Progress, RichProgress
@@ -80,9 +81,7 @@ class DeploymentResult:
 
     @classmethod
     def from_row(cls, row: LiveRow, status: str, **kw: Any) -> DeploymentResult:
-        return cls(
-            row.name, row.modal_env, row.action, status, row.desired_tag, row.live_tag, row.live_version, **kw
-        )
+        return cls(row.name, row.modal_env, row.action, status, row.desired_tag, row.live_tag, row.live_version, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -239,13 +238,12 @@ def _confirmed(
     return go
 
 
-def _check_options(
-    apps: Sequence[RenderedApp], options: DeployOptions, gateway: RenderedGateway | None
-) -> str | None:
+def _check_options(apps: Sequence[RenderedApp], options: DeployOptions, gateway: RenderedGateway | None) -> str | None:
     known = [a.deployment.name for a in apps] + ([gateway.name] if gateway is not None else [])
     unknown = [n for n in options.only if n not in known]
     if unknown:
-        return f"--only names no deployment of this fleet: {', '.join(unknown)} (deployments: {', '.join(known) or 'none'})"
+        known_text = ", ".join(known) or "none"
+        return f"--only names no deployment of this fleet: {', '.join(unknown)} (deployments: {known_text})"
     if options.parallel < 1:
         return f"--parallel must be at least 1, not {options.parallel}"
     if options.strategy not in STRATEGIES:
@@ -476,8 +474,15 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             if r.recovery:
                 result += f" ({r.recovery.replace('_', ' ')})"
             seconds = f"{r.seconds:.0f}s" if r.seconds is not None else "-"
-            table.add_row(r.name, escape(r.modal_env or "(default)"), r.action, result, escape(_version_cell(r)),
-                          seconds, escape(r.url or "-"))
+            table.add_row(
+                r.name,
+                escape(r.modal_env or "(default)"),
+                r.action,
+                result,
+                escape(_version_cell(r)),
+                seconds,
+                escape(r.url or "-"),
+            )
         console.print(table)
     for r in report.results:
         if r.status == FAILED:

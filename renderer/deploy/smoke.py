@@ -87,7 +87,6 @@ class ClientSmokeTester:
         failed = next(s for s in report.steps if not s.ok)
         return SmokeOutcome(False, f"{failed.name}: {failed.error}", report.to_dict())
 
-
     def _gateway(self, gateway: RenderedGateway, url: str) -> SmokeOutcome:
         """The gateway answers /health and its /v1/models lists every served name of the fleet."""
         from renderer.endpoint import client

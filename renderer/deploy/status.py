@@ -3,9 +3,10 @@ and its URL; then the orphans."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from renderer.deploy.common import Report
 from renderer.modal_api import NO_CREDENTIALS, Backend, BackendError
@@ -81,7 +82,10 @@ class StatusReport(Report):
 
 
 _PLAN_TO_STATE = {
-    Action.CREATE: NOT_DEPLOYED, Action.UPDATE: DRIFTED, Action.UNCHANGED: IN_SYNC, Action.CONFLICT: UNMANAGED,
+    Action.CREATE: NOT_DEPLOYED,
+    Action.UPDATE: DRIFTED,
+    Action.UNCHANGED: IN_SYNC,
+    Action.CONFLICT: UNMANAGED,
     Action.ORPHAN: ORPHAN,
 }
 
@@ -100,12 +104,20 @@ def run_status(
         return StatusReport(error=str(exc))
     live_rows = [r for r in rows if r.live is not None and r.action != Action.CONFLICT]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        urls = dict(zip((r.name for r in live_rows), pool.map(lambda r: _url_or_none(backend, r), live_rows)))
+        urls = dict(
+            zip((r.name for r in live_rows), pool.map(lambda r: _url_or_none(backend, r), live_rows), strict=True)
+        )
     return StatusReport(
         [
             StatusRow(
-                r.name, r.modal_env, _PLAN_TO_STATE[r.action], r.desired_tag, r.live_version, r.live_tag,
-                urls.get(r.name), r.gateway,
+                r.name,
+                r.modal_env,
+                _PLAN_TO_STATE[r.action],
+                r.desired_tag,
+                r.live_version,
+                r.live_tag,
+                urls.get(r.name),
+                r.gateway,
             )
             for r in rows
         ]

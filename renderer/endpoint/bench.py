@@ -373,10 +373,7 @@ class _Budget:
             return
         self.consecutive_failures += 1
         if self.max_failures is not None and self.consecutive_failures >= self.max_failures:
-            self.aborted = (
-                f"stopped after {self.consecutive_failures} failures in a row "
-                f"(last: {record.error})"
-            )
+            self.aborted = f"stopped after {self.consecutive_failures} failures in a row (last: {record.error})"
 
 
 class _Level:
@@ -621,9 +618,7 @@ def _progress(enabled: bool, console: Console | None) -> Any:
     )
 
 
-def _progress_callback(
-    bar: Progress | None, label: str, total: int | None
-) -> Callable[[RequestRecord], None]:
+def _progress_callback(bar: Progress | None, label: str, total: int | None) -> Callable[[RequestRecord], None]:
     """Per-request progress update (cheap: rich redraws on its own timer)."""
     if bar is None:
         return lambda record: None

@@ -88,9 +88,7 @@ def auth_headers(
         return {"Modal-Key": env[PROXY_TOKEN_ID_VAR], "Modal-Secret": env[PROXY_TOKEN_SECRET_VAR]}
     if kind == "api_key":
         if not env.get(api_key_var):
-            raise ClientError(
-                FailureKind.AUTH, f"API key auth needs {api_key_var} set in the environment"
-            )
+            raise ClientError(FailureKind.AUTH, f"API key auth needs {api_key_var} set in the environment")
         return {"Authorization": f"Bearer {env[api_key_var]}"}
     raise ClientError(FailureKind.OTHER, f"unknown auth kind {kind!r}; use one of {', '.join(AUTH_KINDS)}")
 
@@ -182,16 +180,14 @@ def http_error(status: int, body: str, endpoint: Endpoint, what: str) -> ClientE
     if 400 <= status < 500:
         return ClientError(FailureKind.BAD_REQUEST, f"{what} -> HTTP {status}{detail}", status=status)
     if status >= 500:
-        return ClientError(
-            FailureKind.SERVER_ERROR, f"server error: {what} -> HTTP {status}{detail}", status=status
-        )
+        return ClientError(FailureKind.SERVER_ERROR, f"server error: {what} -> HTTP {status}{detail}", status=status)
     return ClientError(FailureKind.OTHER, f"{what} -> unexpected HTTP {status}{detail}", status=status)
 
 
 async def _error_from_response(resp: aiohttp.ClientResponse, endpoint: Endpoint, what: str) -> ClientError:
     try:
         body = (await resp.read()).decode("utf-8", "replace")
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         body = ""
     return http_error(resp.status, body, endpoint, what)
 
@@ -227,9 +223,7 @@ def classify_exception(exc: BaseException, what: str) -> ClientError:
 # --------------------------------------------------------------------------- requests
 
 
-async def list_models(
-    session: aiohttp.ClientSession, endpoint: Endpoint, timeout: float = 30.0
-) -> list[str]:
+async def list_models(session: aiohttp.ClientSession, endpoint: Endpoint, timeout: float = 30.0) -> list[str]:
     """Ids the server serves (``GET /v1/models``)."""
     what = "GET /v1/models"
     try:
@@ -454,7 +448,7 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
     if not resp.content.at_eof():
         try:
             await asyncio.wait_for(resp.content.read(), 1.0)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
 
 
@@ -510,9 +504,7 @@ class SmokeReport:
 
 
 def _failed(name: str, exc: ClientError, seconds: float | None = None, **extra: Any) -> StepResult:
-    return StepResult(
-        name, False, status=exc.status, seconds=seconds, failure=exc.kind, error=exc.message, **extra
-    )
+    return StepResult(name, False, status=exc.status, seconds=seconds, failure=exc.kind, error=exc.message, **extra)
 
 
 def _messages(system: str | None, user: str) -> list[dict[str, str]]:
@@ -536,7 +528,9 @@ def _with_model_list(exc: ClientError, model: str, available: list[str]) -> Clie
     return ClientError(exc.kind, msg, status=exc.status)
 
 
-async def _step_models(session: aiohttp.ClientSession, endpoint: Endpoint, names: Sequence[str], report: SmokeReport) -> StepResult:
+async def _step_models(
+    session: aiohttp.ClientSession, endpoint: Endpoint, names: Sequence[str], report: SmokeReport
+) -> StepResult:
     t0 = time.perf_counter()
     try:
         available = await list_models(session, endpoint)
@@ -679,9 +673,11 @@ async def smoke_test(
         if not model:
             if not available:
                 if report.steps[-1].ok:
-                    report.steps[-1] = _failed("models", ClientError(
-                        FailureKind.NOT_FOUND, "the server lists no model at /v1/models", status=200),
-                        report.steps[-1].seconds)
+                    report.steps[-1] = _failed(
+                        "models",
+                        ClientError(FailureKind.NOT_FOUND, "the server lists no model at /v1/models", status=200),
+                        report.steps[-1].seconds,
+                    )
                 return report
             model = report.model = available[0]
         report.steps.append(

@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass
 
 from renderer.codegen import runtime
-
 from renderer.config import spec
 
 
@@ -94,8 +93,9 @@ def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> Served:
         timeout = opts.startup_timeout or d.scaling.startup_timeout
         try:
             if d.snapshot:  # the same sequence as on Modal: boot, warm up, sleep; then wake
-                runtime.boot_for_snapshot(proc, timeout=timeout, model=d.model.served_model_names[0],
-                                          adapters=local_adapters(d, opts))
+                runtime.boot_for_snapshot(
+                    proc, timeout=timeout, model=d.model.served_model_names[0], adapters=local_adapters(d, opts)
+                )
                 runtime.after_restore(proc)
             else:
                 runtime.boot(proc, timeout=timeout, adapters=local_adapters(d, opts))

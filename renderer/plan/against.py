@@ -36,14 +36,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from renderer.diagnostics import Diagnostic, diagnostics_json
 
 if TYPE_CHECKING:
-    from renderer.config import spec
     from renderer.codegen.render import RenderedApp
+    from renderer.config import spec
 
 
 # --- the restart rule ----------------------------------------------------------------------------------
@@ -83,12 +84,19 @@ IMPACT_RULES: tuple[ImpactRule, ...] = (
     ImpactRule("engine.vllm_version", REBUILD, "vLLM is installed into the image"),
     ImpactRule("image.", REBUILD, "the Python version and pip packages are image layers"),
     ImpactRule("environment", MOVE, "each Modal environment holds its own apps"),
-    ImpactRule("scaling.", SCALING, "Modal-side autoscaler, concurrency and start-up limits; min, max and buffer "
-                                    "containers and the scaledown window can even be changed live "
-                                    "(`Function.update_autoscaler`)"),
+    ImpactRule(
+        "scaling.",
+        SCALING,
+        "Modal-side autoscaler, concurrency and start-up limits; min, max and buffer "
+        "containers and the scaledown window can even be changed live "
+        "(`Function.update_autoscaler`)",
+    ),
     ImpactRule("routing_region", SCALING, "the Modal proxy region that routes requests, outside the container"),
-    ImpactRule("model.", RESTART, "vLLM's command line: a running server cannot switch weights, revision, "
-                                  "context length or adapters"),
+    ImpactRule(
+        "model.",
+        RESTART,
+        "vLLM's command line: a running server cannot switch weights, revision, context length or adapters",
+    ),
     ImpactRule("gpu.", RESTART, "GPUs are attached when a container starts; tensor parallelism is a vLLM flag"),
     ImpactRule("engine.", RESTART, "vLLM's flags and process environment are read when it starts"),
     ImpactRule("cache.", RESTART, "Volumes are mounted when a container starts"),
@@ -194,12 +202,20 @@ class DeploymentDiff:
         def side(app: RenderedApp | None) -> dict[str, Any] | None:
             if app is None:
                 return None
-            return {"source": app.deployment.source, "content_hash": app.content_hash,
-                    "modal_env": app.deployment.modal_env}
+            return {
+                "source": app.deployment.source,
+                "content_hash": app.content_hash,
+                "modal_env": app.deployment.modal_env,
+            }
 
-        return {"name": self.name, "action": self.action, "impact": self.impact,
-                "before": side(self.before), "after": side(self.after),
-                "changes": [c.to_dict() for c in self.changes]}
+        return {
+            "name": self.name,
+            "action": self.action,
+            "impact": self.impact,
+            "before": side(self.before),
+            "after": side(self.after),
+            "changes": [c.to_dict() for c in self.changes],
+        }
 
 
 @dataclass(frozen=True)
@@ -232,14 +248,24 @@ def diff_deployment(before: RenderedApp, after: RenderedApp) -> DeploymentDiff:
             if rendered or (moved and rule.impact == MOVE):
                 changes.append(FieldChange(path, old.get(path), new.get(path), rule.impact, rule.why))
             else:
-                changes.append(FieldChange(path, old.get(path), new.get(path), NONE, "the rendered module is unchanged"))
+                changes.append(
+                    FieldChange(path, old.get(path), new.get(path), NONE, "the rendered module is unchanged")
+                )
     redeploy = rendered or moved
     if rendered and not changes:
-        changes.append(FieldChange(("(rendered module)",), before.short_hash, after.short_hash, RESTART,
-                                   "the rendered module differs though no compared field does"))
+        changes.append(
+            FieldChange(
+                ("(rendered module)",),
+                before.short_hash,
+                after.short_hash,
+                RESTART,
+                "the rendered module differs though no compared field does",
+            )
+        )
     action = UPDATE if redeploy else UNCHANGED
-    return DeploymentDiff(after.deployment.name, action, worst(c.impact for c in changes), tuple(changes),
-                          before, after)
+    return DeploymentDiff(
+        after.deployment.name, action, worst(c.impact for c in changes), tuple(changes), before, after
+    )
 
 
 def diff_fleets(before: Sequence[RenderedApp], after: Sequence[RenderedApp]) -> FleetDiff:
@@ -320,8 +346,14 @@ def totals_text(diff: FleetDiff) -> str:
 # --- JSON -------------------------------------------------------------------------------------------------------------
 
 
-def plan_json(diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = (),
-              diagnostics: Sequence[Diagnostic] = ()) -> dict[str, Any]:
+def plan_json(
+    diff: FleetDiff,
+    ref: str,
+    commit: str,
+    fleet_env: str | None,
+    notes: Sequence[str] = (),
+    diagnostics: Sequence[Diagnostic] = (),
+) -> dict[str, Any]:
     """`plan --against --format json`: documented in docs/json-output.md; fields are only ever added."""
     return {
         "ok": True,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from renderer.codegen.render import RenderedApp
 from renderer.config import spec
 from renderer.gpus import GPU_TYPES, PRICES_AS_OF, PRICES_SOURCE, parse_gpu_type
-from renderer.codegen.render import RenderedApp
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,17 @@ def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
     gpu = f"{d.gpu.type} x {d.gpu.count}" + (f" (+{', '.join(d.gpu.fallbacks)})" if d.gpu.fallbacks else "")
     conc = f"{s.target_concurrency:g} target" + (f" / {s.max_concurrency} max" if s.max_concurrency else "")
     return PlanRow(
-        name=d.name, source=d.source, model=f"{d.model.id}@{d.model.revision[:7]}", gpu=gpu,
+        name=d.name,
+        source=d.source,
+        model=f"{d.model.id}@{d.model.revision[:7]}",
+        gpu=gpu,
         containers=f"{s.min_containers}-{s.max_containers if s.max_containers is not None else 'any'}",
-        concurrency=conc, content_hash=app.short_hash,
+        concurrency=conc,
+        content_hash=app.short_hash,
         usd_per_hour_min=round(per * s.min_containers, 4),
         usd_per_hour_max=None if s.max_containers is None else round(per * s.max_containers, 4),
-        modal_env=d.modal_env, auth=d.auth.mode,
+        modal_env=d.modal_env,
+        auth=d.auth.mode,
     )
 
 
@@ -68,10 +73,14 @@ class EnvironmentTotals:
 
 def environment_totals(fleet_env: str | None, deployments, prices: dict[str, float]) -> EnvironmentTotals:
     idle = sum(gpu_hourly(d, prices) * d.scaling.min_containers for d in deployments) * 24
-    ceiling = None if any(d.scaling.max_containers is None for d in deployments) else \
-        sum(gpu_hourly(d, prices) * d.scaling.max_containers for d in deployments)
-    return EnvironmentTotals(fleet_env, len(deployments), round(idle, 2),
-                             None if ceiling is None else round(ceiling, 2))
+    ceiling = (
+        None
+        if any(d.scaling.max_containers is None for d in deployments)
+        else sum(gpu_hourly(d, prices) * d.scaling.max_containers for d in deployments)
+    )
+    return EnvironmentTotals(
+        fleet_env, len(deployments), round(idle, 2), None if ceiling is None else round(ceiling, 2)
+    )
 
 
 @dataclass(frozen=True)
@@ -106,15 +115,29 @@ def gateway_row(gateway, source: str | None, modal_env: str | None) -> PlanRow:
     counts GPU time only, so its cost is $0 at any scale."""
     g = gateway.config
     return PlanRow(
-        name=gateway.name, source=source or "", model=f"gateway: {len(gateway.routes)} model name(s)",
-        gpu="CPU only", containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
-        concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max", content_hash=gateway.short_hash,
-        usd_per_hour_min=0.0, usd_per_hour_max=0.0, modal_env=modal_env, auth="api_key",
+        name=gateway.name,
+        source=source or "",
+        model=f"gateway: {len(gateway.routes)} model name(s)",
+        gpu="CPU only",
+        containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
+        concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max",
+        content_hash=gateway.short_hash,
+        usd_per_hour_min=0.0,
+        usd_per_hour_max=0.0,
+        modal_env=modal_env,
+        auth="api_key",
     )
 
 
-def make_plan(apps: list[RenderedApp], prices: dict[str, float], fleet_env: str | None, *, gateway=None,
-              gateway_source: str | None = None, gateway_modal_env: str | None = None) -> Plan:
+def make_plan(
+    apps: list[RenderedApp],
+    prices: dict[str, float],
+    fleet_env: str | None,
+    *,
+    gateway=None,
+    gateway_source: str | None = None,
+    gateway_modal_env: str | None = None,
+) -> Plan:
     rows = [plan_row(a, prices) for a in apps]
     if gateway is not None:
         rows.append(gateway_row(gateway, gateway_source, gateway_modal_env))

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
-from renderer.diagnostics import Diagnostic, Mark
 from renderer.config.load import FLEET_FILE, YAML_SUFFIXES, Document, LoadedFleet, Node, load_fleet
+from renderer.diagnostics import Diagnostic, Mark
 
 # Plain files only: symlinks (120000) and submodules (160000) are not followed at a past commit.
 _FILE_MODES = ("100644", "100755")
@@ -56,9 +56,14 @@ class _Entry:
 
 def _git(args: Sequence[str], cwd: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, input=stdin, capture_output=True, check=False,
-                              env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_LITERAL_PATHSPECS": "1",
-                                   "LC_ALL": "C"})
+        return subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            input=stdin,
+            capture_output=True,
+            check=False,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_LITERAL_PATHSPECS": "1", "LC_ALL": "C"},
+        )
     except FileNotFoundError:
         raise GitError("git is not installed, and --against reads the fleet from git") from None
 
@@ -80,8 +85,9 @@ def resolve_commit(ref: str, root: str | Path) -> str:
         hint = ""
         if "/" in ref and not ref.startswith("refs/"):
             remote, _, branch = ref.partition("/")
-            hint = (f" (fetch it first: `git fetch {remote} {branch}`; in GitHub Actions check out with "
-                    "`fetch-depth: 0`)")
+            hint = (
+                f" (fetch it first: `git fetch {remote} {branch}`; in GitHub Actions check out with `fetch-depth: 0`)"
+            )
         raise GitError(f"unknown git revision {ref!r}: no commit of that name in this repository{hint}")
     return result.stdout.decode().strip()
 
@@ -118,7 +124,7 @@ def _read_blobs(oids: Sequence[str], root: Path) -> dict[str, bytes]:
         if len(header) != 3:
             raise GitError(f"git cat-file could not read object {header[0] if header else '?'}")
         oid, _, size = header
-        blobs[oid] = out[end + 1:end + 1 + int(size)]
+        blobs[oid] = out[end + 1 : end + 1 + int(size)]
         pos = end + 1 + int(size) + 1
     return blobs
 
@@ -155,14 +161,16 @@ def _wanted(commit: str, rel: str, root: Path) -> list[_Entry]:
         kind = "tree"
     if kind == "tree":
         children = _ls_tree(commit, f"{rel}/" if rel else "", root)
-        return [e for e in children if e.kind == "blob" and e.mode in _FILE_MODES
-                and e.path.endswith(YAML_SUFFIXES)]
+        return [e for e in children if e.kind == "blob" and e.mode in _FILE_MODES and e.path.endswith(YAML_SUFFIXES)]
     if kind != "blob" or own[0].mode not in _FILE_MODES:
         return []
     parent = rel.rpartition("/")[0]
     beside = f"{parent}/{FLEET_FILE}" if parent else FLEET_FILE
-    fleet = [e for e in _ls_tree(commit, beside, root) if e.path == beside and e.kind == "blob"
-             and e.mode in _FILE_MODES] if beside != rel else []
+    fleet = (
+        [e for e in _ls_tree(commit, beside, root) if e.path == beside and e.kind == "blob" and e.mode in _FILE_MODES]
+        if beside != rel
+        else []
+    )
     return [own[0], *fleet]
 
 
@@ -182,7 +190,7 @@ def _renamer(pairs: list[tuple[str, str]], tmp: Path, root: Path) -> Callable[[s
             if name == tmp_prefix:
                 return user_prefix
             if name.startswith(tmp_prefix + os.sep):
-                return str(Path(user_prefix) / name[len(tmp_prefix) + 1:])
+                return str(Path(user_prefix) / name[len(tmp_prefix) + 1 :])
         try:
             return os.path.relpath(root / Path(name).relative_to(tmp))
         except ValueError:

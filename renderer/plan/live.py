@@ -12,8 +12,9 @@ Everything that reaches Modal goes through a `modal_api.Backend`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any
 
 from renderer.modal_api import Backend, LiveApp, deployment_tag
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
 
-    Member = Union[RenderedApp, RenderedGateway]
+    Member = RenderedApp | RenderedGateway
 
 NO_CREDENTIALS_PLAN_NOTE = "no Modal credentials, showing the offline plan (run `modal token new` for the live view)"
 
@@ -141,7 +142,10 @@ def plan_to_dict(rows: Sequence[LiveRow]) -> dict[str, Any]:
 
 
 _ACTION_STYLE = {
-    Action.CREATE: "green", Action.UPDATE: "yellow", Action.UNCHANGED: "dim", Action.CONFLICT: "red",
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.UNCHANGED: "dim",
+    Action.CONFLICT: "red",
     Action.ORPHAN: "magenta",
 }
 
@@ -158,10 +162,15 @@ def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
         live = escape(f"v{r.live_version} {r.live_tag or '(no tag)'}") if r.live else "-"
         style = _ACTION_STYLE.get(r.action, "")
         name = escape(f"{r.name} (gateway)" if r.gateway else r.name)
-        table.add_row(name, escape(r.modal_env or "(default)"), f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-")
+        table.add_row(
+            name, escape(r.modal_env or "(default)"), f"[{style}]{r.action}[/{style}]", live, r.desired_tag or "-"
+        )
     console.print(table)
     counts = {a: sum(1 for r in rows if r.action == a) for a in Action}
-    console.print(", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n) or "nothing deployed, nothing to do")
+    console.print(
+        ", ".join(f"{n} to {a}" if a in CHANGES else f"{n} {a}" for a, n in counts.items() if n)
+        or "nothing deployed, nothing to do"
+    )
     for r in rows:
         if r.action == Action.CONFLICT:
             console.print(f"[red]conflict:[/red] {escape(conflict_message(r))}")

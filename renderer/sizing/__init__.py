@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from renderer.diagnostics import Diagnostic, Mark, Severity
 from renderer.gpus import GPU_TYPES, GpuType, parse_gpu_type
@@ -45,7 +46,6 @@ GIB = 2**30
 DEFAULT_UTILIZATION = 0.9  # vLLM's default --gpu-memory-utilization
 OVERHEAD_GIB = 1.0  # per GPU, outside weights and KV: activations, CUDA graphs, NCCL buffers
 TP_SIZES = (1, 2, 4, 8)  # tensor parallel sizes vLLM runs well; a container's GPU count
-
 
 
 class SizingError(Exception):
@@ -59,12 +59,32 @@ class SizingError(Exception):
 # `save_pretrained` writes a sub-config as its difference from the class defaults, while a top-level
 # config always keeps its model-specific fields, so only nested configs get these.
 TEXT_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32, "intermediate_size": 11008,
-              "vocab_size": 32000, "max_position_embeddings": 2048},
-    "mistral": {"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
-                "intermediate_size": 14336, "vocab_size": 32000, "max_position_embeddings": 4096 * 32},
-    "qwen2": {"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32,
-              "intermediate_size": 22016, "vocab_size": 151936, "max_position_embeddings": 32768},
+    "llama": {
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "intermediate_size": 11008,
+        "vocab_size": 32000,
+        "max_position_embeddings": 2048,
+    },
+    "mistral": {
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096 * 32,
+    },
+    "qwen2": {
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 22016,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+    },
 }
 
 # Other names older architectures use for the same fields (GPT-2, Falcon, MPT, ChatGLM).
@@ -191,8 +211,10 @@ def checkpoint_quantization(config: Mapping[str, Any]) -> str:
         if weights and all(w.get("type") == "float" and w.get("num_bits") == 8 for w in weights):
             return "fp8"
         return "compressed-tensors"
-    raise SizingError(f"checkpoint quantization {method!r} is not one fleetform supports "
-                      "(none, fp8, awq, gptq, compressed-tensors, bitsandbytes)")
+    raise SizingError(
+        f"checkpoint quantization {method!r} is not one fleetform supports "
+        "(none, fp8, awq, gptq, compressed-tensors, bitsandbytes)"
+    )
 
 
 def shape_from_config(config: Any) -> ModelShape:
@@ -213,26 +235,40 @@ def shape_from_config(config: Any) -> ModelShape:
     head_dim = _int_field(text, "head_dim", model_type, required=False) or hidden // heads
     kv_lora = _int_field(text, "kv_lora_rank", model_type, required=False)
     rope = _int_field(text, "qk_rope_head_dim", model_type, required=kv_lora is not None)
-    experts = (_pick(text, "num_local_experts") or _pick(text, "num_experts") or _pick(text, "n_routed_experts")
-               or _pick(text, "moe_num_experts") or 0)
+    experts = (
+        _pick(text, "num_local_experts")
+        or _pick(text, "num_experts")
+        or _pick(text, "n_routed_experts")
+        or _pick(text, "moe_num_experts")
+        or 0
+    )
     inter = _int_field(text, "intermediate_size", model_type, required=False)
     moe_inter = _int_field(text, "moe_intermediate_size", model_type, required=False) or (inter if experts else None)
     shared = _int_field(text, "shared_expert_intermediate_size", model_type, required=False)
     if shared is None:
         shared = (text.get("n_shared_experts") or 0) * (moe_inter or 0)
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or text.get("dtype")
-                or "bfloat16")
+    dtype = str(
+        config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or text.get("dtype") or "bfloat16"
+    )
     return ModelShape(
-        model_type=model_type, num_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-        num_kv_heads=kv_heads, head_dim=head_dim,
+        model_type=model_type,
+        num_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
         vocab_size=_int_field(text, "vocab_size", model_type, required=False) or 0,
-        intermediate_size=inter, torch_dtype=dtype,
+        intermediate_size=inter,
+        torch_dtype=dtype,
         max_position_embeddings=_int_field(text, "max_position_embeddings", model_type, required=False),
-        quantization=checkpoint_quantization(config), num_experts=int(experts),
-        moe_intermediate_size=moe_inter, shared_expert_intermediate_size=int(shared),
+        quantization=checkpoint_quantization(config),
+        num_experts=int(experts),
+        moe_intermediate_size=moe_inter,
+        shared_expert_intermediate_size=int(shared),
         first_dense_layers=int(text.get("first_k_dense_replace") or 0) if experts else 0,
         tie_word_embeddings=bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False))),
-        kv_lora_rank=kv_lora, qk_rope_head_dim=rope if kv_lora is not None else None,
+        kv_lora_rank=kv_lora,
+        qk_rope_head_dim=rope if kv_lora is not None else None,
         qk_nope_head_dim=_int_field(text, "qk_nope_head_dim", model_type, required=False),
         q_lora_rank=_int_field(text, "q_lora_rank", model_type, required=False),
         v_head_dim=_int_field(text, "v_head_dim", model_type, required=False),
@@ -293,8 +329,11 @@ def parameter_count(shape: ModelShape) -> int:
         rope = shape.qk_rope_head_dim or 0
         v = shape.v_head_dim or shape.head_dim
         lora = shape.kv_lora_rank or 0
-        q = (h * shape.q_lora_rank + shape.q_lora_rank * heads * (nope + rope)) if shape.q_lora_rank \
+        q = (
+            (h * shape.q_lora_rank + shape.q_lora_rank * heads * (nope + rope))
+            if shape.q_lora_rank
             else h * heads * (nope + rope)
+        )
         attention = q + h * (lora + rope) + lora * heads * (nope + v) + heads * v * h
     else:
         q_width, kv_width = heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
@@ -311,8 +350,14 @@ def parameter_count(shape: ModelShape) -> int:
 
 
 # Bytes per parameter once loaded; 4-bit formats carry ~12% more for scales and zero points.
-BYTES_PER_PARAM = {"none": 2.0, "fp8": 1.0, "compressed-tensors": 1.0, "awq": 0.5625, "gptq": 0.5625,
-                   "bitsandbytes": 0.5625}
+BYTES_PER_PARAM = {
+    "none": 2.0,
+    "fp8": 1.0,
+    "compressed-tensors": 1.0,
+    "awq": 0.5625,
+    "gptq": 0.5625,
+    "bitsandbytes": 0.5625,
+}
 
 
 def bytes_per_parameter(quantization: str, dtype: str | None) -> float:
@@ -333,8 +378,14 @@ def estimated_weight_bytes(shape: ModelShape, quantization: str) -> int:
     return int(parameter_weight_bytes(parameter_count(shape), quantization, shape.torch_dtype))
 
 
-def loaded_weight_bytes(file_bytes: int, shape: ModelShape, *, quantize_on_load: bool = False,
-                        quantization: str = "none", dtype: str | None = None) -> int:
+def loaded_weight_bytes(
+    file_bytes: int,
+    shape: ModelShape,
+    *,
+    quantize_on_load: bool = False,
+    quantization: str = "none",
+    dtype: str | None = None,
+) -> int:
     """GPU bytes of the weights once vLLM has loaded a checkpoint of `file_bytes`.
 
     Files are what loads, except: quantizing a 16-bit checkpoint on load shrinks its linear layers
@@ -423,16 +474,35 @@ class Option:
         return f"{self.count} x {self.gpu}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gpu": self.gpu, "count": self.count, "tensor_parallel_size": self.count,
-                "weights_gib": round(self.weights_gib, 2), "kv_gib": round(self.kv_gib, 2),
-                "overhead_gib": round(self.overhead_gib, 2), "budget_gib": round(self.budget_gib, 2),
-                "headroom_gib": round(self.headroom_gib, 2), "usd_per_hour": round(self.usd_per_hour, 4),
-                "fits": self.fits, "excluded": self.excluded}
+        return {
+            "gpu": self.gpu,
+            "count": self.count,
+            "tensor_parallel_size": self.count,
+            "weights_gib": round(self.weights_gib, 2),
+            "kv_gib": round(self.kv_gib, 2),
+            "overhead_gib": round(self.overhead_gib, 2),
+            "budget_gib": round(self.budget_gib, 2),
+            "headroom_gib": round(self.headroom_gib, 2),
+            "usd_per_hour": round(self.usd_per_hour, 4),
+            "fits": self.fits,
+            "excluded": self.excluded,
+        }
 
 
-def evaluate(shape: ModelShape, weights_bytes: float, tokens: int, gpu: GpuType, count: int, *,
-             tp: int | None = None, kv_element_bytes: int = 2, utilization: float = DEFAULT_UTILIZATION,
-             quantization: str = "none", usd_per_hour: float | None = None, dtype: str | None = None) -> Option:
+def evaluate(
+    shape: ModelShape,
+    weights_bytes: float,
+    tokens: int,
+    gpu: GpuType,
+    count: int,
+    *,
+    tp: int | None = None,
+    kv_element_bytes: int = 2,
+    utilization: float = DEFAULT_UTILIZATION,
+    quantization: str = "none",
+    usd_per_hour: float | None = None,
+    dtype: str | None = None,
+) -> Option:
     """How `tokens` tokens of KV cache and the weights sit on `count` x `gpu` (tensor parallel `tp`),
     computing in `dtype` (None: not checked against the hardware)."""
     tp = tp or count
@@ -443,16 +513,29 @@ def evaluate(shape: ModelShape, weights_bytes: float, tokens: int, gpu: GpuType,
     per_gpu_kv = tokens * kv_bytes_per_token_per_gpu(shape, kv_element_bytes, tp)
     price = gpu.usd_per_hour if usd_per_hour is None else usd_per_hour
     return Option(
-        gpu=gpu.name, count=count, weights_gib=per_gpu_weights * count / GIB, kv_gib=per_gpu_kv * count / GIB,
-        overhead_gib=OVERHEAD_GIB * count, budget_gib=utilization * gpu.memory_gib * count,
-        usd_per_hour=price * count, excluded=excluded,
+        gpu=gpu.name,
+        count=count,
+        weights_gib=per_gpu_weights * count / GIB,
+        kv_gib=per_gpu_kv * count / GIB,
+        overhead_gib=OVERHEAD_GIB * count,
+        budget_gib=utilization * gpu.memory_gib * count,
+        usd_per_hour=price * count,
+        excluded=excluded,
     )
 
 
-def rank_options(shape: ModelShape, weights_bytes: float, tokens: int, *, quantization: str = "none",
-                 kv_element_bytes: int = 2, utilization: float = DEFAULT_UTILIZATION,
-                 prices: Mapping[str, float] | None = None,
-                 gpu_types: Iterable[GpuType] | None = None, dtype: str | None = None) -> list[Option]:
+def rank_options(
+    shape: ModelShape,
+    weights_bytes: float,
+    tokens: int,
+    *,
+    quantization: str = "none",
+    kv_element_bytes: int = 2,
+    utilization: float = DEFAULT_UTILIZATION,
+    prices: Mapping[str, float] | None = None,
+    gpu_types: Iterable[GpuType] | None = None,
+    dtype: str | None = None,
+) -> list[Option]:
     """Every GPU type x count (1, 2, 4, 8, within each type's limit), cheapest fitting first; a GPU
     that cannot compute in `dtype` (bfloat16 below compute capability 8.0) is excluded.
 
@@ -465,9 +548,20 @@ def rank_options(shape: ModelShape, weights_bytes: float, tokens: int, *, quanti
             if count > gpu.max_count:
                 continue
             price = (prices or {}).get(gpu.name)
-            out.append(evaluate(shape, weights_bytes, tokens, gpu, count, kv_element_bytes=kv_element_bytes,
-                                utilization=utilization, quantization=quantization, usd_per_hour=price,
-                                dtype=dtype))
+            out.append(
+                evaluate(
+                    shape,
+                    weights_bytes,
+                    tokens,
+                    gpu,
+                    count,
+                    kv_element_bytes=kv_element_bytes,
+                    utilization=utilization,
+                    quantization=quantization,
+                    usd_per_hour=price,
+                    dtype=dtype,
+                )
+            )
     return sorted(out, key=lambda o: (o.excluded is not None, not o.fits, o.usd_per_hour, o.count, -o.headroom_gib))
 
 
@@ -513,15 +607,32 @@ def _fit_inputs(deployment: Any, default_utilization: float = DEFAULT_UTILIZATIO
         specs = [(("gpu", "type"), gpu["type"])]
         specs += [(("gpu", "fallbacks", i), s) for i, s in enumerate(gpu.get("fallbacks") or [])]
         count = gpu.get("count", 1)
-        return _FitInputs(str(deployment.get("name", "deployment")), tuple(specs), count,
-                          gpu.get("tensor_parallel_size") or count, model.get("quantization", "none"),
-                          bool(model.get("quantize_on_load")), model.get("dtype"), model.get("max_model_len"),
-                          engine.get("gpu_memory_utilization") or default_utilization, engine.get("kv_cache_dtype"))
+        return _FitInputs(
+            str(deployment.get("name", "deployment")),
+            tuple(specs),
+            count,
+            gpu.get("tensor_parallel_size") or count,
+            model.get("quantization", "none"),
+            bool(model.get("quantize_on_load")),
+            model.get("dtype"),
+            model.get("max_model_len"),
+            engine.get("gpu_memory_utilization") or default_utilization,
+            engine.get("kv_cache_dtype"),
+        )
     d = deployment
     specs = [(("gpu", "type"), d.gpu.type)] + [(("gpu", "fallbacks", i), s) for i, s in enumerate(d.gpu.fallbacks)]
-    return _FitInputs(d.source, tuple(specs), d.gpu.count, d.gpu.tensor_parallel_size, d.model.quantization,
-                      d.model.quantize_on_load, d.model.dtype, d.model.max_model_len,
-                      d.engine.gpu_memory_utilization or default_utilization, d.engine.kv_cache_dtype)
+    return _FitInputs(
+        d.source,
+        tuple(specs),
+        d.gpu.count,
+        d.gpu.tensor_parallel_size,
+        d.model.quantization,
+        d.model.quantize_on_load,
+        d.model.dtype,
+        d.model.max_model_len,
+        d.engine.gpu_memory_utilization or default_utilization,
+        d.engine.kv_cache_dtype,
+    )
 
 
 def max_tokens_that_fit(option: Option, shape: ModelShape, kv_element_bytes: int, tp: int) -> int:
@@ -531,10 +642,15 @@ def max_tokens_that_fit(option: Option, shape: ModelShape, kv_element_bytes: int
     return max(0, int(free // per_token))
 
 
-def check_fit(deployment: Any, shape: ModelShape, weights_bytes: int, *,
-              mark: Callable[..., Mark] | None = None,
-              prices: Mapping[str, float] | None = None,
-              default_utilization: float = DEFAULT_UTILIZATION) -> Diagnostic | None:
+def check_fit(
+    deployment: Any,
+    shape: ModelShape,
+    weights_bytes: int,
+    *,
+    mark: Callable[..., Mark] | None = None,
+    prices: Mapping[str, float] | None = None,
+    default_utilization: float = DEFAULT_UTILIZATION,
+) -> Diagnostic | None:
     """An error when vLLM could not start this deployment: its weights plus the KV cache of one
     `max_model_len`-token sequence (vLLM's own start-up check) do not fit a GPU's budget.
 
@@ -548,42 +664,73 @@ def check_fit(deployment: Any, shape: ModelShape, weights_bytes: int, *,
     """
     f = _fit_inputs(deployment, default_utilization)
     where = mark or (lambda *path: Mark(f.source, 1, 1))
-    loaded = loaded_weight_bytes(weights_bytes, shape, quantize_on_load=f.quantize_on_load,
-                                 quantization=f.quantization, dtype=f.dtype)
+    loaded = loaded_weight_bytes(
+        weights_bytes, shape, quantize_on_load=f.quantize_on_load, quantization=f.quantization, dtype=f.dtype
+    )
     element = kv_dtype_bytes(f.kv_cache_dtype, f.dtype)
     tokens = f.max_model_len or shape.max_position_embeddings or 0
     problem = tp_problem(shape, f.tp)
     if problem:
         sizes = [str(t) for t in TP_SIZES if t <= f.count and f.count % t == 0 and not tp_problem(shape, t)]
-        return Diagnostic(where("gpu", "tensor_parallel_size"), ("gpu", "tensor_parallel_size"),
-                          f"{problem}: vLLM cannot split this {shape.model_type} model over {f.tp} GPUs",
-                          "model-fit", Severity.ERROR,
-                          hint=f"tensor parallel sizes that work with {f.count} GPU(s): {', '.join(sizes) or 'none'}")
+        return Diagnostic(
+            where("gpu", "tensor_parallel_size"),
+            ("gpu", "tensor_parallel_size"),
+            f"{problem}: vLLM cannot split this {shape.model_type} model over {f.tp} GPUs",
+            "model-fit",
+            Severity.ERROR,
+            hint=f"tensor parallel sizes that work with {f.count} GPU(s): {', '.join(sizes) or 'none'}",
+        )
     for path, spec in f.gpu_paths:
         gpu = GPU_TYPES[parse_gpu_type(spec)[0]]
-        option = evaluate(shape, loaded, tokens, gpu, f.count, tp=f.tp, kv_element_bytes=element,
-                          utilization=f.utilization)
+        option = evaluate(
+            shape, loaded, tokens, gpu, f.count, tp=f.tp, kv_element_bytes=element, utilization=f.utilization
+        )
         if option.fits:
             continue
-        better = cheapest(rank_options(shape, loaded, tokens, quantization=f.quantization, kv_element_bytes=element,
-                                       utilization=f.utilization, prices=prices,
-                                       dtype=running_dtype(f.dtype, shape.torch_dtype)))
-        suggest = f"{better.label} (${better.usd_per_hour:.2f}/h) is the cheapest that fits" if better else \
-            "no single container fits it; quantize the checkpoint or shorten the context"
+        better = cheapest(
+            rank_options(
+                shape,
+                loaded,
+                tokens,
+                quantization=f.quantization,
+                kv_element_bytes=element,
+                utilization=f.utilization,
+                prices=prices,
+                dtype=running_dtype(f.dtype, shape.torch_dtype),
+            )
+        )
+        suggest = (
+            f"{better.label} (${better.usd_per_hour:.2f}/h) is the cheapest that fits"
+            if better
+            else "no single container fits it; quantize the checkpoint or shorten the context"
+        )
         budget = option.budget_gib - option.overhead_gib
         if option.weights_gib > budget:
-            return Diagnostic(where(*path), path,
-                              f"{option.weights_gib:.1f} GiB of weights do not fit {option.label} at "
-                              f"{f.utilization:g} utilization ({budget:.1f} GiB after {option.overhead_gib:g} GiB "
-                              f"of overhead)", "model-fit", Severity.ERROR, hint=suggest)
+            return Diagnostic(
+                where(*path),
+                path,
+                f"{option.weights_gib:.1f} GiB of weights do not fit {option.label} at "
+                f"{f.utilization:g} utilization ({budget:.1f} GiB after {option.overhead_gib:g} GiB "
+                f"of overhead)",
+                "model-fit",
+                Severity.ERROR,
+                hint=suggest,
+            )
         fit_len = max_tokens_that_fit(option, shape, element, f.tp)
         at = ("model", "max_model_len") if f.max_model_len else path
-        shorter = f"set model.max_model_len to at most {fit_len // 1024 * 1024 or fit_len}, or " if fit_len >= 16 else ""
-        return Diagnostic(where(*at), at,
-                          f"{option.weights_gib:.1f} GiB of weights + {option.kv_gib:.1f} GiB of KV cache for one "
-                          f"{tokens}-token sequence do not fit {option.label} at {f.utilization:g} utilization "
-                          f"({budget:.1f} GiB after overhead): vLLM would refuse to start", "model-fit",
-                          Severity.ERROR, hint=shorter + suggest)
+        shorter = (
+            f"set model.max_model_len to at most {fit_len // 1024 * 1024 or fit_len}, or " if fit_len >= 16 else ""
+        )
+        return Diagnostic(
+            where(*at),
+            at,
+            f"{option.weights_gib:.1f} GiB of weights + {option.kv_gib:.1f} GiB of KV cache for one "
+            f"{tokens}-token sequence do not fit {option.label} at {f.utilization:g} utilization "
+            f"({budget:.1f} GiB after overhead): vLLM would refuse to start",
+            "model-fit",
+            Severity.ERROR,
+            hint=shorter + suggest,
+        )
     return None
 
 
@@ -635,6 +782,7 @@ def _index_total(path: Path) -> int | None:
 def weights_in_dir(folder: Path) -> tuple[int, str] | None:
     """(bytes, how) of the weights in a checkpoint folder: the safetensors files' sizes on disk,
     else the safetensors index's `metadata.total_size`, else legacy PyTorch files; None if none."""
+
     def sizes(suffixes: tuple[str, ...]) -> list[int]:
         out = []
         for p in sorted(folder.iterdir()):
@@ -666,8 +814,9 @@ def metadata_from_dir(folder: str | Path) -> ModelMetadata:
     config = read_config(folder / "config.json")
     shape = shape_from_config(config)
     weights = weights_in_dir(folder)
-    return ModelMetadata(config, shape, weights[0] if weights else None, "--from-dir",
-                         weights[1] if weights else "not found")
+    return ModelMetadata(
+        config, shape, weights[0] if weights else None, "--from-dir", weights[1] if weights else "not found"
+    )
 
 
 def metadata_from_cache(model_id: str, revision: str, cache_dir: str | Path | None = None) -> ModelMetadata | None:
@@ -694,8 +843,13 @@ def metadata_from_cache(model_id: str, revision: str, cache_dir: str | Path | No
     except SizingError as exc:
         raise SizingError(f"{exc} (the Hugging Face cache's {path})") from None
     weights = weights_in_dir(path.parent)
-    return ModelMetadata(config, shape, weights[0] if weights else None, "Hugging Face cache",
-                         weights[1] if weights else "not in the cache")
+    return ModelMetadata(
+        config,
+        shape,
+        weights[0] if weights else None,
+        "Hugging Face cache",
+        weights[1] if weights else "not in the cache",
+    )
 
 
 def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
@@ -707,13 +861,15 @@ def _hub_unreachable(endpoint: str, timeout: float = 5.0) -> str | None:
     import socket
     from urllib.parse import urlsplit
 
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                         "all_proxy")):
+    if any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return None
     url = urlsplit(endpoint)
     try:
-        socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)),
-                                 timeout=timeout).close()
+        socket.create_connection(
+            (url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), timeout=timeout
+        ).close()
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
     return None
@@ -726,32 +882,49 @@ def metadata_from_hub(model_id: str, revision: str) -> ModelMetadata:
 
     why = _hub_unreachable(constants.ENDPOINT)
     if why:
-        raise SizingError(f"{model_id}@{revision[:12]}: cannot reach the Hub at {constants.ENDPOINT} ({why}): "
-                          "pass --from-dir DIR to size it offline")
+        raise SizingError(
+            f"{model_id}@{revision[:12]}: cannot reach the Hub at {constants.ENDPOINT} ({why}): "
+            "pass --from-dir DIR to size it offline"
+        )
     try:
         path = hf_hub_download(model_id, "config.json", revision=revision)
         info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
     except OfflineModeIsEnabled:
-        raise SizingError(f"{model_id}@{revision[:12]} is not in the local Hugging Face cache and the Hub is "
-                          "offline (HF_HUB_OFFLINE): pass --from-dir DIR") from None
+        raise SizingError(
+            f"{model_id}@{revision[:12]} is not in the local Hugging Face cache and the Hub is "
+            "offline (HF_HUB_OFFLINE): pass --from-dir DIR"
+        ) from None
     except HfHubHTTPError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SizingError(f"{model_id}@{revision[:12]}: the Hub refused: {first}") from None
     except (OSError, ValueError) as exc:
-        raise SizingError(f"{model_id}@{revision[:12]}: cannot reach the Hub ({type(exc).__name__}): "
-                          "pass --from-dir DIR to size it offline") from None
+        raise SizingError(
+            f"{model_id}@{revision[:12]}: cannot reach the Hub ({type(exc).__name__}): "
+            "pass --from-dir DIR to size it offline"
+        ) from None
     config = read_config(Path(path))
     shape = shape_from_config(config)
     files = [(s.rfilename, s.size) for s in (info.siblings or []) if s.size]
     st = [size for name, size in files if name.endswith(WEIGHT_SUFFIXES)]
     legacy = [size for name, size in files if name.endswith(LEGACY_WEIGHT_SUFFIXES)]
     chosen, how = (st, "safetensors") if st else (legacy, "PyTorch")
-    return ModelMetadata(config, shape, sum(chosen) if chosen else None, "Hugging Face Hub",
-                         f"{len(chosen)} {how} file(s) listed on the Hub" if chosen else "not listed on the Hub")
+    return ModelMetadata(
+        config,
+        shape,
+        sum(chosen) if chosen else None,
+        "Hugging Face Hub",
+        f"{len(chosen)} {how} file(s) listed on the Hub" if chosen else "not listed on the Hub",
+    )
 
 
-def load_metadata(model_id: str, revision: str, *, from_dir: str | Path | None = None,
-                  cache_dir: str | Path | None = None, allow_network: bool = True) -> ModelMetadata:
+def load_metadata(
+    model_id: str,
+    revision: str,
+    *,
+    from_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    allow_network: bool = True,
+) -> ModelMetadata:
     """From `from_dir` if given; else the local cache; else the Hub (unless offline). Raises SizingError."""
     if from_dir is not None:
         return metadata_from_dir(from_dir)
@@ -764,13 +937,16 @@ def load_metadata(model_id: str, revision: str, *, from_dir: str | Path | None =
     if not allow_network or offline:
         if cached is not None:
             return cached
-        raise SizingError(f"{model_id}@{revision[:12]} is not in the local Hugging Face cache and the Hub is "
-                          "offline: pass --from-dir DIR")
+        raise SizingError(
+            f"{model_id}@{revision[:12]} is not in the local Hugging Face cache and the Hub is "
+            "offline: pass --from-dir DIR"
+        )
     return metadata_from_hub(model_id, revision)
 
 
-def metadata_offline(model_id: str, revision: str, cache_dir: str | Path | None = None,
-                     problems: list[str] | None = None) -> ModelMetadata | None:
+def metadata_offline(
+    model_id: str, revision: str, cache_dir: str | Path | None = None, problems: list[str] | None = None
+) -> ModelMetadata | None:
     """What `validate` can know without a network: the cached model with its weight size, or None.
 
     Never raises: a model missing from the cache means the fit is simply not checked; a cache or
@@ -818,15 +994,24 @@ class Sizing:
     def to_dict(self) -> dict[str, Any]:
         shape = asdict(self.metadata.shape)
         return {
-            "model": self.model_id, "revision": self.revision, "name": self.name,
-            "shape": {**shape, "attention": self.metadata.shape.attention,
-                      "parameters_b": round(parameter_count(self.metadata.shape) / 1e9, 2)},
-            "quantization": self.quantization, "quantize_on_load": self.quantize_on_load,
+            "model": self.model_id,
+            "revision": self.revision,
+            "name": self.name,
+            "shape": {
+                **shape,
+                "attention": self.metadata.shape.attention,
+                "parameters_b": round(parameter_count(self.metadata.shape) / 1e9, 2),
+            },
+            "quantization": self.quantization,
+            "quantize_on_load": self.quantize_on_load,
             "weights_gib": round(self.weights_bytes / GIB, 2),
             "weights_source": "estimated from config.json" if self.weights_estimated else self.metadata.weights_source,
             "config_source": self.metadata.config_source,
-            "kv_bytes_per_token": self.kv_bytes_per_token, "max_model_len": self.max_model_len,
-            "concurrency": self.concurrency, "tokens": self.tokens, "gpu_memory_utilization": self.utilization,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "max_model_len": self.max_model_len,
+            "concurrency": self.concurrency,
+            "tokens": self.tokens,
+            "gpu_memory_utilization": self.utilization,
             "overhead_gib_per_gpu": OVERHEAD_GIB,
             "chosen": self.chosen.to_dict() if self.chosen else None,
             "options": [o.to_dict() for o in self.options],
@@ -848,14 +1033,25 @@ def choose_quantization(checkpoint: str, requested: str | None) -> tuple[str, bo
     if checkpoint == "none" and requested in ("fp8", "bitsandbytes"):
         return requested, True
     if checkpoint == "none":
-        raise SizingError(f"--quantization {requested}: this checkpoint is not quantized, and vLLM quantizes on load "
-                          f"only to fp8 or bitsandbytes; pick a {requested.upper()} checkpoint instead")
+        raise SizingError(
+            f"--quantization {requested}: this checkpoint is not quantized, and vLLM quantizes on load "
+            f"only to fp8 or bitsandbytes; pick a {requested.upper()} checkpoint instead"
+        )
     raise SizingError(f"--quantization {requested}: this checkpoint is already {checkpoint}")
 
 
-def size_model(model_id: str, revision: str, metadata: ModelMetadata, *, max_model_len: int | None = None,
-               concurrency: int = 1, quantization: str | None = None, name: str | None = None,
-               utilization: float = DEFAULT_UTILIZATION, prices: Mapping[str, float] | None = None) -> Sizing:
+def size_model(
+    model_id: str,
+    revision: str,
+    metadata: ModelMetadata,
+    *,
+    max_model_len: int | None = None,
+    concurrency: int = 1,
+    quantization: str | None = None,
+    name: str | None = None,
+    utilization: float = DEFAULT_UTILIZATION,
+    prices: Mapping[str, float] | None = None,
+) -> Sizing:
     """Weigh every option for this model and traffic. Raises SizingError for impossible requests."""
     shape = metadata.shape
     quant, on_load = choose_quantization(shape.quantization, quantization)
@@ -874,7 +1070,28 @@ def size_model(model_id: str, revision: str, metadata: ModelMetadata, *, max_mod
     else:
         weights, estimated = estimated_weight_bytes(shape, quant), True
     element = kv_dtype_bytes(None, None)
-    options = rank_options(shape, weights, max_model_len * concurrency, quantization=quant, kv_element_bytes=element,
-                           utilization=utilization, prices=prices, dtype=running_dtype(None, shape.torch_dtype))
-    return Sizing(model_id, revision, name or derive_name(model_id), metadata, quant, on_load, weights, estimated,
-                  max_model_len, concurrency, utilization, kv_bytes_per_token(shape, element), options)
+    options = rank_options(
+        shape,
+        weights,
+        max_model_len * concurrency,
+        quantization=quant,
+        kv_element_bytes=element,
+        utilization=utilization,
+        prices=prices,
+        dtype=running_dtype(None, shape.torch_dtype),
+    )
+    return Sizing(
+        model_id,
+        revision,
+        name or derive_name(model_id),
+        metadata,
+        quant,
+        on_load,
+        weights,
+        estimated,
+        max_model_len,
+        concurrency,
+        utilization,
+        kv_bytes_per_token(shape, element),
+        options,
+    )
