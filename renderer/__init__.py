@@ -1,19 +1,18 @@
 """fleetform: declare an LLM fleet in YAML, render it into Modal apps that run vLLM, deploy it.
 
-The package is a pipeline, one module per stage, data flowing one way:
+The package is the pipeline, one folder per stage, data flowing one way (each stage imports only
+from the ones above it; tests/test_layering.py checks):
 
-    load      YAML text -> tree of nodes that remember file:line:column
-    validate  tree -> diagnostics (JSON Schema, then semantic rules)
-    resolve   fleet defaults + deployment + environment overlays -> frozen, typed `spec.Deployment`
-    render    Deployment -> Modal app module text (Jinja2), deterministic, content-hashed
-    plan      rendered fleet -> what would run and what it costs (offline)
-    deploy    rendered fleet -> live Modal apps, smoke-tested, rolled back on failure
-    client    OpenAI-compatible HTTP client: smoke tests (`test`); `bench` is the load generator
-
-Beside them: `modal_api` (the only module that talks to Modal), `runtime` (start-up logic shared
-by every rendered app and `fleetform serve --local`, embedded verbatim in the modules), `diff` and
-`gitref` (`plan --against REF`), `sizing` (`fleetform new` and the fit rule), `gateway` and
-`gateway_app` (one endpoint for the fleet), `docs` (the generated schema reference), `cli`.
+    diagnostics.py, gpus.py   one diagnostic type; what fleetform knows of Modal's GPU types
+    sizing/                   model shapes and the memory model: what fits which GPUs
+    config/                   YAML text -> checked, typed, fully resolved deployments (`spec`)
+    codegen/                  deployments -> Modal app module text, written atomically
+    endpoint/                 talking to a served model: smoke test, load test, `serve --local`
+    modal_api.py              the only module that talks to Modal
+    plan/                     what a deploy would change and cost: offline, live, against a git revision
+    deploy/                   deploy, status, rollback, destroy
+    cli/                      the `fleetform` command: options in, one reporter out
+    docs.py                   the generated schema reference (docs/schema.md)
 """
 
 __version__ = "0.1.0"
