@@ -431,3 +431,18 @@ def test_standard_mode_has_no_snapshot(rendered_dir):
     assert dict(cfg.data.experimental_options) == {}
     module = import_module(rendered_dir / "llama-3-1-8b-fp8.py")
     assert not hasattr(module, "VLLM_ENV") and "--enable-sleep-mode" not in module.VLLM_COMMAND  # no env to set
+
+
+def test_the_parse_check_still_sees_every_line_outside_the_runtime():
+    """render_module parses fleetform's own runtime once and the rest of each module every time:
+    a broken line anywhere is still a RenderError, in the runtime or outside it."""
+    from renderer.codegen.render import _parses
+
+    block = "def helper():\n    return 1\n"
+    _parses(f"import os\n\n{block}\nx = helper()\n", [block])
+    with pytest.raises(SyntaxError):
+        _parses(f"import os\n\n{block}\nx = (helper(\n", [block])
+    with pytest.raises(SyntaxError):
+        _parses("x = 1\ndef broken(:\n    pass\n", ["def broken(:\n    pass\n"])
+    with pytest.raises(SyntaxError):  # a block cut out of the middle of a statement leaves it broken
+        _parses(f"x = [\n{block}]\n", [block])

@@ -21,7 +21,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,14 @@ def _escape(text: str, newlines: bool) -> str:
     return "".join(out)
 
 
+def _plain(text: str) -> bool:
+    """Printable ASCII with nothing to escape: most names, ids and paths, written as they are."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
 def _string(text: str, docstring: bool = False) -> Literal:
+    if not docstring and _plain(text):
+        return Literal(f'"{text}"')
     literal = f'"""{_escape(text, True)}"""' if docstring else f'"{_escape(text, False)}"'
     if ast.literal_eval(literal) != text:  # cannot happen; a check that costs microseconds
         raise RenderError(f"cannot render {text!r} as a string literal")
@@ -124,9 +131,8 @@ def _finalize(value: Any) -> Any:
 
 @functools.cache
 def environment() -> jinja2.Environment:
-    """The one Jinja environment (imported here, not at the top: validating a fleet never needs it)."""
-    import jinja2
-
+    """The one Jinja environment, configured once. (Only rendering imports this module: `validate`
+    never loads jinja2; a test checks what `validate` imports.)"""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
         undefined=jinja2.StrictUndefined,
@@ -430,19 +436,19 @@ def render(d: spec.Deployment) -> RenderedApp:
         "runtime": runtime_text,
         "hash": Trusted("{hash}"),
     }
-    text, digest = render_module(TEMPLATE, context, f"{d.name}.py", d.source)
+    text, digest = render_module(TEMPLATE, context, f"{d.name}.py", d.source, trusted=(runtime_text,))
     return RenderedApp(d, text, digest)
 
 
-def render_module(template: str, context: dict[str, Any], filename: str, what: str) -> tuple[str, str]:
+def render_module(
+    template: str, context: dict[str, Any], filename: str, what: str, trusted: Sequence[str] = ()
+) -> tuple[str, str]:
     """Render a module template and seal it: (text, content hash).
 
     The template's first two lines are the header; the second carries a `{hash}` placeholder that
     becomes the sha256 of everything below the header. The result must parse as Python: a module
     that does not is a bug in fleetform, never in the user's YAML.
     """
-    import jinja2  # loaded by environment() already; named here for its exception type
-
     try:
         text = environment().get_template(template).render(context)
     except jinja2.TemplateError as exc:
@@ -454,10 +460,32 @@ def render_module(template: str, context: dict[str, Any], filename: str, what: s
     digest = content_hash(body)
     text = header.replace("{hash}", digest) + body
     try:
-        ast.parse(text)
+        _parses(text, trusted)
     except (SyntaxError, ValueError) as exc:
         raise RenderError(f"rendered module {filename!r} does not parse: {exc}") from None
     return text, digest
+
+
+def _parses(text: str, trusted: Sequence[str]) -> None:
+    """Raise SyntaxError unless `text` parses as Python. A top-level block of fleetform's own source
+    (`trusted`, e.g. the runtime: most of every module's text) is parsed once per process; the text
+    before and after it is parsed on its own. Pieces that each parse as whole statements, split at
+    line ends, make a module that parses; a block inside an expression leaves a piece that does not."""
+    pieces = [text]
+    for block in trusted:
+        last = pieces[-1]
+        at = last.find(block) if block else -1
+        if at < 0 or (at and last[at - 1] != "\n"):
+            continue
+        _parse_once(block)
+        pieces[-1:] = [last[:at], last[at + len(block) :]]
+    for piece in pieces:
+        ast.parse(piece)
+
+
+@functools.cache
+def _parse_once(block: str) -> None:
+    ast.parse(block)
 
 
 def render_fleet(deployments: Iterable[spec.Deployment]) -> list[RenderedApp]:

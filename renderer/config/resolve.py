@@ -23,7 +23,7 @@ command line is built here, once; the renderer and `fleetform serve --local` onl
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -54,6 +54,31 @@ class UnknownEnvironment(Exception):
         super().__init__(f"unknown environment {name!r}; fleet.yaml declares: {known}" + (f"; {hint}" if hint else ""))
 
 
+class Origins(Mapping[str, dict]):
+    """Deployment name -> where each of its values was written: path -> (value, mark). Worked out
+    from the merged tree when first asked for (`explain` and plan annotations ask; plan and deploy
+    never do). Lists count as one value, as they replace rather than merge."""
+
+    def __init__(self, trees: dict[str, Node]):
+        self._trees = trees
+        self._made: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
+
+    def __getitem__(self, name: str) -> dict[tuple, tuple[Any, Mark]]:
+        if name not in self._made:
+            self._made[name] = {
+                p: (n.plain(), n.mark)
+                for p, n in self._trees[name].walk()
+                if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)
+            }
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._trees)
+
+    def __len__(self) -> int:
+        return len(self._trees)
+
+
 @dataclass(frozen=True)
 class ResolvedFleet:
     deployments: tuple[spec.Deployment, ...]
@@ -61,7 +86,7 @@ class ResolvedFleet:
     fleet_env: str | None  # the fleet environment (`--env`) the deployments are resolved for
     prices: dict[str, float]
     # deployment name -> every value of its merged (pre-default) tree: path -> (value, where it was written)
-    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
+    origins: Mapping[str, dict[tuple, tuple[Any, Mark]]] = field(default_factory=dict)
     # fleet.yaml's `gateway` when it is enabled (None: absent or disabled); render and plan render it
     gateway: spec.Gateway | None = None
     fleet_file: str | None = None  # fleet.yaml's path as named, for the gateway module's header
@@ -533,23 +558,19 @@ def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
                 )
             )
     built: list[spec.Deployment] = []
-    origins: dict[str, dict[tuple, tuple[Any, Mark]]] = {}
+    trees: dict[str, Node] = {}
     for doc, tree in checked.clean.get(env, []):
         if modal_env is not None:
             tree = merge(tree, Node({"environment": modal_env}, modal_env.mark, {"environment": modal_env.mark}))
         deployment = _build(tree.plain(), doc.path, env)
         built.append(deployment)
-        origins[deployment.name] = {  # lists count as one value, as they replace rather than merge
-            p: (n.plain(), n.mark)
-            for p, n in tree.walk()
-            if p and not any(isinstance(x, int) for x in p) and not (isinstance(n.value, dict) and n.value)
-        }
+        trees[deployment.name] = tree
     return ResolvedFleet(
         tuple(built),
         tuple(sorted(diags, key=Diagnostic.sort_key)),
         env,
         checked.prices,
-        origins,
+        Origins(trees),
         gateway=checked.gateway,
         fleet_file=fleet.path if fleet is not None else None,
         modal_env=modal_env.plain() if modal_env is not None else None,
