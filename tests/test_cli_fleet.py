@@ -212,3 +212,12 @@ def test_prices_never_print_as_negative_zero(tmp_path):
     result = run_cli("plan", str(folder))
     assert result.returncode == 0, result.stderr
     assert "$-0.00" not in result.stdout and "$0.00" in result.stdout
+
+
+def test_render_out_that_is_a_file_is_a_usage_error(tmp_path):
+    target = tmp_path / "build"
+    target.write_text("not a folder\n")
+    result = run_cli("render", "--out", str(target))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == f"error: --out {target} is not a folder: name a folder to write the modules into\n"
+    assert target.read_text() == "not a folder\n"

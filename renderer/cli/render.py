@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,8 @@ class UpToDate:
 def run(args: argparse.Namespace, report: TextReporter) -> Any:
     from renderer.codegen.write import stale, write_all
 
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise CliError(f"--out {args.out} is not a folder: name a folder to write the modules into", ExitCode.USAGE)
     resolved = resolve_args(args, report)
     modules = render_apps(resolved)
     gw = gateway(resolved)
