@@ -55,8 +55,15 @@ class LanguageServer:
         capabilities = {"textDocument": {"completion": {"completionItem": {"snippetSupport": True}}}}
         self.request("initialize", {"processId": os.getpid(), "rootUri": root.as_uri(), "capabilities": capabilities})
         self.notify("initialized", {})
-        settings = {"yaml": {"validate": True, "completion": True, "schemaStore": {"enable": False}}}
-        self.notify("workspace/didChangeConfiguration", {"settings": settings})
+        self.configure({})
+
+    def configure(self, schemas: dict) -> None:
+        """The editor's `yaml.*` settings, with `yaml.schemas` (schema -> globs), as the server pulls them."""
+        yaml = {"validate": True, "completion": True, "schemaStore": {"enable": False}, "schemas": schemas}
+        self.settings = {"yaml": yaml}
+        self.notify("workspace/didChangeConfiguration", {"settings": self.settings})
+        self._until(lambda m: m.get("method") == "workspace/configuration")  # pulled, and answered
+        self.request("fleetform/barrier", {})  # any answer comes after the server applied them
 
     def close(self) -> None:
         self.proc.kill()
@@ -76,7 +83,7 @@ class LanguageServer:
     def request(self, method: str, params: dict) -> object:
         self.ids += 1
         self._send({"id": self.ids, "method": method, "params": params})
-        return self._until(lambda m: m.get("id") == self.ids and "method" not in m)["result"]
+        return self._until(lambda m: m.get("id") == self.ids and "method" not in m).get("result")
 
     def _read(self, deadline: float) -> dict:
         while b"\r\n\r\n" not in self.buffer or len(self.buffer) < self._needed():
@@ -108,9 +115,11 @@ class LanguageServer:
             message = self._read(deadline)
             if message.get("method") == "textDocument/publishDiagnostics":
                 self.diagnostics[message["params"]["uri"]] = message["params"]["diagnostics"]
-            elif "id" in message and "method" in message:  # a request from the server: answer it
-                items = message.get("params", {}).get("items", [])
-                self._send({"id": message["id"], "result": [None] * len(items) if items else None})
+            elif message.get("method") == "workspace/configuration":  # the server pulls its settings
+                items = message["params"]["items"]
+                self._send({"id": message["id"], "result": [self.settings.get(i.get("section")) for i in items]})
+            elif "id" in message and "method" in message:  # another request from the server
+                self._send({"id": message["id"], "result": None})
             if done(message):
                 return message
 
@@ -246,3 +255,26 @@ def test_completion_of_tensor_parallel_size_inserts_one_gpu(workspace, editor):
     path.write_text(HEADER.format(schema="deployment") + "gpu:\n  \n")
     editor.open(path)
     assert editor.complete(path, 2, 2)["tensor_parallel_size"] == "tensor_parallel_size: 1"
+
+
+def test_the_documented_vscode_settings_map_each_file_to_its_schema(workspace, editor):
+    """docs/editor.md's `yaml.schemas` snippet, as written: files without a `$schema` comment get the
+    right schema, and fleet.yaml only the fleet schema."""
+    text = (REPO / "docs/editor.md").read_text()
+    snippet = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    root = workspace / "mapped"
+    (root / "deployments").mkdir(parents=True)
+    assert run_cli("schema", "--out", str(root / "schema")).returncode == 0
+    fleet = root / "deployments/fleet.yaml"
+    fleet.write_text("environments:\n  dev:\n    modal_environment: fleet-dev\n    overides: {}\n")
+    deployment = root / "deployments/d.yaml"
+    deployment.write_text(DEPLOYMENT.replace("{name}", "demo").replace("type: H100", "type: H10"))
+    server = LanguageServer(_server(), root)
+    try:
+        server.configure(snippet["yaml.schemas"])
+        assert [(d["range"]["start"]["line"], d["message"]) for d in server.open(fleet)] == [
+            (3, "Property overides is not allowed.")
+        ]
+        assert [d["range"]["start"]["line"] for d in server.open(deployment)] == [5]
+    finally:
+        server.close()
