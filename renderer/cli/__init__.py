@@ -6,6 +6,7 @@
     explain.py    explain
     deploy.py     deploy, status, rollback, destroy
     new.py        new
+    init.py       init, schema
     endpoint.py   test, bench, serve
     output.py     exit codes, the one error type (CliError), one reporter per --format
     views.py      tables, plan text, GitHub annotations and Markdown summaries
@@ -27,7 +28,7 @@ import argparse
 import os
 import sys
 
-from renderer.cli import deploy, endpoint, explain, new, plan, render, validate
+from renderer.cli import deploy, endpoint, explain, init, new, plan, render, validate
 from renderer.cli.output import ExitCode, drive, reporter
 
 EPILOG = """\
@@ -39,6 +40,7 @@ examples:
   fleetform render --out build --check   fail if build/ is stale (for CI)
   fleetform deploy --env prod             deploy what changed, smoke test, roll back failures
   fleetform new ORG/MODEL --revision SHA  size a model and write its deployment file
+  fleetform init acme-fleet               start a fleet repository of your own
 
 exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error
 """
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     deploy.add_parsers(sub)
     new.add_parser(sub)
+    init.add_parsers(sub)
     endpoint.add_parsers(sub)
     return parser
 

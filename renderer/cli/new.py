@@ -12,7 +12,22 @@ from typing import Any
 from renderer.cli.common import RAW, fraction, positive, schema_enum
 from renderer.cli.output import CliError, ExitCode, TextReporter, literal, money, reporter
 
-SCHEMA_LINE = "# yaml-language-server: $schema=../schema/deployment.schema.json"
+SCHEMA_FILE = "deployment.schema.json"
+
+
+def schema_line(out: str | Path) -> str:
+    """The editor's `$schema` comment for a deployment written into folder `out`: relative to the nearest
+    `schema/deployment.schema.json` in `out` or a folder above it (what `fleetform init` and `fleetform
+    schema` write), else `../schema/` (a repository laid out as `init` makes it, schemas not written yet)."""
+    import os
+
+    folder = Path(out).resolve()
+    for above in (folder, *folder.parents):
+        candidate = above / "schema" / SCHEMA_FILE
+        if candidate.is_file():
+            return f"# yaml-language-server: $schema={Path(os.path.relpath(candidate, folder)).as_posix()}"
+    return f"# yaml-language-server: $schema=../schema/{SCHEMA_FILE}"
+
 
 _REVISION = re.compile(r"^[0-9a-f]{40}\Z")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
@@ -78,7 +93,9 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
-def deployment_yaml(s: Any, *, concurrency_given: bool) -> str:
+def deployment_yaml(
+    s: Any, *, concurrency_given: bool, schema: str = f"# yaml-language-server: $schema=../schema/{SCHEMA_FILE}"
+) -> str:
     """The deployment file for the chosen option, with comments that say how it was sized."""
     from renderer.sizing import DEFAULT_UTILIZATION, GIB, parameter_count
 
@@ -87,7 +104,7 @@ def deployment_yaml(s: Any, *, concurrency_given: bool) -> str:
     shape = s.metadata.shape
     weights_how = "estimated from config.json" if s.weights_estimated else s.metadata.weights_source
     lines = [
-        SCHEMA_LINE,
+        schema,
         "#",
         f"# Sized by `fleetform new`: {shape.describe()}.",
         f"# Weights {s.weights_bytes / GIB:.1f} GiB ({weights_how}); KV cache {s.kv_bytes_per_token / 1024:g} KiB a "
@@ -271,7 +288,7 @@ def new(options: Any, report: TextReporter) -> Written:
         )
     if out.exists() and not get("force", False):
         raise CliError(f"{out} already exists: pass --force to replace it, or --name NAME")
-    text = deployment_yaml(sizing, concurrency_given=get("concurrency") is not None)
+    text = deployment_yaml(sizing, concurrency_given=get("concurrency") is not None, schema=schema_line(out.parent))
     _check_yaml(text, str(out))
     from renderer.codegen.write import write_file  # the one atomic writer; loaded only when writing
 

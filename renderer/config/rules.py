@@ -17,7 +17,7 @@ from typing import Any
 from renderer import sizing
 from renderer.config import vllm_args
 from renderer.config.load import Node
-from renderer.config.schema import parse_duration
+from renderer.config.schema import DEPLOYMENT_SCHEMA, load_schema, parse_duration
 from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
 from renderer.diagnostics import Path as FieldPath
 from renderer.gpus import GPU_TYPES, gpu_info
@@ -103,21 +103,37 @@ def default_utilization(ctx: RuleContext) -> float:
 # --- names and values --------------------------------------------------------------------------------
 
 
+def duration_limits(schema: dict) -> tuple[int, int] | None:
+    """(lowest, highest) seconds a duration field takes: the `minimum` and `maximum` the schema sets beside
+    its `$ref` to the duration (editors check them on integer seconds), or None for an unbounded one."""
+    if not str(schema.get("$ref", "")).endswith("/duration") or "maximum" not in schema:
+        return None
+    return int(schema.get("minimum", 1)), int(schema["maximum"])
+
+
+def duration_out_of_range(raw: Any, lo: int, hi: int) -> tuple[str, str] | None:
+    """(message, hint) for a duration outside lo..hi seconds, or None: one wording for the schema's
+    check of integer seconds and this module's check of both forms."""
+    seconds = parse_duration(raw)
+    if lo <= seconds <= hi:
+        return None
+    return (
+        f"must be between {lo} s and {hi} s, got {shown(raw)} ({seconds} s)",
+        f'write a duration from {lo} to {hi} seconds, such as 900 or "15m"',
+    )
+
+
 @rule
 def durations_in_range(ctx: RuleContext) -> Iterator[Diagnostic]:
-    limits = {"scaledown_window": (2, 3600), "startup_timeout": (1, 86400)}
-    for key, (lo, hi) in limits.items():
+    """The schema's range of each bounded duration, for strings too (a schema can bound only integers)."""
+    for key, prop in load_schema(DEPLOYMENT_SCHEMA)["$defs"]["scaling"]["properties"].items():
+        limits = duration_limits(prop)
         raw = ctx.get("scaling", key)
-        if raw is None:
+        if limits is None or raw is None:
             continue
-        seconds = parse_duration(raw)
-        if not lo <= seconds <= hi:
-            yield ctx.error(
-                ("scaling", key),
-                f"must be between {lo} s and {hi} s, got {shown(raw)} ({seconds} s)",
-                "range",
-                hint=f'write a duration from {lo} to {hi} seconds, such as 900 or "15m"',
-            )
+        found = duration_out_of_range(raw, *limits)
+        if found:
+            yield ctx.error(("scaling", key), found[0], "range", hint=found[1])
 
 
 def shadowed_module(name: str, extra: Iterable[str] = ()) -> str | None:

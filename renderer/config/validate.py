@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from renderer.config.load import Document, Node
-from renderer.config.rules import shown
+from renderer.config.rules import duration_limits, duration_out_of_range, shown
 from renderer.config.schema import DEPLOYMENT_SCHEMA, expand, section_of, subschema_at, validator
 from renderer.diagnostics import Diagnostic, did_you_mean, format_path
 from renderer.diagnostics import Path as FieldPath
@@ -142,6 +142,13 @@ def _schema_error_diags(err: Any, root: Node, schema_name: str, base_path: Field
             code,
             hint=hint,
         )
+        return
+    limits = duration_limits(schema) if v in ("minimum", "maximum") else None
+    if limits is not None:  # a duration's range, worded as for a string duration (rules.durations_in_range)
+        if not validator(DEPLOYMENT_SCHEMA, "/$defs/duration").is_valid(err.instance):
+            return  # not a duration at all: its anyOf error says so
+        message, hint = duration_out_of_range(err.instance, *limits) or (err.message, about)
+        yield Diagnostic(mark, path, message, "range", hint=hint)
         return
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
