@@ -69,7 +69,7 @@ def add_parsers(sub: Any) -> None:
         "another tool): its running version is replaced and fleetform manages it from then on, "
         "so whatever deployed it before loses it. Check the name with `fleetform plan` first",
     )
-    p.set_defaults(func=run_deploy)
+    p.set_defaults(func=run_deploy, needs=("modal", "aiohttp"))  # aiohttp: the smoke tests
 
     p = sub.add_parser(
         "status",
@@ -82,7 +82,7 @@ def add_parsers(sub: Any) -> None:
         allow_abbrev=False,
     )
     add_common(p, ("text", "json"))
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=run_status, needs=("modal",))
 
     p = sub.add_parser(
         "rollback",
@@ -104,7 +104,7 @@ def add_parsers(sub: Any) -> None:
         metavar="VERSION",
         help="a version number (v3 or 3, as `modal app history` lists them) or a deployment tag (ff-...)",
     )
-    p.set_defaults(func=run_rollback)
+    p.set_defaults(func=run_rollback, needs=("modal",))
 
     p = sub.add_parser(
         "destroy",
@@ -120,7 +120,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", help="the deployment (or orphaned app) to stop")
     add_common(p, ("text", "json"))
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=run_destroy)
+    p.set_defaults(func=run_destroy, needs=("modal",))
 
 
 def interrupted(what: str) -> CliError:
