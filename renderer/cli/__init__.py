@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 
-from renderer.cli import deploy, endpoint, explain, init, new, plan, render, validate
+from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, validate
 from renderer.cli.output import ExitCode, drive, reporter
 
 EPILOG = """\
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.USAGE
     report = reporter(getattr(args, "format", "text"))
     try:
-        return drive(report, lambda: args.func(args, report))
+        return drive(report, lambda: extras.run(args, report))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

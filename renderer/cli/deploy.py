@@ -69,7 +69,7 @@ def add_parsers(sub: Any) -> None:
         "another tool): its running version is replaced and fleetform manages it from then on, "
         "so whatever deployed it before loses it. Check the name with `fleetform plan` first",
     )
-    p.set_defaults(func=run_deploy)
+    p.set_defaults(func=run_deploy, needs=("modal", "aiohttp"))  # aiohttp: the smoke tests
 
     p = sub.add_parser(
         "status",
@@ -77,12 +77,20 @@ def add_parsers(sub: Any) -> None:
         description="Per deployment: the live version and its tag, the tag the YAML renders to, "
         "the state (in sync, drifted, not deployed, unmanaged) and the URL; then the "
         f"orphans, managed apps no YAML describes. {NEEDS}",
-        epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json",
+        epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json\n"
+        "  fleetform status --env prod --detailed-exitcode   (a scheduled drift check)\n\n"
+        "exit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 in sync, 2 drift, 1 any error",
         formatter_class=RAW,
         allow_abbrev=False,
     )
     add_common(p, ("text", "json"))
-    p.set_defaults(func=run_status)
+    p.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 0 if every app is in sync, 2 on drift (drifted, not deployed, unmanaged, or an orphan), "
+        "1 on any error (an unknown --env too)",
+    )
+    p.set_defaults(func=run_status, needs=("modal",))
 
     p = sub.add_parser(
         "rollback",
@@ -104,7 +112,7 @@ def add_parsers(sub: Any) -> None:
         metavar="VERSION",
         help="a version number (v3 or 3, as `modal app history` lists them) or a deployment tag (ff-...)",
     )
-    p.set_defaults(func=run_rollback)
+    p.set_defaults(func=run_rollback, needs=("modal",))
 
     p = sub.add_parser(
         "destroy",
@@ -120,7 +128,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", help="the deployment (or orphaned app) to stop")
     add_common(p, ("text", "json"))
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=run_destroy)
+    p.set_defaults(func=run_destroy, needs=("modal",))
 
 
 def interrupted(what: str) -> CliError:
@@ -165,11 +173,20 @@ def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
 
 
 def run_status(args: argparse.Namespace, report: TextReporter) -> int:
+    from renderer.deploy.status import IN_SYNC
     from renderer.deploy.status import run_status as status
 
-    resolved = resolve_args(args, report)
+    try:
+        resolved = resolve_args(args, report)
+    except CliError as exc:
+        if args.detailed_exitcode and exc.code == ExitCode.USAGE:  # 2 means drift, and only that
+            exc.code = ExitCode.INVALID
+        raise
     result = status(render_apps(resolved), backend(), resolved.modal_env, gateway(resolved))
-    return _emit(report, result, failed=bool(result.error))
+    code = _emit(report, result, failed=bool(result.error))
+    if args.detailed_exitcode and code == ExitCode.OK and any(r.state != IN_SYNC for r in result.rows):
+        return ExitCode.CHANGES  # drift: what runs is not what the YAML renders to
+    return code
 
 
 def _app_modal_env(args: argparse.Namespace, report: TextReporter) -> str | None:

@@ -77,7 +77,7 @@ def add_parsers(sub: Any) -> None:
     add_target(p)
     p.add_argument("--prompt", action="append", metavar="TEXT", help="user prompt (repeatable)")
     p.add_argument("--max-tokens", type=positive(int), default=256, metavar="N")
-    p.set_defaults(func=run_test)
+    p.set_defaults(func=run_test, needs=("aiohttp",))
 
     p = sub.add_parser(
         "bench",
@@ -126,7 +126,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--output", metavar="FILE", help="write config and results as JSON (the document --format json prints)"
     )
-    p.set_defaults(func=run_bench)
+    p.set_defaults(func=run_bench, needs=("aiohttp",))
 
     p = sub.add_parser(
         "serve",
@@ -180,6 +180,9 @@ def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[st
     url = args.target
     if not is_url:
         from renderer import modal_api
+        from renderer.cli.extras import require
+
+        require(args.command, "modal")  # Modal knows the deployment's URL
 
         backend = modal_api.default_backend()
         if not backend.credentials_available():

@@ -130,18 +130,25 @@ def run(args: argparse.Namespace, report: TextReporter) -> Any:
             "--format github annotates changes, so it needs --against REF (e.g. --against origin/main)", ExitCode.USAGE
         )
     from renderer import modal_api
+    from renderer.cli.extras import NO_SDK_PLAN_NOTE, installed, require
 
     live = modal_api.credentials_available()
+    if live and args.detailed_exitcode:
+        require("plan --detailed-exitcode", "modal")  # without the SDK it cannot tell what changes
     if args.detailed_exitcode and not live:
         raise CliError("cannot tell what changes without Modal credentials; use --against REF")
     from renderer.plan.live import NO_CREDENTIALS_PLAN_NOTE, plan_exit_code
+
+    note = NO_CREDENTIALS_PLAN_NOTE
+    if live and not installed("modal"):  # the lean install: credentials, but no SDK to use them
+        live, note = False, NO_SDK_PLAN_NOTE
 
     resolved = resolve_args(args, report)
     apps = render_apps(resolved)
     plan = offline_plan(args, resolved, apps)
     rows, error = live_rows(resolved, apps) if live else (None, None)
     if not live:
-        print(NO_CREDENTIALS_PLAN_NOTE, file=report.err)  # stderr: stdout stays the table or the JSON
+        print(note, file=report.err)  # stderr: stdout stays the table or the JSON
     code = (
         ExitCode.INVALID
         if error

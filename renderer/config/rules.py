@@ -8,6 +8,7 @@ reported there). Every diagnostic carries a hint that says how to fix it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -343,6 +344,21 @@ def weights_fit(ctx: RuleContext) -> Iterator[Diagnostic]:
             )
 
 
+def _hf_hub_cache() -> Path:
+    """The local Hugging Face cache folder: `huggingface_hub`'s own answer when it is installed, else
+    the same documented rule (HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub,
+    else ~/.cache/huggingface/hub), so the lean install (no `huggingface_hub`) still finds a cache."""
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE)
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    cache_home = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(env.get("HF_HOME") or os.path.join(cache_home, "huggingface")).expanduser() / "hub"
+
+
 def _cached_snapshot(model_id: str, revision: str) -> bool:
     """Whether the local Hugging Face cache holds this commit of the model (its snapshot folder).
 
@@ -351,11 +367,9 @@ def _cached_snapshot(model_id: str, revision: str) -> bool:
     pays only for a model that is actually there. The schema pins `revision` to a full commit, so
     the folder is named by it exactly.
     """
-    from huggingface_hub import constants
-
     repo = "models--" + model_id.replace("/", "--")
     try:
-        return (Path(constants.HF_HUB_CACHE) / repo / "snapshots" / revision).is_dir()
+        return (_hf_hub_cache() / repo / "snapshots" / revision).is_dir()
     except OSError:
         return False
 
@@ -366,6 +380,16 @@ def model_fits(ctx: RuleContext) -> Iterator[Diagnostic]:
     budget; with the model's config.json and weight files in the local cache, say so now."""
     model_id, revision = ctx.get("model", "id"), ctx.get("model", "revision")
     if not (model_id and revision and ctx.get("gpu", "type")) or not _cached_snapshot(model_id, revision):
+        return
+    if importlib.util.find_spec("huggingface_hub") is None:
+        # The lean install: the model is cached but cannot be read without huggingface_hub. Say so
+        # once per deployment rather than pass silently; with nothing cached this rule is silent anyway.
+        yield ctx.warning(
+            ("model", "revision"),
+            "cannot check that the model fits its GPUs: reading the Hugging Face cache needs huggingface_hub",
+            "model-fit",
+            hint="pip install 'fleetform[hub]' to check it",
+        )
         return
     problems: list[str] = []
     meta = sizing.metadata_offline(model_id, revision, problems=problems)
