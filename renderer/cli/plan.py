@@ -219,6 +219,14 @@ def at_ref(ref: str, paths: Sequence[str], env: str | None, report: TextReporter
     return at.commit, resolved, notes
 
 
+def _gateway_version(resolved: Any) -> Any:
+    """The fleet's gateway on one side of `--against`, or None where fleet.yaml does not enable it."""
+    from renderer.plan.against import GatewayVersion
+
+    rendered = gateway(resolved)
+    return None if rendered is None else GatewayVersion(rendered, resolved.fleet_file or "", resolved.modal_env)
+
+
 def _error_doc(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message, "diagnostics": []}
 
@@ -263,7 +271,14 @@ def against(
     after_apps = _render_or_say(after)
     commit, before, notes = at_ref(ref, paths, env, report)
     before_apps = _render_or_say(before)
-    diff = diff_fleets(before_apps, after_apps)
+    diff = diff_fleets(
+        before_apps,
+        after_apps,
+        before_prices=before.prices,
+        after_prices=after.prices,
+        before_gateway=_gateway_version(before),
+        after_gateway=_gateway_version(after),
+    )
     code = ExitCode.CHANGES if detailed_exitcode and diff.pending else ExitCode.OK
     return AgainstResult(diff, ref, commit, env, notes, after.diagnostics, getattr(after, "origins", None), code)
 

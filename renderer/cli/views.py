@@ -12,8 +12,9 @@ from typing import Any, TextIO
 from renderer.cli.output import literal, money
 from renderer.diagnostics import Diagnostic, Mark, _github_escape, format_path
 from renderer.plan.against import (
+    COST_NOTE,
     CREATE,
-    CREATE_NOTE,
+    GATEWAY,
     IMPACT_SUMMARY,
     MOVE,
     NONE,
@@ -25,8 +26,14 @@ from renderer.plan.against import (
     DeploymentDiff,
     FleetDiff,
     against_text,
+    change_line,
     change_text,
+    cost_text,
+    create_note,
+    fleet_cost_text,
+    priced_note,
     remove_note,
+    share_text,
     show,
     totals_text,
 )
@@ -202,20 +209,25 @@ def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | No
     lines.append("")
     quiet = []
     for d in diff.deployments:
+        where = f"gateway, {d.source}" if d.kind == GATEWAY else d.source
         if d.action == CREATE:
-            lines += [f"+ {d.name} ({d.source})", f"    create: {CREATE_NOTE}"]
+            lines += [f"+ {d.name} ({where})", f"    create: {create_note(d)}"]
         elif d.action == REMOVE:
-            lines += [f"- {d.name} ({d.source} at {ref})", f"    remove: no longer in the fleet; {remove_note(d.name)}"]
+            lines += [f"- {d.name} ({where} at {ref})", f"    remove: no longer in the fleet; {remove_note(d.name)}"]
         elif d.action == UPDATE:
             assert d.before and d.after and d.impact
-            lines.append(f"~ {d.name} ({d.source})  {d.before.short_hash} -> {d.after.short_hash}")
+            lines.append(f"~ {d.name} ({where})  {d.before.short_hash} -> {d.after.short_hash}")
             lines.append(f"    {d.impact}: {IMPACT_SUMMARY[d.impact]}")
-            lines += [f"    {change_text(c)}  [{c.impact}]" for c in d.changes]
+            lines += [f"    {change_line(c)}" for c in d.changes]
         elif d.changes:
-            lines += [f"= {d.name} ({d.source})", f"    {IMPACT_SUMMARY[NONE]}"]
+            lines += [f"= {d.name} ({where})", f"    {IMPACT_SUMMARY[NONE]}"]
             lines += [f"    {change_text(c)}" for c in d.changes]
         else:
             quiet.append(d.name)
+            continue
+        if d.cost is not None and (d.cost.changed or d.action in (CREATE, REMOVE)):
+            note = priced_note(d)
+            lines.append(f"    cost: {cost_text(d.cost)}" + (f"; {note}" if note else ""))
     if quiet:
         lines.append(f"  {len(quiet)} unchanged: {', '.join(quiet)}")
     lines.append("")
@@ -223,6 +235,8 @@ def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | No
         lines.append(f"Plan: {totals_text(diff)}.")
     else:
         lines.append(f"No changes: {len(diff.deployments)} deployment(s) render the same as at {ref}.")
+    lines.append(f"Cost: {fleet_cost_text(diff)}.")
+    lines.append(f"  {COST_NOTE}.")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +274,7 @@ def github_annotations(
     grouped: dict[tuple[str, Mark | None, str], list[str]] = {}
     for d in diff.deployments:
         if d.action == CREATE:
-            grouped[("notice", _where(origins, d, ("name",)), f"create: {CREATE_NOTE}")] = [d.name]
+            grouped[("notice", _where(origins, d, ("name",)), f"create: {create_note(d)}")] = [d.name]
         elif d.action == REMOVE:
             grouped[("warning", None, f"removed from the fleet ({d.source} at {ref}): {remove_note(d.name)}")] = [
                 d.name
@@ -268,7 +282,9 @@ def github_annotations(
         elif d.action == UPDATE:
             for c in d.changes:
                 level = "warning" if c.impact in (RESTART, REBUILD, MOVE) else "notice"
-                key = (level, _where(origins, d, c.path), f"{change_text(c)}: {c.impact}: {IMPACT_SUMMARY[c.impact]}")
+                share = share_text(c.cost) if c.cost is not None else ""
+                text = f"{change_text(c)}: {c.impact}: {IMPACT_SUMMARY[c.impact]}" + (f"; {share}" if share else "")
+                key = (level, _where(origins, d, c.path), text)
                 grouped.setdefault(key, []).append(d.name)
     return [_annotation(level, f"{', '.join(names)}: {text}", mark) for (level, mark, text), names in grouped.items()]
 
@@ -291,6 +307,13 @@ def _md_prose(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _md_change(c: Any) -> str:
+    """`gpu.type`: `L40S` → `H100` (+$7.99/h at max)"""
+    text = f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → {md_code(show(c.after, c.field))}"
+    share = share_text(c.cost) if c.cost is not None else ""
+    return text + (f" ({md_text(share)})" if share else "")
+
+
 def format_markdown_plan(
     diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = ()
 ) -> str:
@@ -303,30 +326,33 @@ def format_markdown_plan(
         lines.append(f"{where}: **no changes**; {len(diff.deployments)} deployment(s) render the same.")
     else:
         lines.append(f"{where}: **{totals_text(diff)}**.")
+    lines.append(f"**Cost**: {md_text(fleet_cost_text(diff))}.")
     lines += [f"> {md_text(n)}" for n in notes]
     rows = [d for d in diff.deployments if d.action != UNCHANGED or d.changes]
     if rows:
-        lines += ["", "| Deployment | Action | Effect | Changes |", "| --- | --- | --- | --- |"]
+        lines += ["", "| Deployment | Action | Effect | Changes | Cost |", "| --- | --- | --- | --- | --- |"]
         for d in rows:
             if d.action == CREATE:
-                effect, changes = CREATE_NOTE, ""
+                effect, changes = create_note(d), ""
             elif d.action == REMOVE:
                 effect, changes = f"no longer in the fleet; {remove_note(d.name)}", ""
             else:
                 impact = d.impact or NONE
                 effect = f"**{impact}**: {IMPACT_SUMMARY[impact]}"
-                changes = "<br>".join(
-                    f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → {md_code(show(c.after, c.field))}"
-                    for c in d.changes
-                )
-            lines.append(f"| {md_code(d.name)} | {d.action} | {_md_prose(effect)} | {changes} |")
+                changes = "<br>".join(_md_change(c) for c in d.changes)
+            cost = ""
+            if d.cost is not None and (d.cost.changed or d.action in (CREATE, REMOVE)):
+                note = priced_note(d)
+                cost = md_text(cost_text(d.cost) + (f"; {note}" if note else ""))
+            name = md_code(d.name) + (" (gateway)" if d.kind == GATEWAY else "")
+            lines.append(f"| {name} | {d.action} | {_md_prose(effect)} | {changes} | {cost} |")
     quiet = [d.name for d in diff.deployments if d.action == UNCHANGED and not d.changes]
     if quiet:
         lines += ["", f"Unchanged: {', '.join(md_code(n) for n in quiet)}."]
     lines += [
         "",
         "<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and "
-        "containers · move: new Modal environment. The rule: docs/ci.md.</sub>",
+        f"containers · move: new Modal environment. The rule: docs/ci.md. Cost: {COST_NOTE}.</sub>",
     ]
     return "\n".join(lines) + "\n"
 
