@@ -117,7 +117,7 @@ def test_plan_table_and_json():
     assert plan["totals"]["idle_usd_per_day"] == pytest.approx(round(2 * h200 * 24, 2))
     assert plan["prices"]["as_of"]
     text = run_cli("plan").stdout
-    assert "llama-3-1-8b-fp8" in text and "$/h at max" in text and "as of" in text
+    assert "llama-3-1-8b-fp8" in text and "$/h min-max" in text and "as of" in text
 
 
 def test_render_check_detects_stale(tmp_path):

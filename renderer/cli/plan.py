@@ -27,7 +27,10 @@ def add_parser(sub: Any) -> None:
         help="show what would run, what it costs, and what a deploy would change",
         description="Render the fleet and show, per deployment, the model and revision, GPUs, "
         "container range, concurrency, content hash and estimated GPU cost per hour "
-        "(the gateway, when fleet.yaml enables it, is a CPU-only row at $0). With Modal "
+        "(a deployment with gpu.fallbacks at the dearest GPU that may run it; without "
+        "max_containers its ceiling is unbounded; the gateway, when fleet.yaml enables it, "
+        "is a CPU-only row at $0). The table fits the terminal (COLUMNS when piped, else "
+        "160 columns); where it would not, each deployment is a block of lines. With Modal "
         "credentials it also shows what `deploy` would do to each app (create, update, "
         "unchanged, conflict, orphan); without them it says so in one line and shows "
         "the offline plan. --against REF instead compares with the fleet at a git "

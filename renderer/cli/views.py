@@ -37,44 +37,89 @@ from renderer.plan.against import (
     show,
     totals_text,
 )
+from renderer.plan.cost import UNBOUNDED
 
 # --- plan (offline) ---------------------------------------------------------------------------------------------
 
 
+PLAN_COLUMNS = ("deployment", "model@revision", "GPU", "containers", "concurrency", "hash", "$/h min-max")
+
+
+def usd_or_unbounded(value: float | None) -> str:
+    """A ceiling: `$15.80`, or `unbounded` where no max_containers caps it."""
+    return UNBOUNDED if value is None else money(value)
+
+
+def _cost_range(r: Any) -> str:
+    return f"{money(r.usd_per_hour_min)}-{usd_or_unbounded(r.usd_per_hour_max)}"
+
+
+def _plan_cells(r: Any) -> tuple[str, ...]:
+    return (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash, _cost_range(r))
+
+
+def _priced_notes(plan: Any) -> list[str]:
+    """`llama-3-3-70b-fp8 at H200`: rows priced at a fallback dearer than their `gpu.type`."""
+    out = []
+    for r in plan.rows:
+        primary = r.gpu.split(" x ", 1)[0].rstrip("!")
+        if r.priced_gpu and r.priced_gpu != primary:
+            out.append(f"{r.name} at {r.priced_gpu}")
+    return out
+
+
+def plan_table(plan: Any) -> Any:
+    from rich.table import Table
+
+    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
+    table = Table(title=literal(title), title_justify="left", show_edge=False, pad_edge=False)
+    for col in PLAN_COLUMNS:
+        right = col in ("containers", "$/h min-max")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for r in plan.rows:
+        table.add_row(*map(literal, _plan_cells(r)))
+    return table
+
+
+def print_stacked_plan(plan: Any, console: Any) -> None:
+    """One block per deployment, a field a line: for a terminal too narrow for the table. Names and
+    `model@revision` are printed whole (folded only where a line is longer than the terminal)."""
+    from rich.text import Text
+
+    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
+    console.print(literal(title))
+    labels = ("model", "GPU", "containers", "concurrency", "$/h min-max")
+    width = max(map(len, labels)) + 2
+    for r in plan.rows:
+        console.print(Text(f"{r.name}  {r.content_hash}", style="bold", overflow="fold"))
+        for label, value in zip(labels, (r.model, r.gpu, r.containers, r.concurrency, _cost_range(r)), strict=True):
+            console.print(Text(f"  {label:<{width}}{value}", overflow="fold"))
+
+
 def print_plan(plan: Any, console: Any) -> None:
-    """A table per the fleet, then totals and where prices come from."""
+    """A table per the fleet (one block per deployment where the table is wider than the
+    terminal), then totals and where prices come from."""
+    from rich.measure import Measurement
     from rich.table import Table
 
     from renderer.gpus import PRICES_AS_OF, PRICES_SOURCE
 
-    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
-    table = Table(title=literal(title), title_justify="left")
-    for col, kw in (
-        ("deployment", {}),
-        ("model@revision", {}),
-        ("GPU", {}),
-        ("containers", {"justify": "right"}),
-        ("concurrency", {}),
-        ("hash", {}),
-        ("$/h at min", {"justify": "right"}),
-        ("$/h at max", {"justify": "right"}),
-    ):
-        table.add_column(col, **kw)
-    for r in plan.rows:
-        table.add_row(
-            *map(literal, (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash)),
-            money(r.usd_per_hour_min),
-            money(r.usd_per_hour_max),
-        )
-    console.print(table)
+    table = plan_table(plan)
+    unlimited = console.options.update_width(10**6)  # its natural width, not squeezed to the terminal
+    if Measurement.get(console, unlimited, table).maximum <= console.width:
+        console.print(table)
+    else:
+        print_stacked_plan(plan, console)
     gpu_rows = sum(r.gpu != "CPU only" for r in plan.rows)
     extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
-    console.print(
-        literal(
-            f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; "
-            f"ceiling {money(plan.ceiling_usd_per_hour)}/hour at max containers."
-        )
+    ceiling = plan.ceiling_usd_per_hour
+    unbounded = [r.name for r in plan.rows if r.usd_per_hour_max is None]
+    at_max = (
+        f"ceiling {money(ceiling)}/hour at max containers"
+        if ceiling is not None
+        else f"ceiling {UNBOUNDED} ({', '.join(unbounded)}: no max_containers)"
     )
+    console.print(literal(f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; {at_max}."))
     if plan.by_fleet_env:
         totals = Table(title="cost by environment", title_justify="left")
         for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
@@ -84,13 +129,18 @@ def print_plan(plan: Any, console: Any) -> None:
                 literal(t.fleet_env or "(no --env)"),
                 str(t.deployments),
                 money(t.idle_usd_per_day),
-                money(t.ceiling_usd_per_hour),
+                usd_or_unbounded(t.ceiling_usd_per_hour),
             )
         console.print(totals)
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
     if plan.prices_overridden:
         src += f"; overridden in fleet.yaml: {', '.join(plan.prices_overridden)}"
-    console.print(literal(src + ". GPU time only: CPU, memory and region multipliers are not included."), style="dim")
+    src += ". GPU time only: CPU, memory and region multipliers are not included."
+    console.print(literal(src), style="dim")
+    fallbacks = _priced_notes(plan)
+    if fallbacks:
+        note = f"With fallbacks, priced at the dearest GPU that may run it: {', '.join(fallbacks)}."
+        console.print(literal(note), style="dim")
 
 
 # --- test -----------------------------------------------------------------------------------------------------
