@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
         "KV cache of --concurrency sequences of --max-model-len tokens, print the options, "
         "and write OUT/NAME.yaml on the cheapest that fits. GPU prices come from "
         "OUT/fleet.yaml's `prices` when it has them.",
-        epilog="examples:\n"
+        epilog="examples (need the Hugging Face Hub, or a checkpoint folder for --from-dir):\n"
         "  fleetform new meta-llama/Llama-3.1-8B-Instruct --revision 0e9e39f249a16976918f6564b8830bc894c89659\n"
         "  fleetform new ORG/MODEL --revision SHA --max-model-len 8192 --concurrency 16\n"
         "  fleetform new ORG/MODEL --revision SHA --from-dir ./checkpoint --quantization fp8\n"

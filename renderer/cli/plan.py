@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
         "revision, offline: see docs/ci.md.",
         epilog="examples:\n"
         "  fleetform plan --env prod                       cost, and the live view with credentials\n"
-        "  fleetform plan --against origin/main            what this branch changes, field by field\n"
+        "  fleetform plan --against origin/main            what this branch changes, field by field, and its cost\n"
         "  fleetform plan --against origin/main --format github   annotations for a pull request\n"
+        "\nexamples (need Modal credentials):\n"
         "  fleetform plan --env prod --detailed-exitcode   exit 2 if deploy would change something\n"
         "\nexit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 no changes, "
         "2 changes pending, 1 any error",
