@@ -484,7 +484,25 @@ def test_gateway_settings_and_routes_are_compared(fleet_repo):
     assert "gateway.routes.org/new-model: new -> (unset)  [restart]" in gateway_block
     # the gateway is compared whole: an unchanged gateway is unchanged
     commit(fleet_repo, "all", {})
-    assert run_plan("HEAD", detailed=True)[0] == 0
+    code, out, _ = run_plan("HEAD", detailed=True)
+    assert code == 0 and "No changes: 2 deployment(s) and the gateway render the same as at HEAD." in out
     # disabling it removes it
     write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML})
     assert "- fleetform-gateway (gateway, deployments/fleet.yaml at HEAD)" in run_plan("HEAD")[1]
+
+
+def test_every_key_of_plan_against_json_is_documented(fleet_repo):
+    """All of it, nested cost objects and the gateway included (docs/json-output.md)."""
+    write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML + GATEWAY})
+
+    def keys(value) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    found = keys(json.loads(run_plan("HEAD~1", fmt="json")[1]))
+    assert {"cost", "kind", "priced_gpu", "delta", "unbounded", "usd_per_hour_max"} <= found
+    text = (Path(__file__).resolve().parent.parent / "docs" / "json-output.md").read_text(encoding="utf-8")
+    assert sorted(k for k in found if f"`{k}`" not in text) == []

@@ -31,6 +31,7 @@ from renderer.plan.against import (
     cost_text,
     create_note,
     fleet_cost_text,
+    members_text,
     priced_note,
     remove_note,
     share_text,
@@ -284,7 +285,7 @@ def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | No
     if diff.pending:
         lines.append(f"Plan: {totals_text(diff)}.")
     else:
-        lines.append(f"No changes: {len(diff.deployments)} deployment(s) render the same as at {ref}.")
+        lines.append(f"No changes: {members_text(diff)} render the same as at {ref}.")
     lines.append(f"Cost: {fleet_cost_text(diff)}.")
     lines.append(f"  {COST_NOTE}.")
     return "\n".join(lines) + "\n"
@@ -373,7 +374,7 @@ def format_markdown_plan(
     if fleet_env:
         where += f", environment {md_code(fleet_env)}"
     if not diff.pending:
-        lines.append(f"{where}: **no changes**; {len(diff.deployments)} deployment(s) render the same.")
+        lines.append(f"{where}: **no changes**; {members_text(diff)} render the same.")
     else:
         lines.append(f"{where}: **{totals_text(diff)}**.")
     lines.append(f"**Cost**: {md_text(fleet_cost_text(diff))}.")

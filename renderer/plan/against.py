@@ -664,6 +664,13 @@ def against_text(ref: str, commit: str, fleet_env: str | None) -> str:
     return f"{ref} ({commit[:7]})" + (f", environment {fleet_env}" if fleet_env else "")
 
 
+def members_text(diff: FleetDiff) -> str:
+    """`4 deployment(s)`, or `4 deployment(s) and the gateway`."""
+    deployments = sum(d.kind == DEPLOYMENT for d in diff.deployments)
+    gateway = " and the gateway" if any(d.kind == GATEWAY for d in diff.deployments) else ""
+    return f"{deployments} deployment(s){gateway}"
+
+
 def totals_text(diff: FleetDiff) -> str:
     c = diff.counts()
     restarts = sum(1 for d in diff.of(UPDATE) if d.impact in (RESTART, REBUILD, MOVE))
