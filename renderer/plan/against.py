@@ -246,11 +246,8 @@ class CostDelta:
 
     @property
     def changed(self) -> bool:
-        return (
-            round(self.delta_min, 2) != 0
-            or self.max_before != self.max_after
-            and (self.delta_max is None or round(self.delta_max, 2) != 0)
-        )
+        ceiling_moved = self.max_before != self.max_after and (self.delta_max is None or round(self.delta_max, 2) != 0)
+        return round(self.delta_min, 2) != 0 or ceiling_moved
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
