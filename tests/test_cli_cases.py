@@ -105,18 +105,19 @@ def test_plan_table_and_json():
     plan = json.loads(result.stdout)
     rows = {r["name"]: r for r in plan["deployments"]}
     big = rows["llama-3-3-70b-fp8"]
-    # 2 x H100 at the list price, 1 to 2 containers in prod
+    # 2 x H100 that may fall back to H200: priced at the dearer H200, 1 to 2 containers in prod
     from renderer.gpus import GPU_TYPES
 
-    h100 = GPU_TYPES["H100"].usd_per_hour
-    assert big["usd_per_hour_min"] == pytest.approx(2 * h100 * 1)
-    assert big["usd_per_hour_max"] == pytest.approx(2 * h100 * 2)
+    h200 = GPU_TYPES["H200"].usd_per_hour
+    assert big["priced_gpu"] == "H200" and big["usd_per_container_hour"] == pytest.approx(2 * h200)
+    assert big["usd_per_hour_min"] == pytest.approx(2 * h200 * 1)
+    assert big["usd_per_hour_max"] == pytest.approx(2 * h200 * 2)
     assert big["containers"] == "1-2"
     assert big["model"] == "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic@f50dbad"
-    assert plan["totals"]["idle_usd_per_day"] == pytest.approx(round(2 * h100 * 24, 2))
+    assert plan["totals"]["idle_usd_per_day"] == pytest.approx(round(2 * h200 * 24, 2))
     assert plan["prices"]["as_of"]
     text = run_cli("plan").stdout
-    assert "llama-3-1-8b-fp8" in text and "$/h at max" in text and "as of" in text
+    assert "llama-3-1-8b-fp8" in text and "$/h min-max" in text and "as of" in text
 
 
 def test_render_check_detects_stale(tmp_path):
@@ -187,10 +188,11 @@ def test_plan_totals_per_environment():
     totals = {t["fleet_env"]: t for t in plan["by_fleet_env"]}
     assert set(totals) == {None, "dev", "prod"}
     price = {k: v.usd_per_hour for k, v in GPU_TYPES.items()}
-    # dev caps every deployment at one container
+    # dev caps every deployment at one container; a GPU with fallbacks is priced at the dearest
+    # that may run it (H100 -> H200, L4 -> A10)
     assert totals["dev"]["ceiling_usd_per_hour"] == pytest.approx(
-        round(price["B200"] + 2 * price["H100"] + price["L4"] + price["L40S"], 2)
+        round(price["B200"] + 2 * price["H200"] + price["A10"] + price["L40S"], 2)
     )
-    # prod keeps the 70B model's two H100s warm around the clock
-    assert totals["prod"]["idle_usd_per_day"] == pytest.approx(round(2 * price["H100"] * 24, 2))
+    # prod keeps the 70B model's two GPUs (H100, or its H200 fallback) warm around the clock
+    assert totals["prod"]["idle_usd_per_day"] == pytest.approx(round(2 * price["H200"] * 24, 2))
     assert totals[None]["ceiling_usd_per_hour"] is None  # the reference deployment sets no max

@@ -25,7 +25,9 @@ def test_plan_against_a_revision(fleet_repo):
     result = run_cli("plan", "--against", "HEAD~1", cwd=fleet_repo)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"fleetform plan: the working tree against HEAD~1 ({short})\n")
-    assert result.stdout.endswith("Plan: 1 to create, 2 to update (1 with new containers), 1 to remove, 0 unchanged.\n")
+    assert (
+        "\nPlan: 1 to create, 2 to update (1 with new containers), 1 to remove, 0 unchanged.\nCost: " in result.stdout
+    )
 
 
 def test_plan_against_detailed_exitcode(fleet_repo):
@@ -156,7 +158,11 @@ def test_plan_lists_the_gateway_at_no_gpu_cost(gateway_fleet):
     rows = {r["name"]: r for r in doc["deployments"]}
     gw = rows["fleetform-gateway"]
     assert (gw["gpu"], gw["usd_per_hour_min"], gw["usd_per_hour_max"]) == ("CPU only", 0.0, 0.0)
-    assert (gw["containers"], gw["concurrency"], gw["modal_env"]) == ("1-any", "200 target / 1000 max", "llm-prod")
+    assert (gw["containers"], gw["concurrency"], gw["modal_env"]) == (
+        "1-unbounded",
+        "200 target / 1000 max",
+        "llm-prod",
+    )
     assert gw["model"] == "gateway: 5 model name(s)" and gw["source"] == "deployments/fleet.yaml"
     assert len(rows) == 5
     text = run_cli("plan", "--env", "prod", cwd=gateway_fleet).stdout

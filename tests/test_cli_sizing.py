@@ -40,6 +40,14 @@ def test_new_writes_a_deployment_that_validates(tmp_path, checkpoint):
     assert "chosen" in result.stdout and result.stderr == ""
     check = run_cli("validate", str(path))
     assert (check.returncode, check.stdout, check.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
+    # bounded: an unset max_containers is unbounded, and the file says what the ceiling costs
+    text = path.read_text()
+    assert "\nscaling:\n" in text and "\n  max_containers: 2\n  target_concurrency: 16\n" in text
+    assert "at most 2 containers, $3.20/hour" in text
+    plan = json.loads(run_cli("plan", str(path), "--format", "json").stdout)
+    assert plan["deployments"][0]["usd_per_hour_max"] == pytest.approx(
+        2 * plan["deployments"][0]["usd_per_container_hour"]
+    )
 
 
 def test_new_json_and_refusing_to_overwrite(tmp_path, checkpoint):

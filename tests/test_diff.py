@@ -16,10 +16,13 @@ from renderer.cli.validate import validate_github
 from renderer.codegen.render import render_fleet
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
+from renderer.gpus import GPU_TYPES
 from renderer.plan import against as D
 
 from test_gitref import FLEET_YAML, REV_1, REV_2, commit, deployment_yaml, fleet_repo, git, git_env, write  # noqa: F401
 
+L4 = GPU_TYPES["L4"].usd_per_hour
+GATEWAY = "gateway:\n  enabled: true\n"
 HASH = re.compile(r"\b[0-9a-f]{12} -> [0-9a-f]{12}\b")
 
 
@@ -120,9 +123,14 @@ def test_a_module_change_no_field_explains_still_counts(tmp_path):
 
 def test_every_rule_names_a_real_field_and_every_field_has_a_rule(tmp_path):
     """Guards the rule table against spec changes: a renamed field would silently fall to the
-    default, a new one would be classified by accident."""
+    default, a new one would be classified by accident (the gateway's fields included)."""
+    from renderer.codegen.gateway import render_gateway
+
+    write(tmp_path, {"fleet.yaml": FLEET_YAML + GATEWAY})
+    resolved = resolve(load_fleet([str(tmp_path)]))
     (app,) = apps_of(tmp_path, {"x.yaml": deployment_yaml("x") + "engine:\n  env:\n    A: b\n"})
-    fields = [".".join(p) for p in D.flatten(app.deployment)]
+    gateway = D.GatewayVersion(render_gateway([app.deployment], resolved.gateway), "fleet.yaml", None)
+    fields = [".".join(p) for p in [*D.flatten(app.deployment), *D.flatten_gateway(gateway)]]
     for rule in D.IMPACT_RULES:
         assert any(rule.matches(f) for f in fields), f"rule {rule.field!r} matches no field of a deployment"
     unruled = [f for f in fields if D.classify(f).why == D.DEFAULT_WHY]
@@ -147,16 +155,21 @@ fleetform plan: the working tree against HEAD~1 ({short})
 
 ~ batch (deployments/batch.yaml)  <hash> -> <hash>
     scaling: redeploy without an image build; the server in the container is unchanged
-    scaling.max_containers: 4 -> 8  [scaling]
+    scaling.max_containers: 4 -> 8  [scaling] +$3.19/h at max
+    cost: $3.20/h -> $6.39/h at max (+$3.19/h); $0.00/h at min (unchanged)
 ~ chat (deployments/chat.yaml)  <hash> -> <hash>
     restart: new containers: same image, vLLM restarts with the new settings
     model.revision: 1111111 -> 2222222  [restart]
 + new (deployments/new.yaml)
     create: a new app: Modal builds its image unless cached, the first container downloads the weights
+    cost: $0.00/h -> $1.60/h at max (+$1.60/h); $0.00/h at min (unchanged)
 - old (deployments/old.yaml at HEAD~1)
     remove: no longer in the fleet; `fleetform deploy` leaves the app running; `fleetform destroy old` stops it
+    cost: $1.60/h -> $0.00/h at max (-$1.60/h); $0.00/h at min (unchanged)
 
 Plan: 1 to create, 2 to update (1 with new containers), 1 to remove, 0 unchanged.
+Cost: $6.39/h -> $9.59/h at max (+$3.20/h); $0.00/h at min (unchanged).
+  GPU time only; each deployment priced at the dearest GPU that may run it, its gpu.type or a gpu.fallbacks.
 """
 
 
@@ -168,9 +181,8 @@ def test_text_plan_and_exit_codes(fleet_repo):
     assert run_plan("HEAD~1")[0] == 0  # without --detailed-exitcode, changes are not an error
     code, out, _ = run_plan("HEAD", detailed=True)
     assert code == 0
-    assert out.endswith(
-        "\n  3 unchanged: batch, chat, new\n\nNo changes: 3 deployment(s) render the same as at HEAD.\n"
-    )
+    assert "\n  3 unchanged: batch, chat, new\n\nNo changes: 3 deployment(s) render the same as at HEAD.\n" in out
+    assert "\nCost: $9.59/h at max (unchanged); $0.00/h at min (unchanged).\n" in out
 
 
 def test_json_plan(fleet_repo):
@@ -185,15 +197,31 @@ def test_json_plan(fleet_repo):
     assert [d["name"] for d in data["deployments"]] == ["batch", "chat", "new", "old"]
     assert rows["chat"]["action"] == "update" and rows["chat"]["impact"] == "restart"
     assert rows["chat"]["changes"] == [
-        {"field": "model.revision", "before": REV_1, "after": REV_2, "impact": "restart"}
+        {"field": "model.revision", "before": REV_1, "after": REV_2, "impact": "restart", "cost": None}
     ]
+    ceiling = {"before": 4 * L4, "after": 8 * L4, "delta": 4 * L4}
+    no_change = {"before": 0.0, "after": 0.0, "delta": 0.0}
     assert rows["batch"]["changes"] == [
-        {"field": "scaling.max_containers", "before": 4, "after": 8, "impact": "scaling"}
+        {
+            "field": "scaling.max_containers",
+            "before": 4,
+            "after": 8,
+            "impact": "scaling",
+            "cost": {"usd_per_hour_min": no_change, "usd_per_hour_max": pytest.approx(ceiling)},
+        }
     ]
+    assert rows["batch"]["cost"] == {
+        "usd_per_hour_min": no_change,
+        "usd_per_hour_max": pytest.approx(ceiling),
+        "priced_gpu": {"before": "L4", "after": "L4"},
+    }
+    assert data["cost"]["usd_per_hour_max"]["delta"] == pytest.approx(4 * L4 + 2 * L4 - 2 * L4)
+    assert data["cost"]["unbounded"] == []
     assert rows["chat"]["before"]["content_hash"] != rows["chat"]["after"]["content_hash"]
     assert rows["chat"]["after"]["content_hash"].startswith("sha256:")
     assert rows["new"] == {
         "name": "new",
+        "kind": "deployment",
         "action": "create",
         "impact": None,
         "before": None,
@@ -202,6 +230,11 @@ def test_json_plan(fleet_repo):
             "source": "deployments/new.yaml",
             "content_hash": rows["new"]["after"]["content_hash"],
             "modal_env": None,
+        },
+        "cost": {
+            "usd_per_hour_min": no_change,
+            "usd_per_hour_max": pytest.approx({"before": 0.0, "after": 2 * L4, "delta": 2 * L4}),
+            "priced_gpu": {"before": None, "after": "L4"},
         },
     }
     assert rows["old"]["action"] == "remove" and rows["old"]["after"] is None
@@ -214,7 +247,14 @@ def test_the_working_tree_is_what_is_compared(fleet_repo):
     code, out, _ = run_plan("HEAD", fmt="json", detailed=True)
     assert code == 2
     (batch,) = [d for d in json.loads(out)["deployments"] if d["action"] != "unchanged"]
-    assert batch["changes"] == [{"field": "scaling.min_containers", "before": 0, "after": 1, "impact": "scaling"}]
+    (change,) = batch["changes"]
+    assert (change["field"], change["before"], change["after"], change["impact"]) == (
+        "scaling.min_containers",
+        0,
+        1,
+        "scaling",
+    )
+    assert change["cost"]["usd_per_hour_min"] == pytest.approx({"before": 0.0, "after": L4, "delta": L4})
 
 
 def test_environment_overlays_apply_on_both_sides(fleet_repo):
@@ -223,7 +263,9 @@ def test_environment_overlays_apply_on_both_sides(fleet_repo):
     assert code == 0 and data["fleet_env"] == "prod"
     batch = next(d for d in data["deployments"] if d["name"] == "batch")
     assert batch["after"]["modal_env"] == "ml-prod"
-    assert batch["changes"] == [{"field": "scaling.max_containers", "before": 4, "after": 8, "impact": "scaling"}]
+    assert [(c["field"], c["before"], c["after"], c["impact"]) for c in batch["changes"]] == [
+        ("scaling.max_containers", 4, 8, "scaling")
+    ]
 
 
 def test_an_environment_new_since_the_revision_makes_everything_new(fleet_repo):
@@ -271,7 +313,7 @@ def test_an_invalid_fleet_at_the_revision_is_an_error(fleet_repo):
 
 EXPECTED_ANNOTATIONS = [
     "::notice file=deployments/batch.yaml,line=8,col=19,title=fleetform plan::batch: scaling.max_containers: 4 -> 8: "
-    "scaling: redeploy without an image build; the server in the container is unchanged",
+    "scaling: redeploy without an image build; the server in the container is unchanged; +$3.19/h at max",
     "::warning file=deployments/chat.yaml,line=4,col=13,title=fleetform plan::chat: "
     "model.revision: 1111111 -> 2222222: "
     "restart: new containers: same image, vLLM restarts with the new settings",
@@ -285,15 +327,16 @@ EXPECTED_SUMMARY = """\
 ## fleetform plan
 
 Against `HEAD~1` (`{short}`): **1 to create, 2 to update (1 with new containers), 1 to remove, 0 unchanged**.
+**Cost**: $6.39/h -> $9.59/h at max (+$3.20/h); $0.00/h at min (unchanged).
 
-| Deployment | Action | Effect | Changes |
-| --- | --- | --- | --- |
-| `batch` | update | **scaling**: redeploy without an image build; the server in the container is unchanged | `scaling.max_containers`: `4` → `8` |
-| `chat` | update | **restart**: new containers: same image, vLLM restarts with the new settings | `model.revision`: `1111111` → `2222222` |
-| `new` | create | a new app: Modal builds its image unless cached, the first container downloads the weights |  |
-| `old` | remove | no longer in the fleet; `fleetform deploy` leaves the app running; `fleetform destroy old` stops it |  |
+| Deployment | Action | Effect | Changes | Cost |
+| --- | --- | --- | --- | --- |
+| `batch` | update | **scaling**: redeploy without an image build; the server in the container is unchanged | `scaling.max_containers`: `4` → `8` (+$3.19/h at max) | $3.20/h -> $6.39/h at max (+$3.19/h); $0.00/h at min (unchanged) |
+| `chat` | update | **restart**: new containers: same image, vLLM restarts with the new settings | `model.revision`: `1111111` → `2222222` |  |
+| `new` | create | a new app: Modal builds its image unless cached, the first container downloads the weights |  | $0.00/h -> $1.60/h at max (+$1.60/h); $0.00/h at min (unchanged) |
+| `old` | remove | no longer in the fleet; `fleetform deploy` leaves the app running; `fleetform destroy old` stops it |  | $1.60/h -> $0.00/h at max (-$1.60/h); $0.00/h at min (unchanged) |
 
-<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and containers · move: new Modal environment. The rule: docs/ci.md.</sub>
+<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and containers · move: new Modal environment. The rule: docs/ci.md. Cost: GPU time only; each deployment priced at the dearest GPU that may run it, its gpu.type or a gpu.fallbacks.</sub>
 """
 
 
@@ -354,3 +397,112 @@ def test_validate_github(fleet_repo, tmp_path):
     assert lines[-3:] == ["| Where | Field | Problem |", "| --- | --- | --- |", lines[-1]] and lines[-1].startswith(
         "| `deployments/chat.yaml:4:13` | `model.revision` | error: "
     )
+
+
+# --- cost -------------------------------------------------------------------------------------------------------
+
+
+def test_a_cost_field_carries_its_share_of_the_cost_change(tmp_path):
+    before = deployment_yaml("x").replace("type: L4", "type: L40S")
+    after = deployment_yaml("x", max_containers=3).replace("type: L4", "type: H100")
+    d = one_change(tmp_path, before, after)
+    h100, l40s = GPU_TYPES["H100"].usd_per_hour, GPU_TYPES["L40S"].usd_per_hour
+    gpu, scale = d.changes
+    assert (gpu.field, scale.field) == ("gpu.type", "scaling.max_containers")
+    # applied one at a time, in schema order: the GPU first at 2 containers, then the third container
+    assert gpu.cost.delta_max == pytest.approx(2 * (h100 - l40s)) and scale.cost.delta_max == pytest.approx(h100)
+    assert d.cost.delta_max == pytest.approx(gpu.cost.delta_max + scale.cost.delta_max)
+    assert D.change_line(gpu) == f"gpu.type: L40S -> H100  [restart] +${2 * h100 - 2 * l40s:.2f}/h at max"
+    assert D.cost_text(d.cost) == (
+        f"${2 * l40s:.2f}/h -> ${3 * h100:.2f}/h at max (+${3 * h100 - 2 * l40s:.2f}/h); $0.00/h at min (unchanged)"
+    )
+
+
+def test_a_fallback_is_priced_when_it_is_dearer_and_the_plan_says_so(tmp_path):
+    before = deployment_yaml("x")
+    after = deployment_yaml("x", extra="").replace("type: L4\n", "type: L4\n  fallbacks: [L40S]\n")
+    d = one_change(tmp_path, before, after)
+    (change,) = d.changes
+    assert change.field == "gpu.fallbacks" and d.cost.gpu_after == "L40S"
+    l4, l40s = GPU_TYPES["L4"].usd_per_hour, GPU_TYPES["L40S"].usd_per_hour
+    assert change.cost.delta_max == pytest.approx(2 * (l40s - l4))
+    assert D.priced_note(d) == "priced at L40S, the dearest GPU that may run it (L4 falls back to it)"
+
+
+def test_an_unset_max_containers_is_unbounded(tmp_path):
+    before = deployment_yaml("x")
+    after = deployment_yaml("x").replace("  max_containers: 2\n", "  min_containers: 0\n")
+    d = one_change(tmp_path, before, after)
+    (change,) = d.changes
+    assert change.field == "scaling.max_containers" and change.after is None
+    assert D.share_text(change.cost) == f"unbounded at max (was ${2 * L4:.2f}/h)"
+    assert d.cost.to_dict()["usd_per_hour_max"] == {"before": pytest.approx(2 * L4), "after": None, "delta": None}
+
+
+def test_plan_against_shows_each_deployments_cost_and_the_total(fleet_repo):
+    write(fleet_repo, {"deployments/batch.yaml": deployment_yaml("batch", max_containers=8).replace("L4", "H100")})
+    code, out, _ = run_plan("HEAD")
+    h100 = GPU_TYPES["H100"].usd_per_hour
+    assert code == 0
+    assert f"    gpu.type: L4 -> H100  [restart] +${8 * h100 - 8 * L4:.2f}/h at max\n" in out
+    assert f"    cost: ${8 * L4:.2f}/h -> ${8 * h100:.2f}/h at max (+${8 * h100 - 8 * L4:.2f}/h);" in out
+    assert f"\nCost: ${12 * L4:.2f}/h -> ${8 * h100 + 4 * L4:.2f}/h at max (+$" in out
+    summary = run_plan("HEAD", fmt="github")[1]
+    assert f"**Cost**: ${12 * L4:.2f}/h -> ${8 * h100 + 4 * L4:.2f}/h at max" in summary
+    assert f"(+${8 * h100 - 8 * L4:.2f}/h at max)" in summary
+
+
+# --- the gateway ----------------------------------------------------------------------------------------------
+
+
+def test_enabling_the_gateway_is_a_change(fleet_repo):
+    """It used to report "No changes": the gateway is a member of the fleet."""
+    write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML + GATEWAY})
+    code, out, _ = run_plan("HEAD", detailed=True)
+    assert code == 2
+    assert "+ fleetform-gateway (gateway, deployments/fleet.yaml)\n    create: a new app: the fleet's gateway" in out
+    assert "Plan: 1 to create, 0 to update, 0 to remove, 3 unchanged." in out
+    doc = json.loads(run_plan("HEAD", fmt="json")[1])
+    (gw,) = [d for d in doc["deployments"] if d["kind"] == "gateway"]
+    assert (gw["name"], gw["action"], gw["cost"]) == ("fleetform-gateway", "create", None)
+    assert doc["summary"]["create"] == 1
+
+
+def test_gateway_settings_and_routes_are_compared(fleet_repo):
+    commit(fleet_repo, "gateway", {"deployments/fleet.yaml": FLEET_YAML + GATEWAY})
+    write(
+        fleet_repo,
+        {
+            "deployments/fleet.yaml": FLEET_YAML + GATEWAY + "  max_containers: 3\n",
+            "deployments/new.yaml": None,
+        },
+    )
+    code, out, _ = run_plan("HEAD", detailed=True)
+    assert code == 2
+    gateway_block = out[out.index("~ fleetform-gateway") :]
+    assert "gateway.max_containers: (unset) -> 3  [scaling]" in gateway_block
+    assert "gateway.routes.org/new-model: new -> (unset)  [restart]" in gateway_block
+    # the gateway is compared whole: an unchanged gateway is unchanged
+    commit(fleet_repo, "all", {})
+    code, out, _ = run_plan("HEAD", detailed=True)
+    assert code == 0 and "No changes: 2 deployment(s) and the gateway render the same as at HEAD." in out
+    # disabling it removes it
+    write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML})
+    assert "- fleetform-gateway (gateway, deployments/fleet.yaml at HEAD)" in run_plan("HEAD")[1]
+
+
+def test_every_key_of_plan_against_json_is_documented(fleet_repo):
+    """All of it, nested cost objects and the gateway included (docs/json-output.md)."""
+    write(fleet_repo, {"deployments/fleet.yaml": FLEET_YAML + GATEWAY})
+
+    def keys(value) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    found = keys(json.loads(run_plan("HEAD~1", fmt="json")[1]))
+    assert {"cost", "kind", "priced_gpu", "delta", "unbounded", "usd_per_hour_max"} <= found
+    text = (Path(__file__).resolve().parent.parent / "docs" / "json-output.md").read_text(encoding="utf-8")
+    assert sorted(k for k in found if f"`{k}`" not in text) == []

@@ -35,10 +35,14 @@ EPILOG = """\
 examples:
   fleetform validate                      check every file in deployments/
   fleetform plan --env prod               what would run in prod, and what it costs
-  fleetform plan --against origin/main    what this branch changes, field by field
+  fleetform plan --against origin/main    what this branch changes, field by field, and its cost
   fleetform render --out build            write one Modal app module per deployment
-  fleetform render --out build --check   fail if build/ is stale (for CI)
+  fleetform render --out build --check    fail if build/ is stale (for CI)
+
+examples (need Modal credentials):
   fleetform deploy --env prod             deploy what changed, smoke test, roll back failures
+
+examples (need the Hugging Face Hub):
   fleetform new ORG/MODEL --revision SHA  size a model and write its deployment file
   fleetform init acme-fleet               start a fleet repository of your own
 

@@ -32,7 +32,7 @@ def add_parsers(sub: Any) -> None:
         "fails is rolled back to the version live before (a first deploy is stopped). Asks "
         "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
         f"finish. {NEEDS} See docs/deploying.md.",
-        epilog="examples:\n"
+        epilog="examples (need Modal credentials):\n"
         "  fleetform deploy --env prod --dry-run          what would be deployed, nothing more\n"
         "  fleetform deploy --env prod                    ask, then deploy what changed\n"
         "  fleetform deploy --only llama-3-1-8b-fp8 --yes one deployment, no question\n"
@@ -77,7 +77,7 @@ def add_parsers(sub: Any) -> None:
         description="Per deployment: the live version and its tag, the tag the YAML renders to, "
         "the state (in sync, drifted, not deployed, unmanaged) and the URL; then the "
         f"orphans, managed apps no YAML describes. {NEEDS}",
-        epilog="examples:\n  fleetform status --env prod\n  fleetform status --format json\n"
+        epilog="examples (need Modal credentials):\n  fleetform status --env prod\n  fleetform status --format json\n"
         "  fleetform status --env prod --detailed-exitcode   (a scheduled drift check)\n\n"
         "exit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 in sync, 2 drift, 1 any error",
         formatter_class=RAW,
@@ -99,7 +99,7 @@ def add_parsers(sub: Any) -> None:
         "that ran the same module), or to --to VERSION. Modal records the rollback as a "
         "new version; `status` then shows the app as drifted until the YAML matches. "
         f"Apps fleetform does not manage are refused. {NEEDS}",
-        epilog="examples:\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
+        epilog="examples (need Modal credentials):\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
         "  fleetform rollback llama-3-1-8b-fp8 --to v3\n"
         "  fleetform rollback llama-3-1-8b-fp8 --to ff-1a2b3c4d5e6f",
         formatter_class=RAW,
@@ -120,7 +120,7 @@ def add_parsers(sub: Any) -> None:
         description="Stop a managed app, after a yes/no question unless --yes (without a terminal, "
         "--yes is required). Volumes with the weights and caches are kept. Apps fleetform "
         f"does not manage are refused. {NEEDS}",
-        epilog="examples:\n  fleetform destroy old-model --env dev\n"
+        epilog="examples (need Modal credentials):\n  fleetform destroy old-model --env dev\n"
         "  fleetform destroy old-model --env dev --yes --format json",
         formatter_class=RAW,
         allow_abbrev=False,

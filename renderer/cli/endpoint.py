@@ -68,7 +68,7 @@ def add_parsers(sub: Any) -> None:
         "/v1/models lists every served name, one chat completion and one streaming chat "
         "completion per prompt (the reference example's two system prompts by default). "
         "Prints status, time to first token, tokens/s and the text.",
-        epilog="examples:\n  fleetform test llama-3-1-8b-fp8\n"
+        epilog="examples (need Modal credentials or a running server):\n  fleetform test llama-3-1-8b-fp8\n"
         "  fleetform test http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8\n"
         "  fleetform test http://127.0.0.1:8000 --model llm --prompt 'Say hi.'",
         formatter_class=RAW,
@@ -86,7 +86,8 @@ def add_parsers(sub: Any) -> None:
         "server's usage) and report request and token throughput, TTFT, TPOT, ITL and "
         "end-to-end latency (mean, median, p90, p99) as `vllm bench serve` defines them, "
         "plus errors by kind.",
-        epilog="examples:\n  fleetform bench llama-3-1-8b-fp8 --concurrency 1,16,64 --num-requests 200\n"
+        epilog="examples (need Modal credentials or a running server):\n"
+        "  fleetform bench llama-3-1-8b-fp8 --concurrency 1,16,64 --num-requests 200\n"
         "  fleetform bench http://127.0.0.1:8000 --model llm --request-rate 4 --duration 60\n"
         "  fleetform bench URL --model llm --input-len 512 --output-len 128 --ignore-eos "
         "--output results.json",
@@ -133,7 +134,8 @@ def add_parsers(sub: Any) -> None:
         help="run a deployment's vLLM command on this machine",
         description="Run the exact vLLM command line the rendered app runs, on this machine's GPU, "
         "wait until it is healthy, and stream its logs. Ctrl-C stops it.",
-        epilog="example: fleetform serve llama-3-1-8b-fp8 --local --model-path /models/llama --load-format dummy",
+        epilog="example (needs vLLM and a GPU):\n"
+        "  fleetform serve llama-3-1-8b-fp8 --local --model-path /models/llama --load-format dummy",
         formatter_class=RAW,
         allow_abbrev=False,
     )

@@ -19,7 +19,7 @@ def add_parser(sub: Any) -> None:
         description="Print every field of one resolved deployment with the file:line:column it came "
         "from: the deployment file, fleet.yaml defaults, an environment's overrides, "
         "or the schema's default.",
-        epilog="example: fleetform explain llama-3-3-70b-fp8 --env prod",
+        epilog="example:\n  fleetform explain llama-3-3-70b-fp8 --env prod",
         formatter_class=RAW,
         allow_abbrev=False,
     )

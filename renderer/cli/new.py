@@ -43,7 +43,7 @@ def add_parser(sub: Any) -> None:
         "KV cache of --concurrency sequences of --max-model-len tokens, print the options, "
         "and write OUT/NAME.yaml on the cheapest that fits. GPU prices come from "
         "OUT/fleet.yaml's `prices` when it has them.",
-        epilog="examples:\n"
+        epilog="examples (need the Hugging Face Hub, or a checkpoint folder for --from-dir):\n"
         "  fleetform new meta-llama/Llama-3.1-8B-Instruct --revision 0e9e39f249a16976918f6564b8830bc894c89659\n"
         "  fleetform new ORG/MODEL --revision SHA --max-model-len 8192 --concurrency 16\n"
         "  fleetform new ORG/MODEL --revision SHA --from-dir ./checkpoint --quantization fp8\n"
@@ -93,6 +93,11 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
+# The `max_containers` a new deployment gets: bounded (unset is unbounded), and two rather than one
+# so that a container can start while another serves. Its comment in the file says so.
+NEW_MAX_CONTAINERS = 2
+
+
 def deployment_yaml(
     s: Any, *, concurrency_given: bool, schema: str = f"# yaml-language-server: $schema=../schema/{SCHEMA_FILE}"
 ) -> str:
@@ -125,8 +130,17 @@ def deployment_yaml(
     lines.append(f"  max_model_len: {s.max_model_len}")
     lines.append(f"  parameters_b: {max(round(parameter_count(shape) / 1e9, 1), 0.1):g}")
     lines += ["", "gpu:", f"  type: {o.gpu}", f"  count: {o.count}"]
+    ceiling = money(o.usd_per_hour * NEW_MAX_CONTAINERS)
+    lines += [
+        "",
+        "scaling:",
+        f"  # A ceiling on cost and GPU quota: at most {NEW_MAX_CONTAINERS} containers, {ceiling}/hour. Unset, it is",
+        "  # unbounded: a burst of traffic could start as many containers as Modal allows. Two let a new",
+        "  # container start while another serves; raise it when `fleetform bench` shows the load needs more.",
+        f"  max_containers: {NEW_MAX_CONTAINERS}",
+    ]
     if concurrency_given:
-        lines += ["", "scaling:", f"  target_concurrency: {s.concurrency}"]
+        lines.append(f"  target_concurrency: {s.concurrency}")
     if s.utilization != DEFAULT_UTILIZATION:
         lines += ["", "engine:", f"  gpu_memory_utilization: {s.utilization:g}"]
     return "\n".join(lines) + "\n"

@@ -57,8 +57,10 @@ def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    # Tables need room: a pipe or CI log is not an 80-column terminal.
-    width = None if stream.isatty() else 160
+    # A terminal: rich measures it. Piped: COLUMNS when set (rich reads it), else 160, since a pipe or
+    # a CI log is not an 80-column terminal; tables too wide for the width fall back to narrower layouts.
+    columns = os.environ.get("COLUMNS", "")
+    width = None if stream.isatty() or columns.isdigit() else 160
     return Console(stderr=stderr, highlight=False, width=width)
 
 

@@ -27,15 +27,19 @@ def add_parser(sub: Any) -> None:
         help="show what would run, what it costs, and what a deploy would change",
         description="Render the fleet and show, per deployment, the model and revision, GPUs, "
         "container range, concurrency, content hash and estimated GPU cost per hour "
-        "(the gateway, when fleet.yaml enables it, is a CPU-only row at $0). With Modal "
+        "(a deployment with gpu.fallbacks at the dearest GPU that may run it; without "
+        "max_containers its ceiling is unbounded; the gateway, when fleet.yaml enables it, "
+        "is a CPU-only row at $0). The table fits the terminal (COLUMNS when piped, else "
+        "160 columns); where it would not, each deployment is a block of lines. With Modal "
         "credentials it also shows what `deploy` would do to each app (create, update, "
         "unchanged, conflict, orphan); without them it says so in one line and shows "
         "the offline plan. --against REF instead compares with the fleet at a git "
         "revision, offline: see docs/ci.md.",
         epilog="examples:\n"
         "  fleetform plan --env prod                       cost, and the live view with credentials\n"
-        "  fleetform plan --against origin/main            what this branch changes, field by field\n"
+        "  fleetform plan --against origin/main            what this branch changes, field by field, and its cost\n"
         "  fleetform plan --against origin/main --format github   annotations for a pull request\n"
+        "\nexamples (need Modal credentials):\n"
         "  fleetform plan --env prod --detailed-exitcode   exit 2 if deploy would change something\n"
         "\nexit codes: 0 ok, 1 error, 2 usage error; with --detailed-exitcode: 0 no changes, "
         "2 changes pending, 1 any error",
@@ -226,6 +230,14 @@ def at_ref(ref: str, paths: Sequence[str], env: str | None, report: TextReporter
     return at.commit, resolved, notes
 
 
+def _gateway_version(resolved: Any) -> Any:
+    """The fleet's gateway on one side of `--against`, or None where fleet.yaml does not enable it."""
+    from renderer.plan.against import GatewayVersion
+
+    rendered = gateway(resolved)
+    return None if rendered is None else GatewayVersion(rendered, resolved.fleet_file or "", resolved.modal_env)
+
+
 def _error_doc(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message, "diagnostics": []}
 
@@ -270,7 +282,14 @@ def against(
     after_apps = _render_or_say(after)
     commit, before, notes = at_ref(ref, paths, env, report)
     before_apps = _render_or_say(before)
-    diff = diff_fleets(before_apps, after_apps)
+    diff = diff_fleets(
+        before_apps,
+        after_apps,
+        before_prices=before.prices,
+        after_prices=after.prices,
+        before_gateway=_gateway_version(before),
+        after_gateway=_gateway_version(after),
+    )
     code = ExitCode.CHANGES if detailed_exitcode and diff.pending else ExitCode.OK
     return AgainstResult(diff, ref, commit, env, notes, after.diagnostics, getattr(after, "origins", None), code)
 

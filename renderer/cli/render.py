@@ -17,7 +17,7 @@ def add_parser(sub: Any) -> None:
         help="write one Modal app module per deployment",
         description="Render each deployment into a self-contained Modal app module (it imports only "
         "`modal`). Output is deterministic and written all-or-nothing.",
-        epilog="example: fleetform render --out build && modal deploy build/NAME.py",
+        epilog="example:\n  fleetform render --out build && modal deploy build/NAME.py",
         formatter_class=RAW,
         allow_abbrev=False,
     )

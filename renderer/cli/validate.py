@@ -21,7 +21,7 @@ def add_parser(sub: Any) -> None:
         "weights are in the local Hugging Face cache is also checked to fit its GPUs.",
         epilog="examples:\n"
         "  fleetform validate                            every file in deployments/\n"
-        "  fleetform validate deployments/chat.yaml      one file (with the fleet.yaml beside it)\n"
+        "  fleetform validate deployments/qwen2-5-7b-instruct.yaml   one file (with the fleet.yaml beside it)\n"
         "  fleetform validate --env prod                 with prod's overrides applied\n"
         "  fleetform validate --format github            annotations and a summary for CI "
         "(docs/ci.md)\n"

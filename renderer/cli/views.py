@@ -12,8 +12,9 @@ from typing import Any, TextIO
 from renderer.cli.output import literal, money
 from renderer.diagnostics import Diagnostic, Mark, _github_escape, format_path
 from renderer.plan.against import (
+    COST_NOTE,
     CREATE,
-    CREATE_NOTE,
+    GATEWAY,
     IMPACT_SUMMARY,
     MOVE,
     NONE,
@@ -25,49 +26,101 @@ from renderer.plan.against import (
     DeploymentDiff,
     FleetDiff,
     against_text,
+    change_line,
     change_text,
+    cost_text,
+    create_note,
+    fleet_cost_text,
+    members_text,
+    priced_note,
     remove_note,
+    share_text,
     show,
     totals_text,
 )
+from renderer.plan.cost import UNBOUNDED
 
 # --- plan (offline) ---------------------------------------------------------------------------------------------
 
 
+PLAN_COLUMNS = ("deployment", "model@revision", "GPU", "containers", "concurrency", "hash", "$/h min-max")
+
+
+def usd_or_unbounded(value: float | None) -> str:
+    """A ceiling: `$15.80`, or `unbounded` where no max_containers caps it."""
+    return UNBOUNDED if value is None else money(value)
+
+
+def _cost_range(r: Any) -> str:
+    return f"{money(r.usd_per_hour_min)}-{usd_or_unbounded(r.usd_per_hour_max)}"
+
+
+def _plan_cells(r: Any) -> tuple[str, ...]:
+    return (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash, _cost_range(r))
+
+
+def _priced_notes(plan: Any) -> list[str]:
+    """`llama-3-3-70b-fp8 at H200`: rows priced at a fallback dearer than their `gpu.type`."""
+    out = []
+    for r in plan.rows:
+        primary = r.gpu.split(" x ", 1)[0].rstrip("!")
+        if r.priced_gpu and r.priced_gpu != primary:
+            out.append(f"{r.name} at {r.priced_gpu}")
+    return out
+
+
+def plan_table(plan: Any) -> Any:
+    from rich.table import Table
+
+    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
+    table = Table(title=literal(title), title_justify="left", show_edge=False, pad_edge=False)
+    for col in PLAN_COLUMNS:
+        right = col in ("containers", "$/h min-max")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for r in plan.rows:
+        table.add_row(*map(literal, _plan_cells(r)))
+    return table
+
+
+def print_stacked_plan(plan: Any, console: Any) -> None:
+    """One block per deployment, a field a line: for a terminal too narrow for the table. Names and
+    `model@revision` are printed whole (folded only where a line is longer than the terminal)."""
+    from rich.text import Text
+
+    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
+    console.print(literal(title))
+    labels = ("model", "GPU", "containers", "concurrency", "$/h min-max")
+    width = max(map(len, labels)) + 2
+    for r in plan.rows:
+        console.print(Text(f"{r.name}  {r.content_hash}", style="bold", overflow="fold"))
+        for label, value in zip(labels, (r.model, r.gpu, r.containers, r.concurrency, _cost_range(r)), strict=True):
+            console.print(Text(f"  {label:<{width}}{value}", overflow="fold"))
+
+
 def print_plan(plan: Any, console: Any) -> None:
-    """A table per the fleet, then totals and where prices come from."""
+    """A table per the fleet (one block per deployment where the table is wider than the
+    terminal), then totals and where prices come from."""
+    from rich.measure import Measurement
     from rich.table import Table
 
     from renderer.gpus import PRICES_AS_OF, PRICES_SOURCE
 
-    title = "fleetform plan" + (f" (env: {plan.fleet_env})" if plan.fleet_env else "")
-    table = Table(title=literal(title), title_justify="left")
-    for col, kw in (
-        ("deployment", {}),
-        ("model@revision", {}),
-        ("GPU", {}),
-        ("containers", {"justify": "right"}),
-        ("concurrency", {}),
-        ("hash", {}),
-        ("$/h at min", {"justify": "right"}),
-        ("$/h at max", {"justify": "right"}),
-    ):
-        table.add_column(col, **kw)
-    for r in plan.rows:
-        table.add_row(
-            *map(literal, (r.name, r.model, r.gpu, r.containers, r.concurrency, r.content_hash)),
-            money(r.usd_per_hour_min),
-            money(r.usd_per_hour_max),
-        )
-    console.print(table)
+    table = plan_table(plan)
+    unlimited = console.options.update_width(10**6)  # its natural width, not squeezed to the terminal
+    if Measurement.get(console, unlimited, table).maximum <= console.width:
+        console.print(table)
+    else:
+        print_stacked_plan(plan, console)
     gpu_rows = sum(r.gpu != "CPU only" for r in plan.rows)
     extra = " and the gateway" if gpu_rows < len(plan.rows) else ""
-    console.print(
-        literal(
-            f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; "
-            f"ceiling {money(plan.ceiling_usd_per_hour)}/hour at max containers."
-        )
+    ceiling = plan.ceiling_usd_per_hour
+    unbounded = [r.name for r in plan.rows if r.usd_per_hour_max is None]
+    at_max = (
+        f"ceiling {money(ceiling)}/hour at max containers"
+        if ceiling is not None
+        else f"ceiling {UNBOUNDED} ({', '.join(unbounded)}: no max_containers)"
     )
+    console.print(literal(f"{gpu_rows} deployment(s){extra}. Idle floor {money(plan.idle_usd_per_day)}/day; {at_max}."))
     if plan.by_fleet_env:
         totals = Table(title="cost by environment", title_justify="left")
         for col in ("environment", "deployments", "idle floor $/day", "ceiling $/hour"):
@@ -77,13 +130,18 @@ def print_plan(plan: Any, console: Any) -> None:
                 literal(t.fleet_env or "(no --env)"),
                 str(t.deployments),
                 money(t.idle_usd_per_day),
-                money(t.ceiling_usd_per_hour),
+                usd_or_unbounded(t.ceiling_usd_per_hour),
             )
         console.print(totals)
     src = f"GPU list prices as of {PRICES_AS_OF}: {PRICES_SOURCE}"
     if plan.prices_overridden:
         src += f"; overridden in fleet.yaml: {', '.join(plan.prices_overridden)}"
-    console.print(literal(src + ". GPU time only: CPU, memory and region multipliers are not included."), style="dim")
+    src += ". GPU time only: CPU, memory and region multipliers are not included."
+    console.print(literal(src), style="dim")
+    fallbacks = _priced_notes(plan)
+    if fallbacks:
+        note = f"With fallbacks, priced at the dearest GPU that may run it: {', '.join(fallbacks)}."
+        console.print(literal(note), style="dim")
 
 
 # --- test -----------------------------------------------------------------------------------------------------
@@ -202,27 +260,34 @@ def format_text_plan(diff: FleetDiff, ref: str, commit: str, fleet_env: str | No
     lines.append("")
     quiet = []
     for d in diff.deployments:
+        where = f"gateway, {d.source}" if d.kind == GATEWAY else d.source
         if d.action == CREATE:
-            lines += [f"+ {d.name} ({d.source})", f"    create: {CREATE_NOTE}"]
+            lines += [f"+ {d.name} ({where})", f"    create: {create_note(d)}"]
         elif d.action == REMOVE:
-            lines += [f"- {d.name} ({d.source} at {ref})", f"    remove: no longer in the fleet; {remove_note(d.name)}"]
+            lines += [f"- {d.name} ({where} at {ref})", f"    remove: no longer in the fleet; {remove_note(d.name)}"]
         elif d.action == UPDATE:
             assert d.before and d.after and d.impact
-            lines.append(f"~ {d.name} ({d.source})  {d.before.short_hash} -> {d.after.short_hash}")
+            lines.append(f"~ {d.name} ({where})  {d.before.short_hash} -> {d.after.short_hash}")
             lines.append(f"    {d.impact}: {IMPACT_SUMMARY[d.impact]}")
-            lines += [f"    {change_text(c)}  [{c.impact}]" for c in d.changes]
+            lines += [f"    {change_line(c)}" for c in d.changes]
         elif d.changes:
-            lines += [f"= {d.name} ({d.source})", f"    {IMPACT_SUMMARY[NONE]}"]
+            lines += [f"= {d.name} ({where})", f"    {IMPACT_SUMMARY[NONE]}"]
             lines += [f"    {change_text(c)}" for c in d.changes]
         else:
             quiet.append(d.name)
+            continue
+        if d.cost is not None and (d.cost.changed or d.action in (CREATE, REMOVE)):
+            note = priced_note(d)
+            lines.append(f"    cost: {cost_text(d.cost)}" + (f"; {note}" if note else ""))
     if quiet:
         lines.append(f"  {len(quiet)} unchanged: {', '.join(quiet)}")
     lines.append("")
     if diff.pending:
         lines.append(f"Plan: {totals_text(diff)}.")
     else:
-        lines.append(f"No changes: {len(diff.deployments)} deployment(s) render the same as at {ref}.")
+        lines.append(f"No changes: {members_text(diff)} render the same as at {ref}.")
+    lines.append(f"Cost: {fleet_cost_text(diff)}.")
+    lines.append(f"  {COST_NOTE}.")
     return "\n".join(lines) + "\n"
 
 
@@ -260,7 +325,7 @@ def github_annotations(
     grouped: dict[tuple[str, Mark | None, str], list[str]] = {}
     for d in diff.deployments:
         if d.action == CREATE:
-            grouped[("notice", _where(origins, d, ("name",)), f"create: {CREATE_NOTE}")] = [d.name]
+            grouped[("notice", _where(origins, d, ("name",)), f"create: {create_note(d)}")] = [d.name]
         elif d.action == REMOVE:
             grouped[("warning", None, f"removed from the fleet ({d.source} at {ref}): {remove_note(d.name)}")] = [
                 d.name
@@ -268,7 +333,9 @@ def github_annotations(
         elif d.action == UPDATE:
             for c in d.changes:
                 level = "warning" if c.impact in (RESTART, REBUILD, MOVE) else "notice"
-                key = (level, _where(origins, d, c.path), f"{change_text(c)}: {c.impact}: {IMPACT_SUMMARY[c.impact]}")
+                share = share_text(c.cost) if c.cost is not None else ""
+                text = f"{change_text(c)}: {c.impact}: {IMPACT_SUMMARY[c.impact]}" + (f"; {share}" if share else "")
+                key = (level, _where(origins, d, c.path), text)
                 grouped.setdefault(key, []).append(d.name)
     return [_annotation(level, f"{', '.join(names)}: {text}", mark) for (level, mark, text), names in grouped.items()]
 
@@ -291,6 +358,13 @@ def _md_prose(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _md_change(c: Any) -> str:
+    """`gpu.type`: `L40S` → `H100` (+$7.99/h at max)"""
+    text = f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → {md_code(show(c.after, c.field))}"
+    share = share_text(c.cost) if c.cost is not None else ""
+    return text + (f" ({md_text(share)})" if share else "")
+
+
 def format_markdown_plan(
     diff: FleetDiff, ref: str, commit: str, fleet_env: str | None, notes: Sequence[str] = ()
 ) -> str:
@@ -300,33 +374,36 @@ def format_markdown_plan(
     if fleet_env:
         where += f", environment {md_code(fleet_env)}"
     if not diff.pending:
-        lines.append(f"{where}: **no changes**; {len(diff.deployments)} deployment(s) render the same.")
+        lines.append(f"{where}: **no changes**; {members_text(diff)} render the same.")
     else:
         lines.append(f"{where}: **{totals_text(diff)}**.")
+    lines.append(f"**Cost**: {md_text(fleet_cost_text(diff))}.")
     lines += [f"> {md_text(n)}" for n in notes]
     rows = [d for d in diff.deployments if d.action != UNCHANGED or d.changes]
     if rows:
-        lines += ["", "| Deployment | Action | Effect | Changes |", "| --- | --- | --- | --- |"]
+        lines += ["", "| Deployment | Action | Effect | Changes | Cost |", "| --- | --- | --- | --- | --- |"]
         for d in rows:
             if d.action == CREATE:
-                effect, changes = CREATE_NOTE, ""
+                effect, changes = create_note(d), ""
             elif d.action == REMOVE:
                 effect, changes = f"no longer in the fleet; {remove_note(d.name)}", ""
             else:
                 impact = d.impact or NONE
                 effect = f"**{impact}**: {IMPACT_SUMMARY[impact]}"
-                changes = "<br>".join(
-                    f"{md_code(c.field)}: {md_code(show(c.before, c.field))} → {md_code(show(c.after, c.field))}"
-                    for c in d.changes
-                )
-            lines.append(f"| {md_code(d.name)} | {d.action} | {_md_prose(effect)} | {changes} |")
+                changes = "<br>".join(_md_change(c) for c in d.changes)
+            cost = ""
+            if d.cost is not None and (d.cost.changed or d.action in (CREATE, REMOVE)):
+                note = priced_note(d)
+                cost = md_text(cost_text(d.cost) + (f"; {note}" if note else ""))
+            name = md_code(d.name) + (" (gateway)" if d.kind == GATEWAY else "")
+            lines.append(f"| {name} | {d.action} | {_md_prose(effect)} | {changes} | {cost} |")
     quiet = [d.name for d in diff.deployments if d.action == UNCHANGED and not d.changes]
     if quiet:
         lines += ["", f"Unchanged: {', '.join(md_code(n) for n in quiet)}."]
     lines += [
         "",
         "<sub>scaling: redeploy, no image build · restart: new containers · rebuild: new image and "
-        "containers · move: new Modal environment. The rule: docs/ci.md.</sub>",
+        f"containers · move: new Modal environment. The rule: docs/ci.md. Cost: {COST_NOTE}.</sub>",
     ]
     return "\n".join(lines) + "\n"
 

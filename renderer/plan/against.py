@@ -26,6 +26,13 @@ The restart rule, in one place (`IMPACT_RULES`, shown in docs/ci.md):
     environment is not touched by `deploy` (`fleetform destroy` removes it).
   A field no rule names counts as `restart`: when in doubt, expect new containers.
 
+The fleet's gateway (fleet.yaml `gateway`) is a member of the fleet like a deployment: it is
+created, updated or removed by its rendered module's content hash, and its settings and routing
+table are compared field by field (`gateway.*`).
+
+Each deployment's cost per hour (`plan.cost`: the dearest GPU that may run it, at min and max
+containers) is compared too, and every change of a field that moves the cost carries its share.
+
 This module only computes: `diff_fleets` and the result's JSON document (`plan_json`,
 docs/json-output.md). The CLI (`renderer.cli.plan`) drives the comparison and prints it as text,
 JSON, or GitHub annotations and a Markdown summary.
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from renderer.diagnostics import Diagnostic, diagnostics_json
+from renderer.plan.cost import UNBOUNDED, Cost
 
 if TYPE_CHECKING:
     from renderer.codegen.render import RenderedApp
@@ -103,6 +111,15 @@ IMPACT_RULES: tuple[ImpactRule, ...] = (
     ImpactRule("secrets", RESTART, "Secrets become environment variables when a container starts"),
     ImpactRule("auth.", RESTART, "the endpoint's auth and vLLM's API key are set when a container starts"),
     ImpactRule("region", RESTART, "containers must run in the new regions"),
+    ImpactRule("gateway.min_containers", SCALING, "the gateway's autoscaler: Modal applies it, no build"),
+    ImpactRule("gateway.max_containers", SCALING, "the gateway's autoscaler: Modal applies it, no build"),
+    ImpactRule("gateway.target_concurrency", SCALING, "the gateway's concurrency: Modal applies it, no build"),
+    ImpactRule("gateway.max_concurrency", SCALING, "the gateway's concurrency: Modal applies it, no build"),
+    ImpactRule(
+        "gateway.",
+        RESTART,
+        "the gateway's routing table, upstreams, Secrets and timeouts are fixed when its container starts",
+    ),
 )
 DEFAULT_IMPACT = RESTART
 DEFAULT_WHY = "no rule names this field: assume new containers"
@@ -167,6 +184,88 @@ def flatten(d: spec.Deployment) -> dict[tuple[str, ...], Any]:
 # --- the diff -------------------------------------------------------------------------------------------------
 
 
+# --- cost ----------------------------------------------------------------------------------------------------
+
+# The fields `plan.cost` prices a deployment by (fleet.yaml `prices` moves it too, as a whole).
+COST_FIELDS = (
+    ("gpu", "type"),
+    ("gpu", "count"),
+    ("gpu", "fallbacks"),
+    ("scaling", "min_containers"),
+    ("scaling", "max_containers"),
+)
+
+
+@dataclass(frozen=True)
+class CostDelta:
+    """$/hour before and after, at min and at max containers. A max of None is unbounded (no
+    max_containers); a side that does not exist (create, remove) costs 0."""
+
+    min_before: float
+    min_after: float
+    max_before: float | None
+    max_after: float | None
+    gpu_before: str | None = None  # the GPU type priced (the dearest that may run); None: no such side
+    gpu_after: str | None = None
+
+    @classmethod
+    def between(cls, before: Cost | None, after: Cost | None) -> CostDelta:
+        return cls(
+            before.usd_per_hour_min if before else 0.0,
+            after.usd_per_hour_min if after else 0.0,
+            before.usd_per_hour_max if before else 0.0,
+            after.usd_per_hour_max if after else 0.0,
+            before.priced_gpu if before else None,
+            after.priced_gpu if after else None,
+        )
+
+    @classmethod
+    def total(cls, parts: Iterable[CostDelta]) -> CostDelta:
+        parts = list(parts)
+
+        def add(values: list[float | None]) -> float | None:
+            return None if any(v is None for v in values) else round(sum(v or 0.0 for v in values), 4)
+
+        return cls(
+            round(sum(p.min_before for p in parts), 4),
+            round(sum(p.min_after for p in parts), 4),
+            add([p.max_before for p in parts]),
+            add([p.max_after for p in parts]),
+        )
+
+    @property
+    def delta_min(self) -> float:
+        return round(self.min_after - self.min_before, 4)
+
+    @property
+    def delta_max(self) -> float | None:
+        """None when either side is unbounded."""
+        if self.max_before is None or self.max_after is None:
+            return None
+        return round(self.max_after - self.max_before, 4)
+
+    @property
+    def changed(self) -> bool:
+        ceiling_moved = self.max_before != self.max_after and (self.delta_max is None or round(self.delta_max, 2) != 0)
+        return round(self.delta_min, 2) != 0 or ceiling_moved
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "usd_per_hour_min": {"before": self.min_before, "after": self.min_after, "delta": self.delta_min},
+            "usd_per_hour_max": {"before": self.max_before, "after": self.max_after, "delta": self.delta_max},
+        }
+        if self.gpu_before or self.gpu_after:
+            doc["priced_gpu"] = {"before": self.gpu_before, "after": self.gpu_after}
+        return doc
+
+
+def _with_field(d: spec.Deployment, path: tuple[str, ...], source: spec.Deployment) -> spec.Deployment:
+    """`d` with the field at `path` (`("gpu", "type")`) taken from `source`."""
+    section, name = path
+    part = dataclasses.replace(getattr(d, section), **{name: getattr(getattr(source, section), name)})
+    return dataclasses.replace(d, **{section: part})
+
+
 @dataclass(frozen=True)
 class FieldChange:
     path: tuple[str, ...]
@@ -174,13 +273,49 @@ class FieldChange:
     after: Any
     impact: str
     why: str
+    cost: CostDelta | None = None  # this change's share of the deployment's cost change, if it moves it
 
     @property
     def field(self) -> str:
         return ".".join(self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "before": self.before, "after": self.after, "impact": self.impact}
+        return {
+            "field": self.field,
+            "before": self.before,
+            "after": self.after,
+            "impact": self.impact,
+            "cost": None if self.cost is None else self.cost.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class GatewayVersion:
+    """The fleet's gateway on one side: its module (a `RenderedGateway`), the fleet.yaml that
+    enables it, and the Modal environment it deploys to."""
+
+    rendered: Any
+    source: str
+    modal_env: str | None
+
+    @property
+    def content_hash(self) -> str:
+        return self.rendered.content_hash
+
+    @property
+    def short_hash(self) -> str:
+        return self.rendered.short_hash
+
+
+def _source(app: Any) -> str:
+    return app.source if isinstance(app, GatewayVersion) else app.deployment.source
+
+
+def _modal_env(app: Any) -> str | None:
+    return app.modal_env if isinstance(app, GatewayVersion) else app.deployment.modal_env
+
+
+DEPLOYMENT, GATEWAY = "deployment", "gateway"  # what a member of the fleet is
 
 
 @dataclass(frozen=True)
@@ -189,32 +324,32 @@ class DeploymentDiff:
     action: str  # create | update | remove | unchanged
     impact: str | None  # update/unchanged: the worst of the changes; create/remove: None
     changes: tuple[FieldChange, ...]
-    before: RenderedApp | None
-    after: RenderedApp | None
+    before: RenderedApp | GatewayVersion | None
+    after: RenderedApp | GatewayVersion | None
+    cost: CostDelta | None = None  # None: the gateway (CPU only, not priced)
+    kind: str = DEPLOYMENT
 
     @property
     def source(self) -> str:
         app = self.after or self.before
         assert app is not None
-        return app.deployment.source
+        return _source(app)
 
     def to_dict(self) -> dict[str, Any]:
-        def side(app: RenderedApp | None) -> dict[str, Any] | None:
+        def side(app: Any) -> dict[str, Any] | None:
             if app is None:
                 return None
-            return {
-                "source": app.deployment.source,
-                "content_hash": app.content_hash,
-                "modal_env": app.deployment.modal_env,
-            }
+            return {"source": _source(app), "content_hash": app.content_hash, "modal_env": _modal_env(app)}
 
         return {
             "name": self.name,
+            "kind": self.kind,
             "action": self.action,
             "impact": self.impact,
             "before": side(self.before),
             "after": side(self.after),
             "changes": [c.to_dict() for c in self.changes],
+            "cost": None if self.cost is None else self.cost.to_dict(),
         }
 
 
@@ -233,53 +368,153 @@ class FleetDiff:
     def counts(self) -> dict[str, int]:
         return {a: len(self.of(a)) for a in (CREATE, UPDATE, REMOVE, UNCHANGED)}
 
+    @property
+    def cost(self) -> CostDelta:
+        """The whole fleet's $/hour before and after (the gateway costs no GPU time)."""
+        return CostDelta.total(d.cost for d in self.deployments if d.cost is not None)
 
-def diff_deployment(before: RenderedApp, after: RenderedApp) -> DeploymentDiff:
-    """Field-by-field changes of one deployment; the content hash decides whether it redeploys."""
-    old, new = flatten(before.deployment), flatten(after.deployment)
-    keys = list(new) + [k for k in old if k not in new]
+    @property
+    def unbounded(self) -> list[str]:
+        """Deployments without a max_containers on either side: no ceiling to add up."""
+        return [
+            d.name
+            for d in self.deployments
+            if d.cost is not None and (d.cost.max_before is None or d.cost.max_after is None)
+        ]
+
+    @property
+    def bounded_cost(self) -> CostDelta:
+        """The fleet's cost without the unbounded deployments: a ceiling that can be compared."""
+        skip = set(self.unbounded)
+        return CostDelta.total(d.cost for d in self.deployments if d.cost is not None and d.name not in skip)
+
+    def cost_dict(self) -> dict[str, Any]:
+        return {**self.cost.to_dict(), "unbounded": self.unbounded}
+
+
+def _cost_shares(
+    before: spec.Deployment, after: spec.Deployment, changes: list[FieldChange], prices: dict[str, float]
+) -> list[FieldChange]:
+    """Give each change of a cost field its share of the cost change: the fields are applied one at
+    a time, in schema order, to the deployment as it was (priced at the working tree's prices), so
+    the shares add up to the change; what a price in fleet.yaml moves stays with the deployment."""
+    current = before
+    cost = Cost.of(current, prices)
+    out = []
+    for c in changes:
+        if c.path in COST_FIELDS:
+            current = _with_field(current, c.path, after)
+            new_cost = Cost.of(current, prices)
+            share = dataclasses.replace(CostDelta.between(cost, new_cost), gpu_before=None, gpu_after=None)
+            cost = new_cost
+            c = dataclasses.replace(c, cost=share) if share.changed else c
+        out.append(c)
+    return out
+
+
+def _changes(
+    old: dict[tuple[str, ...], Any], new: dict[tuple[str, ...], Any], before: Any, after: Any, moved: bool
+) -> tuple[list[FieldChange], str]:
+    """(every field that differs, with its impact; the action): a different content hash redeploys,
+    and so does another Modal environment (`moved`), which is chosen at deploy time."""
     rendered = before.content_hash != after.content_hash
-    # The Modal environment is chosen at deploy time, not written in the module: same hash, new app.
-    moved = before.deployment.modal_env != after.deployment.modal_env
     changes = []
-    for path in keys:
+    for path in list(new) + [k for k in old if k not in new]:
         if old.get(path) != new.get(path):
             rule = classify(".".join(path))
             if rendered or (moved and rule.impact == MOVE):
                 changes.append(FieldChange(path, old.get(path), new.get(path), rule.impact, rule.why))
             else:
-                changes.append(
-                    FieldChange(path, old.get(path), new.get(path), NONE, "the rendered module is unchanged")
-                )
-    redeploy = rendered or moved
+                why = "the rendered module is unchanged"
+                changes.append(FieldChange(path, old.get(path), new.get(path), NONE, why))
     if rendered and not changes:
-        changes.append(
-            FieldChange(
-                ("(rendered module)",),
-                before.short_hash,
-                after.short_hash,
-                RESTART,
-                "the rendered module differs though no compared field does",
-            )
-        )
-    action = UPDATE if redeploy else UNCHANGED
+        why = "the rendered module differs though no compared field does"
+        changes.append(FieldChange(("(rendered module)",), before.short_hash, after.short_hash, RESTART, why))
+    return changes, UPDATE if rendered or moved else UNCHANGED
+
+
+def diff_deployment(
+    before: RenderedApp,
+    after: RenderedApp,
+    before_prices: dict[str, float] | None = None,
+    after_prices: dict[str, float] | None = None,
+) -> DeploymentDiff:
+    """Field-by-field changes of one deployment; the content hash decides whether it redeploys."""
+    before_prices, after_prices = before_prices or {}, after_prices or {}
+    old, new = flatten(before.deployment), flatten(after.deployment)
+    # The Modal environment is chosen at deploy time, not written in the module: same hash, new app.
+    changes, action = _changes(old, new, before, after, before.deployment.modal_env != after.deployment.modal_env)
+    changes = _cost_shares(before.deployment, after.deployment, changes, after_prices)
+    cost = CostDelta.between(Cost.of(before.deployment, before_prices), Cost.of(after.deployment, after_prices))
     return DeploymentDiff(
-        after.deployment.name, action, worst(c.impact for c in changes), tuple(changes), before, after
+        after.deployment.name, action, worst(c.impact for c in changes), tuple(changes), before, after, cost
     )
 
 
-def diff_fleets(before: Sequence[RenderedApp], after: Sequence[RenderedApp]) -> FleetDiff:
-    """Match deployments by name: created, updated, removed, unchanged."""
+def flatten_gateway(g: GatewayVersion) -> dict[tuple[str, ...], Any]:
+    """The gateway's compared fields: its fleet.yaml settings, the Modal environment it deploys to,
+    its routing table (served model name -> deployment) and each upstream as the module holds it."""
+    out: dict[tuple[str, ...], Any] = {
+        ("gateway", f.name): _jsonable(getattr(g.rendered.config, f.name))
+        for f in dataclasses.fields(g.rendered.config)
+        if f.name != "name"  # identity: another name is another app
+    }
+    out[("environment",)] = g.modal_env
+    for model, deployment in sorted(g.rendered.routes.items()):
+        out[("gateway", "routes", model)] = deployment
+    for u in g.rendered.upstreams:
+        out[("gateway", "upstreams", u.name)] = u.table
+    return out
+
+
+def diff_gateway(before: GatewayVersion | None, after: GatewayVersion | None) -> list[DeploymentDiff]:
+    """The gateway as a member of the fleet: created or removed when fleet.yaml enables or disables
+    it (or renames it: another app), updated when its module's content hash (or its Modal
+    environment) changes."""
+    if before is not None and after is not None and before.rendered.name != after.rendered.name:
+        return [*diff_gateway(before, None), *diff_gateway(None, after)]
+    if before is None and after is None:
+        return []
+    if before is None or after is None:
+        present = after or before
+        assert present is not None
+        action = CREATE if before is None else REMOVE
+        return [DeploymentDiff(present.rendered.name, action, None, (), before, after, None, GATEWAY)]
+    changes, action = _changes(
+        flatten_gateway(before), flatten_gateway(after), before, after, before.modal_env != after.modal_env
+    )
+    return [
+        DeploymentDiff(
+            after.rendered.name, action, worst(c.impact for c in changes), tuple(changes), before, after, None, GATEWAY
+        )
+    ]
+
+
+def diff_fleets(
+    before: Sequence[RenderedApp],
+    after: Sequence[RenderedApp],
+    *,
+    before_prices: dict[str, float] | None = None,
+    after_prices: dict[str, float] | None = None,
+    before_gateway: GatewayVersion | None = None,
+    after_gateway: GatewayVersion | None = None,
+) -> FleetDiff:
+    """Match deployments by name: created, updated, removed, unchanged; then the gateway, if either
+    side has one. Prices: fleet.yaml's `prices` on each side (missing types at list price)."""
+    before_prices, after_prices = before_prices or {}, after_prices or {}
     old = {a.deployment.name: a for a in before}
     new = {a.deployment.name: a for a in after}
     out = []
     for name in sorted(old.keys() | new.keys()):
         if name not in old:
-            out.append(DeploymentDiff(name, CREATE, None, (), None, new[name]))
+            cost = CostDelta.between(None, Cost.of(new[name].deployment, after_prices))
+            out.append(DeploymentDiff(name, CREATE, None, (), None, new[name], cost))
         elif name not in new:
-            out.append(DeploymentDiff(name, REMOVE, None, (), old[name], None))
+            cost = CostDelta.between(Cost.of(old[name].deployment, before_prices), None)
+            out.append(DeploymentDiff(name, REMOVE, None, (), old[name], None, cost))
         else:
-            out.append(diff_deployment(old[name], new[name]))
+            out.append(diff_deployment(old[name], new[name], before_prices, after_prices))
+    out += diff_gateway(before_gateway, after_gateway)
     return FleetDiff(tuple(out))
 
 
@@ -325,15 +560,112 @@ def change_text(c: FieldChange) -> str:
     return f"{c.field}: {show(c.before, c.field)} -> {show(c.after, c.field)}"
 
 
+def usd(value: float) -> str:
+    return f"${abs(value) + 0.0:,.2f}"
+
+
+def signed_usd(value: float) -> str:
+    """`+$2.15`, `-$0.80`"""
+    return ("-" if round(value, 2) < 0 else "+") + usd(value)
+
+
+def per_hour(value: float | None) -> str:
+    """`$7.80/h`, or `unbounded` (no max_containers)."""
+    return UNBOUNDED if value is None else f"{usd(value)}/h"
+
+
+def share_text(c: CostDelta) -> str:
+    """One change's share of a cost change: `+$2.15/h at max`, `unbounded at max (was $7.80/h)`."""
+    parts = []
+    if c.max_before != c.max_after:
+        if c.max_before is not None and c.max_after is not None:
+            if round(c.delta_max or 0, 2) != 0:
+                parts.append(f"{signed_usd(_shown_delta(c.max_before, c.max_after))}/h at max")
+        else:
+            parts.append(f"{per_hour(c.max_after)} at max (was {per_hour(c.max_before)})")
+    if round(c.delta_min, 2) != 0:
+        parts.append(f"{signed_usd(_shown_delta(c.min_before, c.min_after))}/h at min")
+    return ", ".join(parts)
+
+
+def _shown_delta(before: float, after: float) -> float:
+    """The difference of the values as shown (to the cent), so that `$3.20 -> $6.39` reads `+$3.19`."""
+    return round(after, 2) - round(before, 2)
+
+
+def _one_end(before: float | None, after: float | None, delta: float | None, end: str) -> str:
+    if before == after:
+        return f"{per_hour(after)} at {end} (unchanged)"
+    change = ""
+    if before is not None and after is not None:
+        change = f" ({signed_usd(_shown_delta(before, after))}/h)"
+    return f"{per_hour(before)} -> {per_hour(after)} at {end}{change}"
+
+
+def cost_text(c: CostDelta) -> str:
+    """A deployment's or the fleet's cost: `$7.80/h -> $15.80/h at max (+$8.00/h); $0.00/h at min (unchanged)`."""
+    return (
+        _one_end(c.max_before, c.max_after, c.delta_max, "max")
+        + "; "
+        + _one_end(c.min_before, c.min_after, c.delta_min, "min")
+    )
+
+
+def priced_note(d: DeploymentDiff) -> str:
+    """Say which GPU the cost assumes when fallbacks make it dearer than `gpu.type`."""
+    if d.cost is None or d.kind != DEPLOYMENT:
+        return ""
+    notes = []
+    for app, gpu in ((d.before, d.cost.gpu_before), (d.after, d.cost.gpu_after)):
+        if app is None or gpu is None or isinstance(app, GatewayVersion):
+            continue
+        primary = app.deployment.gpu.type.rstrip("!")
+        if gpu != primary and f"priced at {gpu}" not in " ".join(notes):
+            notes.append(f"priced at {gpu}, the dearest GPU that may run it ({primary} falls back to it)")
+    return "; ".join(notes)
+
+
 def remove_note(name: str) -> str:
     return f"`fleetform deploy` leaves the app running; `fleetform destroy {name}` stops it"
 
 
 CREATE_NOTE = "a new app: Modal builds its image unless cached, the first container downloads the weights"
+GATEWAY_CREATE_NOTE = "a new app: the fleet's gateway, CPU only, routing requests by model name (no GPU cost)"
+
+
+def create_note(d: DeploymentDiff) -> str:
+    return GATEWAY_CREATE_NOTE if d.kind == GATEWAY else CREATE_NOTE
+
+
+def change_line(c: FieldChange) -> str:
+    """`gpu.type: L40S -> H100  [restart] +$7.99/h at max`"""
+    share = share_text(c.cost) if c.cost is not None else ""
+    return f"{change_text(c)}  [{c.impact}]" + (f" {share}" if share else "")
+
+
+COST_NOTE = "GPU time only; each deployment priced at the dearest GPU that may run it, its gpu.type or a gpu.fallbacks"
+
+
+def fleet_cost_text(diff: FleetDiff) -> str:
+    """The fleet's cost change; deployments without max_containers are named, not added up."""
+    unbounded = diff.unbounded
+    if not unbounded:
+        return cost_text(diff.cost)
+    c = diff.bounded_cost
+    at_max = _one_end(c.max_before, c.max_after, c.delta_max, "max")
+    at_min = _one_end(diff.cost.min_before, diff.cost.min_after, diff.cost.delta_min, "min")
+    return f"{at_max} without {', '.join(unbounded)} ({UNBOUNDED}: no max_containers); {at_min}"
 
 
 def against_text(ref: str, commit: str, fleet_env: str | None) -> str:
     return f"{ref} ({commit[:7]})" + (f", environment {fleet_env}" if fleet_env else "")
+
+
+def members_text(diff: FleetDiff) -> str:
+    """`4 deployment(s)`, or `4 deployment(s) and the gateway`."""
+    deployments = sum(d.kind == DEPLOYMENT for d in diff.deployments)
+    gateway = " and the gateway" if any(d.kind == GATEWAY for d in diff.deployments) else ""
+    return f"{deployments} deployment(s){gateway}"
 
 
 def totals_text(diff: FleetDiff) -> str:
@@ -362,6 +694,7 @@ def plan_json(
         "changes": diff.pending,
         "summary": diff.counts(),
         "deployments": [d.to_dict() for d in diff.deployments],
+        "cost": diff.cost_dict(),
         "notes": list(notes),
         "diagnostics": diagnostics_json(diagnostics),
     }

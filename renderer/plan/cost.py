@@ -1,5 +1,9 @@
 """Stage 5 (offline): what the rendered fleet would run, and what it would cost.
 
+A container is priced at the dearest GPU type that may run it: its `gpu.type` or any of its
+`gpu.fallbacks` (Modal picks whichever has capacity), times `gpu.count`. So the figures are what
+the fleet may cost, never less. An unset `max_containers` is unbounded: no ceiling (`None`).
+
 The live view (create / update / unchanged / orphan against what Modal runs) is `plan.live`;
 this module needs no credentials and no network.
 """
@@ -19,27 +23,72 @@ class PlanRow:
     source: str
     model: str  # id@short revision
     gpu: str  # "H100 x 2 (+H200)"
-    containers: str  # "0-4"
+    containers: str  # "0-4", "0-unbounded"
     concurrency: str  # "32 target / 64 max"
     content_hash: str
     usd_per_hour_min: float
     usd_per_hour_max: float | None  # None: no max_containers, no ceiling
     modal_env: str | None  # the Modal environment it deploys to
     auth: str
+    priced_gpu: str | None  # the GPU type its cost assumes, the dearest that may run it; None: the gateway
+    usd_per_container_hour: float
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
+UNBOUNDED = "unbounded"  # how an unset max_containers reads, in the plan and in the docs
+
+
+def containers_text(lo: int, hi: int | None) -> str:
+    """`0-4`, or `0-unbounded` without a max_containers."""
+    return f"{lo}-{UNBOUNDED if hi is None else hi}"
+
+
+def gpu_price(name: str, prices: dict[str, float]) -> float:
+    """$/hour of one GPU of this type: fleet.yaml's `prices`, else the list price."""
+    name = parse_gpu_type(name)[0]
+    return prices.get(name, GPU_TYPES[name].usd_per_hour)
+
+
+def priced_gpu(gpu: spec.Gpu, prices: dict[str, float]) -> str:
+    """The dearest GPU type that may run a container: the type or one of its fallbacks (first on a tie)."""
+    names = [parse_gpu_type(t)[0] for t in (gpu.type, *gpu.fallbacks)]
+    return max(names, key=lambda n: gpu_price(n, prices))
+
+
 def gpu_hourly(d: spec.Deployment, prices: dict[str, float]) -> float:
-    """$/hour of one container: its GPUs at the primary type's price (CPU and memory not counted)."""
-    name = parse_gpu_type(d.gpu.type)[0]
-    return prices.get(name, GPU_TYPES[name].usd_per_hour) * d.gpu.count
+    """$/hour of one container: its GPUs at the dearest type that may run (CPU and memory not counted)."""
+    return gpu_price(priced_gpu(d.gpu, prices), prices) * d.gpu.count
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one deployment costs per hour at its minimum and maximum scale."""
+
+    priced_gpu: str
+    usd_per_container_hour: float
+    usd_per_hour_min: float
+    usd_per_hour_max: float | None  # None: unbounded (no max_containers)
+
+    @classmethod
+    def of(cls, d: spec.Deployment, prices: dict[str, float]) -> Cost:
+        per = gpu_hourly(d, prices)
+        s = d.scaling
+        return cls(
+            priced_gpu(d.gpu, prices),
+            round(per, 4),
+            round(per * s.min_containers, 4),
+            None if s.max_containers is None else round(per * s.max_containers, 4),
+        )
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
 
 
 def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
     d = app.deployment
-    per = gpu_hourly(d, prices)
+    cost = Cost.of(d, prices)
     s = d.scaling
     gpu = f"{d.gpu.type} x {d.gpu.count}" + (f" (+{', '.join(d.gpu.fallbacks)})" if d.gpu.fallbacks else "")
     conc = f"{s.target_concurrency:g} target" + (f" / {s.max_concurrency} max" if s.max_concurrency else "")
@@ -48,13 +97,15 @@ def plan_row(app: RenderedApp, prices: dict[str, float]) -> PlanRow:
         source=d.source,
         model=f"{d.model.id}@{d.model.revision[:7]}",
         gpu=gpu,
-        containers=f"{s.min_containers}-{s.max_containers if s.max_containers is not None else 'any'}",
+        containers=containers_text(s.min_containers, s.max_containers),
         concurrency=conc,
         content_hash=app.short_hash,
-        usd_per_hour_min=round(per * s.min_containers, 4),
-        usd_per_hour_max=None if s.max_containers is None else round(per * s.max_containers, 4),
+        usd_per_hour_min=cost.usd_per_hour_min,
+        usd_per_hour_max=cost.usd_per_hour_max,
         modal_env=d.modal_env,
         auth=d.auth.mode,
+        priced_gpu=cost.priced_gpu,
+        usd_per_container_hour=cost.usd_per_container_hour,
     )
 
 
@@ -119,13 +170,15 @@ def gateway_row(gateway, source: str | None, modal_env: str | None) -> PlanRow:
         source=source or "",
         model=f"gateway: {len(gateway.routes)} model name(s)",
         gpu="CPU only",
-        containers=f"{g.min_containers}-{g.max_containers if g.max_containers is not None else 'any'}",
+        containers=containers_text(g.min_containers, g.max_containers),
         concurrency=f"{g.target_concurrency} target / {g.max_concurrency} max",
         content_hash=gateway.short_hash,
         usd_per_hour_min=0.0,
         usd_per_hour_max=0.0,
         modal_env=modal_env,
         auth="api_key",
+        priced_gpu=None,
+        usd_per_container_hour=0.0,
     )
 
 
