@@ -43,6 +43,7 @@ def add_parsers(sub: Any) -> None:
         "wrote, never others.",
         epilog="examples:\n"
         "  fleetform init acme-fleet           a new folder\n"
+        "examples (need an empty folder, or one that init wrote):\n"
         "  fleetform init                      the current folder (an empty git repository, say)\n"
         "  fleetform init --force              refresh the generated files, e.g. after upgrading fleetform\n"
         "\nexit codes: 0 written, 1 a file exists (nothing written), 2 usage error",
