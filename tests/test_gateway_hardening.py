@@ -491,3 +491,34 @@ def test_metrics_count_requests_by_model_status_ttft_and_bytes():
     assert int(lines[f"fleetform_gateway_bytes_sent_total{{{alpha}}}"]) > 100
     assert int(lines[f"fleetform_gateway_bytes_received_total{{{alpha}}}"]) > 20
     assert "x" * 100 not in text
+
+
+# --- fleet.yaml -> the rendered module ---------------------------------------------------------------------------
+
+
+def test_cors_and_timeouts_reach_the_rendered_app(example_fleet, tmp_path, monkeypatch):
+    from modal_objects import import_module
+    from renderer.codegen.gateway import render_gateway
+    from renderer.config.resolve import gateway_from
+
+    config = gateway_from({"enabled": True, "cors_origins": ["https://chat.example.com", "http://localhost:3000"],
+                           "upstream_timeout": "5m", "request_timeout": "2h"})
+    assert config.cors_origins == ("https://chat.example.com", "http://localhost:3000")
+    gw = render_gateway(example_fleet.deployments, config)
+    path = tmp_path / gw.filename
+    path.write_text(gw.text)
+    module = import_module(path)
+    app = module.serve.local()
+    assert app.cors_origins == config.cors_origins
+    assert (app.upstream_timeout, app.read_timeout) == (300, 7200)  # a generation may take the request's time
+    assert gateway_from({"enabled": True}).cors_origins == ()
+
+
+@pytest.mark.parametrize("origins, ok", [(["*"], True), (["https://a.example:8443"], True),
+                                         (["https://a.example/path"], False), (["a.example"], False),
+                                         (["https://a.example", "https://a.example"], False)])
+def test_cors_origins_are_checked_by_the_schema(origins, ok):
+    from renderer.config.validate import _validator
+
+    validator = _validator("fleet.schema.json", "/properties/gateway")
+    assert (not list(validator.iter_errors({"enabled": True, "cors_origins": origins}))) == ok

@@ -125,7 +125,6 @@ def render_gateway(deployments: Iterable[spec.Deployment], config: spec.Gateway,
         "cpu": CPU,
         "memory": MEMORY_MB,
         "app_tags": {"managed-by": "fleetform"},
-        "read_timeout": max(600, config.upstream_timeout),
         "gateway_source": gateway_source(),
         "hash": Trusted("{hash}"),
     }
