@@ -115,6 +115,24 @@ def test_the_body_is_released_once_the_upstream_has_it():
     assert during == 0
 
 
+def test_a_big_body_reaches_the_upstream_whole_with_its_length(monkeypatch):
+    monkeypatch.setattr(gateway_app, "SCAN_SLICE", 16 * 1024)
+    raw = json.dumps({"input": list(range(40_000)), "model": "beta-embed"}).encode()
+    assert len(raw) > 4 * gateway_app.SCAN_SLICE  # sent in slices
+
+    async def body():
+        async with serve_upstream(beta_config()) as b:
+            app = make_gateway(None, b.url, alpha=Upstream("alpha", "http://127.0.0.1:9", "proxy"))
+            answer = await call(app, "POST", "/tokenize", raw)
+            await app.aclose()
+            return b, answer
+
+    b, answer = run(body())
+    assert answer.status == 200 and answer.json()["bytes"] == len(raw)
+    assert b.requests[0].body == raw and b.requests[0].headers["content-length"] == str(len(raw))
+    assert "transfer-encoding" not in b.requests[0].headers
+
+
 def random_json(rng: random.Random, depth: int = 0):
     kind = rng.choice(["str", "int", "float", "list", "dict", "lit"] if depth < 5 else ["str", "int", "lit"])
     if kind == "str":
