@@ -193,7 +193,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
-async def sustained(url: str, workers: int, seconds: float, warmup: float = 1.0) -> dict:
+async def sustained(url: str, workers: int, seconds: float, chunks: int, warmup: float = 1.0) -> dict:
     import aiohttp
 
     ttfts, events, errors = [], 0, 0
@@ -207,7 +207,7 @@ async def sustained(url: str, workers: int, seconds: float, warmup: float = 1.0)
             while time.monotonic() < stop:
                 begun = time.monotonic()
                 try:
-                    ttft, _, n = await stream_once(session, url)
+                    ttft, _, n = await stream_once(session, url, chunks=chunks)
                 except Exception:  # noqa: BLE001 - counted, not fatal
                     errors += 1
                     continue
@@ -303,9 +303,11 @@ async def main_async(args) -> None:
             for n, level_interval in levels:
                 if level_interval != interval:
                     continue
-                d = await sustained(direct, n, args.seconds)
+                # Every level's streams last as long (`--chunks` x `--interval`): a slower level has fewer events.
+                chunks = max(1, round(args.chunks * args.interval / interval))
+                d = await sustained(direct, n, args.seconds, chunks)
                 c0, w0, t0 = g.cpu(), g.waited(), time.monotonic()
-                v = await sustained(gateway, n, args.seconds)
+                v = await sustained(gateway, n, args.seconds, chunks)
                 used, wall = g.cpu() - c0, time.monotonic() - t0
                 report("sustained", n, d, v, used, wall, g.waited() - w0)
             if interval == args.interval:

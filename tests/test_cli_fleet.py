@@ -137,7 +137,7 @@ def test_plan_lists_the_gateway_at_no_gpu_cost(gateway_fleet):
     rows = {r["name"]: r for r in doc["deployments"]}
     gw = rows["fleetform-gateway"]
     assert (gw["gpu"], gw["usd_per_hour_min"], gw["usd_per_hour_max"]) == ("CPU only", 0.0, 0.0)
-    assert (gw["containers"], gw["concurrency"], gw["environment"]) == ("1-any", "200 target / 1000 max", "prod")
+    assert (gw["containers"], gw["concurrency"], gw["environment"]) == ("1-any", "250 target / 400 max", "prod")
     assert gw["model"] == "gateway: 5 model name(s)" and gw["source"] == "deployments/fleet.yaml"
     assert len(rows) == 5
     text = run_cli("plan", "--env", "prod", cwd=gateway_fleet).stdout

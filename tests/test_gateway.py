@@ -489,7 +489,7 @@ def test_rendered_gateway_builds_its_modal_app(rendered):
     assert f.webhook_config.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
     assert cfg.secrets == ["modal.Secret.from_name('fleetform-gateway-key')",
                            "modal.Secret.from_name('fleetform-gateway-upstreams')"]
-    assert (f.max_concurrent_inputs, f.target_concurrent_inputs) == (1000, 200)
+    assert (f.max_concurrent_inputs, f.target_concurrent_inputs) == (400, 250)
     assert (f.autoscaler_settings.min_containers, f.autoscaler_settings.max_containers) == (1, 3)
     assert f.timeout_secs == 3600
     assert (f.resources.milli_cpu, f.resources.memory_mb) == (1000, 1024)
@@ -584,7 +584,7 @@ def test_gateway_defaults_come_from_the_schema():
     assert gateway_from({"enabled": True}) == spec.Gateway(
         name="fleetform-gateway", api_key_secret="fleetform-gateway-key",
         upstream_secret="fleetform-gateway-upstreams", upstream_timeout=600, request_timeout=3600, min_containers=0,
-        max_containers=None, target_concurrency=200, max_concurrency=1000, workspace=None)
+        max_containers=None, target_concurrency=250, max_concurrency=400, workspace=None)
     assert gateway_from({"enabled": True, "upstream_timeout": "15m", "request_timeout": 7200}).upstream_timeout == 900
     assert gateway_from(None) is None and gateway_from({"enabled": False, "name": "gw"}) is None
 
@@ -626,7 +626,7 @@ def line_of(path: Path, text: str) -> int:
     ("  upstream_timeout: 1h\n  request_timeout: 1h\n", "request_timeout",
      "request_timeout (3600 s) must be longer than upstream_timeout (3600 s)"),
     ("  upstream_timeout: 2h\n", "upstream_timeout", "request_timeout (3600 s) must be longer"),
-    ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 200 is above max_concurrency 100"),
+    ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 250 is above max_concurrency 100"),
     ("  request_timeout: 25h\n", "request_timeout", "over Modal's 24 h limit"),
     ("  name: qwen2-5-7b-awq\n", "name", "gateway name 'qwen2-5-7b-awq' is also a deployment's name"),
     ("  min_containers: 5\n  max_containers: 2\n", "min_containers", "min_containers 5 is above max_containers 2"),
