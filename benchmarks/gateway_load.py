@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -256,7 +256,7 @@ async def big_body(url: str, streams: int, mb: int, interval: float, cpus: list[
         tasks = [stream_once(session, url, chunks=chunks) for _ in range(streams)]
         *results, big = await asyncio.gather(*tasks, send_big())
     await sender.wait()
-    gaps = [b - a for _, arrivals, _ in results for a, b in zip(arrivals[1:], arrivals[2:])]
+    gaps = [b - a for _, arrivals, _ in results for a, b in itertools.pairwise(arrivals[1:])]
     return {"max_gap": max(gaps), "p99_gap": pct(gaps, 99), **big}
 
 

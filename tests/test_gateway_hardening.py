@@ -10,8 +10,17 @@ import random
 import time
 
 import pytest
+from gateway_upstreams import serve_upstream
+from test_gateway import (
+    ENV,
+    GENERIC_503,
+    alpha_config,
+    beta_config,
+    call,
+    make_gateway,
+    run,
+)
 
-from gateway_upstreams import UpstreamConfig, serve_upstream
 from renderer.codegen import gateway_app
 from renderer.codegen.gateway_app import (
     METRICS_KEY_ENV,
@@ -21,7 +30,6 @@ from renderer.codegen.gateway_app import (
     Upstream,
     UpstreamBroken,
 )
-from test_gateway import ENV, GENERIC_503, KEY, alpha_config, beta_config, call, make_gateway, run
 
 
 async def max_loop_lag(work) -> tuple[float, object]:
@@ -363,7 +371,7 @@ async def serve_closing_keepalive():
 def test_a_stale_pooled_connection_is_retried_at_once_not_backed_off():
     async def body():
         server = await serve_closing_keepalive()
-        url = "http://127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         app = GatewayApp({"alpha-chat": Upstream("alpha", url, "proxy")}, environ=ENV, backoff_initial=2.0)
         first = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"})
         started = time.monotonic()
@@ -476,7 +484,9 @@ def test_without_cors_a_preflight_is_refused():
 # --- /metrics -------------------------------------------------------------------------------------------------------
 
 
-def test_metrics_count_requests_by_model_status_ttft_and_bytes():
+def test_metrics_count_requests_by_model_status_ttft_and_bytes(monkeypatch):
+    monkeypatch.setenv("MODAL_TASK_ID", "task-7")
+
     async def body():
         async with serve_upstream(alpha_config(chunks=3)) as a:
             env = {**ENV, METRICS_KEY_ENV: "scrape-key"}
@@ -509,6 +519,8 @@ def test_metrics_count_requests_by_model_status_ttft_and_bytes():
     assert int(lines[f"fleetform_gateway_bytes_sent_total{{{alpha}}}"]) > 100
     assert int(lines[f"fleetform_gateway_bytes_received_total{{{alpha}}}"]) > 20
     assert "x" * 100 not in text
+    assert lines['fleetform_gateway_info{container="task-7"}'] == "1"  # which container answered the scrape
+    assert 0 < time.time() - float(lines["fleetform_gateway_start_time_seconds"]) < 60
 
 
 # --- fleet.yaml -> the rendered module ---------------------------------------------------------------------------
@@ -516,6 +528,7 @@ def test_metrics_count_requests_by_model_status_ttft_and_bytes():
 
 def test_cors_and_timeouts_reach_the_rendered_app(example_fleet, tmp_path, monkeypatch):
     from modal_objects import import_module
+
     from renderer.codegen.gateway import render_gateway
     from renderer.config.resolve import gateway_from
 

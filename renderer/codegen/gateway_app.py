@@ -162,6 +162,10 @@ class Metrics:
     caller sends is never a label: one series can not be multiplied by callers)."""
 
     def __init__(self):
+        self.started = time.time()
+        # Each container counts its own requests: a scrape through the public URL reaches one of them,
+        # so every scrape says which one (Modal's task id) and since when, for rates across scrapes.
+        self.container = os.environ.get("MODAL_TASK_ID", "") or f"pid-{os.getpid()}"
         self.requests = {}  # (model, upstream, status) -> count
         self.in_flight = {}  # (model, upstream) -> requests now
         self.ttft = {}  # (model, upstream) -> [bucket counts..., count, sum]
@@ -191,15 +195,20 @@ class Metrics:
             hist[-1] += req.ttft
 
     def text(self):
-        out = ["# HELP fleetform_gateway_requests_total Requests answered, by served model, deployment and status.",
+        out = ["# HELP fleetform_gateway_info The container these counters are from (each counts its own).",
+               "# TYPE fleetform_gateway_info gauge", f"fleetform_gateway_info{{container={_quote(self.container)}}} 1",
+               "# HELP fleetform_gateway_start_time_seconds When this container's counters started (Unix time).",
+               "# TYPE fleetform_gateway_start_time_seconds gauge",
+               f"fleetform_gateway_start_time_seconds {self.started:.3f}",
+               "# HELP fleetform_gateway_requests_total Requests answered, by served model, deployment and status.",
                "# TYPE fleetform_gateway_requests_total counter"]
         for (model, up, status), n in sorted(self.requests.items()):
             out.append(f"fleetform_gateway_requests_total{{{_labels(model, up)},status=\"{status}\"}} {n}")
         out += ["# HELP fleetform_gateway_in_flight Requests being proxied now.",
                 "# TYPE fleetform_gateway_in_flight gauge"]
         out += [f"fleetform_gateway_in_flight{{{_labels(*k)}}} {n}" for k, n in sorted(self.in_flight.items())]
-        out += ["# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
-                "byte, as the gateway saw it.", "# TYPE fleetform_gateway_upstream_ttft_seconds histogram"]
+        out += [("# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
+                 "byte, as the gateway saw it."), "# TYPE fleetform_gateway_upstream_ttft_seconds histogram"]
         for key, hist in sorted(self.ttft.items()):
             labels = _labels(*key)
             out += [f"fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le=\"{b:g}\"}} {hist[i]}"
@@ -278,7 +287,7 @@ class GatewayApp:
         except asyncio.CancelledError:
             req.status, req.error = 499, "cancelled"
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug must still answer in OpenAI's shape, and say where
+        except Exception as exc:  # a bug must still answer in OpenAI's shape, and say where
             req.status, req.error = 500, f"{type(exc).__name__}: {_one_line(exc)}"
             if req.answered:
                 raise  # the status already went out: the server must drop the connection
@@ -288,7 +297,7 @@ class GatewayApp:
             self.metrics.leave(req)
             if self.log is not None:
                 self.log(json.dumps({
-                    "method": scope.get("method"), "path": scope.get("path"), "model": req.model,
+                    "method": scope.get("method"), "path": _bounded(scope.get("path") or ""), "model": req.model,
                     "upstream": req.upstream, "status": req.status,
                     "ttft": None if req.ttft is None else round(req.ttft, 4),
                     "seconds": round(time.monotonic() - req.started, 4), "bytes_in": req.bytes_in,
@@ -644,7 +653,7 @@ def _quote(value):
 
 _WS = re.compile(rb"[ \t\r\n]*")
 _STRUCTURAL = re.compile(rb'["\[\]{}]')
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.S)  # the inside of a JSON string, escapes and all
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)  # the inside of a JSON string, escapes and all
 _SCALAR = re.compile(rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null)(?=[,}\]\s]|$)")
 
 
