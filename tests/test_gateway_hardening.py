@@ -206,6 +206,7 @@ def test_the_scan_reads_model_as_a_json_parser_does(monkeypatch, slice_bytes):
     b'{"x": tru, "model": "alpha-chat"}',
     b'{"x": "unterminated, "model": "alpha-chat"}',
     b'{"model": "alpha-chat", "x": "' + b"a" * 300_000,
+    b"{" + b'"k": 1, ' * 1001 + b'"model": "alpha-chat"}',  # walking a million keys would only burn CPU
 ])
 def test_every_unreadable_body_is_an_openai_400(raw):
     log = []

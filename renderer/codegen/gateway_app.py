@@ -78,6 +78,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024  # one request body; the longest prompts vLLM 
 # for and ~60 MB of baseline RSS, 256 MB of bodies (8 of the largest at once) leaves room for the streams.
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 SCAN_SLICE = 256 * 1024  # bytes of body scanned between two yields to the event loop
+MAX_TOP_KEYS = 1000  # top-level keys of a JSON body (an OpenAI request has a few dozen)
 MAX_MODEL_BYTES = 4096  # a longer `model` is no served name: routed as unknown, never decoded
 ECHO_CHARS = 80  # at most this much of an unknown model name goes back in the 404
 RETRY_STATUSES = (503,)  # Modal's answer while a container is not ready; other statuses are final
@@ -652,7 +653,8 @@ def _quote(value):
 # --- reading `model` without parsing the body -----------------------------------------------------------------
 
 _WS = re.compile(rb"[ \t\r\n]*")
-_STRUCTURAL = re.compile(rb'["\[\]{}]')
+# Inside an array or object: any run of characters other than brackets and quotes, and whole strings.
+_INSIDE = re.compile(rb'(?:[^"\[\]{}]+|"[^"\\]*(?:\\.[^"\\]*)*")*', re.DOTALL)
 _STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)  # the inside of a JSON string, escapes and all
 _SCALAR = re.compile(rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null)(?=[,}\]\s]|$)")
 
@@ -665,7 +667,7 @@ async def _string_end(body, at):
     """Index just past the JSON string starting at `at` (its opening quote); yields every SCAN_SLICE."""
     pos, end = at + 1, len(body)
     while True:
-        stop = min(end, pos + SCAN_SLICE)
+        stop = min(end, pos + max(SCAN_SLICE, 2))  # a backslash and what it escapes fit in any slice
         pos = _STRING_BODY.match(body, pos, stop).end()
         if pos < stop and body[pos] == 0x22:  # the closing quote
             return pos + 1
@@ -692,19 +694,22 @@ async def _value_end(body, at):
         return found.end()
     depth, pos, budget = 0, at, SCAN_SLICE
     while True:
-        found = _STRUCTURAL.search(body, pos, min(end, pos + SCAN_SLICE))
-        if found is None:
-            if pos + SCAN_SLICE >= end:
+        # One C call skips everything up to the next bracket, whole strings included (a million short
+        # strings cost one call, not a million steps here).
+        stop = min(end, pos + SCAN_SLICE)
+        skipped = _INSIDE.match(body, pos, stop).end()
+        budget -= skipped - pos + 64
+        pos = skipped
+        if pos == stop:
+            if stop == end:
                 raise _bad_json(at, "unterminated array or object")
-            pos += SCAN_SLICE
             await asyncio.sleep(0)
             continue
-        budget -= found.end() - pos + 64
-        ch = body[found.start()]
-        if ch == 0x22:
-            pos = await _string_end(body, found.start())
+        ch = body[pos]
+        if ch == 0x22:  # a string the slice cut, or a long one
+            pos = await _string_end(body, pos)
         else:
-            pos = found.end()
+            pos += 1
             depth += 1 if ch in (0x5B, 0x7B) else -1
             if depth == 0:
                 return pos
@@ -721,11 +726,14 @@ async def _json_model(body):
     if pos >= end or body[pos] != 0x7B:
         raise GatewayError(400, "request body must be a JSON object", code="invalid_json")
     pos = _WS.match(body, pos + 1).end()
-    model, found = None, False
+    model, found, keys = None, False, 0
     if pos < end and body[pos] == 0x7D:
         pos += 1
     else:
         while True:
+            keys += 1
+            if keys > MAX_TOP_KEYS:  # a request has a few dozen; this many only costs CPU to walk
+                raise GatewayError(400, f"request body has over {MAX_TOP_KEYS} top-level keys", code="invalid_json")
             if pos >= end or body[pos] != 0x22:
                 raise _bad_json(pos, "expected a key")
             key_end = await _string_end(body, pos)
