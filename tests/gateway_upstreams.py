@@ -30,6 +30,11 @@ class UpstreamConfig:
     fail_first: int = 0  # answer 503 to this many requests before serving
     require_headers: dict[str, str] = field(default_factory=dict)  # else 401
     die_after_chunks: int | None = None  # drop the connection after this many streamed chunks
+    answer_delay: float = 0.0  # seconds a non-streamed answer takes (a long generation)
+    # Non-streamed chat answers break off after this many bytes: with their Content-Length announced
+    # ("length") or chunked ("chunked"); None: answered whole.
+    break_json_after: int | None = None
+    break_mode: str = "length"
 
 
 @dataclass
@@ -82,9 +87,24 @@ def make_app(state: RunningUpstream) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         data = json.loads(await request.read())
         if not data.get("stream"):
-            return web.json_response({"id": "chatcmpl-1", "object": "chat.completion", "model": data["model"],
-                                      "upstream": cfg.name, "choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": f"hello from {cfg.name}"}}]})
+            await asyncio.sleep(cfg.answer_delay)
+            answer = {"id": "chatcmpl-1", "object": "chat.completion", "model": data["model"],
+                      "upstream": cfg.name, "choices": [{"index": 0, "finish_reason": "stop",
+                      "message": {"role": "assistant", "content": f"hello from {cfg.name} " + "x" * 2000}}]}
+            if cfg.break_json_after is None:
+                return web.json_response(answer)
+            raw = json.dumps(answer).encode()
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            if cfg.break_mode == "length":
+                resp.content_length = len(raw)
+            else:
+                resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await resp.write(raw[:cfg.break_json_after])
+            await asyncio.sleep(0.05)
+            assert request.transport is not None
+            request.transport.abort()  # the container died mid-answer
+            return resp
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         try:
@@ -117,6 +137,12 @@ def make_app(state: RunningUpstream) -> web.Application:
         return web.json_response({"object": "list", "model": data["model"], "upstream": cfg.name,
                                   "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}]})
 
+    async def echo(request: web.Request) -> web.Response:
+        """Every other route: says which path and body it got."""
+        body = await request.read()
+        return web.json_response({"upstream": cfg.name, "path": request.path, "bytes": len(body),
+                                  "content_type": request.headers.get("Content-Type", "")})
+
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in cfg.models]})
 
@@ -125,6 +151,7 @@ def make_app(state: RunningUpstream) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/{tail:.*}", echo)
     return app
 
 

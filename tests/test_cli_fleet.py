@@ -160,7 +160,7 @@ def test_plan_lists_the_gateway_at_no_gpu_cost(gateway_fleet):
     assert (gw["gpu"], gw["usd_per_hour_min"], gw["usd_per_hour_max"]) == ("CPU only", 0.0, 0.0)
     assert (gw["containers"], gw["concurrency"], gw["modal_env"]) == (
         "1-unbounded",
-        "200 target / 1000 max",
+        "250 target / 400 max",
         "llm-prod",
     )
     assert gw["model"] == "gateway: 5 model name(s)" and gw["source"] == "deployments/fleet.yaml"

@@ -35,6 +35,7 @@ BETA_KEY_ENV = "FLEETFORM_UPSTREAM_KEY_BETA"
 ENV = {GATEWAY_KEY_ENV: KEY, PROXY_TOKEN_ID_ENV: "wk-test", PROXY_TOKEN_SECRET_ENV: "ws-test", BETA_KEY_ENV: "beta-key"}
 PROXY_HEADERS = {"Modal-Key": "wk-test", "Modal-Secret": "ws-test"}
 BEARER_BETA = {"Authorization": "Bearer beta-key"}
+GENERIC_503 = "The model is not available right now (its deployment may be starting): retry"
 
 
 def run(coro, timeout: float = 20):
@@ -229,8 +230,22 @@ def test_unknown_model_is_openai_404():
     answer = run(body())
     assert answer.status == 404
     assert answer.json() == openai_error(
-        "The model `gpt-17` does not exist. Models served here: alpha-chat, alpha-small, beta-embed",
-        "model_not_found", param="model")
+        "The model `gpt-17` does not exist: GET /v1/models lists the models served here", "model_not_found",
+        param="model")
+
+
+@pytest.mark.parametrize("path, name", [("/v1/chat/completions", "x" * 1_000_000), ("/v1/completions", "y" * 5000),
+                                        ("/v1/models/", "z" * 100_000)])
+def test_unknown_model_404_is_bounded_and_lists_no_names(path, name):
+    """A 1 MB name must not come back as a 1 MB answer, and the 404 names none of the served models."""
+    app = make_gateway("http://127.0.0.1:9", "http://127.0.0.1:9")
+    if path.startswith("/v1/models/"):
+        answer = run(call(app, "GET", path + name))
+    else:
+        answer = run(call(app, "POST", path, {"model": name, "prompt": "hi"}))
+    assert answer.status == 404 and answer.json()["error"]["code"] == "model_not_found"
+    assert len(answer.body) < 400, len(answer.body)
+    assert not any(served in answer.body.decode() for served in ("alpha-chat", "alpha-small", "beta-embed"))
 
 
 @pytest.mark.parametrize("headers, key", [({}, "wrong-key"), ({}, None), ({"authorization": f"Basic {KEY}"}, None),
@@ -276,7 +291,7 @@ def test_missing_upstream_credentials_are_named():
     ("POST", "/v1/chat/completions", {"messages": []}, 400, "missing_model"),
     ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
     ("POST", "/v1/models", None, 405, "method_not_allowed"),
-    ("POST", "/v1/responses", {"model": "alpha-chat"}, 404, "unknown_route"),
+    ("POST", "/v1/responses/resp_1/cancel", {"model": "alpha-chat"}, 404, "unknown_route"),
     ("GET", "/admin", None, 404, "unknown_route"),
     ("GET", "/v1/models/nope", None, 404, "model_not_found"),
 ])
@@ -342,20 +357,25 @@ def test_upstream_down_past_the_timeout_is_503():
     assert answer.status == 503 and answer.headers["retry-after"] == "10"
     error = answer.json()["error"]
     assert (error["type"], error["code"], error["param"]) == ("server_error", "upstream_unavailable", None)
-    assert error["message"].startswith("deployment alpha did not become ready within 0.6 s (last: ")
+    assert error["message"] == GENERIC_503
     assert 0.6 <= elapsed < 2.0
 
 
 def test_upstream_answering_503_past_the_timeout_is_503():
+    log = []
+
     async def body():
         async with serve_upstream(alpha_config(fail_first=10_000)) as a:
-            app = make_gateway(a.url, None, upstream_timeout=0.5)
+            app = make_gateway(a.url, None, upstream_timeout=0.5, log=log.append)
             answer = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"})
             await app.aclose()
             return a, answer
 
     a, answer = run(body())
-    assert answer.status == 503 and "(last: HTTP 503)" in answer.json()["error"]["message"]
+    assert answer.status == 503 and answer.json()["error"]["message"] == GENERIC_503
+    line = json.loads(log[-1])
+    assert (line["model"], line["upstream"], line["status"]) == ("alpha-chat", "alpha", 503)
+    assert line["error"] == "deployment alpha: not ready within 0.5 s (last: HTTP 503)"
     assert 2 <= len(a.requests) <= 10  # retried with backoff, not hammered
 
 
@@ -386,12 +406,14 @@ def test_failed_lookup_is_503_and_retried_next_time():
         attempts.append(1)
         raise RuntimeError("App 'alpha' not found in environment 'main'")
 
-    app = make_gateway(None, None, alpha=Upstream("alpha", None, "proxy", lookup=lookup))
+    log = []
+    app = make_gateway(None, None, alpha=Upstream("alpha", None, "proxy", lookup=lookup), log=log.append)
     first = run(call(app, "POST", "/v1/completions", {"model": "alpha-chat"}))
     run(call(app, "POST", "/v1/completions", {"model": "alpha-chat"}))
     assert first.status == 503
-    assert first.json()["error"]["message"] == ("cannot find deployment alpha: "
-                                                "App 'alpha' not found in environment 'main'")
+    assert first.json()["error"]["message"] == GENERIC_503
+    assert json.loads(log[0])["error"] == ("deployment alpha: lookup failed: "
+                                           "App 'alpha' not found in environment 'main'")
     assert len(attempts) == 2
 
 
@@ -424,7 +446,7 @@ def test_upstream_dying_mid_stream_ends_the_stream_with_an_error_event():
     events = [e for _, e in answer.events()]
     assert [e["index"] for e in events[:-1]] == [0, 1]
     assert events[-1]["error"]["code"] == "upstream_disconnected"
-    assert events[-1]["error"]["message"].startswith("deployment alpha stopped mid-stream: ")
+    assert events[-1]["error"]["message"] == "The model's answer broke off: retry"  # no host, no deployment
 
 
 def test_lifespan_closes_the_pool():
@@ -467,7 +489,7 @@ def test_rendered_gateway_builds_its_modal_app(rendered):
     assert f.webhook_config.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
     assert cfg.secrets == ["modal.Secret.from_name('fleetform-gateway-key')",
                            "modal.Secret.from_name('fleetform-gateway-upstreams')"]
-    assert (f.max_concurrent_inputs, f.target_concurrent_inputs) == (1000, 200)
+    assert (f.max_concurrent_inputs, f.target_concurrent_inputs) == (400, 250)
     assert (f.autoscaler_settings.min_containers, f.autoscaler_settings.max_containers) == (1, 3)
     assert f.timeout_secs == 3600
     assert (f.resources.milli_cpu, f.resources.memory_mb) == (1000, 1024)
@@ -534,7 +556,7 @@ def test_rendered_module_serves_through_its_own_lookup(rendered, monkeypatch):
     llm, awq, missing = run(body())
     assert (llm.status, llm.json()["upstream"]) == (200, "alpha")
     assert (awq.status, awq.json()["upstream"]) == (200, "beta")
-    assert missing.status == 503 and "has no web URL" in missing.json()["error"]["message"]
+    assert missing.status == 503 and missing.json()["error"]["message"] == GENERIC_503
     assert asked == [("llama-3-1-8b-fp8", "serve", None), ("qwen2-5-7b-awq", "serve", None),
                      ("qwen2-5-7b-instruct", "serve", None)]
 
@@ -562,7 +584,7 @@ def test_gateway_defaults_come_from_the_schema():
     assert gateway_from({"enabled": True}) == spec.Gateway(
         name="fleetform-gateway", api_key_secret="fleetform-gateway-key",
         upstream_secret="fleetform-gateway-upstreams", upstream_timeout=600, request_timeout=3600, min_containers=0,
-        max_containers=None, target_concurrency=200, max_concurrency=1000, workspace=None)
+        max_containers=None, target_concurrency=250, max_concurrency=400, workspace=None)
     assert gateway_from({"enabled": True, "upstream_timeout": "15m", "request_timeout": 7200}).upstream_timeout == 900
     assert gateway_from(None) is None and gateway_from({"enabled": False, "name": "gw"}) is None
 
@@ -604,7 +626,7 @@ def line_of(path: Path, text: str) -> int:
     ("  upstream_timeout: 1h\n  request_timeout: 1h\n", "request_timeout",
      "request_timeout (3600 s) must be longer than upstream_timeout (3600 s)"),
     ("  upstream_timeout: 2h\n", "upstream_timeout", "request_timeout (3600 s) must be longer"),
-    ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 200 is above max_concurrency 100"),
+    ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 250 is above max_concurrency 100"),
     ("  request_timeout: 25h\n", "request_timeout", "over Modal's 24 h limit"),
     ("  name: qwen2-5-7b-awq\n", "name", "gateway name 'qwen2-5-7b-awq' is also a deployment's name"),
     ("  min_containers: 5\n  max_containers: 2\n", "min_containers", "min_containers 5 is above max_containers 2"),

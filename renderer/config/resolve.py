@@ -590,6 +590,7 @@ def gateway_from(data: dict[str, Any] | None) -> spec.Gateway | None:
         return None
     merged["upstream_timeout"] = parse_duration(merged["upstream_timeout"])
     merged["request_timeout"] = parse_duration(merged["request_timeout"])
+    merged["cors_origins"] = tuple(merged.get("cors_origins") or ())
     return spec.Gateway(**merged)
 
 

@@ -199,6 +199,7 @@ class Gateway:
     target_concurrency: int
     max_concurrency: int
     workspace: str | None  # None: upstream URLs are looked up at run time
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed (`*`: any); empty: no CORS
 
     def url_of(self, app: str, modal_environment: str | None) -> str | None:
         """A deployment's URL written at render time (None: looked up at run time, no workspace set)."""
