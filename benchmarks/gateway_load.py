@@ -58,8 +58,13 @@ def free_port() -> int:
 def run_upstream(port: int, ttft: float, interval: float, chunks: int) -> None:
     from aiohttp import web
 
-    delta = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
-             "choices": [{"index": 0, "delta": {"content": " token"}, "logprobs": None, "finish_reason": None}]}
+    delta = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {"content": " token"}, "logprobs": None, "finish_reason": None}],
+    }
     event = b"data: " + json.dumps(delta).encode() + b"\n\n"
     event += b" " * max(0, 250 - len(event))
 
@@ -100,8 +105,10 @@ def run_gateway(port: int, upstreams: str, server: str, source: str) -> None:
     GatewayApp, Upstream = module.GatewayApp, module.Upstream
 
     first, second = upstreams.split(",")
-    gateway = GatewayApp({MODEL: Upstream("bench", first, "none"), BIG_MODEL: Upstream("big", second, "none")},
-                         environ={"FLEETFORM_GATEWAY_API_KEY": KEY})
+    gateway = GatewayApp(
+        {MODEL: Upstream("bench", first, "none"), BIG_MODEL: Upstream("big", second, "none")},
+        environ={"FLEETFORM_GATEWAY_API_KEY": KEY},
+    )
     worst = 0.0
 
     async def watch_loop() -> None:  # the gateway's longest event-loop stall, read and reset at /bench/lag
@@ -118,15 +125,25 @@ def run_gateway(port: int, upstreams: str, server: str, source: str) -> None:
             asyncio.ensure_future(watch_loop())
         if scope["type"] == "http" and scope["path"] == "/bench/lag":
             body, worst = json.dumps({"max_stall": worst}).encode(), 0.0
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await gateway(scope, receive, send)
 
     http, loop = ("httptools", "uvloop") if server == "httptools" else ("h11", "asyncio")
-    uvicorn.run(app, host="127.0.0.1", port=port, http=http, loop=loop, log_level="warning", access_log=False,
-                backlog=2048, timeout_keep_alive=30)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=http,
+        loop=loop,
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+        timeout_keep_alive=30,
+    )
 
 
 def run_big_client(url: str, mb: int) -> None:
@@ -139,8 +156,9 @@ def run_big_client(url: str, mb: int) -> None:
     sys.stdout.flush()
     sys.stdin.readline()  # go
     started = time.monotonic()
-    request = urllib.request.Request(url + "/v1/embeddings", data=big, headers={
-        "Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url + "/v1/embeddings", data=big, headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as r:
         r.read()
         print(json.dumps({"status": r.status, "took": time.monotonic() - started, "bytes": len(big)}), flush=True)
@@ -159,8 +177,10 @@ class Proc:
 
     def waited(self) -> float:
         """Seconds its threads spent runnable but waiting for a core (other processes on it)."""
-        return sum(int(Path(t, "schedstat").read_text().split()[1])
-                   for t in Path(f"/proc/{self.pid}/task").iterdir()) / 1e9
+        return (
+            sum(int(Path(t, "schedstat").read_text().split()[1]) for t in Path(f"/proc/{self.pid}/task").iterdir())
+            / 1e9
+        )
 
     def rss_mb(self) -> tuple[float, float]:
         status = dict(line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines())
@@ -173,8 +193,11 @@ async def stream_once(session, url: str, chunks: int | None = None, pad: bytes =
     body = b'{"stream": true' + extra.encode() + b', "messages": [{"role": "user", "content": "hi"}]' + pad
     body += b', "model": "' + MODEL.encode() + b'"}'
     sent = time.monotonic()
-    async with session.post(url + "/v1/chat/completions", data=body,
-                            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}) as r:
+    async with session.post(
+        url + "/v1/chat/completions",
+        data=body,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    ) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {(await r.read())[:200]!r}")
         arrivals, events, ttft = [], 0, None
@@ -201,6 +224,7 @@ async def sustained(url: str, workers: int, seconds: float, chunks: int, warmup:
     stop = start + seconds
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
         async def worker(i: int) -> None:
             nonlocal events, errors
             await asyncio.sleep(i * warmup / workers)  # ramp up over the warm-up second
@@ -222,13 +246,16 @@ async def sustained(url: str, workers: int, seconds: float, chunks: int, warmup:
 async def burst(url: str, n: int) -> dict:
     import aiohttp
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
-        results = await asyncio.gather(*(stream_once(session, url, chunks=5) for _ in range(n)),
-                                       return_exceptions=True)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+        results = await asyncio.gather(*(stream_once(session, url, chunks=5) for _ in range(n)), return_exceptions=True)
     ttfts = [r[0] for r in results if not isinstance(r, BaseException)]
-    return {"ttfts": ttfts, "errors": n - len(ttfts), "events": sum(r[2] for r in results
-                                                                   if not isinstance(r, BaseException))}
+    return {
+        "ttfts": ttfts,
+        "errors": n - len(ttfts),
+        "events": sum(r[2] for r in results if not isinstance(r, BaseException)),
+    }
 
 
 async def big_body(url: str, streams: int, mb: int, interval: float, cpus: list[int]) -> dict:
@@ -236,12 +263,23 @@ async def big_body(url: str, streams: int, mb: int, interval: float, cpus: list[
     import aiohttp
 
     sender = await asyncio.create_subprocess_exec(
-        "taskset", "-c", ",".join(map(str, cpus)), sys.executable, __file__, "_big", url, str(mb),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        "taskset",
+        "-c",
+        ",".join(map(str, cpus)),
+        sys.executable,
+        __file__,
+        "_big",
+        url,
+        str(mb),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     await sender.stdout.readline()  # the body is built
     chunks = int(3.0 / interval)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120)
+    ) as session:
+
         async def send_big() -> dict:
             await asyncio.sleep(1.0)
             async with session.get(url + "/bench/lag") as r:
@@ -274,8 +312,10 @@ async def main_async(args) -> None:
         n, _, interval = item.partition(":")
         levels.append((int(n), float(interval or args.interval)))
     load = os.getloadavg()
-    print(f"# {os.cpu_count()} cores; gateway on core {gateway_cpu} ({args.server}), upstream + client on "
-          f"{others}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"# {os.cpu_count()} cores; gateway on core {gateway_cpu} ({args.server}), upstream + client on "
+        f"{others}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"# gateway code: {args.app}")
     print(f"# upstream: TTFT {ms(args.ttft)} ms, one ~250-byte event every {ms(args.interval)} ms")
     procs = []
@@ -283,13 +323,45 @@ async def main_async(args) -> None:
         for interval in sorted({i for _, i in levels} | {args.interval}):
             up_port, big_port, gw_port = free_port(), free_port(), free_port()
             me = [sys.executable, __file__]
-            up = subprocess.Popen(["taskset", "-c", ",".join(map(str, others)), *me, "_upstream", str(up_port),
-                                   str(args.ttft), str(interval), str(args.chunks)])
-            big = subprocess.Popen(["taskset", "-c", ",".join(map(str, others)), *me, "_upstream", str(big_port),
-                                    str(args.ttft), str(interval), str(args.chunks)])
-            gw = subprocess.Popen(["taskset", "-c", str(gateway_cpu), *me, "_gateway", str(gw_port),
-                                   f"http://127.0.0.1:{up_port},http://127.0.0.1:{big_port}", args.server,
-                                   args.app])
+            up = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    ",".join(map(str, others)),
+                    *me,
+                    "_upstream",
+                    str(up_port),
+                    str(args.ttft),
+                    str(interval),
+                    str(args.chunks),
+                ]
+            )
+            big = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    ",".join(map(str, others)),
+                    *me,
+                    "_upstream",
+                    str(big_port),
+                    str(args.ttft),
+                    str(interval),
+                    str(args.chunks),
+                ]
+            )
+            gw = subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    str(gateway_cpu),
+                    *me,
+                    "_gateway",
+                    str(gw_port),
+                    f"http://127.0.0.1:{up_port},http://127.0.0.1:{big_port}",
+                    args.server,
+                    args.app,
+                ]
+            )
             procs += [up, big, gw]
             direct, gateway = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
             await wait_listening(up_port)
@@ -297,8 +369,10 @@ async def main_async(args) -> None:
             await wait_listening(gw_port)
             g = Proc(gw.pid)
             print(f"\n## interval {ms(interval)} ms; gateway RSS at start {g.rss_mb()[0]:.0f} MB")
-            print("| phase | streams | events/s | direct TTFT p50 / p99 ms | gateway TTFT p50 / p99 ms | "
-                  "added p50 / p99 ms | gateway CPU | waited for its core | CPU us/event | errors d/g |")
+            print(
+                "| phase | streams | events/s | direct TTFT p50 / p99 ms | gateway TTFT p50 / p99 ms | "
+                "added p50 / p99 ms | gateway CPU | waited for its core | CPU us/event | errors d/g |"
+            )
             print("|---|---|---|---|---|---|---|---|---|---|")
             for n, level_interval in levels:
                 if level_interval != interval:
@@ -320,11 +394,13 @@ async def main_async(args) -> None:
                     before = g.rss_mb()
                     r = await big_body(gateway, 64, args.big_mb, interval, others)
                     after = g.rss_mb()
-                    print(f"\nbig body: {r['bytes'] / 1e6:.1f} MB through the gateway (HTTP {r['status']}, "
-                          f"{r['took']:.2f} s) during 64 streams: their largest gap {ms(r['max_gap'])} ms, "
-                          f"p99 {ms(r['p99_gap'])} ms (limit 50 ms); gateway event loop's longest stall "
-                          f"{ms(r['stall'])} ms; gateway RSS {before[0]:.0f} -> "
-                          f"{after[0]:.0f} MB, peak {after[1]:.0f} MB")
+                    print(
+                        f"\nbig body: {r['bytes'] / 1e6:.1f} MB through the gateway (HTTP {r['status']}, "
+                        f"{r['took']:.2f} s) during 64 streams: their largest gap {ms(r['max_gap'])} ms, "
+                        f"p99 {ms(r['p99_gap'])} ms (limit 50 ms); gateway event loop's longest stall "
+                        f"{ms(r['stall'])} ms; gateway RSS {before[0]:.0f} -> "
+                        f"{after[0]:.0f} MB, peak {after[1]:.0f} MB"
+                    )
             print(f"\ngateway RSS now {g.rss_mb()[0]:.0f} MB, peak {g.rss_mb()[1]:.0f} MB")
             for p in (gw, up, big):
                 p.terminate()
@@ -341,9 +417,12 @@ def report(phase: str, n: int, d: dict, v: dict, cpu: float, wall: float, waited
     dp50, dp99, gp50, gp99 = pct(d["ttfts"], 50), pct(d["ttfts"], 99), pct(v["ttfts"], 50), pct(v["ttfts"], 99)
     rate = v["events"] / wall if wall else 0
     per = cpu / v["events"] * 1e6 if v["events"] else float("nan")
-    print(f"| {phase} | {n} | {rate:,.0f} | {ms(dp50)} / {ms(dp99)} | {ms(gp50)} / {ms(gp99)} | "
-          f"{ms(gp50 - dp50)} / {ms(gp99 - dp99)} | {cpu / wall * 100:.0f}% | {waited / wall * 100:.0f}% | {per:.1f} | "
-          f"{d['errors']}/{v['errors']} |", flush=True)
+    print(
+        f"| {phase} | {n} | {rate:,.0f} | {ms(dp50)} / {ms(dp99)} | {ms(gp50)} / {ms(gp99)} | "
+        f"{ms(gp50 - dp50)} / {ms(gp99 - dp99)} | {cpu / wall * 100:.0f}% | {waited / wall * 100:.0f}% | {per:.1f} | "
+        f"{d['errors']}/{v['errors']} |",
+        flush=True,
+    )
 
 
 async def wait_listening(port: int, timeout: float = 20) -> None:
@@ -379,8 +458,11 @@ def main() -> None:
     parser.add_argument("--big-mb", type=int, default=30, help="MB of the big body (0: skip)")
     parser.add_argument("--server", choices=("httptools", "h11"), default="httptools")
     parser.add_argument("--gateway-cpu", type=int, default=None, help="core the gateway is pinned to")
-    parser.add_argument("--app", default=str(REPO / "renderer" / "codegen" / "gateway_app.py"),
-                        help="the gateway_app.py to load (to compare two versions)")
+    parser.add_argument(
+        "--app",
+        default=str(REPO / "renderer" / "codegen" / "gateway_app.py"),
+        help="the gateway_app.py to load (to compare two versions)",
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -64,8 +64,9 @@ def free_port() -> int:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": "upstream_test", "param": None, "code": status}},
-                             status=status)
+    return web.json_response(
+        {"error": {"message": message, "type": "upstream_test", "param": None, "code": status}}, status=status
+    )
 
 
 def make_app(state: RunningUpstream) -> web.Application:
@@ -74,8 +75,15 @@ def make_app(state: RunningUpstream) -> web.Application:
     @web.middleware
     async def record(request: web.Request, handler):
         body = await request.read()
-        state.requests.append(Recorded(request.method, request.path, request.query_string,
-                                       {k.lower(): v for k, v in request.headers.items()}, body))
+        state.requests.append(
+            Recorded(
+                request.method,
+                request.path,
+                request.query_string,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
         if cfg.fail_first > 0:
             cfg.fail_first -= 1
             return _error(503, "container starting")
@@ -88,9 +96,19 @@ def make_app(state: RunningUpstream) -> web.Application:
         data = json.loads(await request.read())
         if not data.get("stream"):
             await asyncio.sleep(cfg.answer_delay)
-            answer = {"id": "chatcmpl-1", "object": "chat.completion", "model": data["model"],
-                      "upstream": cfg.name, "choices": [{"index": 0, "finish_reason": "stop",
-                      "message": {"role": "assistant", "content": f"hello from {cfg.name} " + "x" * 2000}}]}
+            answer = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": data["model"],
+                "upstream": cfg.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": f"hello from {cfg.name} " + "x" * 2000},
+                    }
+                ],
+            }
             if cfg.break_json_after is None:
                 return web.json_response(answer)
             raw = json.dumps(answer).encode()
@@ -100,7 +118,7 @@ def make_app(state: RunningUpstream) -> web.Application:
             else:
                 resp.enable_chunked_encoding()
             await resp.prepare(request)
-            await resp.write(raw[:cfg.break_json_after])
+            await resp.write(raw[: cfg.break_json_after])
             await asyncio.sleep(0.05)
             assert request.transport is not None
             request.transport.abort()  # the container died mid-answer
@@ -111,8 +129,14 @@ def make_app(state: RunningUpstream) -> web.Application:
             for i in range(cfg.chunks):
                 if i:
                     await asyncio.sleep(cfg.chunk_interval)
-                chunk = {"object": "chat.completion.chunk", "model": data["model"], "upstream": cfg.name, "index": i,
-                         "sent_at": time.monotonic(), "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}
+                chunk = {
+                    "object": "chat.completion.chunk",
+                    "model": data["model"],
+                    "upstream": cfg.name,
+                    "index": i,
+                    "sent_at": time.monotonic(),
+                    "choices": [{"index": 0, "delta": {"content": f"t{i} "}}],
+                }
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 if cfg.die_after_chunks is not None and i + 1 >= cfg.die_after_chunks:
                     assert request.transport is not None
@@ -129,19 +153,38 @@ def make_app(state: RunningUpstream) -> web.Application:
 
     async def completions(request: web.Request) -> web.Response:
         data = json.loads(await request.read())
-        return web.json_response({"id": "cmpl-1", "object": "text_completion", "model": data["model"],
-                                  "upstream": cfg.name, "choices": [{"index": 0, "text": f"from {cfg.name}"}]})
+        return web.json_response(
+            {
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "model": data["model"],
+                "upstream": cfg.name,
+                "choices": [{"index": 0, "text": f"from {cfg.name}"}],
+            }
+        )
 
     async def embeddings(request: web.Request) -> web.Response:
         data = json.loads(await request.read())
-        return web.json_response({"object": "list", "model": data["model"], "upstream": cfg.name,
-                                  "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "model": data["model"],
+                "upstream": cfg.name,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5]}],
+            }
+        )
 
     async def echo(request: web.Request) -> web.Response:
         """Every other route: says which path and body it got."""
         body = await request.read()
-        return web.json_response({"upstream": cfg.name, "path": request.path, "bytes": len(body),
-                                  "content_type": request.headers.get("Content-Type", "")})
+        return web.json_response(
+            {
+                "upstream": cfg.name,
+                "path": request.path,
+                "bytes": len(body),
+                "content_type": request.headers.get("Content-Type", ""),
+            }
+        )
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in cfg.models]})

@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 from modal_proto import api_pb2
 
-from gateway_upstreams import UpstreamConfig, free_port, serve_upstream
-from modal_objects import import_module, server_config
 from renderer.codegen import gateway as gateway_mod
 from renderer.codegen.gateway import render_gateway
-from renderer.config import spec
-from renderer.config.spec import static_url
-from renderer.config.load import load_fleet
-from renderer.config.resolve import gateway_from, resolve
 from renderer.codegen.gateway_app import (
     GATEWAY_KEY_ENV,
     PROXY_TOKEN_ID_ENV,
@@ -29,6 +23,13 @@ from renderer.codegen.gateway_app import (
     Upstream,
 )
 from renderer.codegen.render import RenderError
+from renderer.config import spec
+from renderer.config.load import load_fleet
+from renderer.config.resolve import gateway_from, resolve
+from renderer.config.spec import static_url
+
+from gateway_upstreams import UpstreamConfig, free_port, serve_upstream
+from modal_objects import import_module, server_config
 
 KEY = "gw-test-key"
 BETA_KEY_ENV = "FLEETFORM_UPSTREAM_KEY_BETA"
@@ -71,18 +72,37 @@ class Answer:
         return out
 
 
-async def call(app, method: str, path: str, body: dict | bytes | None = None, *, key: str | None = KEY,
-               headers: dict[str, str] | None = None, query: str = "",
-               disconnect: asyncio.Event | None = None, on_chunk=None) -> Answer:
+async def call(
+    app,
+    method: str,
+    path: str,
+    body: dict | bytes | None = None,
+    *,
+    key: str | None = KEY,
+    headers: dict[str, str] | None = None,
+    query: str = "",
+    disconnect: asyncio.Event | None = None,
+    on_chunk=None,
+) -> Answer:
     """Drive the ASGI callable as a server would: one request, its body, then wait for disconnect."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else b""
     hdrs = {"content-type": "application/json", **(headers or {})}
     if key is not None:
         hdrs["authorization"] = f"Bearer {key}"
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items()],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
     gone = disconnect or asyncio.Event()
     delivered = False
 
@@ -116,8 +136,9 @@ def make_gateway(alpha_url: str | None, beta_url: str | None, **kw) -> GatewayAp
     alpha = kw.pop("alpha", None) or Upstream("alpha", alpha_url, "proxy")
     beta = Upstream("beta", beta_url or "http://127.0.0.1:9", "api_key", key_env=BETA_KEY_ENV)
     kw.setdefault("environ", ENV)
-    return GatewayApp({"alpha-chat": alpha, "alpha-small": alpha, "beta-embed": beta}, backoff_initial=0.05,
-                      backoff_max=0.2, **kw)
+    return GatewayApp(
+        {"alpha-chat": alpha, "alpha-small": alpha, "beta-embed": beta}, backoff_initial=0.05, backoff_max=0.2, **kw
+    )
 
 
 def alpha_config(**kw) -> UpstreamConfig:
@@ -147,11 +168,14 @@ def test_models_lists_every_served_name_without_waking_upstreams():
 
     answer, one = run(body())
     assert answer.status == 200
-    assert answer.json() == {"object": "list", "data": [
-        {"id": "alpha-chat", "object": "model", "created": 0, "owned_by": "alpha"},
-        {"id": "alpha-small", "object": "model", "created": 0, "owned_by": "alpha"},
-        {"id": "beta-embed", "object": "model", "created": 0, "owned_by": "beta"},
-    ]}
+    assert answer.json() == {
+        "object": "list",
+        "data": [
+            {"id": "alpha-chat", "object": "model", "created": 0, "owned_by": "alpha"},
+            {"id": "alpha-small", "object": "model", "created": 0, "owned_by": "alpha"},
+            {"id": "beta-embed", "object": "model", "created": 0, "owned_by": "beta"},
+        ],
+    }
     assert one.json() == {"id": "beta-embed", "object": "model", "created": 0, "owned_by": "beta"}
 
 
@@ -161,8 +185,9 @@ def test_routes_by_model_with_each_upstreams_auth():
     async def body():
         async with serve_upstream(alpha_config()) as a, serve_upstream(beta_config()) as b:
             app = make_gateway(a.url, b.url)
-            chat = await call(app, "POST", "/v1/chat/completions", raw, query="trace=1",
-                              headers={"x-request-id": "req-7"})
+            chat = await call(
+                app, "POST", "/v1/chat/completions", raw, query="trace=1", headers={"x-request-id": "req-7"}
+            )
             comp = await call(app, "POST", "/v1/completions", {"model": "alpha-chat", "prompt": "hi"})
             emb = await call(app, "POST", "/v1/embeddings", {"model": "beta-embed", "input": "hi"})
             await app.aclose()
@@ -187,8 +212,10 @@ def test_streams_from_two_upstreams_at_once_chunk_by_chunk():
     interval, chunks = 0.15, 5
 
     async def body():
-        async with serve_upstream(alpha_config(chunks=chunks, chunk_interval=interval)) as a, \
-                serve_upstream(beta_config(chunks=chunks, chunk_interval=interval)) as b:
+        async with (
+            serve_upstream(alpha_config(chunks=chunks, chunk_interval=interval)) as a,
+            serve_upstream(beta_config(chunks=chunks, chunk_interval=interval)) as b,
+        ):
             app = make_gateway(a.url, b.url)
             started = time.monotonic()
             answers = await asyncio.gather(
@@ -230,12 +257,16 @@ def test_unknown_model_is_openai_404():
     answer = run(body())
     assert answer.status == 404
     assert answer.json() == openai_error(
-        "The model `gpt-17` does not exist: GET /v1/models lists the models served here", "model_not_found",
-        param="model")
+        "The model `gpt-17` does not exist: GET /v1/models lists the models served here",
+        "model_not_found",
+        param="model",
+    )
 
 
-@pytest.mark.parametrize("path, name", [("/v1/chat/completions", "x" * 1_000_000), ("/v1/completions", "y" * 5000),
-                                        ("/v1/models/", "z" * 100_000)])
+@pytest.mark.parametrize(
+    "path, name",
+    [("/v1/chat/completions", "x" * 1_000_000), ("/v1/completions", "y" * 5000), ("/v1/models/", "z" * 100_000)],
+)
 def test_unknown_model_404_is_bounded_and_lists_no_names(path, name):
     """A 1 MB name must not come back as a 1 MB answer, and the 404 names none of the served models."""
     app = make_gateway("http://127.0.0.1:9", "http://127.0.0.1:9")
@@ -248,15 +279,17 @@ def test_unknown_model_404_is_bounded_and_lists_no_names(path, name):
     assert not any(served in answer.body.decode() for served in ("alpha-chat", "alpha-small", "beta-embed"))
 
 
-@pytest.mark.parametrize("headers, key", [({}, "wrong-key"), ({}, None), ({"authorization": f"Basic {KEY}"}, None),
-                                          ({}, KEY + "x")])
+@pytest.mark.parametrize(
+    "headers, key", [({}, "wrong-key"), ({}, None), ({"authorization": f"Basic {KEY}"}, None), ({}, KEY + "x")]
+)
 def test_bad_gateway_key_is_401(headers, key):
     async def body():
         async with serve_upstream(alpha_config()) as a:
             app = make_gateway(a.url, a.url)
-            answers = [await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, key=key,
-                                  headers=headers),
-                       await call(app, "GET", "/v1/models", key=key, headers=headers)]
+            answers = [
+                await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, key=key, headers=headers),
+                await call(app, "GET", "/v1/models", key=key, headers=headers),
+            ]
             await app.aclose()
             assert a.requests == []
             return answers
@@ -285,16 +318,19 @@ def test_missing_upstream_credentials_are_named():
     assert BETA_KEY_ENV in bearer.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("method, path, payload, status, code", [
-    ("POST", "/v1/chat/completions", b"{not json", 400, "invalid_json"),
-    ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_json"),
-    ("POST", "/v1/chat/completions", {"messages": []}, 400, "missing_model"),
-    ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
-    ("POST", "/v1/models", None, 405, "method_not_allowed"),
-    ("POST", "/v1/responses/resp_1/cancel", {"model": "alpha-chat"}, 404, "unknown_route"),
-    ("GET", "/admin", None, 404, "unknown_route"),
-    ("GET", "/v1/models/nope", None, 404, "model_not_found"),
-])
+@pytest.mark.parametrize(
+    "method, path, payload, status, code",
+    [
+        ("POST", "/v1/chat/completions", b"{not json", 400, "invalid_json"),
+        ("POST", "/v1/chat/completions", b"[1, 2]", 400, "invalid_json"),
+        ("POST", "/v1/chat/completions", {"messages": []}, 400, "missing_model"),
+        ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
+        ("POST", "/v1/models", None, 405, "method_not_allowed"),
+        ("POST", "/v1/responses/resp_1/cancel", {"model": "alpha-chat"}, 404, "unknown_route"),
+        ("GET", "/admin", None, 404, "unknown_route"),
+        ("GET", "/v1/models/nope", None, 404, "model_not_found"),
+    ],
+)
 def test_bad_requests_get_openai_errors(method, path, payload, status, code):
     app = make_gateway("http://127.0.0.1:9", "http://127.0.0.1:9")
     answer = run(call(app, method, path, payload))
@@ -384,14 +420,16 @@ def test_upstream_url_is_looked_up_once():
 
     async def body():
         async with serve_upstream(alpha_config()) as a:
+
             async def lookup():
                 calls.append(1)
                 await asyncio.sleep(0.05)
                 return a.url + "/"
 
             app = make_gateway(None, None, alpha=Upstream("alpha", None, "proxy", lookup=lookup))
-            answers = await asyncio.gather(*(call(app, "POST", "/v1/completions", {"model": "alpha-chat"})
-                                             for _ in range(3)))
+            answers = await asyncio.gather(
+                *(call(app, "POST", "/v1/completions", {"model": "alpha-chat"}) for _ in range(3))
+            )
             await app.aclose()
             return answers
 
@@ -412,8 +450,9 @@ def test_failed_lookup_is_503_and_retried_next_time():
     run(call(app, "POST", "/v1/completions", {"model": "alpha-chat"}))
     assert first.status == 503
     assert first.json()["error"]["message"] == GENERIC_503
-    assert json.loads(log[0])["error"] == ("deployment alpha: lookup failed: "
-                                           "App 'alpha' not found in environment 'main'")
+    assert json.loads(log[0])["error"] == (
+        "deployment alpha: lookup failed: App 'alpha' not found in environment 'main'"
+    )
     assert len(attempts) == 2
 
 
@@ -422,8 +461,14 @@ def test_caller_disconnect_stops_the_upstream_stream():
         async with serve_upstream(alpha_config(chunks=200, chunk_interval=0.02)) as a:
             app = make_gateway(a.url, None)
             gone = asyncio.Event()
-            answer = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat", "stream": True},
-                                disconnect=gone, on_chunk=lambda _: gone.set())
+            answer = await call(
+                app,
+                "POST",
+                "/v1/chat/completions",
+                {"model": "alpha-chat", "stream": True},
+                disconnect=gone,
+                on_chunk=lambda _: gone.set(),
+            )
             await asyncio.wait_for(a.aborted.wait(), 3)  # the upstream saw its caller leave
             await app.aclose()
             return a, answer
@@ -474,8 +519,9 @@ def test_lifespan_closes_the_pool():
 
 @pytest.fixture
 def rendered(example_fleet, tmp_path):
-    gw = render_gateway(example_fleet.deployments, gateway_from({"enabled": True, "min_containers": 1,
-                                                                 "max_containers": 3}))
+    gw = render_gateway(
+        example_fleet.deployments, gateway_from({"enabled": True, "min_containers": 1, "max_containers": 3})
+    )
     path = tmp_path / gw.filename
     path.write_text(gw.text)
     return gw, path
@@ -487,8 +533,10 @@ def test_rendered_gateway_builds_its_modal_app(rendered):
     f = cfg.function
     assert (cfg.app_name, cfg.app_tags) == ("fleetform-gateway", {"managed-by": "fleetform"})
     assert f.webhook_config.type == api_pb2.WEBHOOK_TYPE_ASGI_APP
-    assert cfg.secrets == ["modal.Secret.from_name('fleetform-gateway-key')",
-                           "modal.Secret.from_name('fleetform-gateway-upstreams')"]
+    assert cfg.secrets == [
+        "modal.Secret.from_name('fleetform-gateway-key')",
+        "modal.Secret.from_name('fleetform-gateway-upstreams')",
+    ]
     assert (f.max_concurrent_inputs, f.target_concurrent_inputs) == (400, 250)
     assert (f.autoscaler_settings.min_containers, f.autoscaler_settings.max_containers) == (1, 3)
     assert f.timeout_secs == 3600
@@ -502,8 +550,13 @@ def test_rendered_routing_table_covers_every_served_name(rendered, example_fleet
     module = import_module(path)
     expected = {name: d.name for d in example_fleet.deployments for name in d.model.names}
     assert module.ROUTES == expected == gw.routes
-    assert module.UPSTREAMS["qwen2-5-7b-awq"] == {"app": "qwen2-5-7b-awq", "modal_env": None, "url": None,
-                                                  "auth": "api_key", "key_env": "FLEETFORM_UPSTREAM_KEY_QWEN2_5_7B_AWQ"}
+    assert module.UPSTREAMS["qwen2-5-7b-awq"] == {
+        "app": "qwen2-5-7b-awq",
+        "modal_env": None,
+        "url": None,
+        "auth": "api_key",
+        "key_env": "FLEETFORM_UPSTREAM_KEY_QWEN2_5_7B_AWQ",
+    }
     assert module.UPSTREAMS["llama-3-1-8b-fp8"]["auth"] == "proxy"
     assert (module.UPSTREAM_TIMEOUT, module.REQUEST_TIMEOUT) == (600, 3600)
     assert f'uv_pip_install("{gateway_mod.AIOHTTP_REQUIREMENT}")' in gw.text
@@ -557,8 +610,11 @@ def test_rendered_module_serves_through_its_own_lookup(rendered, monkeypatch):
     assert (llm.status, llm.json()["upstream"]) == (200, "alpha")
     assert (awq.status, awq.json()["upstream"]) == (200, "beta")
     assert missing.status == 503 and missing.json()["error"]["message"] == GENERIC_503
-    assert asked == [("llama-3-1-8b-fp8", "serve", None), ("qwen2-5-7b-awq", "serve", None),
-                     ("qwen2-5-7b-instruct", "serve", None)]
+    assert asked == [
+        ("llama-3-1-8b-fp8", "serve", None),
+        ("qwen2-5-7b-awq", "serve", None),
+        ("qwen2-5-7b-instruct", "serve", None),
+    ]
 
 
 def test_render_is_deterministic_and_hashed(example_fleet):
@@ -582,15 +638,24 @@ def test_workspace_writes_static_urls(example_fleet):
 
 def test_gateway_defaults_come_from_the_schema():
     assert gateway_from({"enabled": True}) == spec.Gateway(
-        name="fleetform-gateway", api_key_secret="fleetform-gateway-key",
-        upstream_secret="fleetform-gateway-upstreams", upstream_timeout=600, request_timeout=3600, min_containers=0,
-        max_containers=None, target_concurrency=250, max_concurrency=400, workspace=None)
+        name="fleetform-gateway",
+        api_key_secret="fleetform-gateway-key",
+        upstream_secret="fleetform-gateway-upstreams",
+        upstream_timeout=600,
+        request_timeout=3600,
+        min_containers=0,
+        max_containers=None,
+        target_concurrency=250,
+        max_concurrency=400,
+        workspace=None,
+    )
     assert gateway_from({"enabled": True, "upstream_timeout": "15m", "request_timeout": 7200}).upstream_timeout == 900
     assert gateway_from(None) is None and gateway_from({"enabled": False, "name": "gw"}) is None
 
 
 def test_schema_examples_validate():
-    from renderer.config.schema import load_schema, validator as _validator
+    from renderer.config.schema import load_schema
+    from renderer.config.schema import validator as _validator
 
     gateway = load_schema("fleet.schema.json")["properties"]["gateway"]
     validator = _validator("fleet.schema.json", "/properties/gateway")
@@ -622,18 +687,27 @@ def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text))
 
 
-@pytest.mark.parametrize("gateway, field, problem", [
-    ("  upstream_timeout: 1h\n  request_timeout: 1h\n", "request_timeout",
-     "request_timeout (3600 s) must be longer than upstream_timeout (3600 s)"),
-    ("  upstream_timeout: 2h\n", "upstream_timeout", "request_timeout (3600 s) must be longer"),
-    ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 250 is above max_concurrency 100"),
-    ("  request_timeout: 25h\n", "request_timeout", "over Modal's 24 h limit"),
-    ("  name: qwen2-5-7b-awq\n", "name", "gateway name 'qwen2-5-7b-awq' is also a deployment's name"),
-    ("  min_containers: 5\n  max_containers: 2\n", "min_containers", "min_containers 5 is above max_containers 2"),
-    ("  target_concurrency: 50\n  max_concurrency: 10\n", "target_concurrency",
-     "target_concurrency 50 is above max_concurrency 10"),
-    ("  workspace: a-very-long-workspace-name-for-the-team\n", "workspace", "over 63 characters"),
-])
+@pytest.mark.parametrize(
+    "gateway, field, problem",
+    [
+        (
+            "  upstream_timeout: 1h\n  request_timeout: 1h\n",
+            "request_timeout",
+            "request_timeout (3600 s) must be longer than upstream_timeout (3600 s)",
+        ),
+        ("  upstream_timeout: 2h\n", "upstream_timeout", "request_timeout (3600 s) must be longer"),
+        ("  max_concurrency: 100\n", "max_concurrency", "target_concurrency 250 is above max_concurrency 100"),
+        ("  request_timeout: 25h\n", "request_timeout", "over Modal's 24 h limit"),
+        ("  name: qwen2-5-7b-awq\n", "name", "gateway name 'qwen2-5-7b-awq' is also a deployment's name"),
+        ("  min_containers: 5\n  max_containers: 2\n", "min_containers", "min_containers 5 is above max_containers 2"),
+        (
+            "  target_concurrency: 50\n  max_concurrency: 10\n",
+            "target_concurrency",
+            "target_concurrency 50 is above max_concurrency 10",
+        ),
+        ("  workspace: a-very-long-workspace-name-for-the-team\n", "workspace", "over 63 characters"),
+    ],
+)
 def test_gateway_problems_are_diagnostics_at_their_own_field(tmp_path, gateway, field, problem):
     root = fleet_with_gateway(tmp_path, gateway)
     resolved = resolve(load_fleet([str(root)]))
@@ -649,7 +723,9 @@ def test_a_long_host_name_in_one_environment_names_it(tmp_path):
     """The URL depends on the Modal environment: a label that is too long only in prod says so."""
     root = fleet_with_gateway(tmp_path, "  workspace: team-of-twenty-five-chars\n")
     fleet = root / "fleet.yaml"
-    fleet.write_text(fleet.read_text().replace("modal_environment: llm-prod", "modal_environment: production-east-region"))
+    fleet.write_text(
+        fleet.read_text().replace("modal_environment: llm-prod", "modal_environment: production-east-region")
+    )
     errors = [d for d in resolve(load_fleet([str(root)])).diagnostics if d.is_error]
     assert errors and all(d.message.endswith("(in environment prod)") for d in errors)
 
@@ -659,8 +735,10 @@ def test_validate_with_the_gateway_on_loads_no_template_engine(tmp_path):
     import sys
 
     root = fleet_with_gateway(tmp_path, "  min_containers: 1\n")
-    code = (f"import sys, renderer.cli as c; rc = c.main(['validate', {str(root)!r}]); "
-            "print(rc, 'jinja2' in sys.modules, any(m.startswith('renderer.codegen.gateway') for m in sys.modules))")
+    code = (
+        f"import sys, renderer.cli as c; rc = c.main(['validate', {str(root)!r}]); "
+        "print(rc, 'jinja2' in sys.modules, any(m.startswith('renderer.codegen.gateway') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split()[-3:] == ["0", "False", "False"], out.stderr
 
@@ -683,7 +761,7 @@ def test_the_config_stage_imports_nothing_from_codegen():
 def test_values_only_reach_the_module_as_literals(example_fleet):
     cfg = dataclasses.replace(gateway_from({"enabled": True}), upstream_secret="up'); import os  #")
     gw = render_gateway(example_fleet.deployments, cfg)
-    assert "modal.Secret.from_name(\"up'); import os  #\")" in gw.text
+    assert 'modal.Secret.from_name("up\'); import os  #")' in gw.text
     bad = dataclasses.replace(cfg, api_key_secret="key\nimport os")
     with pytest.raises(RenderError):
         render_gateway(example_fleet.deployments, bad)

@@ -10,7 +10,6 @@ import random
 import time
 
 import pytest
-from gateway_upstreams import serve_upstream
 from test_gateway import (
     ENV,
     GENERIC_503,
@@ -30,6 +29,8 @@ from renderer.codegen.gateway_app import (
     Upstream,
     UpstreamBroken,
 )
+
+from gateway_upstreams import serve_upstream
 
 
 async def max_loop_lag(work) -> tuple[float, object]:
@@ -61,7 +62,7 @@ async def max_loop_lag(work) -> tuple[float, object]:
 def test_a_30_mb_body_does_not_stall_the_event_loop(shape):
     size = 30 * 1024 * 1024
     if shape == "text":
-        payload = {"messages": [{"role": "user", "content": "word \\\" [x] {y} " * (size // 17)}]}
+        payload = {"messages": [{"role": "user", "content": 'word \\" [x] {y} ' * (size // 17)}]}
     elif shape == "token_ids":
         payload = {"prompt": [10000 + i % 90000 for i in range(size // 7)]}  # 7 bytes a token id
     else:
@@ -110,8 +111,9 @@ def test_the_body_is_released_once_the_upstream_has_it():
     async def body():
         async with serve_upstream(alpha_config(chunks=20, chunk_interval=0.02)) as a:
             app = make_gateway(a.url, None)
-            stream = asyncio.ensure_future(call(app, "POST", "/v1/chat/completions",
-                                                {"model": "alpha-chat", "stream": True, "pad": "x" * 100_000}))
+            stream = asyncio.ensure_future(
+                call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat", "stream": True, "pad": "x" * 100_000})
+            )
             await asyncio.sleep(0.2)
             during = app.buffered
             answer = await stream
@@ -144,18 +146,22 @@ def test_a_big_body_reaches_the_upstream_whole_with_its_length(monkeypatch):
 def random_json(rng: random.Random, depth: int = 0):
     kind = rng.choice(["str", "int", "float", "list", "dict", "lit"] if depth < 5 else ["str", "int", "lit"])
     if kind == "str":
-        return "".join(rng.choice(['"', "\\", "[", "]", "{", "}", ",", ":", "a", "é", "\u2603", "\n", " ", "/"])
-                       for _ in range(rng.randint(0, 12)))
+        return "".join(
+            rng.choice(['"', "\\", "[", "]", "{", "}", ",", ":", "a", "é", "\u2603", "\n", " ", "/"])
+            for _ in range(rng.randint(0, 12))
+        )
     if kind == "int":
-        return rng.randint(-10**6, 10**6)
+        return rng.randint(-(10**6), 10**6)
     if kind == "float":
         return rng.random() * 1e6
     if kind == "lit":
         return rng.choice([True, False, None])
     if kind == "list":
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    return {random_json(rng, 5) if rng.random() < 0.5 else "model": random_json(rng, depth + 1)
-            for _ in range(rng.randint(0, 4))}
+    return {
+        random_json(rng, 5) if rng.random() < 0.5 else "model": random_json(rng, depth + 1)
+        for _ in range(rng.randint(0, 4))
+    }
 
 
 @pytest.mark.parametrize("slice_bytes", [3, 7, 64, 1 << 18])
@@ -168,7 +174,7 @@ def test_the_scan_reads_model_as_a_json_parser_does(monkeypatch, slice_bytes):
     for _ in range(400):
         doc = {k: random_json(rng, 1) for k in ("a", "messages", "b")[: rng.randint(0, 3)]}
         for _ in range(rng.randint(0, 2)):
-            doc["model"] = rng.choice(["alpha-chat", "m/odel \"x\"", "\u00e9\u2603", 3, None, [1], ""])
+            doc["model"] = rng.choice(["alpha-chat", 'm/odel "x"', "\u00e9\u2603", 3, None, [1], ""])
         text = json.dumps(doc, ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 0, 2]))
         if rng.random() < 0.3 and '"model"' in text:
             text = text.replace('"model"', '"mod\\u0065l"', 1)
@@ -187,27 +193,30 @@ def test_the_scan_reads_model_as_a_json_parser_does(monkeypatch, slice_bytes):
     assert checked > 100
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"model": "alpha-chat", "x": ' + b"[" * 100_000 + b"]" * 99_999 + b"}",  # 100,000 deep, one short
-    b'{"model": "alpha-chat", "x": [' + b'{"a": ' * 50_000 + b"}",
-    b'{"model": "alpha-chat"',
-    b'{"model": "alpha-chat",}',
-    b'{"model": "alpha-chat"} trailing',
-    b'{"model": "alpha-\xff\xfe"}',  # not UTF-8
-    b'{"model": "alpha-\\ud800-\\x"}',  # a bad escape
-    b'\xff\xfe{\x00"\x00m\x00',
-    b"",
-    b"   ",
-    b'{"model": 7}',
-    b'{"model": null}',
-    b'{"model": ""}',
-    b'{"model" "alpha-chat"}',
-    b'{model: "alpha-chat"}',
-    b'{"x": tru, "model": "alpha-chat"}',
-    b'{"x": "unterminated, "model": "alpha-chat"}',
-    b'{"model": "alpha-chat", "x": "' + b"a" * 300_000,
-    b"{" + b'"k": 1, ' * 1001 + b'"model": "alpha-chat"}',  # walking a million keys would only burn CPU
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "alpha-chat", "x": ' + b"[" * 100_000 + b"]" * 99_999 + b"}",  # 100,000 deep, one short
+        b'{"model": "alpha-chat", "x": [' + b'{"a": ' * 50_000 + b"}",
+        b'{"model": "alpha-chat"',
+        b'{"model": "alpha-chat",}',
+        b'{"model": "alpha-chat"} trailing',
+        b'{"model": "alpha-\xff\xfe"}',  # not UTF-8
+        b'{"model": "alpha-\\ud800-\\x"}',  # a bad escape
+        b'\xff\xfe{\x00"\x00m\x00',
+        b"",
+        b"   ",
+        b'{"model": 7}',
+        b'{"model": null}',
+        b'{"model": ""}',
+        b'{"model" "alpha-chat"}',
+        b'{model: "alpha-chat"}',
+        b'{"x": tru, "model": "alpha-chat"}',
+        b'{"x": "unterminated, "model": "alpha-chat"}',
+        b'{"model": "alpha-chat", "x": "' + b"a" * 300_000,
+        b"{" + b'"k": 1, ' * 1001 + b'"model": "alpha-chat"}',  # walking a million keys would only burn CPU
+    ],
+)
 def test_every_unreadable_body_is_an_openai_400(raw):
     log = []
     app = make_gateway("http://127.0.0.1:9", None, log=log.append)
@@ -234,11 +243,19 @@ def test_an_unexpected_error_is_an_openai_500_and_a_log_line(monkeypatch):
     monkeypatch.setattr(app, "_upstream_headers", broken)
     answer = run(call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}))
     assert answer.status == 500 and answer.headers["content-type"] == "application/json"
-    assert answer.json()["error"] == {"message": "internal gateway error", "type": "server_error", "param": None,
-                                      "code": "internal_error"}
+    assert answer.json()["error"] == {
+        "message": "internal gateway error",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
     line = json.loads(log[-1])
     assert (line["model"], line["upstream"], line["status"], line["error"]) == (
-        "alpha-chat", "alpha", 500, "KeyError: 'surprise'")
+        "alpha-chat",
+        "alpha",
+        500,
+        "KeyError: 'surprise'",
+    )
 
 
 # --- 2: the cold-start wait is not the generation's time limit ---------------------------------------------
@@ -332,7 +349,7 @@ def test_unavailable_answers_leak_no_host_or_deployment():
 
     answer = run(body())
     assert answer.status == 503 and answer.json()["error"]["message"] == GENERIC_503
-    assert str(port) not in answer.body.decode() and "alpha\"" not in answer.body.decode()
+    assert str(port) not in answer.body.decode() and 'alpha"' not in answer.body.decode()
     assert str(port) in json.loads(log[-1])["error"]  # the details are in the log
 
 
@@ -344,16 +361,24 @@ async def serve_closing_keepalive():
     connection on its second request without answering (as a server closing an idle connection
     while the client reuses it)."""
     body = json.dumps({"upstream": "alpha", "choices": []}).encode()
-    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
     async def handle(reader, writer):
         served = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 await reader.readexactly(length)
                 if served:
                     writer.transport.abort()
@@ -424,12 +449,20 @@ def test_every_routed_path_reaches_the_model_s_deployment():
                     answers[path] = await call(app, "POST", path, {"model": "beta-embed", "input": "x"})
                 else:
                     boundary = "b0undary"
-                    form = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
-                            f"Content-Type: audio/wav\r\n\r\n").encode() + b"RIFF\x00\xff--b0und" + (
+                    form = (
+                        (
+                            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+                            f"Content-Type: audio/wav\r\n\r\n"
+                        ).encode()
+                        + b"RIFF\x00\xff--b0und"
+                        + (
                             f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
-                            f"beta-embed\r\n--{boundary}--\r\n").encode()
-                    answers[path] = await call(app, "POST", path, form,
-                                               headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+                            f"beta-embed\r\n--{boundary}--\r\n"
+                        ).encode()
+                    )
+                    answers[path] = await call(
+                        app, "POST", path, form, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+                    )
             await app.aclose()
             return answers
 
@@ -445,8 +478,9 @@ def test_every_routed_path_reaches_the_model_s_deployment():
 def test_multipart_without_a_model_is_400():
     form = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nxx\r\n--b--\r\n'
     app = make_gateway("http://127.0.0.1:9", None)
-    answer = run(call(app, "POST", "/v1/audio/transcriptions", form,
-                      headers={"content-type": "multipart/form-data; boundary=b"}))
+    answer = run(
+        call(app, "POST", "/v1/audio/transcriptions", form, headers={"content-type": "multipart/form-data; boundary=b"})
+    )
     assert answer.status == 400 and answer.json()["error"]["code"] == "missing_model"
 
 
@@ -457,14 +491,27 @@ def test_cors_preflight_and_answers_for_allowed_origins_only():
     async def body():
         async with serve_upstream(alpha_config()) as a:
             app = make_gateway(a.url, None, cors_origins=("https://app.example",))
-            pre = await call(app, "OPTIONS", "/v1/chat/completions", key=None,
-                             headers={"origin": "https://app.example", "access-control-request-method": "POST"})
-            ok = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"},
-                            headers={"origin": "https://app.example"})
-            other = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"},
-                               headers={"origin": "https://evil.example"})
-            denied = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, key="bad",
-                                headers={"origin": "https://app.example"})
+            pre = await call(
+                app,
+                "OPTIONS",
+                "/v1/chat/completions",
+                key=None,
+                headers={"origin": "https://app.example", "access-control-request-method": "POST"},
+            )
+            ok = await call(
+                app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, headers={"origin": "https://app.example"}
+            )
+            other = await call(
+                app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, headers={"origin": "https://evil.example"}
+            )
+            denied = await call(
+                app,
+                "POST",
+                "/v1/chat/completions",
+                {"model": "alpha-chat"},
+                key="bad",
+                headers={"origin": "https://app.example"},
+            )
             await app.aclose()
             return pre, ok, other, denied
 
@@ -499,8 +546,9 @@ def test_metrics_count_requests_by_model_status_ttft_and_bytes(monkeypatch):
             anonymous = await call(app, "GET", "/metrics", key=None)
             scraped = await call(app, "GET", "/metrics", key="scrape-key")
             with_gateway_key = await call(app, "GET", "/metrics")
-            scrape_key_for_chat = await call(app, "POST", "/v1/chat/completions", {"model": "alpha-chat"},
-                                             key="scrape-key")
+            scrape_key_for_chat = await call(
+                app, "POST", "/v1/chat/completions", {"model": "alpha-chat"}, key="scrape-key"
+            )
             await app.aclose()
             return anonymous, scraped, with_gateway_key, scrape_key_for_chat
 
@@ -528,13 +576,19 @@ def test_metrics_count_requests_by_model_status_ttft_and_bytes(monkeypatch):
 
 
 def test_cors_and_timeouts_reach_the_rendered_app(example_fleet, tmp_path, monkeypatch):
-    from modal_objects import import_module
-
     from renderer.codegen.gateway import render_gateway
     from renderer.config.resolve import gateway_from
 
-    config = gateway_from({"enabled": True, "cors_origins": ["https://chat.example.com", "http://localhost:3000"],
-                           "upstream_timeout": "5m", "request_timeout": "2h"})
+    from modal_objects import import_module
+
+    config = gateway_from(
+        {
+            "enabled": True,
+            "cors_origins": ["https://chat.example.com", "http://localhost:3000"],
+            "upstream_timeout": "5m",
+            "request_timeout": "2h",
+        }
+    )
     assert config.cors_origins == ("https://chat.example.com", "http://localhost:3000")
     gw = render_gateway(example_fleet.deployments, config)
     path = tmp_path / gw.filename
@@ -546,11 +600,18 @@ def test_cors_and_timeouts_reach_the_rendered_app(example_fleet, tmp_path, monke
     assert gateway_from({"enabled": True}).cors_origins == ()
 
 
-@pytest.mark.parametrize("origins, ok", [(["*"], True), (["https://a.example:8443"], True),
-                                         (["https://a.example/path"], False), (["a.example"], False),
-                                         (["https://a.example", "https://a.example"], False)])
+@pytest.mark.parametrize(
+    "origins, ok",
+    [
+        (["*"], True),
+        (["https://a.example:8443"], True),
+        (["https://a.example/path"], False),
+        (["a.example"], False),
+        (["https://a.example", "https://a.example"], False),
+    ],
+)
 def test_cors_origins_are_checked_by_the_schema(origins, ok):
-    from renderer.config.validate import _validator
+    from renderer.config.schema import validator as _validator
 
     validator = _validator("fleet.schema.json", "/properties/gateway")
     assert (not list(validator.iter_errors({"enabled": True, "cors_origins": origins}))) == ok

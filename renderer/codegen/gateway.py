@@ -17,15 +17,15 @@ shortens host names over 63 characters.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from renderer import __version__
-
+from renderer.codegen.render import Trusted, display_source, render_module
 from renderer.config import spec
 from renderer.config.spec import upstream_key_env
-from renderer.codegen.render import Trusted, display_source, render_module
 
 TEMPLATE = "gateway.py.j2"
 _SOURCE = Path(__file__).with_name("gateway_app.py")
@@ -53,8 +53,13 @@ class UpstreamEntry:
     @property
     def table(self) -> dict[str, Any]:
         """The plain data the rendered module holds for `GatewayApp.from_table`."""
-        return {"app": self.app, "modal_env": self.modal_env, "url": self.url, "auth": self.auth,
-                "key_env": self.key_env}
+        return {
+            "app": self.app,
+            "modal_env": self.modal_env,
+            "url": self.url,
+            "auth": self.auth,
+            "key_env": self.key_env,
+        }
 
     @property
     def note(self) -> str:
@@ -65,11 +70,17 @@ class UpstreamEntry:
 def upstream_entries(deployments: Iterable[spec.Deployment], gateway: spec.Gateway) -> list[UpstreamEntry]:
     out = []
     for d in sorted(deployments, key=lambda d: d.name):
-        out.append(UpstreamEntry(
-            name=d.name, app=d.name, modal_env=d.modal_env, auth=d.auth.mode,
-            key_env=upstream_key_env(d.name) if d.auth.mode == "api_key" else None,
-            url=gateway.url_of(d.name, d.modal_env), models=tuple(d.model.names),
-        ))
+        out.append(
+            UpstreamEntry(
+                name=d.name,
+                app=d.name,
+                modal_env=d.modal_env,
+                auth=d.auth.mode,
+                key_env=upstream_key_env(d.name) if d.auth.mode == "api_key" else None,
+                url=gateway.url_of(d.name, d.modal_env),
+                models=tuple(d.model.names),
+            )
+        )
     return out
 
 
@@ -104,8 +115,9 @@ def gateway_source() -> Trusted:
     return Trusted(_SOURCE.read_text(encoding="utf-8").rstrip("\n"))
 
 
-def render_gateway(deployments: Iterable[spec.Deployment], config: spec.Gateway,
-                   source: str = "deployments/fleet.yaml") -> RenderedGateway:
+def render_gateway(
+    deployments: Iterable[spec.Deployment], config: spec.Gateway, source: str = "deployments/fleet.yaml"
+) -> RenderedGateway:
     """Render the gateway module for these deployments; `resolve` has checked the gateway against them."""
     deployments = list(deployments)
     upstreams = upstream_entries(deployments, config)
@@ -117,7 +129,7 @@ def render_gateway(deployments: Iterable[spec.Deployment], config: spec.Gateway,
         "version": __version__,
         "source": display_source(source),
         "docstring": f"{config.name}: one OpenAI-compatible endpoint for {len(upstreams)} deployment(s), "
-                     f"{len(routes)} model name(s).",
+        f"{len(routes)} model name(s).",
         "g": config,
         "upstreams": upstreams,
         "routes": routes,

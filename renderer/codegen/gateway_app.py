@@ -83,8 +83,18 @@ MAX_MODEL_BYTES = 4096  # a longer `model` is no served name: routed as unknown,
 ECHO_CHARS = 80  # at most this much of an unknown model name goes back in the 404
 RETRY_STATUSES = (503,)  # Modal's answer while a container is not ready; other statuses are final
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding", "x-request-id", "user-agent")
-DROPPED_RESPONSE_HEADERS = ("connection", "keep-alive", "transfer-encoding", "proxy-authenticate",
-                            "proxy-authorization", "te", "trailer", "upgrade", "server", "date")
+DROPPED_RESPONSE_HEADERS = (
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "server",
+    "date",
+)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_HEADERS = b"authorization, content-type, accept, x-request-id"
@@ -130,8 +140,7 @@ class Upstream:
 class GatewayError(Exception):
     """An answer for the caller in OpenAI's error shape; `detail` goes to the log only."""
 
-    def __init__(self, status, message, type_="invalid_request_error", code=None, param=None, headers=(),
-                 detail=None):
+    def __init__(self, status, message, type_="invalid_request_error", code=None, param=None, headers=(), detail=None):
         super().__init__(message)
         self.status = status
         self.body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -147,8 +156,19 @@ class UpstreamBroken(Exception):
 class _Request:
     """What one request's log line and metrics say about it."""
 
-    __slots__ = ("started", "model", "upstream", "status", "ttft", "bytes_in", "bytes_out", "error", "body", "held",
-                 "answered")
+    __slots__ = (
+        "started",
+        "model",
+        "upstream",
+        "status",
+        "ttft",
+        "bytes_in",
+        "bytes_out",
+        "error",
+        "body",
+        "held",
+        "answered",
+    )
 
     def __init__(self, started):
         self.started = started
@@ -196,31 +216,49 @@ class Metrics:
             hist[-1] += req.ttft
 
     def text(self):
-        out = ["# HELP fleetform_gateway_info The container these counters are from (each counts its own).",
-               "# TYPE fleetform_gateway_info gauge", f"fleetform_gateway_info{{container={_quote(self.container)}}} 1",
-               "# HELP fleetform_gateway_start_time_seconds When this container's counters started (Unix time).",
-               "# TYPE fleetform_gateway_start_time_seconds gauge",
-               f"fleetform_gateway_start_time_seconds {self.started:.3f}",
-               "# HELP fleetform_gateway_requests_total Requests answered, by served model, deployment and status.",
-               "# TYPE fleetform_gateway_requests_total counter"]
+        out = [
+            "# HELP fleetform_gateway_info The container these counters are from (each counts its own).",
+            "# TYPE fleetform_gateway_info gauge",
+            f"fleetform_gateway_info{{container={_quote(self.container)}}} 1",
+            "# HELP fleetform_gateway_start_time_seconds When this container's counters started (Unix time).",
+            "# TYPE fleetform_gateway_start_time_seconds gauge",
+            f"fleetform_gateway_start_time_seconds {self.started:.3f}",
+            "# HELP fleetform_gateway_requests_total Requests answered, by served model, deployment and status.",
+            "# TYPE fleetform_gateway_requests_total counter",
+        ]
         for (model, up, status), n in sorted(self.requests.items()):
-            out.append(f"fleetform_gateway_requests_total{{{_labels(model, up)},status=\"{status}\"}} {n}")
-        out += ["# HELP fleetform_gateway_in_flight Requests being proxied now.",
-                "# TYPE fleetform_gateway_in_flight gauge"]
+            out.append(f'fleetform_gateway_requests_total{{{_labels(model, up)},status="{status}"}} {n}')
+        out += [
+            "# HELP fleetform_gateway_in_flight Requests being proxied now.",
+            "# TYPE fleetform_gateway_in_flight gauge",
+        ]
         out += [f"fleetform_gateway_in_flight{{{_labels(*k)}}} {n}" for k, n in sorted(self.in_flight.items())]
-        out += [("# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
-                 "byte, as the gateway saw it."), "# TYPE fleetform_gateway_upstream_ttft_seconds histogram"]
+        out += [
+            (
+                "# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
+                "byte, as the gateway saw it."
+            ),
+            "# TYPE fleetform_gateway_upstream_ttft_seconds histogram",
+        ]
         for key, hist in sorted(self.ttft.items()):
             labels = _labels(*key)
-            out += [f"fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le=\"{b:g}\"}} {hist[i]}"
-                    for i, b in enumerate(TTFT_BUCKETS)]
-            out += [f"fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le=\"+Inf\"}} {hist[-2]}",
-                    f"fleetform_gateway_upstream_ttft_seconds_count{{{labels}}} {hist[-2]}",
-                    f"fleetform_gateway_upstream_ttft_seconds_sum{{{labels}}} {hist[-1]:.6f}"]
-        for name, table, what in (("received", self.bytes_in, "Request body bytes received"),
-                                  ("sent", self.bytes_out, "Answer body bytes relayed")):
-            out += [f"# HELP fleetform_gateway_bytes_{name}_total {what}.",
-                    f"# TYPE fleetform_gateway_bytes_{name}_total counter"]
+            out += [
+                f'fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le="{b:g}"}} {hist[i]}'
+                for i, b in enumerate(TTFT_BUCKETS)
+            ]
+            out += [
+                f'fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le="+Inf"}} {hist[-2]}',
+                f"fleetform_gateway_upstream_ttft_seconds_count{{{labels}}} {hist[-2]}",
+                f"fleetform_gateway_upstream_ttft_seconds_sum{{{labels}}} {hist[-1]:.6f}",
+            ]
+        for name, table, what in (
+            ("received", self.bytes_in, "Request body bytes received"),
+            ("sent", self.bytes_out, "Answer body bytes relayed"),
+        ):
+            out += [
+                f"# HELP fleetform_gateway_bytes_{name}_total {what}.",
+                f"# TYPE fleetform_gateway_bytes_{name}_total counter",
+            ]
             out += [f"fleetform_gateway_bytes_{name}_total{{{_labels(*k)}}} {n}" for k, n in sorted(table.items())]
         return "\n".join(out) + "\n"
 
@@ -232,9 +270,22 @@ class GatewayApp:
     retried until then); `read_timeout`: how long an upstream that has the request may take to send
     its status (a whole non-streamed generation); `cors_origins`: browser origins allowed (`*`: any)."""
 
-    def __init__(self, routes, *, upstream_timeout=600.0, api_key_env=GATEWAY_KEY_ENV, environ=None,
-                 backoff_initial=0.5, backoff_max=5.0, connect_timeout=10.0, read_timeout=3600.0, log=None,
-                 cors_origins=(), max_body_bytes=MAX_BODY_BYTES, max_buffered_bytes=MAX_BUFFERED_BYTES):
+    def __init__(
+        self,
+        routes,
+        *,
+        upstream_timeout=600.0,
+        api_key_env=GATEWAY_KEY_ENV,
+        environ=None,
+        backoff_initial=0.5,
+        backoff_max=5.0,
+        connect_timeout=10.0,
+        read_timeout=3600.0,
+        log=None,
+        cors_origins=(),
+        max_body_bytes=MAX_BODY_BYTES,
+        max_buffered_bytes=MAX_BUFFERED_BYTES,
+    ):
         self.routes = dict(routes)
         self.upstream_timeout = float(upstream_timeout)
         self.api_key_env = api_key_env
@@ -292,17 +343,38 @@ class GatewayApp:
             req.status, req.error = 500, f"{type(exc).__name__}: {_one_line(exc)}"
             if req.answered:
                 raise  # the status already went out: the server must drop the connection
-            await _send_json(send, 500, {"error": {"message": "internal gateway error", "type": "server_error",
-                                                   "param": None, "code": "internal_error"}}, cors)
+            await _send_json(
+                send,
+                500,
+                {
+                    "error": {
+                        "message": "internal gateway error",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error",
+                    }
+                },
+                cors,
+            )
         finally:
             self.metrics.leave(req)
             if self.log is not None:
-                self.log(json.dumps({
-                    "method": scope.get("method"), "path": _bounded(scope.get("path") or ""), "model": req.model,
-                    "upstream": req.upstream, "status": req.status,
-                    "ttft": None if req.ttft is None else round(req.ttft, 4),
-                    "seconds": round(time.monotonic() - req.started, 4), "bytes_in": req.bytes_in,
-                    "bytes_out": req.bytes_out, "error": req.error}))
+                self.log(
+                    json.dumps(
+                        {
+                            "method": scope.get("method"),
+                            "path": _bounded(scope.get("path") or ""),
+                            "model": req.model,
+                            "upstream": req.upstream,
+                            "status": req.status,
+                            "ttft": None if req.ttft is None else round(req.ttft, 4),
+                            "seconds": round(time.monotonic() - req.started, 4),
+                            "bytes_in": req.bytes_in,
+                            "bytes_out": req.bytes_out,
+                            "error": req.error,
+                        }
+                    )
+                )
 
     async def _handle(self, scope, receive, send, req, cors):
         method, path = scope.get("method", "GET"), scope.get("path", "/")
@@ -312,9 +384,19 @@ class GatewayApp:
             return
         if method == "OPTIONS" and cors:  # a browser's preflight: no key on it, by the CORS rules
             req.status = 204
-            await send({"type": "http.response.start", "status": 204, "headers": cors + [
-                (b"access-control-allow-methods", CORS_METHODS), (b"access-control-allow-headers", CORS_HEADERS),
-                (b"access-control-max-age", b"600"), (b"content-length", b"0")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": cors
+                    + [
+                        (b"access-control-allow-methods", CORS_METHODS),
+                        (b"access-control-allow-headers", CORS_HEADERS),
+                        (b"access-control-max-age", b"600"),
+                        (b"content-length", b"0"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         models = path == "/v1/models" or path.startswith("/v1/models/")
@@ -327,9 +409,16 @@ class GatewayApp:
                 raise GatewayError(405, "/metrics takes GET", code="method_not_allowed")
             data = self.metrics.text().encode()
             req.status = 200
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                (b"content-length", str(len(data)).encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                        (b"content-length", str(len(data)).encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": data, "more_body": False})
             return
         self._authenticate(scope)
@@ -337,8 +426,9 @@ class GatewayApp:
             if method != "GET":
                 raise GatewayError(405, f"{path} takes GET", code="method_not_allowed")
             req.status = 200
-            await _send_json(send, 200, self._models(path[len("/v1/models/"):] if path != "/v1/models" else None),
-                             cors)
+            await _send_json(
+                send, 200, self._models(path[len("/v1/models/") :] if path != "/v1/models" else None), cors
+            )
             return
         if method != "POST":
             raise GatewayError(405, f"{path} takes POST", code="method_not_allowed")
@@ -354,9 +444,13 @@ class GatewayApp:
             upstream = self.routes.get(model)
             req.model = _bounded(model, ECHO_CHARS)
             if upstream is None:
-                raise GatewayError(404, f"The model `{_bounded(model, ECHO_CHARS)}` does not exist: "
-                                        "GET /v1/models lists the models served here",
-                                   param="model", code="model_not_found")
+                raise GatewayError(
+                    404,
+                    f"The model `{_bounded(model, ECHO_CHARS)}` does not exist: "
+                    "GET /v1/models lists the models served here",
+                    param="model",
+                    code="model_not_found",
+                )
             req.model, req.upstream = model, upstream.name
             self.metrics.enter(model, upstream.name)
             req.status = await self._proxy_until_done(upstream, scope, receive, send, req, cors)
@@ -390,17 +484,25 @@ class GatewayApp:
     def _authenticate(self, scope, also=""):
         expected = self.environ.get(self.api_key_env, "")
         if not expected:
-            raise GatewayError(500, f"the gateway's API key is not configured ({self.api_key_env} is not set: "
-                                    "check the gateway's Modal Secret)", type_="server_error",
-                               code="gateway_misconfigured")
+            raise GatewayError(
+                500,
+                f"the gateway's API key is not configured ({self.api_key_env} is not set: "
+                "check the gateway's Modal Secret)",
+                type_="server_error",
+                code="gateway_misconfigured",
+            )
         given = _header(scope, b"authorization")
         token = (given[7:].strip() if given[:7].lower() == "bearer " else "").encode()
         ok = hmac.compare_digest(token, expected.encode())
         if also:
             ok = hmac.compare_digest(token, also.encode()) | ok
         if not ok:
-            raise GatewayError(401, "Incorrect or missing API key: send `Authorization: Bearer KEY` with the "
-                                    "gateway's key", code="invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
+            raise GatewayError(
+                401,
+                "Incorrect or missing API key: send `Authorization: Bearer KEY` with the gateway's key",
+                code="invalid_api_key",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
 
     def _cors_headers(self, scope):
         if not self.cors_origins:
@@ -421,8 +523,9 @@ class GatewayApp:
         for entry in data:
             if entry["id"] == one:
                 return entry
-        raise GatewayError(404, f"The model `{_bounded(one, ECHO_CHARS)}` does not exist", param="model",
-                           code="model_not_found")
+        raise GatewayError(
+            404, f"The model `{_bounded(one, ECHO_CHARS)}` does not exist", param="model", code="model_not_found"
+        )
 
     async def _read_body(self, scope, receive, req):
         """The whole request body, or None if the caller disconnected first. Bounded per request and, for
@@ -441,12 +544,16 @@ class GatewayApp:
                 size += len(chunk)
                 self.buffered += len(chunk)
                 if size > self.max_body_bytes:
-                    raise GatewayError(413, f"request body over {self.max_body_bytes} bytes",
-                                       code="request_too_large")
+                    raise GatewayError(413, f"request body over {self.max_body_bytes} bytes", code="request_too_large")
                 if self.buffered > self.max_buffered_bytes:
-                    raise GatewayError(503, "The gateway is busy: retry", type_="server_error", code="overloaded",
-                                       headers=[(b"retry-after", b"1")],
-                                       detail=f"request bodies held would pass {self.max_buffered_bytes} bytes")
+                    raise GatewayError(
+                        503,
+                        "The gateway is busy: retry",
+                        type_="server_error",
+                        code="overloaded",
+                        headers=[(b"retry-after", b"1")],
+                        detail=f"request bodies held would pass {self.max_buffered_bytes} bytes",
+                    )
                 if chunk:  # grown in place (Linux moves big buffers without copying): no long join
                     if not body:
                         body = chunk
@@ -472,15 +579,25 @@ class GatewayApp:
         if upstream.auth == "proxy":
             key, secret = self.environ.get(PROXY_TOKEN_ID_ENV), self.environ.get(PROXY_TOKEN_SECRET_ENV)
             if not key or not secret:
-                raise GatewayError(500, f"upstream {upstream.name} needs a Modal proxy-auth token: set "
-                                        f"{PROXY_TOKEN_ID_ENV} and {PROXY_TOKEN_SECRET_ENV} in the gateway's "
-                                        "upstream Secret", type_="server_error", code="gateway_misconfigured")
+                raise GatewayError(
+                    500,
+                    f"upstream {upstream.name} needs a Modal proxy-auth token: set "
+                    f"{PROXY_TOKEN_ID_ENV} and {PROXY_TOKEN_SECRET_ENV} in the gateway's "
+                    "upstream Secret",
+                    type_="server_error",
+                    code="gateway_misconfigured",
+                )
             headers["Modal-Key"], headers["Modal-Secret"] = key, secret
         elif upstream.auth == "api_key":
             key = self.environ.get(upstream.key_env)
             if not key:
-                raise GatewayError(500, f"upstream {upstream.name} needs its API key: set {upstream.key_env} in the "
-                                        "gateway's upstream Secret", type_="server_error", code="gateway_misconfigured")
+                raise GatewayError(
+                    500,
+                    f"upstream {upstream.name} needs its API key: set {upstream.key_env} in the "
+                    "gateway's upstream Secret",
+                    type_="server_error",
+                    code="gateway_misconfigured",
+                )
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -493,7 +610,9 @@ class GatewayApp:
             # ends with the request's own timeout (the Modal function's).
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=None),
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+                connector=aiohttp.TCPConnector(limit=0),
+                auto_decompress=False,
+            )
         return self._session
 
     async def _proxy_until_done(self, upstream, scope, receive, send, req, cors):
@@ -510,9 +629,14 @@ class GatewayApp:
         return 499
 
     def _unavailable(self, upstream, model_detail):
-        return GatewayError(503, "The model is not available right now (its deployment may be starting): retry",
-                            type_="server_error", code="upstream_unavailable", headers=[(b"retry-after", b"10")],
-                            detail=f"deployment {upstream.name}: {model_detail}")
+        return GatewayError(
+            503,
+            "The model is not available right now (its deployment may be starting): retry",
+            type_="server_error",
+            code="upstream_unavailable",
+            headers=[(b"retry-after", b"10")],
+            detail=f"deployment {upstream.name}: {model_detail}",
+        )
 
     async def _connect(self, upstream, scope, req):
         """The upstream's response (status and headers read). Cold starts (connection refused, 503) are
@@ -536,19 +660,25 @@ class GatewayApp:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise self._unavailable(upstream, f"not ready within {self.upstream_timeout:g} s (last: {last})")
-            timeout = aiohttp.ClientTimeout(total=None, connect=remaining, sock_connect=min(remaining,
-                                            self.connect_timeout), sock_read=None)
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=remaining, sock_connect=min(remaining, self.connect_timeout), sock_read=None
+            )
             try:
-                response = await asyncio.wait_for(session.post(target, data=_upload(req.body), headers=headers,
-                                                               timeout=timeout), self.read_timeout)
+                response = await asyncio.wait_for(
+                    session.post(target, data=_upload(req.body), headers=headers, timeout=timeout), self.read_timeout
+                )
             except aiohttp.ClientConnectorError as exc:  # nothing listens (yet): a cold start
                 last = _one_line(exc)
             except aiohttp.ConnectionTimeoutError as exc:
                 last = _one_line(exc) or "connect timeout"
-            except asyncio.TimeoutError:  # connected, request sent, no status within read_timeout
-                raise GatewayError(504, "The model did not answer in time", type_="server_error",
-                                   code="upstream_timeout",
-                                   detail=f"deployment {upstream.name}: silent for {self.read_timeout:g} s") from None
+            except TimeoutError:  # connected, request sent, no status within read_timeout
+                raise GatewayError(
+                    504,
+                    "The model did not answer in time",
+                    type_="server_error",
+                    code="upstream_timeout",
+                    detail=f"deployment {upstream.name}: silent for {self.read_timeout:g} s",
+                ) from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 # Most often a pooled keep-alive connection the upstream closed as we reused it: retry at once.
                 last = _one_line(exc) or type(exc).__name__
@@ -569,8 +699,11 @@ class GatewayApp:
         response = await self._connect(upstream, scope, req)
         self._release(req)  # the upstream has the body: it is no longer held here
         try:
-            headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-                       if k.lower() not in DROPPED_RESPONSE_HEADERS]
+            headers = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in response.headers.items()
+                if k.lower() not in DROPPED_RESPONSE_HEADERS
+            ]
             req.status, req.answered = response.status, True
             await send({"type": "http.response.start", "status": response.status, "headers": headers + cors})
             content, sent, first = response.content, 0, True
@@ -583,17 +716,24 @@ class GatewayApp:
                         req.ttft, first = time.monotonic() - req.started, False
                     sent += len(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 req.bytes_out = sent
                 detail = f"deployment {upstream.name} broke off its answer after {sent} bytes: {_one_line(exc)}"
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamBroken(detail) from None
                 # An event stream's client reads errors in-band, as vLLM sends them: say it, then end.
                 req.error = detail
-                err = {"error": {"message": "The model's answer broke off: retry", "type": "server_error",
-                                 "param": None, "code": "upstream_disconnected"}}
-                await send({"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(),
-                            "more_body": True})
+                err = {
+                    "error": {
+                        "message": "The model's answer broke off: retry",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "upstream_disconnected",
+                    }
+                }
+                await send(
+                    {"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(), "more_body": True}
+                )
             req.bytes_out = sent
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return response.status
@@ -632,7 +772,7 @@ def _upload(body):
     async def slices():
         view = memoryview(body)
         for at in range(0, len(view), SCAN_SLICE):
-            yield view[at:at + SCAN_SLICE]
+            yield view[at : at + SCAN_SLICE]
 
     return slices()
 
@@ -788,7 +928,7 @@ def _multipart_model(body, content_type):
     pos = body.find(delimiter)
     while pos >= 0:
         head_start = pos + len(delimiter)
-        if body[head_start:head_start + 2] == b"--":
+        if body[head_start : head_start + 2] == b"--":
             break  # the closing delimiter
         head_end = body.find(b"\r\n\r\n", head_start)
         if head_end < 0:
@@ -798,7 +938,7 @@ def _multipart_model(body, content_type):
             break
         head = body[head_start:head_end].lower()
         if re.search(rb'content-disposition:[^\r\n]*;\s*name="model"', head):
-            value = body[head_end + 4:nxt]
+            value = body[head_end + 4 : nxt]
             if len(value) > MAX_MODEL_BYTES:
                 return f"(a name of {len(value)} bytes)"
             try:
