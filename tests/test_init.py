@@ -117,12 +117,17 @@ def test_the_workflow_installs_this_version_checks_pull_requests_and_deploys_mai
     assert workflow["on"]["push"]["branches"] == ["main"] and "pull_request" in workflow["on"]
     assert workflow["permissions"] == {"contents": "read"}
     jobs = workflow["jobs"]
-    for job in jobs.values():
+    for name, job in jobs.items():
         runs = "\n".join(s.get("run", "") for s in job["steps"])
-        assert 'pip install "fleetform==$FLEETFORM_VERSION"' in runs
+        # the lean core where nothing talks to Modal, the Modal SDK where the job deploys
+        extra = "[modal]" if name == "deploy" else ""
+        assert f'pip install "fleetform{extra}==$FLEETFORM_VERSION"' in runs
         assert "pip install ." not in runs  # the fleet repository is not fleetform's
         checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
         assert checkout["with"]["persist-credentials"] is False
+        for step in job["steps"]:  # actions pinned to a full commit, the version beside it
+            if "uses" in step:
+                assert re.fullmatch(r"[\w./-]+@[0-9a-f]{40}", step["uses"]), step["uses"]
     check = "\n".join(s.get("run", "") for s in jobs["check"]["steps"])
     assert "fleetform validate" in check and "fleetform render" in check
     assert 'fleetform plan --against "origin/$BASE_REF"' in check
