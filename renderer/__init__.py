@@ -15,4 +15,4 @@ from the ones above it; tests/test_layering.py checks):
     docs.py                   the generated schema reference (docs/schema.md)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -204,3 +204,13 @@ def test_the_lean_cache_folder_is_the_one_huggingface_hub_uses(env, tmp_path):
         "from renderer.config.rules import _hf_hub_cache; print(_hf_hub_cache())"
     )
     assert hub.strip() and lean == hub
+
+
+def test_the_package_version_is_the_distributions():
+    """`fleetform --version`, the version init pins in workflows, and the wheel's are one number."""
+    import tomllib
+
+    from renderer import __version__
+
+    with open(REPO / "pyproject.toml", "rb") as fh:
+        assert tomllib.load(fh)["project"]["version"] == __version__
