@@ -811,3 +811,97 @@ def test_markup_in_what_modal_and_servers_say_is_printed_literally(apps):
     status = run_status(apps, b, MODAL_ENV)
     assert MARKUP in text(status)
     assert "no deployed app named nonexistent[/b]" in text(run_rollback("nonexistent[/b]", b, modal_env=MODAL_ENV))
+
+
+# --- status: what the gateway routed (its /metrics) ---------------------------------------------------------
+
+
+class _Req:
+    """What the gateway's Metrics records of one finished request."""
+
+    def __init__(self, model, upstream, status, ttft=0.05):
+        self.model, self.upstream, self.status, self.ttft = model, upstream, status, ttft
+        self.bytes_in, self.bytes_out = 100, 1000
+
+
+def _gateway_metrics(now: float) -> str:
+    """The text the real gateway app serves at /metrics, after some traffic."""
+    from renderer.codegen.gateway_app import Metrics
+
+    m = Metrics()
+    m.started = now - 100.0
+    m.container = 'ta-01"x'  # a label value with a quote, escaped as Prometheus does
+    for status in (200, 200, 200, 503):
+        m.enter("llm", "llama-3-1-8b-fp8")
+        m.leave(_Req("llm", "llama-3-1-8b-fp8", status))
+    m.enter("qwen2.5-7b-awq", "qwen2-5-7b-awq")  # one still in flight
+    m.leave(_Req("nope", None, 404, ttft=None))  # an unknown model: no deployment's figure
+    return m.text()
+
+
+def test_gateway_metrics_parse_into_per_deployment_traffic():
+    from renderer.deploy.traffic import parse
+
+    now = 1_700_000_000.0
+    traffic = parse(_gateway_metrics(now), now=now)
+    assert (traffic.container, traffic.since) == ('ta-01"x', now - 100.0)
+    llama = traffic.deployments["llama-3-1-8b-fp8"]
+    assert (llama.requests, llama.server_errors, llama.in_flight) == (4, 1, 0)
+    assert llama.per_second == pytest.approx(0.04)
+    assert traffic.deployments["qwen2-5-7b-awq"].in_flight == 1
+    assert set(traffic.deployments) == {"llama-3-1-8b-fp8", "qwen2-5-7b-awq"}
+
+
+@pytest.fixture
+def metrics_server():
+    """A stand-in gateway URL serving the real app's /metrics text behind its key."""
+    import http.server
+
+    text = _gateway_metrics(time.time()).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            ok = self.path == "/metrics" and self.headers.get("Authorization") == "Bearer gk-status"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(text if ok else b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_status_shows_what_the_gateway_routed_to_each_deployment(apps, gateway, metrics_server):
+    b = FakeBackend()
+    live_all(b, apps)
+    b.add_live(gateway.name, deployment_tag(gateway), env=MODAL_ENV)
+    b.web_url = lambda name, env: metrics_server if name == gateway.name else f"https://{name}.example.test"
+
+    report = run_status(apps, b, MODAL_ENV, gateway, environ={"FLEETFORM_GATEWAY_API_KEY": "gk-status"})
+    doc = report.to_dict()["traffic"]
+    assert doc["deployments"]["llama-3-1-8b-fp8"]["requests"] == 4
+    assert doc["deployments"]["llama-3-1-8b-fp8"]["server_errors"] == 1
+    shown = text(report)
+    assert "Req/s" in shown and "routed since" in shown
+
+    wrong = run_status(apps, b, MODAL_ENV, gateway, environ={"FLEETFORM_GATEWAY_METRICS_KEY": "wrong"})
+    assert wrong.traffic is None and wrong.traffic_note == "the gateway answered /metrics with HTTP 401"
+    assert wrong.exit_code == 0  # traffic is information: the status itself stands
+    without = run_status(apps, b, MODAL_ENV, gateway, environ={})
+    assert without.traffic is None and "FLEETFORM_GATEWAY_METRICS_KEY" in without.traffic_note
+    assert "Traffic: set FLEETFORM_GATEWAY_METRICS_KEY" in text(without)
+
+
+def test_status_without_a_live_gateway_reads_no_metrics(apps, gateway):
+    b = FakeBackend()
+    live_all(b, apps)
+    report = run_status(apps, b, MODAL_ENV, gateway, environ={"FLEETFORM_GATEWAY_API_KEY": "gk"})
+    assert report.traffic is None and report.traffic_note is None
+    assert report.to_dict()["traffic"] is None

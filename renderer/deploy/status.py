@@ -3,11 +3,14 @@ and its URL; then the orphans."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from renderer.deploy import traffic as gateway_traffic
 from renderer.deploy.common import Report
 from renderer.modal_api import NO_CREDENTIALS, Backend, BackendError
 from renderer.plan.live import Action, LiveRow, live_plan
@@ -48,13 +51,22 @@ class StatusRow:
 class StatusReport(Report):
     rows: list[StatusRow] = field(default_factory=list)
     error: str | None = None
+    # what the gateway routed to each deployment (its /metrics); None without a live gateway
+    traffic: gateway_traffic.GatewayTraffic | None = None
+    traffic_note: str | None = None  # why there are no traffic figures, when a gateway is live
 
     @property
     def exit_code(self) -> int:
         return 1 if self.error else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.error is None, "error": self.error, "deployments": [r.to_dict() for r in self.rows]}
+        return {
+            "ok": self.error is None,
+            "error": self.error,
+            "deployments": [r.to_dict() for r in self.rows],
+            "traffic": None if self.traffic is None else self.traffic.to_dict(),
+            "traffic_note": self.traffic_note,
+        }
 
     def render(self, console: Console) -> None:
         from rich.markup import escape  # text from Modal is printed as it is, never as markup
@@ -65,11 +77,14 @@ class StatusReport(Report):
             return
         styles = {IN_SYNC: "green", DRIFTED: "yellow", NOT_DEPLOYED: "dim", UNMANAGED: "red", ORPHAN: "magenta"}
         table = Table(title="Fleet status")
-        for col in ("Deployment", "Environment", "State", "Live version", "Live tag", "Rendered tag", "URL"):
-            table.add_column(col)
+        columns = ["Deployment", "Environment", "State", "Live version", "Live tag", "Rendered tag", "URL"]
+        if self.traffic is not None:
+            columns += ["Req/s", "Requests", "5xx", "In flight"]
+        for col in columns:
+            table.add_column(col, justify="right" if col in ("Req/s", "Requests", "5xx", "In flight") else "left")
         for r in self.rows:
             s = styles.get(r.state, "")
-            table.add_row(
+            cells = [
                 f"{r.name} (gateway)" if r.gateway else r.name,
                 escape(r.modal_env or "(default)"),
                 f"[{s}]{r.state.replace('_', ' ')}[/{s}]",
@@ -77,8 +92,36 @@ class StatusReport(Report):
                 escape(r.live_tag or "-"),
                 r.desired_tag or "-",
                 escape(r.url or "-"),
-            )
+            ]
+            if self.traffic is not None:
+                t = self.traffic.deployments.get(r.name)
+                cells += (
+                    ["-"] * 4
+                    if t is None or r.gateway
+                    else [
+                        "-" if t.per_second is None else f"{t.per_second:.2f}",
+                        str(t.requests),
+                        str(t.server_errors),
+                        str(t.in_flight),
+                    ]
+                )
+            table.add_row(*cells)
         console.print(table)
+        if self.traffic is not None:
+            since = (
+                ""
+                if self.traffic.since is None
+                else time.strftime(" since %Y-%m-%d %H:%M:%S UTC", time.gmtime(self.traffic.since))
+            )
+            console.print(
+                escape(
+                    f"Traffic: what the gateway container {self.traffic.container or '?'} routed{since} "
+                    "(each gateway container counts its own)."
+                ),
+                highlight=False,
+            )
+        elif self.traffic_note:
+            console.print(escape(f"Traffic: {self.traffic_note}"), highlight=False)
 
 
 _PLAN_TO_STATE = {
@@ -91,11 +134,16 @@ _PLAN_TO_STATE = {
 
 
 def run_status(
-    apps: Sequence[RenderedApp], backend: Backend, env: str | None = None, gateway: RenderedGateway | None = None
+    apps: Sequence[RenderedApp],
+    backend: Backend,
+    env: str | None = None,
+    gateway: RenderedGateway | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> StatusReport:
     """Per deployment (and the gateway, when fleet.yaml enables it: `gateway` is its rendered
     module, in Modal environment `env`): live version and tag, in sync / drifted / not deployed,
-    URL; then orphans."""
+    URL; then orphans. With the gateway live and its key in `environ`, what it routed to each
+    deployment (`renderer.deploy.traffic`)."""
     if not backend.credentials_available():
         return StatusReport(error=NO_CREDENTIALS)
     try:
@@ -107,7 +155,7 @@ def run_status(
         urls = dict(
             zip((r.name for r in live_rows), pool.map(lambda r: _url_or_none(backend, r), live_rows), strict=True)
         )
-    return StatusReport(
+    report = StatusReport(
         [
             StatusRow(
                 r.name,
@@ -122,6 +170,19 @@ def run_status(
             for r in rows
         ]
     )
+    gateway_row = next((r for r in report.rows if r.gateway and r.live_version is not None), None)
+    if gateway_row is not None:
+        key = gateway_traffic.metrics_key(os.environ if environ is None else environ)
+        if not gateway_row.url:
+            report.traffic_note = "the gateway has no URL, so its /metrics cannot be read"
+        elif key is None:
+            report.traffic_note = f"set {' or '.join(gateway_traffic.METRICS_KEY_VARS)} to see what the gateway routed"
+        else:
+            try:
+                report.traffic = gateway_traffic.fetch(gateway_row.url, key)
+            except OSError as exc:
+                report.traffic_note = str(exc)
+    return report
 
 
 def _url_or_none(backend: Backend, row: LiveRow) -> str | None:
