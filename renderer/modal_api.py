@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import importlib.util
 import os
 import re
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import threading
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,6 +247,32 @@ class DeployOutcome:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass
+class EphemeralApp:
+    """An ephemeral app started by `Backend.ephemeral`: it lives while its context is open."""
+
+    name: str  # the run's name (`run_name`): never the deployed app's
+    app_id: str
+    modal_env: str | None
+    url: str | None  # the server's URL; None if Modal did not report one
+    dashboard_url: str | None = None
+    start_seconds: float = 0.0  # app creation, image builds and publishing, until the URL was known
+    stopped: bool = False  # set when the context closed and the app was told to stop
+
+    @property
+    def stop_command(self) -> str:
+        """The command that stops it from any shell (as Modal's own CLI does it)."""
+        env = f" --env {self.modal_env}" if self.modal_env else ""
+        return f"modal app stop {self.app_id}{env}"
+
+
+def run_name(app: Module) -> str:
+    """The name of an ephemeral run of a rendered module: `NAME-run-<short hash>`. It can never be
+    the deployed app's name, and an ephemeral app holds no deployment name anyway (it is only
+    the app's description), so a run can neither replace nor collide with the live app."""
+    return f"{app.name}-run-{app.short_hash[:8]}"
+
+
 def deployment_tag(app: Module) -> str:
     """The deployment tag that records which rendered module a version runs."""
     tag = TAG_PREFIX + app.short_hash
@@ -312,6 +339,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def web_url(self, name: str, modal_env: str | None) -> str | None:
         """The URL of the app's server, if it has one."""
+
+    def ephemeral(self, app: RenderedApp, modal_env: str | None) -> contextlib.AbstractContextManager[EphemeralApp]:
+        """Start a rendered deployment as an ephemeral app named `run_name(app)`; the context yields
+        it once Modal created it and knows its URL, and stops it when the context closes, however
+        it closes (an exception, KeyboardInterrupt included, propagates after the stop)."""
+        raise InvalidRequest(f"{type(self).__name__} cannot start ephemeral apps")
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -603,6 +636,9 @@ class ModalBackend(Backend):
             api_pb2.AppRollbackRequest(app_id=app_id, version=-1 if version is None else version)
         )
 
+    def ephemeral(self, app: RenderedApp, modal_env: str | None) -> contextlib.AbstractContextManager[EphemeralApp]:
+        return _ephemeral(app, modal_env)
+
     def stop(self, name: str, modal_env: str | None) -> None:
         self._call(self._stop, name, modal_env, modal_env=modal_env, action=f"stop {name}")
 
@@ -612,6 +648,75 @@ class ModalBackend(Backend):
         client = await self._client()
         app_id = await self._app_id(client, name, modal_env)
         await client._stub.AppStop(api_pb2.AppStopRequest(app_id=app_id, source=api_pb2.APP_STOP_SOURCE_PYTHON_CLIENT))
+
+
+# --- ephemeral runs (`fleetform run`) ----------------------------------------------------------------
+
+
+def _server_url(module: Any) -> str | None:
+    """The URL of a rendered deployment's `@app.server` class (`Serve`), hydrated by the running app."""
+    server = getattr(module, "Serve", None)
+    return server.get_url() if server is not None else None
+
+
+@contextlib.contextmanager
+def _ephemeral(app: RenderedApp, modal_env: str | None) -> Iterator[EphemeralApp]:
+    """`ModalBackend.ephemeral`: the SDK's own `App.run()` (what `modal run` uses), blocking form.
+
+    The sequence of Modal calls: AppCreate (state EPHEMERAL, description = the run's name, the
+    module's tags), then the objects (images, mounts, volumes, secrets, FunctionPrecreate /
+    FunctionCreate of the server), AppPublish (EPHEMERAL), while a heartbeat task sends
+    AppHeartbeat every 15 s; the flash URL comes in the server function's handle metadata. Closing
+    sends AppClientDisconnect, which stops an ephemeral app and terminates its containers.
+
+    The SDK's `App.run` swallows a KeyboardInterrupt raised inside it (after disconnecting, as
+    `modal run` wants); this re-raises it, so Ctrl-C still ends the command.
+    """
+    import time
+
+    action = f"run {app.name}"
+    try:
+        import modal.runner  # noqa: F401  (also loads `modal`)
+    except Exception as exc:
+        raise BackendError(f"{action}: the Modal SDK cannot be imported ({_one_line(str(exc))})") from exc
+    interrupted: BaseException | None = None
+    from_block = False  # the exception came from the caller's block: it passes through as it is
+    run = None
+    with tempfile.TemporaryDirectory(prefix="fleetform-run-") as tmp:
+        modal_app = load_app(app, tmp)
+        module = sys.modules[module_name(app)]
+        try:
+            t0 = time.monotonic()
+            with modal_app.run(name=run_name(app), environment_name=modal_env):
+                app_id = modal_app.app_id or ""
+                run = EphemeralApp(
+                    run_name(app),
+                    app_id,
+                    modal_env,
+                    _server_url(module),
+                    dashboard_url=f"https://modal.com/apps/{app_id}" if app_id else None,
+                    start_seconds=time.monotonic() - t0,
+                )
+                try:
+                    yield run
+                except KeyboardInterrupt as exc:  # App.run would swallow it
+                    interrupted = exc
+                    raise
+                except BaseException:
+                    from_block = True
+                    raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if from_block:
+                raise
+            raise translate(exc, modal_env=modal_env, action=action) from exc
+        finally:
+            if run is not None:
+                run.stopped = True
+            unload_app(app)
+    if interrupted is not None:
+        raise interrupted
 
 
 def default_backend() -> ModalBackend:

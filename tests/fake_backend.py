@@ -3,14 +3,24 @@ version history per app, and can be told to fail, hang for a while, or run a hoo
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from renderer.codegen.render import RenderedApp
 from renderer.deploy.smoke import SmokeOutcome
-from renderer.modal_api import Backend, BackendError, DeployOutcome, LiveApp, Version, effective_tags
+from renderer.modal_api import (
+    Backend,
+    BackendError,
+    DeployOutcome,
+    EphemeralApp,
+    LiveApp,
+    Version,
+    effective_tags,
+    run_name,
+)
 
 
 @dataclass
@@ -37,6 +47,9 @@ class FakeBackend(Backend):
         self.started: list[str] = []  # deploys in the order they started
         self.finished: list[str] = []
         self.max_concurrent = 0
+        self.ephemeral_url = "https://run.example.test"  # what an ephemeral app's server answers at
+        self.ephemeral_error: BackendError | None = None  # raised when an ephemeral app starts
+        self.ephemeral_apps: list[EphemeralApp] = []  # every ephemeral app started, stopped or not
         self._running = 0
         self._lock = threading.Lock()
 
@@ -139,6 +152,21 @@ class FakeBackend(Backend):
     def web_url(self, name: str, env: str | None) -> str | None:
         self.calls.append(("web_url", name, env))
         return f"https://{name}.example.test" if self._live(name, env) else None
+
+    @contextlib.contextmanager
+    def ephemeral(self, app: RenderedApp, env: str | None) -> Iterator[EphemeralApp]:
+        """Like Modal's `App.run`: created, then stopped however the block ends (the exception passes)."""
+        name = run_name(app)
+        self.calls.append(("ephemeral", name, env))
+        if self.ephemeral_error:
+            raise self.ephemeral_error
+        run = EphemeralApp(name, f"ap-{name}", env, self.ephemeral_url)
+        self.ephemeral_apps.append(run)
+        try:
+            yield run
+        finally:
+            self.calls.append(("ephemeral_stop", name, env))
+            run.stopped = True
 
 
 class FakeSmoke:
