@@ -2,8 +2,9 @@
 
 It speaks the `modal_proto` messages shipped in the installed modal package, over grpclib (as the
 client itself does), on 127.0.0.1 only. It implements just the RPCs fleetform's paths make
-(client hello, app lookup/create/publish/list/tags/history/rollback/stop, function
-precreate/create/get, image build, mounts, secrets and volumes lookups, heartbeats, and the
+(client hello, app lookup/create/publish/list/tags/history/rollback/stop, an ephemeral app's
+publish, heartbeats and client disconnect (`App.run`, as `fleetform run` uses it), function
+precreate/create/get, image build, mounts, secrets and volumes lookups, and the
 container list/stop of a `recreate` deploy), keeps state across calls (apps, their deployment
 history and containers, the objects the client created) and records every request with its
 metadata. Any other RPC is recorded and answered UNIMPLEMENTED, so a new SDK
@@ -338,13 +339,20 @@ class _Servicer(ModalClientBase):
         return empty()
 
     def rpc_AppClientDisconnect(self, req: Any) -> Any:
+        """Stops an app still initializing, and an ephemeral app with its containers (what `modal run`
+        relies on: the client going away ends the run); a deployed app goes on."""
         app = self.plane.apps.get(req.app_id)
-        if app is not None and app.state == api_pb2.APP_STATE_INITIALIZING:
+        if app is not None and app.state in (api_pb2.APP_STATE_INITIALIZING, api_pb2.APP_STATE_EPHEMERAL):
             app.state = api_pb2.APP_STATE_STOPPED
+            app.containers.clear()
         return empty()
 
     def rpc_AppPublish(self, req: Any) -> Any:
         app = self._app(req.app_id)
+        if req.app_state == api_pb2.APP_STATE_EPHEMERAL:  # `App.run`: no name, no deployment history
+            app.state = req.app_state
+            app.containers[self.plane.new_id("ta")] = time.time()
+            return api_pb2.AppPublishResponse(url=f"https://modal.com/apps/{WORKSPACE}/{app.app_id}")
         clash = self._deployed(req.name, app.environment)
         if clash is not None and clash.app_id != app.app_id:
             raise GRPCError(Status.ALREADY_EXISTS, f"an app named {req.name} is already deployed")

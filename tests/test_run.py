@@ -160,7 +160,7 @@ def test_text_output_says_the_outcome(backend, capsys):
         backend.ephemeral_url = url
         code = cli.main(["run", NAME, "--env", "dev", "--max-tokens", "4"])
     out = " ".join(capsys.readouterr().out.split())
-    assert code == 0 and "passed" in out and f"{NAME}: passed (ran as {NAME}-run-" in out
+    assert code == 0 and f"{NAME}: passed (ran as {NAME}-run-" in out and "; stopped;" in out
 
 
 def test_help_says_how_a_run_never_outlives_its_timeout(capsys):

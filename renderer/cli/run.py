@@ -90,7 +90,8 @@ class RunResult:
                 f"{r.name}: {r.outcome}"
                 + (f" (ran as {r.run_name}, {r.app_id})" if r.app_id else "")
                 + (f"; started in {r.start_seconds:.1f} s" if r.start_seconds is not None else "")
-                + (f"; stopped after {r.total_seconds:.1f} s" if r.stopped else "")
+                + ("; stopped" if r.stopped else "")
+                + f"; {r.total_seconds:.1f} s in all"
             )
         )
         if r.error:
