@@ -116,6 +116,19 @@ def test_ctrl_c_stops_the_app(backend, capsys):
     assert stopped_once(backend)
 
 
+def test_sigterm_stops_the_app_as_ctrl_c_does(backend, capsys):
+    with openai_server(ServerConfig(models=MODELS, health_failures=10_000)) as url:
+        backend.ephemeral_url = url
+        timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.start()
+        try:
+            code, doc, _ = run(capsys, "--startup-timeout", "30")
+        finally:
+            timer.cancel()
+    assert code == 130 and doc["outcome"] == "interrupted" and stopped_once(backend)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
+
+
 def test_a_crash_of_the_test_stops_the_app(backend, capsys, monkeypatch):
     from renderer.endpoint import client
 

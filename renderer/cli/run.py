@@ -17,11 +17,12 @@ examples (need Modal credentials):
   fleetform run qwen2-5-7b-awq --keep 15                keep it up 15 minutes after a passing test
   fleetform run llama-3-1-8b-fp8 --format json          every step's figures as one JSON document
 
-It never outlives its timeout: the app is ephemeral (what `modal run` starts). The cold start may
-take at most the startup timeout, --keep at most its minutes, and the app stops when the command
-ends, however it ends (pass, failure, Ctrl-C, a crash of the test). If this process dies instead
-(killed, machine lost), nothing sends the stop; the Modal SDK's client sends a heartbeat for the
-app every 15 s while it runs, and Modal stops an ephemeral app whose client stopped sending them.
+How a run never outlives its timeout: the cold start may take at most the startup timeout, --keep
+at most its minutes, and the app stops when the command ends, however it ends (pass, failure,
+Ctrl-C, SIGTERM, a crash of the test): the SDK tells Modal the client disconnected, which stops an
+ephemeral app. If this process dies without that (SIGKILL, a lost machine), the app is ephemeral,
+not deployed: the SDK sends it a heartbeat every 15 s while the command runs, and only a detached
+app is meant to outlive its client; Modal stops an ephemeral app whose heartbeats stop.
 
 exit codes: 0 the test passed, 1 it failed or the run was refused, 2 usage error, 130 interrupted
 """
@@ -112,10 +113,29 @@ def run_run(args: argparse.Namespace, report: TextReporter) -> RunResult:
         prompts=tuple(args.prompt) if args.prompt else None,
         max_tokens=args.max_tokens,
     )
-    result = try_run(d, app, be, resolved.prices, options, log=log)
+    restore = _sigterm_as_interrupt()  # a cancelled CI job stops the app too
+    try:
+        result = try_run(d, app, be, resolved.prices, options, log=log)
+    finally:
+        restore()
     if result.outcome in ("refused", "not started"):  # nothing ran: one error line (and the document)
         raise CliError(result.error, ExitCode.INVALID, doc=result.to_dict())
     return RunResult(result)
+
+
+def _sigterm_as_interrupt() -> Any:
+    """SIGTERM (what a CI runner sends a cancelled job) ends the run as Ctrl-C does: the app is stopped."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def log(message: str) -> None:
