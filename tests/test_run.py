@@ -181,3 +181,13 @@ def test_help_says_how_a_run_never_outlives_its_timeout(capsys):
         cli.main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "heartbeat" in text and "--max-cost-per-hour" in text and "--keep MINUTES" in text
+
+
+def test_the_docs_name_every_key_of_the_json_document(backend, capsys):
+    with openai_server(ServerConfig(models=MODELS)) as url:
+        backend.ephemeral_url = url
+        _, doc, _ = run(capsys)
+    text = (REPO / "docs" / "deploying.md").read_text(encoding="utf-8")
+    section = text[text.index("## `fleetform run NAME`") :]
+    assert [k for k in [*doc, *doc["steps"][0]] if f"`{k}`" not in section and f'"{k}"' not in section] == []
+    assert f"`{doc['outcome']}`" in section and "AppClientDisconnect" in section
