@@ -49,6 +49,7 @@ class FakeBackend(Backend):
         self.max_concurrent = 0
         self.ephemeral_url = "https://run.example.test"  # what an ephemeral app's server answers at
         self.ephemeral_error: BackendError | None = None  # raised when an ephemeral app starts
+        self.ephemeral_delay = 0.0  # seconds an ephemeral app takes to start (image builds...)
         self.ephemeral_apps: list[EphemeralApp] = []  # every ephemeral app started, stopped or not
         self._running = 0
         self._lock = threading.Lock()
@@ -163,6 +164,8 @@ class FakeBackend(Backend):
         run = EphemeralApp(name, f"ap-{name}", env, self.ephemeral_url)
         self.ephemeral_apps.append(run)
         try:
+            if self.ephemeral_delay:
+                time.sleep(self.ephemeral_delay)  # created, still starting: an interrupt here must stop it too
             yield run
         finally:
             self.calls.append(("ephemeral_stop", name, env))

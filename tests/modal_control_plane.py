@@ -105,6 +105,7 @@ class ControlPlane:
         self.urls: dict[str, str] = {}  # app name -> the web URL of its functions
         self.rollback_tag: Callable[[Version], str] = lambda target: ""  # tag of a rollback's new entry
         self.fail: dict[str, GRPCError] = {}  # method -> error raised instead of answering
+        self.delay: dict[str, float] = {}  # method -> seconds to wait before answering (a slow image build)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +237,8 @@ class _Servicer(ModalClientBase):
                 raise GRPCError(Status.UNAUTHENTICATED, "Token is invalid")
             if method in self.plane.fail:
                 raise self.plane.fail[method]
+            if method in self.plane.delay:
+                await asyncio.sleep(self.plane.delay[method])
             if impl is None:
                 raise GRPCError(Status.UNIMPLEMENTED, f"{method} is not served by the test control plane")
             result = impl(request)

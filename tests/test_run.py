@@ -103,6 +103,15 @@ def test_a_start_up_timeout_stops_the_app_and_says_so(backend, capsys):
     assert stopped_once(backend)
 
 
+def test_a_start_slower_than_the_startup_timeout_is_cut_short_and_stopped(backend, capsys):
+    backend.ephemeral_delay = 5.0
+    code, doc, _ = run(capsys, "--startup-timeout", "1")
+    assert code == 1 and doc["outcome"] == "startup_timeout" and doc["total_s"] < 3, doc
+    assert "not started within the startup timeout (1 s); the app was stopped" in doc["error"]
+    assert stopped_once(backend)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # put back as it was
+
+
 def test_ctrl_c_stops_the_app(backend, capsys):
     with openai_server(ServerConfig(models=MODELS, health_failures=10_000)) as url:
         backend.ephemeral_url = url

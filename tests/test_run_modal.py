@@ -104,3 +104,15 @@ def test_a_start_failure_is_one_line_and_leaves_nothing_running(plane, fleet):
     assert "lack of quota or capacity" in doc["error"] and doc["stopped"] is False
     (create,) = plane.messages("AppCreate")
     assert [a.state for a in plane.apps.values()] == [api_pb2.APP_STATE_STOPPED]
+
+
+def test_a_start_slower_than_the_startup_timeout_disconnects_and_stops_the_app(plane, fleet):
+    plane.delay["FunctionCreate"] = 8.0  # e.g. an image build
+    result, doc = run(plane, fleet, "--startup-timeout", "2")
+    assert result.returncode == 1 and doc["outcome"] == "startup_timeout", result.stderr
+    assert "Traceback" not in result.stderr and doc["total_s"] < 8
+    (create,) = plane.calls("AppCreate")
+    (disconnect,) = plane.messages("AppClientDisconnect")
+    assert disconnect.reason == api_pb2.APP_DISCONNECT_REASON_KEYBOARD_INTERRUPT
+    assert [a.state for a in plane.apps.values()] == [api_pb2.APP_STATE_STOPPED]
+    assert plane.messages("AppPublish") == []

@@ -6,15 +6,16 @@ test as `fleetform test` runs against its URL (health, riding out the cold start
 the streamed chats); the app stops when the test ends, whether it passed, failed, crashed or was
 interrupted. `keep_minutes` keeps it up for a while after a passing test.
 
-How long it can live: the cold start is bounded by the deployment's startup timeout (or the
-caller's); `keep_minutes` by itself; and if this process dies, the app stops once Modal misses the
+How long it can live: the start and the cold start are bounded by the deployment's startup
+timeout (or the caller's; a start still going at the timeout is interrupted, as Ctrl-C would); `keep_minutes` by itself; and if this process dies, the app stops once Modal misses the
 client's heartbeats (the SDK sends one every 15 s while the app runs).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,38 @@ from renderer.modal_api import NO_CREDENTIALS, Backend, BackendError, EphemeralA
 from renderer.plan.cost import Cost
 
 Log = Callable[[str], None]
+
+
+class StartTimeout(KeyboardInterrupt):
+    """The start took longer than the startup timeout. Raised in the main thread by a timer, as Ctrl-C
+    would be, because that is what the SDK cancels a blocking start on (and then stops the app)."""
+
+
+@contextmanager
+def start_deadline(seconds: float) -> Iterator[Callable[[], None]]:
+    """Interrupt the main thread with StartTimeout after `seconds`; the yielded function disarms it.
+    Off the main thread (no signals there) it does nothing: the cold start is still bounded."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield lambda: None
+        return
+
+    def fire(*_: Any) -> None:
+        raise StartTimeout
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def disarm() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+    try:
+        yield disarm
+    finally:
+        disarm()
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -148,7 +181,8 @@ def try_run(
     stop_started: float | None = None
     try:
         log(f"starting {report.run_name} as an ephemeral app in Modal environment {d.modal_env or '(default)'}")
-        with backend.ephemeral(app, d.modal_env) as live:
+        with start_deadline(timeout) as disarm, backend.ephemeral(app, d.modal_env) as live:
+            disarm()
             report.app_id, report.url, report.stop_command = live.app_id, live.url, live.stop_command
             report.start_seconds = time.monotonic() - t0
             report.steps.append({"step": "start", "ok": True, "seconds": _round(report.start_seconds)})
@@ -171,6 +205,10 @@ def try_run(
                 sleep(options.keep_minutes * 60)
             stop_started = time.monotonic()
             log(f"stopping {report.run_name}")
+    except StartTimeout:
+        report.outcome = "startup_timeout"
+        report.error = f"not started within the startup timeout ({timeout:g} s); the app was stopped"
+        report.stopped = True  # Backend.ephemeral stops the app however its start ends
     except KeyboardInterrupt:
         report.outcome, report.error = "interrupted", "interrupted; the app was stopped"
     except BackendError as exc:
