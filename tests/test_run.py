@@ -158,6 +158,19 @@ def test_keep_holds_it_up_then_stops_it_and_says_how_to_stop_it(backend, capsys)
     assert f"keeping {url} up for 0.01 min" in err and f"modal app stop ap-{doc['run_name']} --env {MODAL_ENV}" in err
 
 
+def test_ctrl_c_during_keep_ends_it_sooner_and_the_run_still_passes(backend, capsys):
+    with openai_server(ServerConfig(models=MODELS)) as url:
+        backend.ephemeral_url = url
+        timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            code, doc, _ = run(capsys, "--keep", "1")
+        finally:
+            timer.cancel()
+    assert code == 0 and doc["outcome"] == "passed" and 0 < doc["kept_minutes"] < 0.1, doc
+    assert stopped_once(backend)
+
+
 def test_max_cost_per_hour_refuses_a_dearer_run_before_any_modal_call(backend, capsys):
     code, doc, err = run(capsys, "--max-cost-per-hour", "0.5")
     assert code == 1 and doc["outcome"] == "refused" and backend.calls_of("ephemeral") == []

@@ -7,8 +7,10 @@ the streamed chats); the app stops when the test ends, whether it passed, failed
 interrupted. `keep_minutes` keeps it up for a while after a passing test.
 
 How long it can live: the start and the cold start are bounded by the deployment's startup
-timeout (or the caller's; a start still going at the timeout is interrupted, as Ctrl-C would); `keep_minutes` by itself; and if this process dies, the app stops once Modal misses the
-client's heartbeats (the SDK sends one every 15 s while the app runs).
+timeout (or the caller's; a start still going at the timeout is interrupted, as Ctrl-C would),
+`keep_minutes` by itself. If this process dies without stopping it, what is left is Modal's side:
+the SDK sends the app a heartbeat every 15 s while it runs, and an ephemeral (not detached) app is
+stopped when its client is gone.
 """
 
 from __future__ import annotations
@@ -194,7 +196,10 @@ def try_run(
             kwargs: dict[str, Any] = {"health_timeout": left, "max_tokens": options.max_tokens}
             if options.prompts:
                 kwargs["prompts"] = list(options.prompts)
-            report.smoke = client.run_smoke(endpoint, list(d.model.names), **kwargs)
+            try:
+                report.smoke = client.run_smoke(endpoint, list(d.model.names), **kwargs)
+            finally:
+                stop_started = time.monotonic()  # what follows the test is the stop (or --keep, reset below)
             _judge(report, timeout)
             if report.ok and options.keep_minutes:
                 report.kept_minutes = options.keep_minutes
@@ -202,7 +207,11 @@ def try_run(
                     f"keeping {live.url} up for {options.keep_minutes:g} min; stop it sooner with Ctrl-C "
                     f"or `{live.stop_command}`"
                 )
-                sleep(options.keep_minutes * 60)
+                kept_from = time.monotonic()
+                try:
+                    sleep(options.keep_minutes * 60)
+                except KeyboardInterrupt:  # the documented way to end --keep sooner: the test still passed
+                    report.kept_minutes = round((time.monotonic() - kept_from) / 60, 3)
             stop_started = time.monotonic()
             log(f"stopping {report.run_name}")
     except StartTimeout:
