@@ -14,7 +14,9 @@ every error path is exercised offline). This module provides:
   client's CPU core).
 
 Timing: the first token is sent ``ttft_ms`` after the request arrives, then one
-token every ``itl_ms`` (scheduled against absolute times, so no drift). A
+token every ``itl_ms`` (scheduled against absolute times, so no drift). With a
+``knee``, both grow with the requests in flight beyond it (``ServerConfig.latency_at``),
+so a concurrency search has a known answer: the knee. A
 request gets ``output_tokens`` tokens, capped by its ``max_tokens``; with
 ``ignore_eos`` it gets exactly ``max_tokens``. Usage is reported with
 ``prompt_tokens`` = number of whitespace-separated words in the messages.
@@ -82,6 +84,17 @@ class ServerConfig:
     record_requests: bool = True
     # Text of token i (str.format with i): tests put markup-like text here to check it prints as sent.
     token_text: str = "tok{i} "
+    # Latency that degrades with load: a request arriving while more than `knee` chat requests are in
+    # flight (itself included) gets `ttft_ms_per_extra` more TTFT and `itl_ms_per_extra` more ITL for each
+    # request beyond the knee (fixed at arrival). None: no load model, latency is constant.
+    knee: int | None = None
+    ttft_ms_per_extra: float = 0.0
+    itl_ms_per_extra: float = 0.0
+
+    def latency_at(self, in_flight: int) -> tuple[float, float]:
+        """(TTFT, ITL) in ms for a request that arrives with `in_flight` requests in flight (itself included)."""
+        extra = max(0, in_flight - self.knee) if self.knee is not None else 0
+        return self.ttft_ms + extra * self.ttft_ms_per_extra, self.itl_ms + extra * self.itl_ms_per_extra
 
 
 @dataclass
@@ -216,22 +229,25 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     n_in = _prompt_tokens(body.get("messages"))
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    ttft_ms, itl_ms = config.latency_at(state.in_flight)
     try:
         if body.get("stream"):
-            return await _stream(request, body, n_in, n_out, fault)
-        return await _complete(request, body, n_in, n_out, fault)
+            return await _stream(request, body, n_in, n_out, fault, ttft_ms, itl_ms)
+        return await _complete(request, body, n_in, n_out, fault, ttft_ms, itl_ms)
     finally:
         state.in_flight -= 1
 
 
-async def _complete(request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault) -> web.Response:
+async def _complete(
+    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault, ttft_ms: float, itl_ms: float
+) -> web.Response:
     state = request.app[STATE]
     config = state.config
     start = asyncio.get_running_loop().time()
     if fault is Fault.HANG:
         await _hang(state)
         return web.Response(status=500)
-    await _sleep_until(start + (config.ttft_ms + max(n_out - 1, 0) * config.itl_ms) / 1000)
+    await _sleep_until(start + (ttft_ms + max(n_out - 1, 0) * itl_ms) / 1000)
     if fault is Fault.BAD_JSON:
         return web.Response(text='{"id": "chatcmpl-1", "choices": [', content_type="application/json")
     text = "".join(config.token_text.format(i=i) for i in range(n_out))
@@ -254,7 +270,7 @@ async def _complete(request: web.Request, body: dict[str, Any], n_in: int, n_out
 
 
 async def _stream(
-    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault
+    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault, ttft_ms: float, itl_ms: float
 ) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
@@ -262,14 +278,14 @@ async def _stream(
     rid, model, created = f"chatcmpl-{state.chat_count}", body["model"], int(time.time())
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    batch = config.itl_ms <= 0  # zero delays: one write, so the server stays cheap
+    batch = itl_ms <= 0  # zero delays: one write, so the server stays cheap
     pending: list[bytes] = []
     try:
         for i in range(n_out):
             if not batch:
-                await _sleep_until(start + (config.ttft_ms + i * config.itl_ms) / 1000)
-            elif i == 0 and config.ttft_ms > 0:
-                await _sleep_until(start + config.ttft_ms / 1000)
+                await _sleep_until(start + (ttft_ms + i * itl_ms) / 1000)
+            elif i == 0 and ttft_ms > 0:
+                await _sleep_until(start + ttft_ms / 1000)
             if fault is not Fault.NONE and i == config.fault_after_tokens:
                 await resp.write(b"".join(pending))
                 return await _strike(state, resp, fault)
@@ -376,6 +392,9 @@ async def _main(args: argparse.Namespace) -> None:
         itl_ms=args.itl_ms,
         output_tokens=args.output_tokens,
         record_requests=False,
+        knee=args.knee,
+        ttft_ms_per_extra=args.ttft_ms_per_extra,
+        itl_ms_per_extra=args.itl_ms_per_extra,
         **({"models": args.model} if args.model else {}),
         **({"token_text": args.token_text} if args.token_text else {}),
     )
@@ -401,4 +420,7 @@ if __name__ == "__main__":
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--model", action="append", help="a served model name (repeatable)")
     parser.add_argument("--token-text", help="text of token i, e.g. 'tok{i} '")
+    parser.add_argument("--knee", type=int, help="requests in flight beyond which latency grows")
+    parser.add_argument("--ttft-ms-per-extra", type=float, default=0.0, help="TTFT added per request beyond --knee")
+    parser.add_argument("--itl-ms-per-extra", type=float, default=0.0, help="ITL added per request beyond --knee")
     asyncio.run(_main(parser.parse_args()))

@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 
-from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, validate
+from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, tune, validate
 from renderer.cli.output import ExitCode, drive, reporter
 
 EPILOG = """\
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_parser(sub)
     init.add_parsers(sub)
     endpoint.add_parsers(sub)
+    tune.add_parser(sub)
     return parser
 
 
