@@ -84,15 +84,16 @@ class ServerConfig:
     record_requests: bool = True
     # Text of token i (str.format with i): tests put markup-like text here to check it prints as sent.
     token_text: str = "tok{i} "
-    # Latency that degrades with load: a request arriving while more than `knee` chat requests are in
-    # flight (itself included) gets `ttft_ms_per_extra` more TTFT and `itl_ms_per_extra` more ITL for each
-    # request beyond the knee (fixed at arrival). None: no load model, latency is constant.
+    # Latency that degrades with load: the load is the most chat requests generating at once since the
+    # server was last idle (a closed-loop level at concurrency c reaches c with its first wave, never more,
+    # and levels drain in between); beyond `knee` each request in it adds `ttft_ms_per_extra` of TTFT and
+    # `itl_ms_per_extra` of ITL to a request arriving now. None: no load model, latency is constant.
     knee: int | None = None
     ttft_ms_per_extra: float = 0.0
     itl_ms_per_extra: float = 0.0
 
     def latency_at(self, in_flight: int) -> tuple[float, float]:
-        """(TTFT, ITL) in ms for a request that arrives with `in_flight` requests in flight (itself included)."""
+        """(TTFT, ITL) in ms for a request arriving at a load of `in_flight` requests (itself included)."""
         extra = max(0, in_flight - self.knee) if self.knee is not None else 0
         return self.ttft_ms + extra * self.ttft_ms_per_extra, self.itl_ms + extra * self.itl_ms_per_extra
 
@@ -107,6 +108,10 @@ class ServerState:
     chat_count: int = 0
     health_count: int = 0
     in_flight: int = 0  # chat requests being answered now
+    # Chat requests still generating (the load model's count): a request leaves before its last write, so
+    # a closed-loop client's next request never sees its predecessor still counted.
+    generating: int = 0
+    peak: int = 0  # the most generating at once since the server was last idle
     max_in_flight: int = 0
     dead: bool = False
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -229,17 +234,42 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     n_in = _prompt_tokens(body.get("messages"))
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
-    ttft_ms, itl_ms = config.latency_at(state.in_flight)
+    if state.generating == 0:
+        state.peak = 0
+    state.generating += 1
+    state.peak = max(state.peak, state.generating)
+    ttft_ms, itl_ms = config.latency_at(state.peak)
+    done = _Done(state)
     try:
         if body.get("stream"):
-            return await _stream(request, body, n_in, n_out, fault, ttft_ms, itl_ms)
-        return await _complete(request, body, n_in, n_out, fault, ttft_ms, itl_ms)
+            return await _stream(request, body, n_in, n_out, fault, ttft_ms, itl_ms, done)
+        return await _complete(request, body, n_in, n_out, fault, ttft_ms, itl_ms, done)
     finally:
+        done()
         state.in_flight -= 1
 
 
+class _Done:
+    """Take a request out of `ServerState.generating`, once."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state: ServerState | None = state
+
+    def __call__(self) -> None:
+        if self.state is not None:
+            self.state.generating -= 1
+            self.state = None
+
+
 async def _complete(
-    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault, ttft_ms: float, itl_ms: float
+    request: web.Request,
+    body: dict[str, Any],
+    n_in: int,
+    n_out: int,
+    fault: Fault,
+    ttft_ms: float,
+    itl_ms: float,
+    done: _Done,
 ) -> web.Response:
     state = request.app[STATE]
     config = state.config
@@ -248,6 +278,7 @@ async def _complete(
         await _hang(state)
         return web.Response(status=500)
     await _sleep_until(start + (ttft_ms + max(n_out - 1, 0) * itl_ms) / 1000)
+    done()
     if fault is Fault.BAD_JSON:
         return web.Response(text='{"id": "chatcmpl-1", "choices": [', content_type="application/json")
     text = "".join(config.token_text.format(i=i) for i in range(n_out))
@@ -270,7 +301,14 @@ async def _complete(
 
 
 async def _stream(
-    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault, ttft_ms: float, itl_ms: float
+    request: web.Request,
+    body: dict[str, Any],
+    n_in: int,
+    n_out: int,
+    fault: Fault,
+    ttft_ms: float,
+    itl_ms: float,
+    done: _Done,
 ) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
@@ -308,6 +346,7 @@ async def _stream(
             }
             pending.append(b"data: " + json.dumps(last).encode() + b"\n\n")
         pending.append(b"data: [DONE]\n\n")
+        done()
         await _write(resp, b"".join(pending), config.split_writes)
         await resp.write_eof()
     except ConnectionError:

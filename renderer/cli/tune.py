@@ -408,7 +408,10 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
     is_url = args.target.startswith(("http://", "https://"))
     if args.write and is_url and not args.deployment:
         raise CliError("--write needs the deployment: name it as TARGET or with --deployment", ExitCode.USAGE)
-    endpoint, names, deployment, prices = _resolve_target(args, report)
+    try:
+        endpoint, names, deployment, prices = _resolve_target(args, report)
+    except ClientError as exc:
+        raise CliError(exc.message) from None
     say_waiting(endpoint.base_url, args.health_timeout)
 
     async def first_model() -> str:
