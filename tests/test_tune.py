@@ -199,6 +199,9 @@ def test_tune_finds_the_servers_knee(knee_server, tmp_path):
     assert cost["gpu"] == "H100" and cost["count"] == 2
     assert cost["usd_per_million_output_tokens"] == pytest.approx(cost["usd_per_hour"] / (tps * 3600) * 1e6, rel=1e-3)
     assert "[tune] concurrency 16 (grow" in result.stderr and "FAIL (ttft_p90" in result.stderr  # live figures
+    documented = (REPO / "docs" / "tune.md").read_text(encoding="utf-8")
+    keys = set(doc) | set(doc["levels"][0]) - {"result"} | set(cost) | set(doc["workload"]) | set(doc["search"])
+    assert sorted(k for k in keys if f"`{k}`" not in documented) == []
     page = plot.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3 and "SLO 40" in page
 
