@@ -253,6 +253,22 @@ def test_write_changes_only_the_two_values(knee_server, tmp_path):
     assert check.returncode == 0, check.stderr
 
 
+def test_write_writes_nothing_without_an_answer_and_names_an_overriding_overlay(knee_server, tmp_path):
+    original = (REPO / "deployments" / "llama-3-1-8b-fp8.yaml").read_text()
+    text = original.replace("      max_containers: 4\n", "      max_containers: 4\n      max_concurrency: 64\n")
+    folder = _fleet(tmp_path, text)
+    path = folder / "llama-3-1-8b-fp8.yaml"
+    base = ["tune", knee_server, str(folder), "--deployment", "llama-3-1-8b-fp8", "--model", "test-model"]
+    base += ["--auth", "none", "--output-len", "4", "--tail-samples", "2", "--write", "--env", "prod"]
+    result = run_cli(*base, "--slo", "ttft_p90<=1ms")
+    assert result.returncode == 1 and path.read_text() == text
+    assert "nothing written" in result.stdout
+    result = run_cli(*base, "--slo", "ttft_p90<=40ms", "--limit", "4")
+    assert result.returncode == 0, result.stderr
+    assert "+  max_concurrency: 4" in result.stdout
+    assert "environments.prod.scaling.max_concurrency" in result.stdout and "still overrides" in result.stdout
+
+
 def test_write_needs_a_deployment(knee_server):
     result = run_cli("tune", knee_server, "--slo", "ttft_p90<=40ms", "--write")
     assert result.returncode == 2 and "--write needs the deployment" in result.stderr

@@ -220,11 +220,11 @@ class TuneRun:
             out.print(literal(f"stopped: {a.stopped}"), style="red")
         out.print(literal(f"{a.requests} requests over {len(a.levels)} levels"))
         for note in self.notes:
-            out.print(literal(note))
+            out.print(literal(note), soft_wrap=True)
         out.print(literal(terminal_chart(a, lat)))
         if self.written:
-            out.print(literal(f"wrote {self.written}:"))
-            out.print(literal(self.diff.rstrip("\n")))
+            out.print(literal(f"wrote {self.written}:"), soft_wrap=True)
+            out.print(literal(self.diff.rstrip("\n")), soft_wrap=True)
 
 
 def _value(term: Any, value: float | None) -> str:
@@ -476,11 +476,25 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
         if answer.max_concurrency is None or answer.stopped:
             run.notes.append("nothing written: the search found no SLO-meeting level it could trust")
         else:
-            _write(run, deployment)
+            _write(run, deployment, args.env)
     return run
 
 
-def _write(run: TuneRun, deployment: Any) -> None:
+def _overridden(text: str, path: str, fleet_env: str | None) -> list[str]:
+    """The tuned keys that the file's overlay for `fleet_env` sets, which win over the written ones there."""
+    from renderer.config.load import LoadError, load_text
+
+    if fleet_env is None:
+        return []
+    try:
+        data = load_text(path, text.encode("utf-8")).data
+    except LoadError:
+        return []
+    overlay = ((data.get("environments") or {}).get(fleet_env) or {}).get("scaling") or {}
+    return [k for k in ("target_concurrency", "max_concurrency") if isinstance(overlay, dict) and k in overlay]
+
+
+def _write(run: TuneRun, deployment: Any, fleet_env: str | None) -> None:
     from renderer.codegen.write import write_file
     from renderer.config.edit import EditError, set_values
 
@@ -501,6 +515,8 @@ def _write(run: TuneRun, deployment: Any) -> None:
         except OSError as exc:
             raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
     run.written = path
+    for key in _overridden(after, path, fleet_env):
+        run.notes.append(f"note: environments.{fleet_env}.scaling.{key} in {path} still overrides the written value")
     run.diff = (
         "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
         or "(no change: the file already has these values)\n"
