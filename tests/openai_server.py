@@ -14,7 +14,9 @@ every error path is exercised offline). This module provides:
   client's CPU core).
 
 Timing: the first token is sent ``ttft_ms`` after the request arrives, then one
-token every ``itl_ms`` (scheduled against absolute times, so no drift). A
+token every ``itl_ms`` (scheduled against absolute times, so no drift). With a
+``knee``, both grow with the requests in flight beyond it (``ServerConfig.latency_at``),
+so a concurrency search has a known answer: the knee. A
 request gets ``output_tokens`` tokens, capped by its ``max_tokens``; with
 ``ignore_eos`` it gets exactly ``max_tokens``. Usage is reported with
 ``prompt_tokens`` = number of whitespace-separated words in the messages.
@@ -82,6 +84,18 @@ class ServerConfig:
     record_requests: bool = True
     # Text of token i (str.format with i): tests put markup-like text here to check it prints as sent.
     token_text: str = "tok{i} "
+    # Latency that degrades with load: the load is the most chat requests generating at once since the
+    # server was last idle (a closed-loop level at concurrency c reaches c with its first wave, never more,
+    # and levels drain in between); beyond `knee` each request in it adds `ttft_ms_per_extra` of TTFT and
+    # `itl_ms_per_extra` of ITL to a request arriving now. None: no load model, latency is constant.
+    knee: int | None = None
+    ttft_ms_per_extra: float = 0.0
+    itl_ms_per_extra: float = 0.0
+
+    def latency_at(self, in_flight: int) -> tuple[float, float]:
+        """(TTFT, ITL) in ms for a request arriving at a load of `in_flight` requests (itself included)."""
+        extra = max(0, in_flight - self.knee) if self.knee is not None else 0
+        return self.ttft_ms + extra * self.ttft_ms_per_extra, self.itl_ms + extra * self.itl_ms_per_extra
 
 
 @dataclass
@@ -94,6 +108,10 @@ class ServerState:
     chat_count: int = 0
     health_count: int = 0
     in_flight: int = 0  # chat requests being answered now
+    # Chat requests still generating (the load model's count): a request leaves before its last write, so
+    # a closed-loop client's next request never sees its predecessor still counted.
+    generating: int = 0
+    peak: int = 0  # the most generating at once since the server was last idle
     max_in_flight: int = 0
     dead: bool = False
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -216,22 +234,51 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     n_in = _prompt_tokens(body.get("messages"))
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    if state.generating == 0:
+        state.peak = 0
+    state.generating += 1
+    state.peak = max(state.peak, state.generating)
+    ttft_ms, itl_ms = config.latency_at(state.peak)
+    done = _Done(state)
     try:
         if body.get("stream"):
-            return await _stream(request, body, n_in, n_out, fault)
-        return await _complete(request, body, n_in, n_out, fault)
+            return await _stream(request, body, n_in, n_out, fault, ttft_ms, itl_ms, done)
+        return await _complete(request, body, n_in, n_out, fault, ttft_ms, itl_ms, done)
     finally:
+        done()
         state.in_flight -= 1
 
 
-async def _complete(request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault) -> web.Response:
+class _Done:
+    """Take a request out of `ServerState.generating`, once."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state: ServerState | None = state
+
+    def __call__(self) -> None:
+        if self.state is not None:
+            self.state.generating -= 1
+            self.state = None
+
+
+async def _complete(
+    request: web.Request,
+    body: dict[str, Any],
+    n_in: int,
+    n_out: int,
+    fault: Fault,
+    ttft_ms: float,
+    itl_ms: float,
+    done: _Done,
+) -> web.Response:
     state = request.app[STATE]
     config = state.config
     start = asyncio.get_running_loop().time()
     if fault is Fault.HANG:
         await _hang(state)
         return web.Response(status=500)
-    await _sleep_until(start + (config.ttft_ms + max(n_out - 1, 0) * config.itl_ms) / 1000)
+    await _sleep_until(start + (ttft_ms + max(n_out - 1, 0) * itl_ms) / 1000)
+    done()
     if fault is Fault.BAD_JSON:
         return web.Response(text='{"id": "chatcmpl-1", "choices": [', content_type="application/json")
     text = "".join(config.token_text.format(i=i) for i in range(n_out))
@@ -254,7 +301,14 @@ async def _complete(request: web.Request, body: dict[str, Any], n_in: int, n_out
 
 
 async def _stream(
-    request: web.Request, body: dict[str, Any], n_in: int, n_out: int, fault: Fault
+    request: web.Request,
+    body: dict[str, Any],
+    n_in: int,
+    n_out: int,
+    fault: Fault,
+    ttft_ms: float,
+    itl_ms: float,
+    done: _Done,
 ) -> web.StreamResponse:
     state = request.app[STATE]
     config = state.config
@@ -262,14 +316,14 @@ async def _stream(
     rid, model, created = f"chatcmpl-{state.chat_count}", body["model"], int(time.time())
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
-    batch = config.itl_ms <= 0  # zero delays: one write, so the server stays cheap
+    batch = itl_ms <= 0  # zero delays: one write, so the server stays cheap
     pending: list[bytes] = []
     try:
         for i in range(n_out):
             if not batch:
-                await _sleep_until(start + (config.ttft_ms + i * config.itl_ms) / 1000)
-            elif i == 0 and config.ttft_ms > 0:
-                await _sleep_until(start + config.ttft_ms / 1000)
+                await _sleep_until(start + (ttft_ms + i * itl_ms) / 1000)
+            elif i == 0 and ttft_ms > 0:
+                await _sleep_until(start + ttft_ms / 1000)
             if fault is not Fault.NONE and i == config.fault_after_tokens:
                 await resp.write(b"".join(pending))
                 return await _strike(state, resp, fault)
@@ -292,6 +346,7 @@ async def _stream(
             }
             pending.append(b"data: " + json.dumps(last).encode() + b"\n\n")
         pending.append(b"data: [DONE]\n\n")
+        done()
         await _write(resp, b"".join(pending), config.split_writes)
         await resp.write_eof()
     except ConnectionError:
@@ -376,6 +431,9 @@ async def _main(args: argparse.Namespace) -> None:
         itl_ms=args.itl_ms,
         output_tokens=args.output_tokens,
         record_requests=False,
+        knee=args.knee,
+        ttft_ms_per_extra=args.ttft_ms_per_extra,
+        itl_ms_per_extra=args.itl_ms_per_extra,
         **({"models": args.model} if args.model else {}),
         **({"token_text": args.token_text} if args.token_text else {}),
     )
@@ -401,4 +459,7 @@ if __name__ == "__main__":
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--model", action="append", help="a served model name (repeatable)")
     parser.add_argument("--token-text", help="text of token i, e.g. 'tok{i} '")
+    parser.add_argument("--knee", type=int, help="requests in flight beyond which latency grows")
+    parser.add_argument("--ttft-ms-per-extra", type=float, default=0.0, help="TTFT added per request beyond --knee")
+    parser.add_argument("--itl-ms-per-extra", type=float, default=0.0, help="ITL added per request beyond --knee")
     asyncio.run(_main(parser.parse_args()))

@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 
-from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, run, validate
+from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, run, tune, validate
 from renderer.cli.output import ExitCode, drive, reporter
 
 EPILOG = """\
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_parsers(sub)
     endpoint.add_parsers(sub)
     run.add_parser(sub)
+    tune.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,523 @@
+"""`fleetform tune`: the per-container concurrency that meets a latency SLO, and the autoscaling numbers.
+
+The search is `renderer.endpoint.tune`; this module parses the options, measures each level with
+`bench`'s load generator, prints progress on stderr, and renders the answer (table, terminal chart,
+`--plot` HTML, `--write` into the deployment's YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import html
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from renderer.cli.common import RAW, non_negative, positive, resolve_args
+from renderer.cli.output import CliError, ExitCode, TextReporter, console, literal
+from renderer.endpoint import AUTH_KINDS
+
+DEFAULTS = {"start": 1, "limit": 1024, "factor": 2.0, "resolution": 0.1, "headroom": 0.8, "tail": 10, "noise": 0.1}
+
+
+def _fraction_open(text: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _fraction_below_one(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}") from None
+    if not value > 1 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}")
+    return value
+
+
+def _slo(text: str) -> list:
+    from renderer.endpoint.tune import SloError, parse_slo
+
+    try:
+        return parse_slo(text)
+    except SloError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gpu(text: str) -> tuple[str, int]:
+    from renderer.gpus import GPU_TYPES, parse_gpu_type
+
+    name, _, count = text.partition(":")
+    if parse_gpu_type(name)[0] not in GPU_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown GPU type {name!r}; one of {', '.join(GPU_TYPES)}")
+    if count and (not count.isdigit() or int(count) < 1):
+        raise argparse.ArgumentTypeError(f"expected TYPE[:COUNT] with COUNT >= 1, got {text!r}")
+    return parse_gpu_type(name)[0], int(count or 1)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="find the per-container concurrency that meets a latency SLO",
+        description="Search for the highest per-container concurrency at which every SLO term holds "
+        "(grow geometrically, then bisect), with as few requests as keep each percentile stable, and "
+        "report max_concurrency, target_concurrency (a fraction of it, headroom for the autoscaler), the "
+        "throughput per container there and its cost per million output tokens. --write puts the two "
+        "numbers into the deployment's YAML file in place. Metrics as `fleetform bench` defines them.\n\n"
+        "SLO syntax: comma-separated METRIC_STAT<=VALUE terms; METRIC ttft, tpot, itl or e2el; STAT p50, "
+        "p90 or p99; VALUE with ms or s; and error_rate<=VALUE as a fraction or with % (default: no errors).",
+        epilog="examples (need a server):\n"
+        '  fleetform tune llama-3-1-8b-fp8 --slo "ttft_p90<=500ms,tpot_p90<=40ms" --write\n'
+        '  fleetform tune http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8 --slo "e2el_p99<=8s,error_rate<=1%" '
+        "--plot tune.html\n"
+        '  fleetform tune URL --model llm --gpu H100 --slo "ttft_p50<=200ms" --input-len 512 --format json\n'
+        "\nsee docs/tune.md for how the search decides",
+        formatter_class=RAW,
+        allow_abbrev=False,
+    )
+    p.add_argument("target", metavar="TARGET", help="a deployment name (its URL comes from Modal) or a base URL")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
+    p.add_argument("--env", metavar="ENV", help="environment of the deployment")
+    p.add_argument("--deployment", metavar="NAME", help="with a URL: take served names, auth, GPU and file from it")
+    p.add_argument("--model", action="append", metavar="NAME", help="model name to use (default: the first served)")
+    p.add_argument("--auth", choices=AUTH_KINDS, help="as for bench (default: the deployment's mode, or none)")
+    p.add_argument("--api-key-env", default="FLEETFORM_API_KEY", metavar="VAR", help="variable holding the API key")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--health-timeout", type=positive(float), default=600.0, metavar="S", help="seconds to wait for /health"
+    )
+    p.add_argument("--slo", type=_slo, required=True, metavar="TERMS", help='e.g. "ttft_p90<=500ms,tpot_p90<=40ms"')
+    g = p.add_argument_group("workload (as for bench)")
+    g.add_argument("--input-len", type=positive(int), default=128, metavar="N", help="synthetic prompt length")
+    g.add_argument("--output-len", type=positive(int), default=128, metavar="N", help="max_tokens of each request")
+    g.add_argument("--ignore-eos", action="store_true", help="always generate --output-len tokens (vLLM extension)")
+    g.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
+    g.add_argument("--seed", type=non_negative(int), default=0)
+    g = p.add_argument_group("search")
+    g.add_argument("--start", type=positive(int), default=DEFAULTS["start"], metavar="C", help="first level (1)")
+    g.add_argument("--limit", type=positive(int), default=DEFAULTS["limit"], metavar="C", help="highest level (1024)")
+    g.add_argument("--factor", type=_factor, default=DEFAULTS["factor"], metavar="X", help="growth per level (2)")
+    g.add_argument(
+        "--resolution",
+        type=_fraction_below_one,
+        default=DEFAULTS["resolution"],
+        metavar="F",
+        help="bisect until pass and fail are within max(1, F x pass) (0.1)",
+    )
+    g.add_argument(
+        "--headroom",
+        type=_fraction_open,
+        default=DEFAULTS["headroom"],
+        metavar="F",
+        help="target_concurrency = floor(F x max_concurrency) (0.8)",
+    )
+    g.add_argument(
+        "--tail-samples",
+        type=positive(int),
+        default=DEFAULTS["tail"],
+        metavar="K",
+        help="samples above the SLO's highest percentile per level (10: p90 -> 100 requests)",
+    )
+    g.add_argument(
+        "--noise",
+        type=_fraction_below_one,
+        default=DEFAULTS["noise"],
+        metavar="F",
+        help="repeat a level, with twice the requests, when a figure is within F of its bound (0.1)",
+    )
+    g.add_argument("--max-requests", type=positive(int), metavar="N", help="cap on the requests of one level")
+    g = p.add_argument_group("output")
+    g.add_argument("--gpu", type=_gpu, metavar="TYPE[:COUNT]", help="price this GPU (default: the deployment's)")
+    g.add_argument("--plot", metavar="FILE.html", help="write the chart as a self-contained HTML page (SVG)")
+    g.add_argument("--write", action="store_true", help="set scaling.target/max_concurrency in the deployment's file")
+    p.set_defaults(func=run_tune, needs=("aiohttp",))
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TuneRun:
+    answer: Any  # endpoint.tune.TuneAnswer
+    base_url: str
+    model: str
+    workload: dict[str, Any]
+    written: str | None = None  # the file --write changed
+    diff: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return ExitCode.OK if self.answer.max_concurrency is not None and not self.answer.stopped else ExitCode.INVALID
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "model": self.model,
+            "workload": self.workload,
+            **self.answer.to_dict(),
+            "write": None if self.written is None else {"file": self.written, "diff": self.diff},
+            "notes": self.notes,
+        }
+
+    def render(self, out: Any) -> None:
+        from rich.table import Table
+
+        a = self.answer
+        lat = [t for t in a.slo if t.stat]
+        table = Table(title=literal(f"tune: {self.model} at {self.base_url}"))
+        for col in ("concurrency", "phase", "requests", *(t.name for t in a.slo), "output tok/s", "verdict"):
+            table.add_column(col, justify="left" if col in ("phase", "verdict") else "right")
+        for lv in sorted(a.levels, key=lambda lv: (lv.concurrency, a.levels.index(lv))):
+            cells = [str(lv.concurrency), lv.phase + (" (repeated)" if lv.repeated else ""), str(lv.requests)]
+            cells += [_value(t, lv.values.get(t.name)) for t in a.slo]
+            cells += [
+                f"{lv.result.output_throughput:.1f}",
+                "pass" if lv.passed else "FAIL: " + "; ".join(lv.violations),
+            ]
+            table.add_row(*map(literal, cells))
+        out.print(table)
+        out.print(literal("SLO: " + ", ".join(t.text() for t in a.slo)))
+        if a.max_concurrency is None:
+            out.print(literal(f"no level meets the SLO (from concurrency {a.config.start})"))
+        else:
+            capped = f" (the limit, {a.config.limit}: the true maximum may be higher)" if a.capped else ""
+            out.print(literal(f"max_concurrency: {a.max_concurrency}{capped}"))
+            out.print(
+                literal(
+                    f"target_concurrency: {a.target_concurrency} "
+                    f"(floor({a.config.headroom:g} x {a.max_concurrency}), headroom for the autoscaler)"
+                )
+            )
+            tps = a.output_throughput
+            if tps is not None:
+                out.print(literal(f"throughput per container at the target: {tps:.1f} output tok/s"))
+            for c in a.costs:
+                per_m = "n/a" if c.usd_per_million_output_tokens is None else f"${c.usd_per_million_output_tokens:.4f}"
+                out.print(
+                    literal(f"cost: {c.gpu} x {c.count} (${c.usd_per_hour:.2f}/h): {per_m} per million output tokens")
+                )
+        if a.stopped:
+            out.print(literal(f"stopped: {a.stopped}"), style="red")
+        out.print(literal(f"{a.requests} requests over {len(a.levels)} levels"))
+        for note in self.notes:
+            out.print(literal(note), soft_wrap=True)
+        out.print(literal(terminal_chart(a, lat)))
+        if self.written:
+            out.print(literal(f"wrote {self.written}:"), soft_wrap=True)
+            out.print(literal(self.diff.rstrip("\n")), soft_wrap=True)
+
+
+def _value(term: Any, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if term.stat else f"{value * 100:.1f}%"
+
+
+def _series(slo: list) -> list:
+    """Latency series to chart: the SLO's terms, plus TTFT and TPOT at p90 where the SLO has neither."""
+    from renderer.endpoint.tune import SloTerm
+
+    series = list(slo)
+    for metric in ("ttft", "tpot"):
+        if not any(t.metric == metric for t in slo):
+            series.append(SloTerm(metric, "p90", float("nan")))
+    return series
+
+
+def terminal_chart(answer: Any, slo: list, width: int = 40) -> str:
+    """Bars per level for each latency series (`|` marks the SLO bound) and for output throughput."""
+    levels = sorted({lv.concurrency: lv for lv in answer.levels}.items())
+    if not levels:
+        return ""
+    lines: list[str] = []
+    for term in _series(slo):
+        values = [lv.values.get(term.name, term.value(lv.result)) for _, lv in levels]
+        bound = term.bound if not math.isnan(term.bound) else None
+        top = max([v for v in values if v is not None] + [bound or 0.0]) or 1.0
+        top *= 1.05
+        mark = None if bound is None else min(width - 1, round(bound / top * width))
+        head = f"{term.name} (ms)" + (f", | = SLO {bound:g} ms" if bound is not None else "")
+        lines.append(head)
+        for (c, _lv), v in zip(levels, values, strict=True):
+            n = 0 if v is None else round(v / top * width)
+            cells = ["#" if i < n else " " for i in range(width)]
+            if mark is not None:
+                cells[mark] = "|" if cells[mark] == " " else "+"
+            shown = "-" if v is None else f"{v:.1f}"
+            lines.append(f"{c:>6} {''.join(cells)} {shown}")
+        lines.append("")
+    top = max(lv.result.output_throughput for _, lv in levels) * 1.05 or 1.0
+    lines.append("output throughput (tok/s)")
+    for c, lv in levels:
+        n = round(lv.result.output_throughput / top * width)
+        lines.append(f"{c:>6} {'#' * n}{' ' * (width - n)} {lv.result.output_throughput:.1f}")
+    return "\n".join(lines)
+
+
+def html_chart(answer: Any, title: str) -> str:
+    """A self-contained HTML page: one SVG panel per series, concurrency on a log axis, SLO bounds dashed."""
+    levels = sorted({lv.concurrency: lv for lv in answer.levels}.items())
+    panels = [
+        (t.name + " (ms)", [lv.values.get(t.name, t.value(lv.result)) for _, lv in levels], t.bound)
+        for t in _series([t for t in answer.slo if t.stat])
+    ]
+    panels.append(("output throughput (tok/s)", [lv.result.output_throughput for _, lv in levels], float("nan")))
+    xs = [c for c, _ in levels]
+    w, h, pad = 420, 240, 44
+    lo, hi = math.log2(min(xs)), math.log2(max(xs))
+    span = (hi - lo) or 1.0
+
+    def x_of(c: int) -> float:
+        return pad + (math.log2(c) - lo) / span * (w - 2 * pad)
+
+    svgs = []
+    for name, values, bound in panels:
+        known = [v for v in values if v is not None]
+        top = max(known + ([bound] if not math.isnan(bound) else []) + [1e-9]) * 1.1
+
+        def y_of(v: float, top: float = top) -> float:
+            return h - pad - v / top * (h - 2 * pad)
+
+        points = " ".join(f"{x_of(c):.1f},{y_of(v):.1f}" for c, v in zip(xs, values, strict=True) if v is not None)
+        parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">',
+            f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(name)}</text>',
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>',
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>',
+            f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end" font-size="10">{top:.3g}</text>',
+            f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{points}"/>',
+        ]
+        for c, v in zip(xs, values, strict=True):
+            lv = dict(levels)[c]
+            parts.append(f'<text x="{x_of(c):.1f}" y="{h - pad + 14}" text-anchor="middle" font-size="10">{c}</text>')
+            if v is not None:
+                color = "#16a34a" if lv.passed else "#dc2626"
+                parts.append(f'<circle cx="{x_of(c):.1f}" cy="{y_of(v):.1f}" r="3.5" fill="{color}"/>')
+        if not math.isnan(bound):
+            yb = y_of(bound)
+            parts.append(
+                f'<line x1="{pad}" y1="{yb:.1f}" x2="{w - pad}" y2="{yb:.1f}" stroke="#dc2626" stroke-dasharray="6 4"/>'
+            )
+            parts.append(f'<text x="{w - pad}" y="{yb - 4:.1f}" text-anchor="end" font-size="10">SLO {bound:g}</text>')
+        parts.append(f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle" font-size="10">concurrency</text>')
+        parts.append("</svg>")
+        svgs.append("".join(parts))
+    summary = (
+        f"max_concurrency {answer.max_concurrency}, target_concurrency {answer.target_concurrency}; "
+        f"SLO {', '.join(t.text() for t in answer.slo)}"
+    )
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
+        + html.escape(title)
+        + '</title></head>\n<body style="font-family: sans-serif">\n<h1>'
+        + html.escape(title)
+        + "</h1>\n<p>"
+        + html.escape(summary)
+        + "</p>\n"
+        + "\n".join(svgs)
+        + "\n</body></html>\n"
+    )
+
+
+def _resolve_target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[str], Any, dict]:
+    """(endpoint, model names, deployment or None, fleet prices): as `bench` resolves TARGET."""
+    from renderer.cli.common import one
+    from renderer.endpoint.client import Endpoint
+
+    is_url = args.target.startswith(("http://", "https://"))
+    deployment, prices = None, {}
+    if not is_url or args.deployment:
+        resolved = resolve_args(args, report)
+        deployment = one(resolved, args.deployment or args.target)
+        prices = dict(getattr(resolved, "prices", {}) or {})
+    if is_url:
+        url = args.target
+    else:
+        from renderer.cli.endpoint import target
+
+        # A deployment name: Modal knows its URL (bench's own resolution, credentials checked there).
+        return (*target(args, TextReporter(err=_Null())), deployment, prices)
+    names = list(args.model or (deployment.model.names if deployment else []))
+    auth = args.auth or (deployment.auth.mode if deployment else "none")
+    return Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names, deployment, prices
+
+
+class _Null:
+    """A stream that drops what is written (diagnostics already reported once)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
+    import asyncio
+
+    from renderer.cli.endpoint import say_waiting
+    from renderer.endpoint.bench import BenchConfig, resolve_model, run_bench_sync
+    from renderer.endpoint.client import ClientError, open_session, wait_for_health
+    from renderer.endpoint.tune import SearchConfig, level_config, search
+
+    search_config = SearchConfig(
+        start=args.start,
+        factor=args.factor,
+        limit=args.limit,
+        resolution=args.resolution,
+        headroom=args.headroom,
+        tail_samples=args.tail_samples,
+        noise=args.noise,
+        max_requests=args.max_requests,
+    )
+    base = BenchConfig(
+        num_requests=1,
+        input_len=args.input_len,
+        output_len=args.output_len,
+        ignore_eos=args.ignore_eos,
+        dataset=args.dataset,
+        seed=args.seed,
+        health_timeout=args.health_timeout,
+        max_consecutive_failures=10,  # a dead server ends the level, and the search, after 10 failures
+    )
+    try:
+        search_config.validate()
+        base.validate()
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    is_url = args.target.startswith(("http://", "https://"))
+    if args.write and is_url and not args.deployment:
+        raise CliError("--write needs the deployment: name it as TARGET or with --deployment", ExitCode.USAGE)
+    try:
+        endpoint, names, deployment, prices = _resolve_target(args, report)
+    except ClientError as exc:
+        raise CliError(exc.message) from None
+    say_waiting(endpoint.base_url, args.health_timeout)
+
+    async def first_model() -> str:
+        async with open_session(endpoint, limit=1) as session:
+            await wait_for_health(endpoint, args.health_timeout, base.health_interval, session=session)
+            return await resolve_model(session, endpoint, names[0] if names else None)
+
+    err = console(stderr=True)
+
+    def measure(concurrency: int, requests: int) -> Any:
+        config = level_config(base, concurrency, requests)
+        return run_bench_sync(endpoint, model, config, progress=sys.stderr.isatty(), console=err)[0]
+
+    def on_level(level: Any) -> None:
+        figures = "  ".join(f"{t.name} {_value(t, level.values.get(t.name))}" for t in args.slo)
+        verdict = "pass" if level.passed else "FAIL (" + "; ".join(level.violations) + ")"
+        again = ", repeated" if level.repeated else ""
+        print(
+            f"[tune] concurrency {level.concurrency} ({level.phase}, {level.requests} requests{again}): {figures}  "
+            f"output {level.result.output_throughput:.1f} tok/s  {verdict}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        model = asyncio.run(first_model())
+        answer = search(measure, args.slo, search_config, on_level)
+    except ClientError as exc:
+        raise CliError(exc.message) from None
+    gpus = []
+    if args.gpu:
+        gpus = [(args.gpu[0], args.gpu[1])]
+    elif deployment is not None:
+        from renderer.gpus import parse_gpu_type
+
+        gpus = [(parse_gpu_type(t)[0], deployment.gpu.count) for t in (deployment.gpu.type, *deployment.gpu.fallbacks)]
+    if gpus:
+        from renderer.plan.cost import gpu_price
+
+        answer.price([(g, n, gpu_price(g, prices)) for g, n in gpus])
+    run = TuneRun(
+        answer,
+        endpoint.base_url,
+        model,
+        {
+            "input_len": base.input_len,
+            "output_len": base.output_len,
+            "ignore_eos": base.ignore_eos,
+            "dataset": str(base.dataset) if base.dataset else None,
+            "seed": base.seed,
+        },
+    )
+    if args.plot:
+        from renderer.codegen.write import write_file
+
+        try:
+            write_file(args.plot, html_chart(answer, f"fleetform tune: {model}"), replace=True)
+        except OSError as exc:
+            raise CliError(f"cannot write {args.plot}: {exc.strerror or exc}") from None
+        run.notes.append(f"chart written to {args.plot}")
+    if args.write:
+        if answer.max_concurrency is None or answer.stopped:
+            run.notes.append("nothing written: the search found no SLO-meeting level it could trust")
+        else:
+            _write(run, deployment, args.env)
+    return run
+
+
+def _overridden(text: str, path: str, fleet_env: str | None) -> list[str]:
+    """The tuned keys that the file's overlay for `fleet_env` sets, which win over the written ones there."""
+    from renderer.config.load import LoadError, load_text
+
+    if fleet_env is None:
+        return []
+    try:
+        data = load_text(path, text.encode("utf-8")).data
+    except LoadError:
+        return []
+    overlay = ((data.get("environments") or {}).get(fleet_env) or {}).get("scaling") or {}
+    return [k for k in ("target_concurrency", "max_concurrency") if isinstance(overlay, dict) and k in overlay]
+
+
+def _write(run: TuneRun, deployment: Any, fleet_env: str | None) -> None:
+    from renderer.codegen.write import write_file
+    from renderer.config.edit import EditError, set_values
+
+    path = deployment.source
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            before = fh.read()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    values = {"target_concurrency": run.answer.target_concurrency, "max_concurrency": run.answer.max_concurrency}
+    try:
+        after = set_values(path, before, "scaling", values)
+    except EditError as exc:
+        raise CliError(f"{exc}; nothing written") from None
+    if after != before:
+        try:
+            write_file(path, after, replace=True)
+        except OSError as exc:
+            raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+    run.written = path
+    for key in _overridden(after, path, fleet_env):
+        run.notes.append(f"note: environments.{fleet_env}.scaling.{key} in {path} still overrides the written value")
+    run.diff = (
+        "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), f"a/{path}", f"b/{path}"))
+        or "(no change: the file already has these values)\n"
+    )
