@@ -49,7 +49,12 @@ EQUIVALENT = Path(__file__).resolve().parent / "mutation-equivalent.txt"
 
 # module -> the tests that cover it (run with -x: the first failure kills the mutant)
 TARGETS: dict[str, tuple[str, ...]] = {
-    "renderer/config/load.py": ("tests/test_load.py", "tests/test_cli_cases.py", "tests/test_gitref.py"),
+    "renderer/config/load.py": (
+        "tests/test_boundaries.py",
+        "tests/test_load.py",
+        "tests/test_cli_cases.py",
+        "tests/test_gitref.py",
+    ),
     "renderer/config/validate.py": ("tests/test_schema.py", "tests/test_cli_cases.py", "tests/test_cli_fleet.py"),
     "renderer/config/schema.py": ("tests/test_schema.py", "tests/test_cli_cases.py"),
     "renderer/config/rules.py": (
