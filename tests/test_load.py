@@ -279,3 +279,18 @@ def test_a_folder_with_yaml_only_in_subfolders_has_no_deployment_files(tmp_path)
     fleet_dir(tmp_path, **{"old__a.yaml": deployment("a")})
     result = validate("deployments", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (2, "error: no deployment files (*.yaml) in deployments\n")
+
+
+def test_a_second_fleet_yaml_is_named_in_a_warning_and_the_same_one_twice_is_not(tmp_path):
+    fleet_dir(tmp_path, **{"a.yaml": deployment("a"), "fleet.yaml": "defaults: {gpu: {count: 1}}\n"})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.yaml").write_text(deployment("b"))
+    (tmp_path / "other" / "fleet.yaml").write_text("defaults: {gpu: {count: 1}}\n")
+    result = validate("deployments", "other", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok: 2 deployment(s) valid, 1 warning(s)\n"
+    assert result.stderr.startswith(
+        "other/fleet.yaml:1:1: warning: (document): not read: deployments/fleet.yaml is the fleet file\n"
+    )
+    result = validate("deployments", "deployments/fleet.yaml", "./deployments/fleet.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")
