@@ -58,6 +58,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "renderer/config/validate.py": ("tests/test_schema.py", "tests/test_cli_cases.py", "tests/test_cli_fleet.py"),
     "renderer/config/schema.py": ("tests/test_schema.py", "tests/test_cli_cases.py"),
     "renderer/config/rules.py": (
+        "tests/test_boundaries.py",
+        "tests/test_rules.py",
         "tests/test_schema.py",
         "tests/test_cli_cases.py",
         "tests/test_vllm_flags.py",

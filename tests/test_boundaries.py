@@ -66,3 +66,70 @@ def test_a_hex_integer_counts_its_digits_not_its_prefix():
 )
 def test_values_in_messages_are_cut_after_40_characters(length, shown):
     assert load_errors(b"x" * length + b"\n") == [f"1:1: expected a mapping of fields, got the str {shown}"]
+
+
+# --- the semantic rules' limits, through the real CLI: one fleet at the limits, one just beyond ---------
+
+REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
+
+# name -> (fields at the limit: valid, fields one step beyond: refused, the message then)
+RULE_LIMITS = {
+    "window-low": ("scaling: {scaledown_window: 2}", "scaling: {scaledown_window: 1}", "between 2 s and 3600 s"),
+    "window-high": ("scaling: {scaledown_window: 1h}", "scaling: {scaledown_window: 3601}", "between 2 s and 3600 s"),
+    "startup-low": ("scaling: {startup_timeout: 1s}", "scaling: {startup_timeout: 0s}", "between 1 s and 86400 s"),
+    "startup-high": (
+        "scaling: {startup_timeout: 24h}",
+        "scaling: {startup_timeout: 24h0m1s}",
+        "between 1 s and 86400 s",
+    ),
+    "a10-count": ("gpu: {type: A10, count: 4}", "gpu: {type: A10, count: 5}", "A10 allows at most 4 GPUs"),
+    "fallback-count": (
+        "gpu: {type: H100, count: 4, fallbacks: [A10]}",
+        "gpu: {type: H100, count: 5, fallbacks: [A10]}",
+        "A10 allows at most 4 GPUs",
+    ),
+    "tensor-parallel": (
+        "gpu: {type: H100, count: 2, tensor_parallel_size: 2}",
+        "gpu: {type: H100, count: 2, tensor_parallel_size: 3}",
+        "tensor_parallel_size 3 must divide the GPU count 2",
+    ),
+    "containers": (
+        "scaling: {min_containers: 3, max_containers: 3}",
+        "scaling: {min_containers: 4, max_containers: 3}",
+        "min_containers 4 is above max_containers 3",
+    ),
+    "concurrency": (
+        "scaling: {target_concurrency: 8, max_concurrency: 8}",
+        "scaling: {target_concurrency: 8.5, max_concurrency: 8}",
+        "target_concurrency 8.5 is above max_concurrency 8",
+    ),
+}
+
+
+def _fleet(tmp_path, which: int):
+    folder = tmp_path / ("at-limit" if which == 0 else "beyond")
+    folder.mkdir()
+    for name, cases in RULE_LIMITS.items():
+        fields = cases[which]
+        gpu = "" if fields.startswith("gpu:") else "gpu: {type: H100}\n"
+        (folder / f"{name}.yaml").write_text(
+            f"name: {name}\nmodel: {{id: org/{name}, revision: {REVISION}}}\n{gpu}{fields}\n"
+        )
+    return folder
+
+
+def test_each_rule_allows_its_limit_and_refuses_one_step_beyond(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    at = run_cli("validate", str(_fleet(tmp_path, 0)), "--format", "json")
+    assert (at.returncode, json.loads(at.stdout)["diagnostics"]) == (0, [])
+    beyond = run_cli("validate", str(_fleet(tmp_path, 1)), "--format", "json")
+    assert beyond.returncode == 1
+    found = {}
+    for d in json.loads(beyond.stdout)["diagnostics"]:
+        found.setdefault(d["file"].rsplit("/", 1)[-1].removesuffix(".yaml"), []).append(d["message"])
+    assert set(found) == set(RULE_LIMITS)
+    for name, (_, _, message) in RULE_LIMITS.items():
+        assert len(found[name]) == 1 and message in found[name][0], (name, found[name])
