@@ -233,6 +233,42 @@ def test_catch_all_messages_for_keywords_without_their_own():
         assert d.hint and (d.mark.line, d.mark.col) == (1, 4)
 
 
+@pytest.mark.parametrize(
+    "bounds,value,want",
+    [
+        ({"minimum": 2}, 1, ("must be >= 2, got 1", "use a value of at least 2")),
+        ({"exclusiveMinimum": 0}, 0, ("must be > 0, got 0", "use a value above 0")),
+        ({"maximum": 5}, 6, ("must be <= 5, got 6", "use a value of at most 5")),
+        ({"exclusiveMaximum": 5}, 5, ("must be < 5, got 5", "use a value of at most 5")),
+        ({"minimum": 1, "maximum": 3}, 4, ("must be <= 3, got 4", "use a value from 1 to 3")),
+    ],
+)
+def test_bounds_messages_and_hints_for_one_sided_and_two_sided_bounds(bounds, value, want):
+    """Every bounded field of the shipped schemas has both bounds; a field with one gets its own hint."""
+    from renderer.config.load import load_text
+    from renderer.config.validate import _schema_error_diags
+
+    doc = load_text("x.yaml", f"a: {value}\n".encode())
+    errors = list(S.validator_class()({"properties": {"a": bounds}}).iter_errors(doc.root.plain()))
+    [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
+    assert (d.message, d.hint) == want
+
+
+def test_a_whole_float_far_too_big_for_an_integer_field_gets_the_field_hint(tmp_path):
+    """`write N, without a decimal point` stops below 1e18: past that, N would be a wall of digits."""
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    text = (REPO / "deployments" / "qwen2-5-7b-awq.yaml").read_text()
+    for value, hint in (
+        ("1.0e+17", "write 100000000000000000, without a decimal point: this field takes a whole number"),
+        ("1.0e+18", "max_num_seqs: Most sequences batched at once (`--max-num-seqs`)"),
+    ):
+        (folder / "demo.yaml").write_text(text.replace("  max_num_seqs: 64\n", f"  max_num_seqs: {value}\n"))
+        result = run_cli("validate", str(folder))
+        assert result.returncode == 1
+        assert f"    hint: {hint}" in result.stderr, result.stderr
+
+
 def test_a_refused_price_key_is_reported_at_its_own_line(tmp_path):
     folder = tmp_path / "deployments"
     folder.mkdir()
