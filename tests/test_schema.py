@@ -278,3 +278,70 @@ def test_a_refused_price_key_is_reported_at_its_own_line(tmp_path):
     assert result.returncode == 1
     assert f"{folder / 'fleet.yaml'}:3:3: error: prices.H10: invalid key 'H10': expected one of T4, " in result.stderr
     assert '    hint: did you mean "H100"?' in result.stderr
+
+
+# --- the schema reader's own functions (renderer/config/schema.py) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value,seconds",
+    [(900, 900), ("15m", 900), ("1h30m", 5400), ("90s", 90), ("2h0m5s", 7205), ("1h", 3600), ("0s", 0)],
+)
+def test_parse_duration(value, seconds):
+    assert S.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "15x", "m", "1m1h", True, None, 1.5])
+def test_parse_duration_refuses_what_is_not_a_duration(value):
+    with pytest.raises(ValueError, match="not a duration"):
+        S.parse_duration(value)
+
+
+def test_ecma_pattern_ends_only_outside_character_classes():
+    assert S.ecma_pattern("^a$") == r"^a\Z"
+    assert S.ecma_pattern("^[]$]$") == r"^[]$]\Z"  # a leading `]` is a member; the class ends at the next one
+    assert S.ecma_pattern("^[a]$[$]$") == r"^[a]\Z[$]\Z"
+    assert S.matches("^[]x]+$", "]x]") and not S.matches("^[]x]+$", "]x]\n")
+
+
+def test_subschema_at_follows_refs_items_and_additional_properties():
+    D = S.DEPLOYMENT_SCHEMA
+    assert S.subschema_at(D, ("engine", "env", "ANY_NAME")) == {"type": "string", "maxLength": 4096}
+    assert "H100!" in S.subschema_at(D, ("gpu", "fallbacks", 0))["enum"]
+    assert S.subschema_at(D, ("scaling", "scaledown_window"))["default"] == "15m"
+    assert S.subschema_at(D, ("nope",)) is None
+    assert S.subschema_at(D, ("name", "deeper")) is None
+    assert S.subschema_at(S.FLEET_SCHEMA, ("environments", "prod"))["required"] == ["modal_environment"]
+    file, last, target = S.shipped().target("deployment.schema.json#/$defs/environment_name", S.FLEET_SCHEMA)
+    assert (file, last, target) == (D, "environment_name", S.load_schema(D)["$defs"]["environment_name"])
+    assert S.shipped().target("#", D) == (D, "", S.load_schema(D))
+
+
+def test_defaults_come_nested_and_only_where_the_schema_has_one():
+    defaults = S.schema_defaults()
+    assert defaults["scaling"] == {
+        "min_containers": 0,
+        "buffer_containers": 0,
+        "scaledown_window": "15m",
+        "target_concurrency": 32,
+        "startup_timeout": "10m",
+    }
+    assert defaults["gpu"] == {"count": 1, "fallbacks": []} and "name" not in defaults
+    gateway = S.gateway_defaults()
+    assert gateway["name"] == "fleetform-gateway" and gateway["max_containers"] is None
+
+
+def test_section_of_a_misplaced_field():
+    assert [S.section_of(k) for k in ("scaledown_window", "count", "quantization", "nope")] == [
+        "scaling",
+        "gpu",
+        "model",
+        None,
+    ]
+
+
+def test_walk_yields_every_object_with_its_pointer():
+    pointers = dict(S.walk(S.FLEET_SCHEMA))
+    assert pointers[""] is S.load_schema(S.FLEET_SCHEMA)
+    assert pointers["/properties/gateway/properties/enabled"]["type"] == "boolean"
+    assert all(isinstance(node, dict) for node in pointers.values())
