@@ -226,6 +226,8 @@ def test_catch_all_messages_for_keywords_without_their_own():
         ({"maxLength": 0}, "must be at most 0 characters, got 1"),
         ({"minLength": 2}, "must be at least 2 characters, got 1"),
         ({"type": "string", "format": "ipv4", "not": {"const": "b"}}, "does not satisfy the schema's `not`"),
+        ({"anyOf": [{"type": "integer"}, {"type": "null"}]}, "expected integer or null, got string 'b'"),
+        ({"pattern": "^c$"}, "expected a value matching '^c$', got string 'b'"),
     ):
         errors = list(S.validator_class()({"properties": {"a": schema}}).iter_errors(doc.root.plain()))
         [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
