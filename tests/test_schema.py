@@ -347,3 +347,14 @@ def test_walk_yields_every_object_with_its_pointer():
     assert pointers[""] is S.load_schema(S.FLEET_SCHEMA)
     assert pointers["/properties/gateway/properties/enabled"]["type"] == "boolean"
     assert all(isinstance(node, dict) for node in pointers.values())
+
+
+def test_schema_files_read_from_a_folder_are_the_shipped_ones(tmp_path):
+    for name in S.SCHEMAS:
+        (tmp_path / name).write_text((S.schema_dir() / name).read_text())
+    edited = json.loads((tmp_path / S.FLEET_SCHEMA).read_text())
+    edited["title"] = "edited"
+    (tmp_path / S.FLEET_SCHEMA).write_text(json.dumps(edited))
+    files = S.SchemaFiles.from_dir(tmp_path).files
+    assert files[S.DEPLOYMENT_SCHEMA] == S.shipped().files[S.DEPLOYMENT_SCHEMA]
+    assert files[S.FLEET_SCHEMA]["title"] == "edited"
