@@ -67,13 +67,14 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_cli_fleet.py",
     ),
     "renderer/config/resolve.py": (
+        "tests/test_environments.py",
         "tests/test_cli_fleet.py",
         "tests/test_schema.py",
         "tests/test_cli_cases.py",
         "tests/test_render.py",
         "tests/test_diff.py",
     ),
-    "renderer/codegen/render.py": ("tests/test_render.py", "tests/test_cli_fleet.py"),
+    "renderer/codegen/render.py": ("tests/test_render.py", "tests/test_module_text.py", "tests/test_cli_fleet.py"),
     "renderer/plan/against.py": ("tests/test_diff.py",),
 }
 
