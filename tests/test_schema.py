@@ -303,6 +303,7 @@ def test_ecma_pattern_ends_only_outside_character_classes():
     assert S.ecma_pattern("^a$") == r"^a\Z"
     assert S.ecma_pattern("^[]$]$") == r"^[]$]\Z"  # a leading `]` is a member; the class ends at the next one
     assert S.ecma_pattern("^[a]$[$]$") == r"^[a]\Z[$]\Z"
+    assert S.ecma_pattern("^[a-z$]+$") == r"^[a-z$]+\Z"  # a `$` deep in a class is a member
     assert S.matches("^[]x]+$", "]x]") and not S.matches("^[]x]+$", "]x]\n")
 
 
