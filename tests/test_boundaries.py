@@ -133,3 +133,20 @@ def test_each_rule_allows_its_limit_and_refuses_one_step_beyond(tmp_path):
     assert set(found) == set(RULE_LIMITS)
     for name, (_, _, message) in RULE_LIMITS.items():
         assert len(found[name]) == 1 and message in found[name][0], (name, found[name])
+
+
+def test_a_value_is_echoed_whole_up_to_80_characters_and_cut_after(tmp_path):
+    """`shown`: a repr of exactly 80 characters is echoed whole; one more is cut to 79 and `…`, with the length."""
+    import json
+
+    from conftest import run_cli
+
+    fits, cut = "T" * 78, "T" * 79  # their reprs: 80 and 81 characters
+    for name, value in (("fits", fits), ("cut", cut)):
+        (tmp_path / f"{name}.yaml").write_text(
+            f"name: {name}\nmodel: {{id: org/{name}, revision: {REVISION}}}\ngpu: {{type: {value}}}\n"
+        )
+    result = run_cli("validate", str(tmp_path), "--format", "json")
+    messages = {d["file"].rsplit("/", 1)[-1]: d["message"] for d in json.loads(result.stdout)["diagnostics"]}
+    got = {k: v.split("; got ", 1)[1] for k, v in messages.items()}
+    assert got == {"fits.yaml": f"string '{fits}'", "cut.yaml": "string '" + "T" * 78 + "… (79 characters)"}
