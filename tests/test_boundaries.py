@@ -93,6 +93,11 @@ RULE_LIMITS = {
         "gpu: {type: H100, count: 2, tensor_parallel_size: 3}",
         "tensor_parallel_size 3 must divide the GPU count 2",
     ),
+    "tp-one-gpu": (  # gpu.count unset: one GPU
+        "gpu: {type: H100, tensor_parallel_size: 1}",
+        "gpu: {type: H100, tensor_parallel_size: 2}",
+        "tensor_parallel_size 2 must divide the GPU count 1",
+    ),
     "containers": (
         "scaling: {min_containers: 3, max_containers: 3}",
         "scaling: {min_containers: 4, max_containers: 3}",
