@@ -155,3 +155,32 @@ def test_a_value_is_echoed_whole_up_to_80_characters_and_cut_after(tmp_path):
     messages = {d["file"].rsplit("/", 1)[-1]: d["message"] for d in json.loads(result.stdout)["diagnostics"]}
     got = {k: v.split("; got ", 1)[1] for k, v in messages.items()}
     assert got == {"fits.yaml": f"string '{fits}'", "cut.yaml": "string '" + "T" * 78 + "… (79 characters)"}
+
+
+def test_gateway_limits_are_allowed_exactly_and_refused_one_step_beyond(tmp_path):
+    from conftest import run_cli
+
+    deployment = f"name: a\nmodel: {{id: org/a, revision: {REVISION}}}\ngpu: {{type: H100}}\n"
+    at = (
+        "gateway: {enabled: true, upstream_timeout: 10m, request_timeout: 24h, min_containers: 2, "
+        "max_containers: 2, target_concurrency: 5, max_concurrency: 5}\n"
+    )
+    beyond = (
+        "gateway: {enabled: true, upstream_timeout: 24h0m1s, request_timeout: 24h0m1s, min_containers: 3, "
+        "max_containers: 2, target_concurrency: 6, max_concurrency: 5}\n"
+    )
+    for which, fleet in (("at", at), ("beyond", beyond)):
+        folder = tmp_path / which
+        folder.mkdir()
+        (folder / "a.yaml").write_text(deployment)
+        (folder / "fleet.yaml").write_text(fleet)
+    result = run_cli("validate", str(tmp_path / "at"))
+    assert (result.returncode, result.stderr) == (0, "")
+    result = run_cli("validate", str(tmp_path / "beyond"))
+    errors = [line.split(": error: ", 1)[1] for line in result.stderr.splitlines() if ": error: " in line]
+    assert errors == [
+        "gateway.request_timeout: request_timeout (86401 s) must be longer than upstream_timeout (86401 s)",
+        "gateway.request_timeout: request_timeout (86401 s) is over Modal's 24 h limit",
+        "gateway.min_containers: min_containers 3 is above max_containers 2",
+        "gateway.target_concurrency: target_concurrency 6 is above max_concurrency 5",
+    ]
