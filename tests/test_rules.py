@@ -289,3 +289,9 @@ def test_a_cached_model_that_does_not_fit_its_gpu_is_refused_and_an_uncached_one
     assert "do not fit 1 x L4" in d["message"]
     path.write_text(body.format(rev="b" * 40))  # another commit, not in the cache
     assert run_cli("validate", str(path), env=env).returncode == 0
+
+
+def test_a_negative_number_after_an_option_is_its_value(tmp_path):
+    assert validate(
+        tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: [--seed, "-1", --max-num-batched-tokens, "2048"]\n'
+    ) == (0, [])
