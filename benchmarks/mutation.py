@@ -281,6 +281,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetform-mutation-") as tmp:
         scratch = Path(tmp) / "repo"
         shutil.copytree(REPO, scratch, ignore=shutil.ignore_patterns(".git", ".venv", "build", "__pycache__", ".gpu"))
+        (scratch / ".git").mkdir()  # the copy is a repository root too: rendered headers name paths from it
         for module in modules:
             tests = TARGETS.get(module, ("tests",))
             if not run_tests(scratch, tests, args.timeout):
