@@ -295,3 +295,12 @@ def test_a_negative_number_after_an_option_is_its_value(tmp_path):
     assert validate(
         tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: [--seed, "-1", --max-num-batched-tokens, "2048"]\n'
     ) == (0, [])
+
+
+def test_a_double_dash_and_a_one_letter_option_with_its_value_attached(tmp_path):
+    rc, diags = validate(tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: ["-qfp8", "--"]\n')
+    assert rc == 1
+    assert [(d["path"], d["message"]) for d in diags] == [
+        ("engine.extra_args[0]", "-qfp8 is managed by fleetform (vLLM reads it as -q)"),
+        ("engine.extra_args[1]", "`--` would end vLLM's options"),
+    ]
