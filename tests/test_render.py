@@ -431,3 +431,19 @@ def test_standard_mode_has_no_snapshot(rendered_dir):
     assert dict(cfg.data.experimental_options) == {}
     module = import_module(rendered_dir / "llama-3-1-8b-fp8.py")
     assert not hasattr(module, "VLLM_ENV") and "--enable-sleep-mode" not in module.VLLM_COMMAND  # no env to set
+
+
+def test_the_module_docstring_keeps_its_line_breaks_and_the_tag_hash_is_the_content_hash(tmp_path):
+    text = _render_yaml(
+        "name: demo\ndescription: a test deployment\nmodel: {id: org/m, revision: "
+        + "a" * 40
+        + "}\ngpu: {type: H100}\n",
+        tmp_path,
+    )
+    docstring = text.split('"""')[1]
+    assert "\n\n" in docstring and "\\n" not in docstring  # written as lines, not as escapes
+    assert ast.get_docstring(ast.parse(text)) == docstring.strip()
+    fleet = resolve(load_fleet([str(tmp_path / "d.yaml")]))
+    app = render(fleet.deployments[0])
+    algorithm, digest = app.content_hash.split(":", 1)
+    assert app.short_hash == digest[:12] and len(app.short_hash) == 12 and algorithm
