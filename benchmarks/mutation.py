@@ -68,6 +68,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     ),
     "renderer/config/resolve.py": (
         "tests/test_environments.py",
+        "tests/test_boundaries.py",
         "tests/test_cli_fleet.py",
         "tests/test_schema.py",
         "tests/test_cli_cases.py",
