@@ -16,6 +16,15 @@ Operators: comparison flips (`<` <-> `<=`, `==` <-> `!=`, `in` <-> `not in`, `is
     python benchmarks/mutation.py --sample 40 --seed 1     # at most 40 mutants a module
     python benchmarks/mutation.py renderer/config/load.py  # one module
 
+Equivalent mutants (changes that cannot alter behaviour, e.g. `<` -> `<=` where both sides can
+never be equal) are listed in `benchmarks/mutation-equivalent.txt`, one a line:
+
+    renderer/config/load.py:123: Lt -> LtE  # why it cannot change behaviour
+
+They are not run and not counted: the score is killed / (mutants - equivalent). An entry matches
+every mutant with that file, line and change; an entry that matches no mutant any more (the code
+moved) is reported as stale, so that the list is kept in step with the code.
+
 Not part of the test run: it runs the selected tests once per mutant (minutes to an hour on two
 cores). Exit status 0 when every module reaches --goal (default 90% killed), else 2.
 """
@@ -26,6 +35,7 @@ import argparse
 import ast
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -35,12 +45,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+EQUIVALENT = Path(__file__).resolve().parent / "mutation-equivalent.txt"
 
 # module -> the tests that cover it (run with -x: the first failure kills the mutant)
 TARGETS: dict[str, tuple[str, ...]] = {
-    "renderer/config/load.py": ("tests/test_load.py", "tests/test_cli_cases.py", "tests/test_gitref.py"),
+    "renderer/config/load.py": (
+        "tests/test_boundaries.py",
+        "tests/test_load.py",
+        "tests/test_cli_cases.py",
+        "tests/test_gitref.py",
+    ),
     "renderer/config/validate.py": ("tests/test_schema.py", "tests/test_cli_cases.py", "tests/test_cli_fleet.py"),
+    "renderer/config/schema.py": ("tests/test_schema.py", "tests/test_cli_cases.py"),
     "renderer/config/rules.py": (
+        "tests/test_boundaries.py",
+        "tests/test_rules.py",
         "tests/test_schema.py",
         "tests/test_cli_cases.py",
         "tests/test_vllm_flags.py",
@@ -48,13 +67,15 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_cli_fleet.py",
     ),
     "renderer/config/resolve.py": (
+        "tests/test_environments.py",
+        "tests/test_boundaries.py",
         "tests/test_cli_fleet.py",
         "tests/test_schema.py",
         "tests/test_cli_cases.py",
         "tests/test_render.py",
         "tests/test_diff.py",
     ),
-    "renderer/codegen/render.py": ("tests/test_render.py", "tests/test_cli_fleet.py"),
+    "renderer/codegen/render.py": ("tests/test_render.py", "tests/test_module_text.py", "tests/test_cli_fleet.py"),
     "renderer/plan/against.py": ("tests/test_diff.py",),
 }
 
@@ -166,8 +187,9 @@ class _Replace(ast.NodeTransformer):
         return self.generic_visit(node)
 
 
-def mutants(path: str) -> list[Mutant]:
-    source = (REPO / path).read_text(encoding="utf-8")
+def mutants(path: str, root: Path = REPO) -> list[Mutant]:
+    """Every mutant of the module `path` (relative to `root`), in source order."""
+    source = (root / path).read_text(encoding="utf-8")
     tree = ast.parse(source)
     out = []
     for index, (_, op) in enumerate(_sites(tree)):
@@ -184,6 +206,35 @@ def mutants(path: str) -> list[Mutant]:
     return out
 
 
+_ENTRY = re.compile(r"^(?P<file>[^:#\s]+):(?P<line>\d+): (?P<what>[^#]+?)\s+#\s*(?P<why>\S.*)$")
+
+
+def read_equivalent(path: Path) -> dict[tuple[str, int, str], str]:
+    """The equivalent-mutant list: (file, line, change) -> why. Blank and `#` lines are skipped; a line
+    without a reason is an error (an equivalent mutant needs its one-line argument)."""
+    out: dict[tuple[str, int, str], str] = {}
+    if not path.is_file():
+        return out
+    for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        m = _ENTRY.match(text.strip())
+        if not m:
+            raise SystemExit(f"{path.name}:{n}: expected `path:line: change  # why`, got {text!r}")
+        out[(m["file"], int(m["line"]), m["what"])] = m["why"]
+    return out
+
+
+def split_equivalent(
+    found: list[Mutant], equivalent: dict[tuple[str, int, str], str]
+) -> tuple[list[Mutant], list[Mutant]]:
+    """(mutants to run, mutants listed as equivalent)."""
+    run, skip = [], []
+    for m in found:
+        (skip if (m.file, m.line, m.what) in equivalent else run).append(m)
+    return run, skip
+
+
 def run_tests(scratch: Path, tests: tuple[str, ...], timeout: float) -> bool:
     """True when the tests pass (the mutant survives)."""
     env = dict(os.environ, PYTHONPATH=str(scratch), PYTHONDONTWRITEBYTECODE="1")
@@ -195,6 +246,27 @@ def run_tests(scratch: Path, tests: tuple[str, ...], timeout: float) -> bool:
     return proc.returncode == 0
 
 
+def run_module(scratch: Path, module: str, tests: tuple[str, ...], found: list[Mutant], timeout: float) -> list[Mutant]:
+    """Run `tests` in `scratch` against each mutant of `module` in turn; returns the survivors."""
+    original = (scratch / module).read_text(encoding="utf-8")
+    survivors, t0 = [], time.monotonic()
+    try:
+        for i, m in enumerate(found, 1):
+            (scratch / module).write_text(m.source, encoding="utf-8")
+            if run_tests(scratch, tests, timeout):
+                survivors.append(m)
+                print(f"  survived  {m.file}:{m.line}: {m.what}", flush=True)
+            if i % 10 == 0:
+                print(
+                    f"  {module}: {i}/{len(found)} mutants, {i - len(survivors)} killed, {time.monotonic() - t0:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        (scratch / module).write_text(original, encoding="utf-8")
+    return survivors
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("modules", nargs="*", help="target modules (default: every module in TARGETS that exists)")
@@ -202,43 +274,40 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds for one mutant's test run")
     ap.add_argument("--goal", type=float, default=0.9, help="share of mutants to kill (default 0.9)")
+    ap.add_argument("--equivalent", type=Path, default=EQUIVALENT, help="the equivalent-mutant list")
     args = ap.parse_args()
     modules = args.modules or [m for m in TARGETS if (REPO / m).is_file()]
-    scores: dict[str, tuple[int, int]] = {}
+    equivalent = read_equivalent(args.equivalent)
+    scores: dict[str, tuple[int, int, int]] = {}  # module -> killed, non-equivalent run, equivalent excluded
     with tempfile.TemporaryDirectory(prefix="fleetform-mutation-") as tmp:
         scratch = Path(tmp) / "repo"
         shutil.copytree(REPO, scratch, ignore=shutil.ignore_patterns(".git", ".venv", "build", "__pycache__", ".gpu"))
+        (scratch / ".git").mkdir()  # the copy is a repository root too: rendered headers name paths from it
         for module in modules:
             tests = TARGETS.get(module, ("tests",))
             if not run_tests(scratch, tests, args.timeout):
                 print(f"{module}: its tests fail without any mutation; skipped", file=sys.stderr)
                 continue
-            found = mutants(module)
+            every = mutants(module, scratch)
+            listed = {(m.file, m.line, m.what) for m in every}
+            for key in sorted(k for k in equivalent if k[0] == module and k not in listed):
+                print(f"  stale equivalent entry (no such mutant): {key[0]}:{key[1]}: {key[2]}", file=sys.stderr)
+            found = every
             if args.sample and len(found) > args.sample:
                 found = sorted(random.Random(args.seed).sample(found, args.sample), key=lambda m: m.line)
-            original = (scratch / module).read_text(encoding="utf-8")
-            killed, t0 = 0, time.monotonic()
-            try:
-                for i, m in enumerate(found, 1):
-                    (scratch / module).write_text(m.source, encoding="utf-8")
-                    if run_tests(scratch, tests, args.timeout):
-                        print(f"  survived  {m.file}:{m.line}: {m.what}", flush=True)
-                    else:
-                        killed += 1
-                    if i % 10 == 0:
-                        print(
-                            f"  {module}: {i}/{len(found)} mutants, {killed} killed, {time.monotonic() - t0:.0f} s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            finally:
-                (scratch / module).write_text(original, encoding="utf-8")
-            scores[module] = (killed, len(found))
-            print(f"{module}: {killed}/{len(found)} killed ({killed / max(len(found), 1):.0%})", flush=True)
-    print("\nmodule                              killed   total  score")
-    for module, (killed, total) in scores.items():
-        print(f"{module:<36} {killed:>6} {total:>7}  {killed / max(total, 1):>5.0%}")
-    return 0 if all(k / max(t, 1) >= args.goal for k, t in scores.values()) else 2
+            found, skipped = split_equivalent(found, equivalent)
+            survivors = run_module(scratch, module, tests, found, args.timeout)
+            killed = len(found) - len(survivors)
+            scores[module] = (killed, len(found), len(skipped))
+            print(
+                f"{module}: {killed}/{len(found)} killed ({killed / max(len(found), 1):.0%}); "
+                f"{len(skipped)} equivalent excluded",
+                flush=True,
+            )
+    print("\nmodule                              killed   total  equivalent  score")
+    for module, (killed, total, skipped) in scores.items():
+        print(f"{module:<36} {killed:>6} {total:>7} {skipped:>11}  {killed / max(total, 1):>5.0%}")
+    return 0 if all(k / max(t, 1) >= args.goal for k, t, _ in scores.values()) else 2
 
 
 if __name__ == "__main__":

@@ -255,3 +255,15 @@ def test_deployments_broken_in_different_environments_are_grouped(tmp_path):
         "fleet.yaml:2: min_containers 2 is above max_containers 1 "
         "(breaks deployment a; deployment b in environment dev)"
     ]
+
+
+def test_a_file_checked_whole_is_not_checked_again_section_by_section(tmp_path, monkeypatch):
+    """The schema check of a deployment file is kept per section: the merged tree, which shares
+    every section nothing overrides, is not validated again."""
+    sections = []
+    real = resolve_mod._section_validator
+    monkeypatch.setattr(resolve_mod, "_section_validator", lambda key: sections.append(key) or real(key))
+    root = fleet(tmp_path, ENVS.format(dev="", prod=""), a=deployment("a"))
+    resolved = resolve(load_fleet([str(root)]))
+    assert resolved.ok, resolved.diagnostics
+    assert sections == []

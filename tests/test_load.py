@@ -31,6 +31,9 @@ def test_positions_of_keys_and_values():
         (b"a: 1:30\n", "base-60"),
         (b"a: 2024-01-01\n", "date"),
         (b"a: 0b101\n", "binary"),
+        (b"a: 1:30.5\n", "'1:30.5' is read as a base-60 number"),
+        (b"a: .inf\n", "'.inf' is read as a special float"),
+        (b"a: .NaN\n", "'.NaN' is read as a special float"),
     ],
 )
 def test_yaml_11_surprises_are_reported(text, fragment):
@@ -115,6 +118,27 @@ def test_hostile_documents_are_positioned_errors(text, where, fragment):
     assert fragment in d.message
     if where:
         assert (d.mark.line, d.mark.col) == where
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (b"a: " + b"[" * 600 + b"]" * 600 + b"\n", (1, 67)),
+        (b"a:\n" + b"".join(b"  " * i + b"- \n" for i in range(1, 600)), (65, 129)),
+    ],
+)
+def test_without_libyaml_deep_documents_are_positioned_errors_too(monkeypatch, text, where):
+    """PyYAML's pure-Python composer recurses once a level and runs out of stack on hundreds of
+    levels: the depth is then found from the parser's events, at the first level too deep."""
+    import yaml
+
+    import renderer.config.load as load
+
+    monkeypatch.setattr(load, "_Loader", yaml.SafeLoader)
+    with pytest.raises(LoadError) as exc:
+        load_text("f.yaml", text)
+    [d] = exc.value.diagnostics
+    assert ((d.mark.line, d.mark.col), d.path, d.message) == (where, (), "nested more than 64 levels deep")
 
 
 def test_deep_but_sane_nesting_and_long_numbers_still_load():
@@ -255,3 +279,18 @@ def test_a_folder_with_yaml_only_in_subfolders_has_no_deployment_files(tmp_path)
     fleet_dir(tmp_path, **{"old__a.yaml": deployment("a")})
     result = validate("deployments", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (2, "error: no deployment files (*.yaml) in deployments\n")
+
+
+def test_a_second_fleet_yaml_is_named_in_a_warning_and_the_same_one_twice_is_not(tmp_path):
+    fleet_dir(tmp_path, **{"a.yaml": deployment("a"), "fleet.yaml": "defaults: {gpu: {count: 1}}\n"})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "b.yaml").write_text(deployment("b"))
+    (tmp_path / "other" / "fleet.yaml").write_text("defaults: {gpu: {count: 1}}\n")
+    result = validate("deployments", "other", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok: 2 deployment(s) valid, 1 warning(s)\n"
+    assert result.stderr.startswith(
+        "other/fleet.yaml:1:1: warning: (document): not read: deployments/fleet.yaml is the fleet file\n"
+    )
+    result = validate("deployments", "deployments/fleet.yaml", "./deployments/fleet.yaml", cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "ok: 1 deployment(s) valid\n", "")

@@ -446,3 +446,19 @@ def test_the_parse_check_still_sees_every_line_outside_the_runtime():
         _parses("x = 1\ndef broken(:\n    pass\n", ["def broken(:\n    pass\n"])
     with pytest.raises(SyntaxError):  # a block cut out of the middle of a statement leaves it broken
         _parses(f"x = [\n{block}]\n", [block])
+
+
+def test_the_module_docstring_keeps_its_line_breaks_and_the_tag_hash_is_the_content_hash(tmp_path):
+    text = _render_yaml(
+        "name: demo\ndescription: a test deployment\nmodel: {id: org/m, revision: "
+        + "a" * 40
+        + "}\ngpu: {type: H100}\n",
+        tmp_path,
+    )
+    docstring = text.split('"""')[1]
+    assert "\n\n" in docstring and "\\n" not in docstring  # written as lines, not as escapes
+    assert ast.get_docstring(ast.parse(text)) == docstring.strip()
+    fleet = resolve(load_fleet([str(tmp_path / "d.yaml")]))
+    app = render(fleet.deployments[0])
+    algorithm, digest = app.content_hash.split(":", 1)
+    assert app.short_hash == digest[:12] and len(app.short_hash) == 12 and algorithm

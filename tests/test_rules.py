@@ -274,3 +274,33 @@ def test_long_keys_are_cut_in_paths_and_messages(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr) < 2000, len(result.stderr)
     assert f"{path}:9:7: error: engine.env.YYY" in result.stderr  # at the key's own line
+
+
+def test_a_cached_model_that_does_not_fit_its_gpu_is_refused_and_an_uncached_one_is_not_checked(tmp_path):
+    hub = tmp_path / "hf" / "hub"
+    model_dir(hub / "models--meta-llama--Llama-3.1-8B-Instruct" / "snapshots" / REVISION)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub)}
+    path = tmp_path / "llama.yaml"
+    body = "name: llama\nmodel:\n  id: meta-llama/Llama-3.1-8B-Instruct\n  revision: {rev}\ngpu:\n  type: L4\n"
+    path.write_text(body.format(rev=REVISION))  # no max_model_len: 131072 tokens of KV cache on 24 GB
+    result = run_cli("validate", str(path), "--format", "json", env=env)
+    [d] = json.loads(result.stdout)["diagnostics"]
+    assert (result.returncode, d["code"], d["path"]) == (1, "model-fit", "gpu.type")
+    assert "do not fit 1 x L4" in d["message"]
+    path.write_text(body.format(rev="b" * 40))  # another commit, not in the cache
+    assert run_cli("validate", str(path), env=env).returncode == 0
+
+
+def test_a_negative_number_after_an_option_is_its_value(tmp_path):
+    assert validate(
+        tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: [--seed, "-1", --max-num-batched-tokens, "2048"]\n'
+    ) == (0, [])
+
+
+def test_a_double_dash_and_a_one_letter_option_with_its_value_attached(tmp_path):
+    rc, diags = validate(tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: ["-qfp8", "--"]\n')
+    assert rc == 1
+    assert [(d["path"], d["message"]) for d in diags] == [
+        ("engine.extra_args[0]", "-qfp8 is managed by fleetform (vLLM reads it as -q)"),
+        ("engine.extra_args[1]", "`--` would end vLLM's options"),
+    ]

@@ -226,11 +226,49 @@ def test_catch_all_messages_for_keywords_without_their_own():
         ({"maxLength": 0}, "must be at most 0 characters, got 1"),
         ({"minLength": 2}, "must be at least 2 characters, got 1"),
         ({"type": "string", "format": "ipv4", "not": {"const": "b"}}, "does not satisfy the schema's `not`"),
+        ({"anyOf": [{"type": "integer"}, {"type": "null"}]}, "expected integer or null, got string 'b'"),
+        ({"pattern": "^c$"}, "expected a value matching '^c$', got string 'b'"),
     ):
         errors = list(S.validator_class()({"properties": {"a": schema}}).iter_errors(doc.root.plain()))
         [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
         assert d.message.startswith(want), d.message
         assert d.hint and (d.mark.line, d.mark.col) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "bounds,value,want",
+    [
+        ({"minimum": 2}, 1, ("must be >= 2, got 1", "use a value of at least 2")),
+        ({"exclusiveMinimum": 0}, 0, ("must be > 0, got 0", "use a value above 0")),
+        ({"maximum": 5}, 6, ("must be <= 5, got 6", "use a value of at most 5")),
+        ({"exclusiveMaximum": 5}, 5, ("must be < 5, got 5", "use a value of at most 5")),
+        ({"minimum": 1, "maximum": 3}, 4, ("must be <= 3, got 4", "use a value from 1 to 3")),
+    ],
+)
+def test_bounds_messages_and_hints_for_one_sided_and_two_sided_bounds(bounds, value, want):
+    """Every bounded field of the shipped schemas has both bounds; a field with one gets its own hint."""
+    from renderer.config.load import load_text
+    from renderer.config.validate import _schema_error_diags
+
+    doc = load_text("x.yaml", f"a: {value}\n".encode())
+    errors = list(S.validator_class()({"properties": {"a": bounds}}).iter_errors(doc.root.plain()))
+    [d] = [d for e in errors for d in _schema_error_diags(e, doc.root, "", ())]
+    assert (d.message, d.hint) == want
+
+
+def test_a_whole_float_far_too_big_for_an_integer_field_gets_the_field_hint(tmp_path):
+    """`write N, without a decimal point` stops below 1e18: past that, N would be a wall of digits."""
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    text = (REPO / "deployments" / "qwen2-5-7b-awq.yaml").read_text()
+    for value, hint in (
+        ("1.0e+17", "write 100000000000000000, without a decimal point: this field takes a whole number"),
+        ("1.0e+18", "max_num_seqs: Most sequences batched at once (`--max-num-seqs`)"),
+    ):
+        (folder / "demo.yaml").write_text(text.replace("  max_num_seqs: 64\n", f"  max_num_seqs: {value}\n"))
+        result = run_cli("validate", str(folder))
+        assert result.returncode == 1
+        assert f"    hint: {hint}" in result.stderr, result.stderr
 
 
 def test_a_refused_price_key_is_reported_at_its_own_line(tmp_path):
@@ -242,3 +280,82 @@ def test_a_refused_price_key_is_reported_at_its_own_line(tmp_path):
     assert result.returncode == 1
     assert f"{folder / 'fleet.yaml'}:3:3: error: prices.H10: invalid key 'H10': expected one of T4, " in result.stderr
     assert '    hint: did you mean "H100"?' in result.stderr
+
+
+# --- the schema reader's own functions (renderer/config/schema.py) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value,seconds",
+    [(900, 900), ("15m", 900), ("1h30m", 5400), ("90s", 90), ("2h0m5s", 7205), ("1h", 3600), ("0s", 0)],
+)
+def test_parse_duration(value, seconds):
+    assert S.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "15x", "m", "1m1h", True, None, 1.5])
+def test_parse_duration_refuses_what_is_not_a_duration(value):
+    with pytest.raises(ValueError, match="not a duration"):
+        S.parse_duration(value)
+
+
+def test_ecma_pattern_ends_only_outside_character_classes():
+    assert S.ecma_pattern("^a$") == r"^a\Z"
+    assert S.ecma_pattern("^[]$]$") == r"^[]$]\Z"  # a leading `]` is a member; the class ends at the next one
+    assert S.ecma_pattern("^[a]$[$]$") == r"^[a]\Z[$]\Z"
+    assert S.ecma_pattern("^[a-z$]+$") == r"^[a-z$]+\Z"  # a `$` deep in a class is a member
+    assert S.matches("^[]x]+$", "]x]") and not S.matches("^[]x]+$", "]x]\n")
+
+
+def test_subschema_at_follows_refs_items_and_additional_properties():
+    D = S.DEPLOYMENT_SCHEMA
+    assert S.subschema_at(D, ("engine", "env", "ANY_NAME")) == {"type": "string", "maxLength": 4096}
+    assert "H100!" in S.subschema_at(D, ("gpu", "fallbacks", 0))["enum"]
+    assert S.subschema_at(D, ("scaling", "scaledown_window"))["default"] == "15m"
+    assert S.subschema_at(D, ("nope",)) is None
+    assert S.subschema_at(D, ("name", "deeper")) is None
+    assert S.subschema_at(S.FLEET_SCHEMA, ("environments", "prod"))["required"] == ["modal_environment"]
+    file, last, target = S.shipped().target("deployment.schema.json#/$defs/environment_name", S.FLEET_SCHEMA)
+    assert (file, last, target) == (D, "environment_name", S.load_schema(D)["$defs"]["environment_name"])
+    assert S.shipped().target("#", D) == (D, "", S.load_schema(D))
+
+
+def test_defaults_come_nested_and_only_where_the_schema_has_one():
+    defaults = S.schema_defaults()
+    assert defaults["scaling"] == {
+        "min_containers": 0,
+        "buffer_containers": 0,
+        "scaledown_window": "15m",
+        "target_concurrency": 32,
+        "startup_timeout": "10m",
+    }
+    assert defaults["gpu"] == {"count": 1, "fallbacks": []} and "name" not in defaults
+    gateway = S.gateway_defaults()
+    assert gateway["name"] == "fleetform-gateway" and gateway["max_containers"] is None
+
+
+def test_section_of_a_misplaced_field():
+    assert [S.section_of(k) for k in ("scaledown_window", "count", "quantization", "nope")] == [
+        "scaling",
+        "gpu",
+        "model",
+        None,
+    ]
+
+
+def test_walk_yields_every_object_with_its_pointer():
+    pointers = dict(S.walk(S.FLEET_SCHEMA))
+    assert pointers[""] is S.load_schema(S.FLEET_SCHEMA)
+    assert pointers["/properties/gateway/properties/enabled"]["type"] == "boolean"
+    assert all(isinstance(node, dict) for node in pointers.values())
+
+
+def test_schema_files_read_from_a_folder_are_the_shipped_ones(tmp_path):
+    for name in S.SCHEMAS:
+        (tmp_path / name).write_text((S.schema_dir() / name).read_text())
+    edited = json.loads((tmp_path / S.FLEET_SCHEMA).read_text())
+    edited["title"] = "edited"
+    (tmp_path / S.FLEET_SCHEMA).write_text(json.dumps(edited))
+    files = S.SchemaFiles.from_dir(tmp_path).files
+    assert files[S.DEPLOYMENT_SCHEMA] == S.shipped().files[S.DEPLOYMENT_SCHEMA]
+    assert files[S.FLEET_SCHEMA]["title"] == "edited"

@@ -247,7 +247,7 @@ class _Builder:
             return text
         if tag == _TAG + "int":
             if _PLAIN_INT.match(text) or _HEX_INT.match(text):
-                digits = text.replace("_", "").lstrip("+-")
+                digits = text.replace("_", "").lstrip("+-").removeprefix("0x")
                 if len(digits) > MAX_INT_DIGITS:
                     self.errors.append(
                         Diagnostic(
