@@ -27,7 +27,7 @@ def add_common(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -
 # --- number types: every float or int option is finite and in range, or a usage error ----------------------
 
 
-def _number(kind: type, text: str) -> Any:
+def number(kind: type, text: str) -> Any:
     try:
         value = kind(text)
     except ValueError:
@@ -43,7 +43,7 @@ def positive(kind: type = float) -> Callable[[str], Any]:
     """A number above 0 (a timeout, a rate, a count)."""
 
     def parse(text: str) -> Any:
-        value = _number(kind, text)
+        value = number(kind, text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
         return value
@@ -56,7 +56,7 @@ def non_negative(kind: type = int) -> Callable[[str], Any]:
     """A number of at least 0 (a seed)."""
 
     def parse(text: str) -> Any:
-        value = _number(kind, text)
+        value = number(kind, text)
         if value < 0:
             raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
         return value
@@ -67,14 +67,14 @@ def non_negative(kind: type = int) -> Callable[[str], Any]:
 
 def fraction(text: str) -> float:
     """A share in (0, 1]."""
-    value = _number(float, text)
+    value = number(float, text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {text!r}")
     return value
 
 
 def port(text: str) -> int:
-    value = _number(int, text)
+    value = number(int, text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {text!r}")
     return value

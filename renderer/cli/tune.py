@@ -15,41 +15,25 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderer.cli.common import RAW, non_negative, positive, resolve_args
+from renderer.cli.common import RAW, fraction, non_negative, number, positive, resolve_args
 from renderer.cli.output import CliError, ExitCode, TextReporter, console, literal
 from renderer.endpoint import AUTH_KINDS
 
 DEFAULTS = {"start": 1, "limit": 1024, "factor": 2.0, "resolution": 0.1, "headroom": 0.8, "tail": 10, "noise": 0.1}
 
 
-def _fraction_open(text: str) -> float:
-    """A number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
-
-
 def _fraction_below_one(text: str) -> float:
     """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    value = number(float, text)
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 
 
 def _factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}") from None
-    if not value > 1 or not math.isfinite(value):
+    """A growth factor: a finite number above 1."""
+    value = number(float, text)
+    if not value > 1:
         raise argparse.ArgumentTypeError(f"expected a number above 1, got {text!r}")
     return value
 
@@ -125,7 +109,7 @@ def add_parser(sub: Any) -> None:
     )
     g.add_argument(
         "--headroom",
-        type=_fraction_open,
+        type=fraction,
         default=DEFAULTS["headroom"],
         metavar="F",
         help="target_concurrency = floor(F x max_concurrency) (0.8)",
