@@ -165,8 +165,19 @@ def add_parsers(sub: Any) -> None:
 # --- test and bench ---------------------------------------------------------------------------------------------
 
 
-def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[str]]:
-    """(endpoint, model names) for TARGET: a URL, or a deployment name whose URL Modal knows.
+@dataclass(frozen=True)
+class Target:
+    """What TARGET names: the endpoint to call, the model names to expect, and (for a deployment name
+    or --deployment) the deployment and the fleet it was resolved from."""
+
+    endpoint: Any  # endpoint.client.Endpoint
+    names: list[str]
+    deployment: Any = None  # config.spec.Deployment
+    fleet: Any = None  # config.resolve.ResolvedFleet
+
+
+def resolve_target(args: argparse.Namespace, report: TextReporter) -> Target:
+    """TARGET: a URL, or a deployment name whose URL Modal knows.
 
     With a deployment name (or --deployment NAME beside a URL), the served names and the auth
     mode come from its YAML, so the test checks exactly what the fleet declares.
@@ -174,9 +185,10 @@ def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[st
     from renderer.endpoint.client import Endpoint
 
     is_url = args.target.startswith(("http://", "https://"))
-    deployment = None
+    deployment = fleet = None
     if not is_url or args.deployment:
-        deployment = one(resolve_args(args, report), args.deployment or args.target)
+        fleet = resolve_args(args, report)
+        deployment = one(fleet, args.deployment or args.target)
     names = list(args.model or (deployment.model.names if deployment else []))
     auth = args.auth or (deployment.auth.mode if deployment else "none")
     url = args.target
@@ -195,7 +207,13 @@ def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[st
             raise CliError(str(exc)) from None
         if not url:
             raise CliError(f"{deployment.name} is not deployed (no URL); run `fleetform deploy` first")
-    return Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names
+    return Target(Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names, deployment, fleet)
+
+
+def target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[str]]:
+    """(endpoint, model names) for TARGET; see `resolve_target`."""
+    found = resolve_target(args, report)
+    return found.endpoint, found.names
 
 
 def say_waiting(url: str, timeout: float) -> None:

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderer.cli.common import RAW, fraction, non_negative, number, positive, resolve_args
+from renderer.cli.common import RAW, fraction, non_negative, number, positive
 from renderer.cli.output import CliError, ExitCode, TextReporter, console, literal
 from renderer.endpoint import AUTH_KINDS
 
@@ -324,36 +324,12 @@ def html_chart(answer: Any, title: str) -> str:
 
 
 def _resolve_target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[str], Any, dict]:
-    """(endpoint, model names, deployment or None, fleet prices): as `bench` resolves TARGET."""
-    from renderer.cli.common import one
-    from renderer.endpoint.client import Endpoint
+    """(endpoint, model names, deployment or None, fleet prices): TARGET as `bench` resolves it."""
+    from renderer.cli.endpoint import resolve_target
 
-    is_url = args.target.startswith(("http://", "https://"))
-    deployment, prices = None, {}
-    if not is_url or args.deployment:
-        resolved = resolve_args(args, report)
-        deployment = one(resolved, args.deployment or args.target)
-        prices = dict(getattr(resolved, "prices", {}) or {})
-    if is_url:
-        url = args.target
-    else:
-        from renderer.cli.endpoint import target
-
-        # A deployment name: Modal knows its URL (bench's own resolution, credentials checked there).
-        return (*target(args, TextReporter(err=_Null())), deployment, prices)
-    names = list(args.model or (deployment.model.names if deployment else []))
-    auth = args.auth or (deployment.auth.mode if deployment else "none")
-    return Endpoint.from_env(url, auth, api_key_var=args.api_key_env), names, deployment, prices
-
-
-class _Null:
-    """A stream that drops what is written (diagnostics already reported once)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+    found = resolve_target(args, report)
+    prices = dict(found.fleet.prices or {}) if found.fleet is not None else {}
+    return found.endpoint, found.names, found.deployment, prices
 
 
 def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
