@@ -85,6 +85,19 @@ def upstream_entries(deployments: Iterable[spec.Deployment], gateway: spec.Gatew
 
 
 @dataclass(frozen=True)
+class Split:
+    """A canary rollout in progress: `weight` percent of `deployment`'s traffic goes to its canary app
+    (`spec.canary_app_name(deployment)`), the rest to the live app."""
+
+    deployment: str
+    weight: int  # 1..99
+
+    @property
+    def canary(self) -> str:
+        return spec.canary_app_name(self.deployment)
+
+
+@dataclass(frozen=True)
 class RenderedGateway:
     """The gateway module's text; `filename`, `text` and `content_hash` as `RenderedApp` has them."""
 

@@ -171,6 +171,12 @@ GATEWAY_FUNCTION_NAME = "serve"  # the function of every app, deployments' and t
 MAX_HOST_LABEL = 63  # DNS label limit; Modal shortens longer ones, which only the runtime lookup knows
 MAX_REQUEST_TIMEOUT = 86400  # Modal's longest function timeout: 24 h
 UPSTREAM_KEY_PREFIX = "FLEETFORM_UPSTREAM_KEY_"
+CANARY_SUFFIX = "-canary"  # a deployment's canary runs as its own app beside the live one
+
+
+def canary_app_name(deployment_name: str) -> str:
+    """The Modal app a canary of `deployment_name` runs as while a rollout is in progress."""
+    return deployment_name + CANARY_SUFFIX
 
 
 def upstream_key_env(deployment_name: str) -> str:
