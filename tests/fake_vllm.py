@@ -2,7 +2,9 @@
 """A stand-in for `vllm serve` in tests: the same command line, a few of the same routes.
 
 It parses the real argv the runtime passes (`serve MODEL ... --port N [--middleware X.Y]
-[--root-path P]`), answers /health after FAKE_VLLM_BOOT_S seconds, serves a tiny chat completion,
+[--root-path P] [--lora-modules NAME=PATH ...]`), answers /health after FAKE_VLLM_BOOT_S seconds,
+serves a tiny chat completion (and completion) for its served names and adapters, 404 for any other
+`model` as vLLM does, and 400 on chat when FAKE_VLLM_NO_CHAT_TEMPLATE is set (a model without one),
 and implements sleep mode's /sleep, /wake_up and /is_sleeping. When given `--middleware`, it
 imports that ASGI class exactly as vLLM does (from PYTHONPATH) and puts it in front of every
 route, so tests prove the guard the runtime installs. The ASGI scope is built as uvicorn and
@@ -32,7 +34,13 @@ if "--served-model-name" in argv:
     while i < len(argv) and not argv[i].startswith("--"):
         MODEL_NAMES.append(argv[i])
         i += 1
+if "--lora-modules" in argv:
+    i = argv.index("--lora-modules") + 1
+    while i < len(argv) and not argv[i].startswith("--"):
+        MODEL_NAMES.append(argv[i].split("=", 1)[0])
+        i += 1
 BOOT_S = float(os.environ.get("FAKE_VLLM_BOOT_S", "0.2"))
+NO_CHAT_TEMPLATE = bool(os.environ.get("FAKE_VLLM_NO_CHAT_TEMPLATE"))
 EXIT_EARLY = os.environ.get("FAKE_VLLM_EXIT")  # exit with this code instead of serving
 LOG = os.environ.get("FAKE_VLLM_LOG")
 ROOT_PATH = argv[argv.index("--root-path") + 1] if "--root-path" in argv else ""
@@ -51,14 +59,18 @@ def log(entry: dict) -> None:
             fh.write(json.dumps(entry) + "\n")
 
 
-def route(method: str, path: str) -> tuple[int, dict]:
+def route(method: str, path: str, body: dict) -> tuple[int, dict]:
     if path == "/health":
         return (200, {}) if time.monotonic() - STARTED >= BOOT_S else (503, {})
     if path == "/v1/models":
         return 200, {"data": [{"id": n} for n in MODEL_NAMES]}
-    if path == "/v1/chat/completions" and method == "POST":
+    if path in ("/v1/chat/completions", "/v1/completions") and method == "POST":
         if STATE["sleeping"]:
             return 503, {"error": "asleep"}
+        if MODEL_NAMES and body.get("model") not in MODEL_NAMES:
+            return 404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}}
+        if path == "/v1/chat/completions" and NO_CHAT_TEMPLATE:
+            return 400, {"error": {"message": "default chat template is no longer allowed"}}
         return 200, {"choices": [{"message": {"content": "hello"}}], "usage": {"completion_tokens": 1}}
     if path == "/sleep" and method == "POST":
         STATE["sleeping"] = True
@@ -80,13 +92,18 @@ def route_path(scope) -> str:
 
 
 async def asgi_inner(scope, receive, send):
-    status, body = route(scope["method"], route_path(scope))
+    message = await receive()
+    try:
+        request = json.loads(message.get("body") or b"{}")
+    except ValueError:
+        request = {}
+    status, body = route(scope["method"], route_path(scope), request if isinstance(request, dict) else {})
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": data})
 
 
-def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+def through_middleware(method: str, path: str, headers: dict[str, str], request: bytes = b"") -> tuple[int, bytes]:
     app = MIDDLEWARE(asgi_inner) if MIDDLEWARE else asgi_inner
     raw = path.split("?")[0]
     scope = {
@@ -100,7 +117,7 @@ def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple
     out: dict = {}
 
     async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": request, "more_body": False}
 
     async def send(message):
         if message["type"] == "http.response.start":
@@ -115,10 +132,14 @@ def through_middleware(method: str, path: str, headers: dict[str, str]) -> tuple
 class Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        status, body = through_middleware(method, self.path, dict(self.headers))
-        log({"method": method, "path": self.path, "status": status})
+        request = self.rfile.read(length) if length else b""
+        status, body = through_middleware(method, self.path, dict(self.headers), request)
+        entry = {"method": method, "path": self.path, "status": status}
+        try:
+            entry["model"] = json.loads(request)["model"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        log(entry)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

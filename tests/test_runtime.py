@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from renderer.codegen import runtime
+from renderer.codegen.render import render
 from renderer.config.load import load_fleet
 from renderer.config.resolve import resolve
-from renderer.endpoint.serve import LocalOptions, local_argv
+from renderer.endpoint.serve import LocalOptions, local_adapters, local_argv
 
 from conftest import REPO
+from modal_objects import import_module
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py")), "serve"]
 
@@ -216,7 +218,7 @@ def test_snapshot_sequence_with_the_guard_in_front(tmp_path, monkeypatch):
     argv = local_argv(d, LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port))
     proc = runtime.VLLMProcess(argv, port=port, env=d.process_env, log=lambda m: None)
     try:
-        timings = runtime.boot_for_snapshot(proc, timeout=20, model="m1")
+        timings = runtime.boot_for_snapshot(proc, timeout=20, names=["m1"])
         assert set(timings) == {"boot_s", "warmup_s", "sleep_s"}
         # from outside (no token) the dev routes are closed; the public API stays open
         for path, want in (("/sleep?level=1", 403), ("/wake_up", 403), ("/v1/models", 200)):
@@ -312,7 +314,7 @@ def test_snapshot_mode_refuses_to_run_without_the_guard(tmp_path):
     for without in (argv[:i] + argv[i + 2 :], argv[:i] + ["--other", runtime.GUARD_MIDDLEWARE] + argv[i + 2 :]):
         proc = runtime.VLLMProcess(without, port=1, env=d.process_env, log=lambda m: None)
         with pytest.raises(RuntimeError, match="needs `--middleware fleetform_guard.DevRouteGuard`"):
-            runtime.boot_for_snapshot(proc, timeout=1, model="m1")
+            runtime.boot_for_snapshot(proc, timeout=1, names=["m1"])
         assert proc.proc is None  # nothing was started
 
 
@@ -502,3 +504,100 @@ def test_adapter_without_pinned_revision_is_rejected(tmp_path):
     fleet = resolve(load_fleet([str(f)]))
     [err] = fleet.diagnostics
     assert err.path == ("model", "lora_adapters", 1, "revision") and "not pinned" in err.message
+
+
+# --- warm before ready -------------------------------------------------------------------------------------
+
+
+def _logged(log_file: Path) -> list[tuple[str, str, int, str | None]]:
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    return [
+        (e["method"], e["path"], e["status"], e.get("model")) for e in entries if e.get("path") not in (None, "/health")
+    ]
+
+
+def _ready_adapters(d, root: Path) -> list[dict[str, str]]:
+    """The deployment's adapters, already fetched into `root` at their revisions (no hub)."""
+    adapters = local_adapters(d, LocalOptions(lora_dir=str(root)))
+    for a in adapters:
+        os.makedirs(a["path"], exist_ok=True)
+        Path(a["path"], ".fleetform-revision").write_text(a["revision"])
+    return adapters
+
+
+def lora_deployment(tmp_path: Path, extra: str = ""):
+    f = tmp_path / "d.yaml"
+    f.write_text("name: demo\n" + LORA + "gpu:\n  type: H100\n" + extra)
+    fleet = resolve(load_fleet([str(f)]))
+    assert fleet.ok, fleet.diagnostics
+    return fleet.deployments[0]
+
+
+@pytest.mark.parametrize("cold_start", ["standard", "snapshot"])
+def test_every_served_name_and_adapter_is_warmed_before_ready(tmp_path, monkeypatch, cold_start):
+    """Standard and snapshot mode alike: one short request per name (adapters included) before the
+    start-up returns, so the first user of an adapter pays no kernel compile."""
+    d = lora_deployment(tmp_path, f"engine:\n  cold_start: {cold_start}\n")
+    log_file = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log_file))
+    port = free_port()
+    opts = LocalOptions(vllm=tuple(FAKE[:-1]) + ("serve",), port=port, lora_dir=str(tmp_path / "lora"))
+    proc = runtime.VLLMProcess(local_argv(d, opts), port=port, env=d.process_env, log=lambda m: None)
+    adapters = _ready_adapters(d, tmp_path / "lora")
+    try:
+        if cold_start == "snapshot":
+            runtime.boot_for_snapshot(proc, timeout=20, names=d.model.names, warmup_requests=1, adapters=adapters)
+        else:
+            runtime.boot(proc, timeout=20, adapters=adapters, warm=d.model.names)
+    finally:
+        proc.stop(grace=5)
+    chats = [(path, model) for method, path, status, model in _logged(log_file) if path == "/v1/chat/completions"]
+    assert chats == [("/v1/chat/completions", name) for name in ("m1", "sql", "chat")]
+
+
+def test_warm_up_falls_back_to_completions_without_a_chat_template(tmp_path, monkeypatch):
+    log_file = tmp_path / "requests.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log_file))
+    monkeypatch.setenv("FAKE_VLLM_NO_CHAT_TEMPLATE", "1")
+    port = free_port()
+    proc = runtime.VLLMProcess(
+        FAKE + ["m", "--served-model-name", "m1", "--port", str(port)], port=port, log=lambda m: None
+    )
+    try:
+        runtime.boot(proc, timeout=20, warm=["m1"])
+    finally:
+        proc.stop(grace=5)
+    assert _logged(log_file) == [
+        ("POST", "/v1/chat/completions", 400, "m1"),
+        ("POST", "/v1/completions", 200, "m1"),
+    ]
+
+
+def test_a_name_the_server_cannot_serve_fails_the_start(tmp_path):
+    """A container that cannot answer one of its names must not report ready."""
+    port = free_port()
+    proc = runtime.VLLMProcess(
+        FAKE + ["m", "--served-model-name", "m1", "--port", str(port)], port=port, log=lambda m: None
+    )
+    try:
+        with pytest.raises(RuntimeError, match="warm-up request to 'missing' failed with HTTP 404"):
+            runtime.boot(proc, timeout=20, warm=["m1", "missing"])
+    finally:
+        proc.stop(grace=5)
+
+
+def test_the_rendered_app_warms_every_name(tmp_path, monkeypatch):
+    """The module Modal runs: its container start-up (the class Modal's server wraps) boots with
+    the served names and the adapters to warm. Read from the imported module, built with the real `modal`."""
+    d = lora_deployment(tmp_path)
+    path = tmp_path / "demo.py"
+    path.write_text(render(d).text)
+    module = import_module(path)
+    assert module.WARM_UP_NAMES == ["m1", "sql", "chat"]
+    calls = []
+    monkeypatch.setattr(module, "VLLMProcess", lambda *a, **kw: "proc")
+    monkeypatch.setattr(module, "boot", lambda proc, **kw: calls.append((proc, kw)))
+    user_cls = module.Serve._get_user_cls()
+    user_cls.start._get_raw_f()(user_cls.__new__(user_cls))  # what Modal runs when a container starts
+    [(proc, kw)] = calls
+    assert proc == "proc" and kw["warm"] == ["m1", "sql", "chat"] and len(kw["adapters"]) == 2

@@ -136,11 +136,44 @@ def fetch_adapters(adapters, log=print):
         log(f"fetched adapter {a['name']} ({a['id']}@{a['revision'][:7]}) in {time.monotonic() - t0:.1f} s")
 
 
-def boot(proc, timeout, adapters=()):
-    """cold_start standard: fetch adapters, start vLLM, wait until healthy. Returns seconds to healthy."""
+def boot(proc, timeout, adapters=(), warm=()):
+    """cold_start standard: fetch adapters, start vLLM, wait until healthy, then warm up every name in
+    `warm` (see `warm_up`) before the caller reports ready. Returns seconds to healthy."""
     fetch_adapters(adapters, log=proc.log)
     proc.start()
-    return proc.wait_healthy(timeout)
+    seconds = proc.wait_healthy(timeout)
+    if warm:
+        warm_up(proc, warm)
+    return seconds
+
+
+# ---- warm-up: the first user never pays a compile ---------------------------------------------------------
+
+WARM_UP_PROMPT = "Say hello."
+
+
+def warm_up(proc, names, requests=1, max_tokens=8):
+    """Send `requests` short requests to each served name, LoRA adapters included, before traffic.
+
+    A healthy vLLM still has first-request work left: the first request to an adapter JIT-compiles
+    the LoRA Triton kernels (vLLM logs "Triton kernel JIT compilation during inference"), which cost
+    the first user of an adapter seconds. Chat first; a model without a chat template answers 400
+    there, so completions then. A name that fails both fails the start: a container that cannot
+    serve one of its names must not take traffic. Returns seconds taken.
+    """
+    t0 = time.monotonic()
+    for name in names:
+        for _ in range(requests):
+            chat = {"model": name, "max_tokens": max_tokens, "messages": [{"role": "user", "content": WARM_UP_PROMPT}]}
+            status, answer = proc.request("POST", "/v1/chat/completions", chat, timeout=300.0)
+            if status == 400:
+                plain = {"model": name, "max_tokens": max_tokens, "prompt": WARM_UP_PROMPT}
+                status, answer = proc.request("POST", "/v1/completions", plain, timeout=300.0)
+            if status != 200:
+                raise RuntimeError(f"warm-up request to {name!r} failed with HTTP {status}: {answer}")
+    seconds = time.monotonic() - t0
+    proc.log(f"warmed up {', '.join(names)} ({requests} request(s) each) in {seconds:.1f} s")
+    return seconds
 
 
 # ---- snapshot: warm up, sleep before the GPU snapshot, wake after restore, behind the guard ---------------
@@ -252,16 +285,6 @@ def guard(proc):
     proc.headers[ADMIN_HEADER] = proc.env["FLEETFORM_ADMIN_TOKEN"]
 
 
-def warm_up(proc, model, requests=3, max_tokens=16):
-    """Send a few real chat requests so first-request work (compilation, allocation) is done."""
-    body = {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": "Say hello."}]}
-    for _ in range(requests):
-        status, answer = proc.request("POST", "/v1/chat/completions", body, timeout=300.0)
-        if status != 200:
-            raise RuntimeError(f"warm-up request failed with HTTP {status}: {answer}")
-    proc.log(f"warmed up with {requests} requests")
-
-
 def sleep(proc, level=1):
     """Offload weights and free the KV cache (vLLM sleep mode). Returns seconds taken."""
     t0 = time.monotonic()
@@ -280,17 +303,15 @@ def wake_up(proc):
     return time.monotonic() - t0
 
 
-def boot_for_snapshot(proc, timeout, model, warmup_requests=3, adapters=()):
-    """cold_start snapshot, before the snapshot: guard, boot, warm up with real requests, then sleep.
+def boot_for_snapshot(proc, timeout, names, warmup_requests=3, adapters=()):
+    """cold_start snapshot, before the snapshot: guard, boot, warm up every name, then sleep.
 
     Returns the seconds each step took. Sleeping (level 1) offloads the weights and frees the KV
-    cache, so the GPU snapshot holds little device memory.
+    cache, so the GPU snapshot holds little device memory; what the warm-up compiled is in the snapshot.
     """
     guard(proc)
     timings = {"boot_s": boot(proc, timeout, adapters)}
-    t0 = time.monotonic()
-    warm_up(proc, model, requests=warmup_requests)
-    timings["warmup_s"] = time.monotonic() - t0
+    timings["warmup_s"] = warm_up(proc, names, requests=warmup_requests)
     timings["sleep_s"] = sleep(proc, level=1)
     proc.log(
         f"asleep: ready for the snapshot (boot {timings['boot_s']:.1f} s, warm-up {timings['warmup_s']:.1f} s, "

@@ -93,12 +93,10 @@ def run_local(d: spec.Deployment, opts: LocalOptions, log=print) -> Served:
         timeout = opts.startup_timeout or d.scaling.startup_timeout
         try:
             if d.snapshot:  # the same sequence as on Modal: boot, warm up, sleep; then wake
-                runtime.boot_for_snapshot(
-                    proc, timeout=timeout, model=d.model.served_model_names[0], adapters=local_adapters(d, opts)
-                )
+                runtime.boot_for_snapshot(proc, timeout=timeout, names=d.model.names, adapters=local_adapters(d, opts))
                 runtime.after_restore(proc)
             else:
-                runtime.boot(proc, timeout=timeout, adapters=local_adapters(d, opts))
+                runtime.boot(proc, timeout=timeout, adapters=local_adapters(d, opts), warm=d.model.names)
         except (runtime.ServerExited, runtime.StartupTimeout, RuntimeError) as exc:
             if stopping:
                 return Served(None, True)
