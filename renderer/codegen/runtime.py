@@ -147,7 +147,7 @@ def boot(proc, timeout, adapters=(), warm=()):
     return seconds
 
 
-# ---- warm-up: the first user never pays a compile ---------------------------------------------------------
+# Warm-up: the first user never pays a compile.
 
 WARM_UP_PROMPT = "Say hello."
 
