@@ -12,12 +12,21 @@ the default). With `gateway.workspace` set, that URL is written into the module;
 default), the gateway asks Modal at run time, on each deployment's first request, with
 `modal.Server.from_name(APP, "serve", environment_name=ENV).get_url()`, which also knows how Modal
 shortens host names over 63 characters.
+
+Canary rollouts: with `splits`, a deployment's canary app (`spec.canary_app_name`) becomes one more
+upstream, and `SPLITS` in the module sends the split's weight (percent) of the deployment's requests
+to it, drawn at random per request. The canary is the same deployment config at a new version, so
+it has the deployment's auth, Modal environment, served names and, for `api_key` auth, the same key
+variable (`upstream_key_env` of the deployment: one key in the gateway's upstream Secret serves
+both apps, and a promoted canary needs no new Secret). Without splits the module is byte for byte
+what it was before canaries existed, so a finished rollout leaves the gateway's hash as it found it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +76,16 @@ class UpstreamEntry:
         return f"{len(self.models)} model name(s); {self.auth} auth; {where}"
 
 
+def _canary_entry(live: UpstreamEntry, gateway: spec.Gateway) -> UpstreamEntry:
+    """The upstream of `live`'s canary app: the same deployment config, so the same auth, key
+    variable, Modal environment and served names; only the app (and so its URL) differs."""
+    app = spec.canary_app_name(live.name)
+    url = gateway.url_of(app, live.modal_env)
+    if url and len(url.split("//", 1)[1].split(".", 1)[0]) > spec.MAX_HOST_LABEL:
+        url = None  # Modal shortens a label this long: only the run-time lookup knows how
+    return dataclasses.replace(live, name=app, app=app, url=url)
+
+
 def upstream_entries(deployments: Iterable[spec.Deployment], gateway: spec.Gateway) -> list[UpstreamEntry]:
     out = []
     for d in sorted(deployments, key=lambda d: d.name):
@@ -99,12 +118,15 @@ class Split:
 
 @dataclass(frozen=True)
 class RenderedGateway:
-    """The gateway module's text; `filename`, `text` and `content_hash` as `RenderedApp` has them."""
+    """The gateway module's text; `filename`, `text` and `content_hash` as `RenderedApp` has them.
+    `upstreams`: one a deployment (the live apps); `canaries`: one a split, the canary's upstream."""
 
     config: spec.Gateway
     upstreams: tuple[UpstreamEntry, ...]
     text: str
     content_hash: str
+    splits: tuple[Split, ...] = ()
+    canaries: tuple[UpstreamEntry, ...] = ()
 
     @property
     def name(self) -> str:
@@ -122,18 +144,55 @@ class RenderedGateway:
     def routes(self) -> dict[str, str]:
         return {m: u.name for u in self.upstreams for m in u.models}
 
+    @property
+    def weights(self) -> dict[str, dict[str, int]]:
+        """Deployment -> upstream -> percent of its requests, as the module routes them (and as its
+        `fleetform_gateway_route_weight` gauge says)."""
+        out = {u.name: {u.name: 100} for u in self.upstreams}
+        for s in self.splits:
+            out[s.deployment] = {s.deployment: 100 - s.weight, s.canary: s.weight}
+        return out
+
 
 @functools.cache
 def gateway_source() -> Trusted:
     return Trusted(_SOURCE.read_text(encoding="utf-8").rstrip("\n"))
 
 
+def check_splits(splits: Sequence[Split], deployments: Iterable[str]) -> None:
+    """Raise ValueError (one line) for a split the gateway cannot route: an unknown deployment, a weight
+    outside 1..99, two splits of one deployment, or a canary app name that is a deployment's name."""
+    names = set(deployments)
+    seen: set[str] = set()
+    for s in splits:
+        if s.deployment not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise ValueError(f"canary split for {s.deployment!r}: no such deployment behind the gateway ({known})")
+        if isinstance(s.weight, bool) or not isinstance(s.weight, int) or not 1 <= s.weight <= 99:
+            raise ValueError(
+                f"canary split for {s.deployment!r}: weight {s.weight!r} is not a whole percent from 1 to 99"
+            )
+        if s.deployment in seen:
+            raise ValueError(f"canary split for {s.deployment!r}: given twice")
+        if s.canary in names:
+            raise ValueError(f"canary split for {s.deployment!r}: its canary app {s.canary!r} is a deployment's name")
+        seen.add(s.deployment)
+
+
 def render_gateway(
-    deployments: Iterable[spec.Deployment], config: spec.Gateway, source: str = "deployments/fleet.yaml"
+    deployments: Iterable[spec.Deployment],
+    config: spec.Gateway,
+    source: str = "deployments/fleet.yaml",
+    splits: Sequence[Split] = (),
 ) -> RenderedGateway:
-    """Render the gateway module for these deployments; `resolve` has checked the gateway against them."""
+    """Render the gateway module for these deployments; `resolve` has checked the gateway against them.
+    `splits`: canary rollouts in progress (raises ValueError for one the gateway cannot route)."""
     deployments = list(deployments)
     upstreams = upstream_entries(deployments, config)
+    splits = tuple(sorted(splits, key=lambda s: s.deployment))
+    check_splits(splits, (u.name for u in upstreams))
+    live = {u.name: u for u in upstreams}
+    canaries = [_canary_entry(live[s.deployment], config) for s in splits]
     routes = [(m, u.name) for u in upstreams for m in u.models]
     secrets = [config.api_key_secret]
     if any(u.auth != "none" for u in upstreams):
@@ -142,9 +201,12 @@ def render_gateway(
         "version": __version__,
         "source": display_source(source),
         "docstring": f"{config.name}: one OpenAI-compatible endpoint for {len(upstreams)} deployment(s), "
-        f"{len(routes)} model name(s).",
+        f"{len(routes)} model name(s)."
+        + "".join(f" Canary: {s.weight}% of {s.deployment} to {s.canary}." for s in splits),
         "g": config,
         "upstreams": upstreams,
+        "canaries": canaries,
+        "splits": [(s.deployment, [[s.deployment, 100 - s.weight], [s.canary, s.weight]]) for s in splits],
         "routes": routes,
         "secrets": secrets,
         "python_version": PYTHON_VERSION,
@@ -156,4 +218,4 @@ def render_gateway(
         "hash": Trusted("{hash}"),
     }
     text, digest = render_module(TEMPLATE, context, f"{config.name}.py", "gateway")
-    return RenderedGateway(config, tuple(upstreams), text, digest)
+    return RenderedGateway(config, tuple(upstreams), text, digest, splits, tuple(canaries))

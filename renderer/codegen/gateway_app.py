@@ -31,12 +31,18 @@ What it does:
   per model and deployment, requests by status, in-flight, time to the first upstream byte, bytes.
   `log` gets one JSON line a request: model, upstream, status, ttft, seconds, bytes, error.
 - CORS (optional): `cors_origins` lists the browser origins allowed (`*`: any).
+- Weighted routing (a canary rollout): `splits` gives a deployment several upstreams with weights;
+  each request to one of its models goes to one of them, chosen at random in proportion to the
+  weights (`rng`, a `random.Random`, is injectable for tests). `/v1/models` is unchanged: a name is
+  listed once, owned by the deployment. `/metrics` says the weights in force
+  (`fleetform_gateway_route_weight`, percent) and labels every figure with the upstream chosen.
 """
 
 import asyncio
 import hmac
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -192,6 +198,7 @@ class Metrics:
         self.ttft = {}  # (model, upstream) -> [bucket counts..., count, sum]
         self.bytes_in = {}
         self.bytes_out = {}
+        self.weights = {}  # (deployment, upstream) -> percent of the deployment's requests routed there
 
     def enter(self, model, upstream):
         key = (model, upstream)
@@ -234,6 +241,14 @@ class Metrics:
         ]
         out += [f"fleetform_gateway_in_flight{{{_labels(*k)}}} {n}" for k, n in sorted(self.in_flight.items())]
         out += [
+            "# HELP fleetform_gateway_route_weight Percent of a deployment's requests routed to each upstream.",
+            "# TYPE fleetform_gateway_route_weight gauge",
+        ]
+        out += [
+            f"fleetform_gateway_route_weight{{deployment={_quote(d)},upstream={_quote(u)}}} {w:g}"
+            for (d, u), w in sorted(self.weights.items())
+        ]
+        out += [
             (
                 "# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
                 "byte, as the gateway saw it."
@@ -268,7 +283,9 @@ class GatewayApp:
 
     `upstream_timeout`: how long a request waits for a cold deployment (connection errors and 503s are
     retried until then); `read_timeout`: how long an upstream that has the request may take to send
-    its status (a whole non-streamed generation); `cors_origins`: browser origins allowed (`*`: any)."""
+    its status (a whole non-streamed generation); `cors_origins`: browser origins allowed (`*`: any).
+    `splits`: deployment name (the name of an `Upstream` in `routes`) -> [(Upstream, weight), ...]:
+    its requests go to one of these, drawn with `rng` in proportion to the (positive) weights."""
 
     def __init__(
         self,
@@ -285,8 +302,12 @@ class GatewayApp:
         cors_origins=(),
         max_body_bytes=MAX_BODY_BYTES,
         max_buffered_bytes=MAX_BUFFERED_BYTES,
+        splits=None,
+        rng=None,
     ):
         self.routes = dict(routes)
+        self.splits = _splits(self.routes, splits or {})
+        self.rng = rng if rng is not None else random.Random()
         self.upstream_timeout = float(upstream_timeout)
         self.api_key_env = api_key_env
         self.environ = os.environ if environ is None else environ
@@ -300,23 +321,37 @@ class GatewayApp:
         self.max_buffered_bytes = max_buffered_bytes
         self.buffered = 0  # bytes of request bodies held right now
         self.metrics = Metrics()
+        for up in {u.name: u for u in self.routes.values()}.values():
+            split = self.splits.get(up.name)
+            if split is None:
+                self.metrics.weights[(up.name, up.name)] = 100.0
+            else:
+                ups, cumulative, total = split
+                for u, before, upto in zip(ups, (0,) + cumulative[:-1], cumulative, strict=True):
+                    self.metrics.weights[(up.name, u.name)] = 100.0 * (upto - before) / total
         self._session = None
 
     @classmethod
-    def from_table(cls, upstreams, routes, lookup=None, **kwargs):
+    def from_table(cls, upstreams, routes, lookup=None, splits=None, **kwargs):
         """Build from plain data, as the rendered module holds it.
 
-        `upstreams`: deployment name -> {"url", "auth", "key_env", "app", "environment"};
-        `routes`: model name -> deployment name; `lookup(app, environment)`: async URL lookup for
-        upstreams without a URL.
+        `upstreams`: upstream name -> {"url", "auth", "key_env", "app", "modal_env"} (a deployment,
+        or a deployment's canary); `routes`: model name -> deployment name; `lookup(app, modal_env)`:
+        async URL lookup for upstreams without a URL; `splits`: deployment name -> [[upstream name,
+        weight], ...].
         """
         built = {}
         for name, u in upstreams.items():
             finder = None
             if not u.get("url") and lookup is not None:
-                finder = _bind_lookup(lookup, u.get("app", name), u.get("environment"))
+                finder = _bind_lookup(lookup, u.get("app", name), u.get("modal_env"))
             built[name] = Upstream(name, u.get("url"), u.get("auth", "proxy"), u.get("key_env"), finder)
-        return cls({model: built[dep] for model, dep in routes.items()}, **kwargs)
+        unknown = sorted({dep for dep in routes.values() if dep not in built})
+        unknown += sorted({n for entries in (splits or {}).values() for n, _ in entries if n not in built})
+        if unknown:
+            raise ValueError(f"no upstream named {', '.join(map(repr, unknown))} in the upstream table")
+        weighted = {dep: [(built[n], w) for n, w in entries] for dep, entries in (splits or {}).items()}
+        return cls({model: built[dep] for model, dep in routes.items()}, splits=weighted, **kwargs)
 
     # --- ASGI --------------------------------------------------------------------------------------------
 
@@ -451,11 +486,24 @@ class GatewayApp:
                     param="model",
                     code="model_not_found",
                 )
+            if self.splits:
+                split = self.splits.get(upstream.name)
+                if split is not None:
+                    upstream = self._pick(split)
             req.model, req.upstream = model, upstream.name
             self.metrics.enter(model, upstream.name)
             req.status = await self._proxy_until_done(upstream, scope, receive, send, req, cors)
         finally:
             self._release(req)
+
+    def _pick(self, split):
+        """One upstream of a split, with probability weight / total."""
+        upstreams, cumulative, total = split
+        x = self.rng.random() * total
+        for upstream, upto in zip(upstreams, cumulative, strict=True):
+            if x < upto:
+                return upstream
+        return upstreams[-1]
 
     def _release(self, req):
         """The request's body is no longer held: drop it and its share of `max_buffered_bytes`."""
@@ -749,6 +797,26 @@ def _bind_lookup(lookup, app, environment):
         return await lookup(app, environment)
 
     return find
+
+
+def _splits(routes, splits):
+    """`splits` checked against `routes` -> deployment -> (upstreams, cumulative weights, total)."""
+    deployments = {u.name for u in routes.values()}
+    out = {}
+    for name, entries in splits.items():
+        if name not in deployments:
+            raise ValueError(f"split for {name!r}: no model routes to a deployment of that name")
+        entries = list(entries)
+        if not entries or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for _, w in entries):
+            raise ValueError(f"split for {name!r}: needs one or more upstreams, each with a positive weight")
+        if len({u.name for u, _ in entries}) != len(entries):
+            raise ValueError(f"split for {name!r}: an upstream is named twice")
+        cumulative, total = [], 0
+        for _, weight in entries:
+            total += weight
+            cumulative.append(total)
+        out[name] = (tuple(u for u, _ in entries), tuple(cumulative), total)
+    return out
 
 
 def _header(scope, name):
