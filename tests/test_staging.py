@@ -38,7 +38,7 @@ def hub(monkeypatch):
 def run(hub, cache, adapters=(), commits=None):
     commit = (lambda: commits.append("commit")) if commits is not None else None
     return list(
-        staging.stage(MODEL, REV, adapters, cache_root=str(cache), commit=commit, endpoint=hub.url, token=False)
+        staging.stage_weights(MODEL, REV, adapters, cache_root=str(cache), commit=commit, endpoint=hub.url, token=False)
     )
 
 
@@ -111,7 +111,7 @@ def test_a_size_mismatch_after_download_fails_verification_and_writes_no_marker(
 
 
 def test_an_unknown_revision_fails_with_one_line(hub, tmp_path):
-    events = list(staging.stage(MODEL, "c" * 40, cache_root=str(tmp_path), endpoint=hub.url, token=False))
+    events = list(staging.stage_weights(MODEL, "c" * 40, cache_root=str(tmp_path), endpoint=hub.url, token=False))
     assert len(events) == 1 and events[0]["event"] == "failed"
     assert events[0]["error"].startswith(f"{MODEL}@{'c' * 40}: RevisionNotFoundError")
     assert "\n" not in events[0]["error"]

@@ -179,7 +179,7 @@ def write_marker(cache_root, repo_id, revision, files, size):
     return marker
 
 
-def stage(model_id, revision, adapters=(), cache_root="", commit=None, endpoint=None, token=None):
+def stage_weights(model_id, revision, adapters=(), cache_root="", commit=None, endpoint=None, token=None):
     """Stage the model and each adapter (dicts with id, revision and path); yields progress events.
 
     The last event is `{"event": "staged", "repos": [marker, ...]}` or, when anything failed,
@@ -196,7 +196,7 @@ def stage(model_id, revision, adapters=(), cache_root="", commit=None, endpoint=
                 if event["event"] == "verified":
                     verified.append(event)
                 yield event
-        except Exception as exc:  # the Hub's errors included: reported, never raised out of the container
+        except Exception as exc:  # noqa: BLE001 (the Hub's errors included: reported, never raised out of the container)
             message = " ".join(str(exc).split()) or type(exc).__name__
             error = message if isinstance(exc, StageError) else f"{repo_id}@{rev}: {type(exc).__name__}: {message}"
             break
