@@ -62,6 +62,7 @@ def test_first_stage_downloads_every_file_verifies_and_writes_the_marker(hub, tm
     assert marker["files"] == len(FILES) and marker["bytes"] == sum(len(v) for v in FILES.values())
     assert marker["verified_at"].endswith("+00:00")
     assert events[-1]["repos"] == [marker]
+    assert events[-1]["downloaded_bytes"] == marker["bytes"]
     assert commits == ["commit", "commit"]  # after the downloads, after the markers
 
 
@@ -72,7 +73,7 @@ def test_second_stage_downloads_nothing(hub, tmp_path):
     assert sum(hub.body_requests.values()) == before
     assert events[0]["download_files"] == 0 and events[0]["download_bytes"] == 0
     assert not [e for e in events if e["event"] == "file"]
-    assert events[-1]["event"] == "staged"
+    assert events[-1]["event"] == "staged" and events[-1]["downloaded_bytes"] == 0
 
 
 def test_a_truncated_blob_is_downloaded_again(hub, tmp_path):

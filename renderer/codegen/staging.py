@@ -46,9 +46,14 @@ def repo_folder(repo_id):
     return "models--" + repo_id.replace("/", "--")
 
 
+def marker_folder(repo_id):
+    """The folder of a repository's markers, one per staged revision, relative to the cache."""
+    return STAGED_DIR + "/" + repo_folder(repo_id)
+
+
 def marker_path(repo_id, revision):
     """Where the marker of a staged revision lives, relative to the cache (the Volume's root)."""
-    return STAGED_DIR + "/" + repo_folder(repo_id) + "/" + revision + ".json"
+    return marker_folder(repo_id) + "/" + revision + ".json"
 
 
 def hub_files(repo_id, revision, endpoint=None, token=None):
@@ -182,7 +187,7 @@ def write_marker(cache_root, repo_id, revision, files, size):
 def stage_weights(model_id, revision, adapters=(), cache_root="", commit=None, endpoint=None, token=None):
     """Stage the model and each adapter (dicts with id, revision and path); yields progress events.
 
-    The last event is `{"event": "staged", "repos": [marker, ...]}` or, when anything failed,
+    The last event is `{"event": "staged", "repos": [marker, ...], "downloaded_bytes": N}` or, when anything failed,
     `{"event": "failed", "error": "..."}` (one line). `commit` persists the cache (a Modal Volume's
     `commit`): called after the downloads, failed or not, so a later run resumes, and after the
     markers are written.
@@ -208,4 +213,4 @@ def stage_weights(model_id, revision, adapters=(), cache_root="", commit=None, e
     markers = [write_marker(cache_root, e["repo"], e["revision"], e["files"], e["bytes"]) for e in verified]
     if commit is not None:
         commit()
-    yield {"event": "staged", "repos": markers}
+    yield {"event": "staged", "repos": markers, "downloaded_bytes": sum(e["downloaded_bytes"] for e in verified)}
