@@ -172,6 +172,8 @@ def test_deploy_stages_first_and_skips_what_is_staged(plane, fleet):
     calls = [r.method for r in plane.calls()]
     assert calls.index("FunctionMap") < max(i for i, m in enumerate(calls) if m == "AppPublish")
     assert markers(plane) == [marker_of(SMALL)]
+    plan = json.loads(cli(plane, fleet, "plan", "--env", "dev", "--format", "json").stdout)
+    assert {s["name"]: s["staged"] for s in plan["staging"]} == {SMALL: True, LARGE: False}
 
     path = fleet / "deployments" / f"{SMALL}.yaml"
     path.write_text(path.read_text().replace("max_concurrency: 64", "max_concurrency: 48"))
