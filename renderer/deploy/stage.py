@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 STAGED, ALREADY, FAILED, SKIPPED = "staged", "already staged", "failed", "skipped"
 
+# Rendering checks the module with `ast.parse`, which CPython 3.11 does not run safely in several
+# threads at once ("AST constructor recursion depth mismatch"): workers render one at a time.
+_RENDER_LOCK = threading.Lock()
+
 
 @dataclass
 class StageResult:
@@ -89,7 +93,8 @@ def stage_one(
     d: spec.Deployment, backend: Backend, progress: Progress, *, force: bool = False, label: str | None = None
 ) -> StageResult:
     """Stage one deployment's weights unless its Volume says they are. Never raises."""
-    module = render_stage(d)
+    with _RENDER_LOCK:
+        module = render_stage(d)
     name = label or d.name
     result = StageResult(d.name, d.modal_env, d.cache.huggingface_volume, [f"{r}@{v}" for r, v in module.repos])
     t0 = time.monotonic()
