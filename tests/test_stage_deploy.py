@@ -144,3 +144,17 @@ def test_a_crash_in_the_backend_is_a_result_not_an_exception(apps):
 
     r = stage_one(apps[0].deployment, Broken(), NullProgress())
     assert r.status == FAILED and r.error == "unexpected RuntimeError: boom"
+
+
+def test_a_cancel_starts_no_new_stage_run(apps):
+    cancel = threading.Event()
+
+    class Cancelling(FakeBackend):
+        def stage(self, module, env, on_event):
+            cancel.set()  # Ctrl-C while the first one runs
+            return super().stage(module, env, on_event)
+
+    backend = Cancelling()
+    report = run_stage([a.deployment for a in apps], backend, NullProgress(), parallel=1, cancel=cancel)
+    assert [r.status for r in report.results] == [STAGED] + ["skipped"] * (len(apps) - 1)
+    assert [c[0] for c in backend.stage_calls].count("stage") == 1 and not report.ok

@@ -89,13 +89,11 @@ def _describe(event: dict[str, Any]) -> str | None:
     return None
 
 
-def stage_one(
-    d: spec.Deployment, backend: Backend, progress: Progress, *, force: bool = False, label: str | None = None
-) -> StageResult:
+def stage_one(d: spec.Deployment, backend: Backend, progress: Progress, *, force: bool = False) -> StageResult:
     """Stage one deployment's weights unless its Volume says they are. Never raises."""
     with _RENDER_LOCK:
         module = render_stage(d)
-    name = label or d.name
+    name = d.name
     result = StageResult(d.name, d.modal_env, d.cache.huggingface_volume, [f"{r}@{v}" for r, v in module.repos])
     t0 = time.monotonic()
     try:
@@ -160,7 +158,9 @@ def run_stage(
     force: bool = False,
     cancel: threading.Event | None = None,
 ) -> StageReport:
-    """Stage every deployment, `parallel` at a time; a cancel (Ctrl-C) starts no new ones."""
+    """Stage every deployment, `parallel` at a time. Ctrl-C (or `cancel`) starts no new one; the
+    running ones finish (what they downloaded is committed either way), then KeyboardInterrupt
+    propagates."""
     report = StageReport()
     if not backend.credentials_available():
         report.error = NO_CREDENTIALS
@@ -176,13 +176,17 @@ def run_stage(
         return r
 
     progress.start([_Row(d.name) for d in deployments])
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="fleetform-stage")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="fleetform-stage") as pool:
-            report.results = list(pool.map(one, deployments))
+        futures = [pool.submit(one, d) for d in deployments]
+        report.results = [f.result() for f in futures]
     except KeyboardInterrupt:
         cancel.set()
+        progress.note("Interrupted: starting no new stage run; waiting for the running ones to finish.")
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
+        pool.shutdown(wait=True)
         progress.stop()
     return report
 
