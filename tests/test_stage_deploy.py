@@ -158,3 +158,22 @@ def test_a_cancel_starts_no_new_stage_run(apps):
     report = run_stage([a.deployment for a in apps], backend, NullProgress(), parallel=1, cancel=cancel)
     assert [r.status for r in report.results] == [STAGED] + ["skipped"] * (len(apps) - 1)
     assert [c[0] for c in backend.stage_calls].count("stage") == 1 and not report.ok
+
+
+def test_the_text_report_names_each_model_at_its_short_revision_and_each_failure(apps):
+    import io
+
+    from rich.console import Console
+
+    backend = FakeBackend()
+    victim = apps[0].name
+    backend.stage_errors[victim] = StageFailed(f"stage {victim}: org/m@abc: config.json is missing")
+    report = run_stage([a.deployment for a in apps], backend, NullProgress())
+    out = io.StringIO()
+    report.render(Console(file=out, width=250))
+    text = out.getvalue()
+    for a in apps:
+        m = a.deployment.model
+        assert f"{m.id}@{m.revision[:7]} " in text and m.revision not in text
+    assert f"{victim}: stage {victim}: org/m@abc: config.json is missing" in text
+    assert text.count(" staged ") == len(apps) - 1 and text.count(" failed ") == 1

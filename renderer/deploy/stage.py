@@ -85,7 +85,7 @@ def _describe(event: dict[str, Any]) -> str | None:
         done, total = event.get("done_bytes") or 0, event.get("download_bytes") or 0
         return f"{event.get('repo')}: {gigabytes(done)} of {gigabytes(total)} ({event.get('file')})"
     if kind == "verified":
-        return f"{repo}: verified {event.get('files')} files, {gigabytes(event.get('bytes') or 0)}"
+        return f"{repo}: verified {event.get('files')} file(s), {gigabytes(event.get('bytes') or 0)}"
     return None
 
 
@@ -199,10 +199,16 @@ class _Row:
     action: str = "stage"
 
 
+def short(repo: str) -> str:
+    """`ORG/NAME@abcdef1`: a `repository@revision` with the revision's first 7 characters."""
+    name, _, revision = repo.rpartition("@")
+    return f"{name}@{revision[:7]}" if name else repo
+
+
 def _done_detail(r: StageResult) -> str:
     if r.status == ALREADY:
-        return "the Volume holds every file of " + ", ".join(r.repos)
-    return f"{r.files} files, {gigabytes(r.bytes or 0)}"
+        return "on the Volume already: " + ", ".join(short(x) for x in r.repos)
+    return f"{r.files} file(s), {gigabytes(r.bytes or 0)} verified"
 
 
 def render_stage_report(report: StageReport, console: Console) -> None:
@@ -221,7 +227,11 @@ def render_stage_report(report: StageReport, console: Console) -> None:
                 r.name,
                 escape(r.modal_env or "(default)"),
                 escape(r.volume),
-                escape(r.repos[0] if r.repos else "-"),
+                escape(
+                    short(r.repos[0]) + (f" +{len(r.repos) - 1} adapter(s)" if len(r.repos) > 1 else "")
+                    if r.repos
+                    else "-"
+                ),
                 f"[{style}]{r.status}[/{style}]",
                 gigabytes(r.bytes) if r.bytes is not None else "-",
                 f"{r.seconds:.0f}s" if r.seconds is not None else "-",
