@@ -125,3 +125,11 @@ def test_every_stage_module_passes_ruff(example_fleet, tmp_path):
         text=True,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_staging_is_python_3_10_and_imports_only_the_stdlib_and_the_hub():
+    source = (REPO / "renderer" / "codegen" / "staging.py").read_text()
+    tree = ast.parse(source, feature_version=(3, 10))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported - {"huggingface_hub"} <= set(sys.stdlib_module_names), imported
