@@ -20,6 +20,7 @@ from renderer.modal_api import CapacityError, StageFailed, deployment_tag
 from fake_backend import FakeBackend, FakeSmoke
 
 DEPLOYMENTS = Path(__file__).resolve().parent.parent / "deployments"
+REPO_DEPLOYMENTS = DEPLOYMENTS
 MODAL_ENV = "llm-dev"  # the example fleet's `--env dev` deploys here
 
 
@@ -177,3 +178,24 @@ def test_the_text_report_names_each_model_at_its_short_revision_and_each_failure
         assert f"{m.id}@{m.revision[:7]} " in text and m.revision not in text
     assert f"{victim}: stage {victim}: org/m@abc: config.json is missing" in text
     assert text.count(" staged ") == len(apps) - 1 and text.count(" failed ") == 1
+
+
+def test_two_deployments_of_one_model_on_one_volume_download_it_once(tmp_path):
+    base = (REPO_DEPLOYMENTS / "qwen2-5-7b-instruct.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(base.replace("name: qwen2-5-7b-instruct", "name: small"))
+    big = base.replace("name: qwen2-5-7b-instruct", "name: big").replace("[qwen2.5-7b-instruct]", "[qwen-big]")
+    (tmp_path / "b.yaml").write_text(big)
+    fleet = resolve(load_fleet([str(tmp_path)]))
+    assert fleet.ok, fleet.diagnostics
+
+    class Slow(FakeBackend):
+        def stage(self, module, env, on_event):
+            import time
+
+            time.sleep(0.2)  # both workers are running by now
+            return super().stage(module, env, on_event)
+
+    backend = Slow()
+    report = run_stage(fleet.deployments, backend, NullProgress(), parallel=2)
+    assert sorted(r.status for r in report.results) == [ALREADY, STAGED]
+    assert [c[0] for c in backend.stage_calls].count("stage") == 1

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from renderer.codegen.stage import render_stage
+from renderer.codegen.stage import RenderedStage, render_stage
 from renderer.deploy.common import Report, error_message
 from renderer.deploy.progress import Progress
 from renderer.modal_api import NO_CREDENTIALS, Backend
@@ -36,6 +36,16 @@ STAGED, ALREADY, FAILED, SKIPPED = "staged", "already staged", "failed", "skippe
 # Rendering checks the module with `ast.parse`, which CPython 3.11 does not run safely in several
 # threads at once ("AST constructor recursion depth mismatch"): workers render one at a time.
 _RENDER_LOCK = threading.Lock()
+
+# Two deployments of one model on one Volume (say a small and a large GPU variant) would download the
+# same files twice at once, from two containers: the second waits for the first, then finds its markers.
+_SAME_WEIGHTS: dict[tuple[Any, ...], threading.Lock] = {}
+_SAME_WEIGHTS_GUARD = threading.Lock()
+
+
+def _weights_lock(key: tuple[Any, ...]) -> threading.Lock:
+    with _SAME_WEIGHTS_GUARD:
+        return _SAME_WEIGHTS.setdefault(key, threading.Lock())
 
 
 @dataclass
@@ -93,9 +103,22 @@ def stage_one(d: spec.Deployment, backend: Backend, progress: Progress, *, force
     """Stage one deployment's weights unless its Volume says they are. Never raises."""
     with _RENDER_LOCK:
         module = render_stage(d)
-    name = d.name
     result = StageResult(d.name, d.modal_env, d.cache.huggingface_volume, [f"{r}@{v}" for r, v in module.repos])
     t0 = time.monotonic()
+    with _weights_lock((d.modal_env, d.cache.huggingface_volume, module.repos)):
+        return _stage_locked(d, module, backend, progress, result, t0, force)
+
+
+def _stage_locked(
+    d: spec.Deployment,
+    module: RenderedStage,
+    backend: Backend,
+    progress: Progress,
+    result: StageResult,
+    t0: float,
+    force: bool,
+) -> StageResult:
+    name = d.name
     try:
         if not force:
             progress.update(name, "staging", f"checking {d.cache.huggingface_volume} for {d.model.id}")
