@@ -68,8 +68,8 @@ class RenderedStage:
 def render_stage(d: spec.Deployment) -> RenderedStage:
     imports, text = sectioned(_STAGING).source(("stage",))
     docstring = (
-        f"{stage_app_name(d.name)}: puts {d.model.id}@{d.model.revision[:7]} on the Volume "
-        f"{d.cache.huggingface_volume} for the app {d.name}, on CPUs, before any GPU starts.\n"
+        f"{stage_app_name(d.name)}: puts {d.model.id}@{d.model.revision[:7]}\n"
+        f"on the Volume {d.cache.huggingface_volume} for the app {d.name}, on CPUs, before any GPU starts.\n"
     )
     context = {
         "version": __version__,
