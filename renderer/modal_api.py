@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
+    from renderer.codegen.stage import RenderedStage
 
-    Module = RenderedApp | RenderedGateway  # a rendered module: a deployment's, or the fleet's gateway
+    # a rendered module: a deployment's, the fleet's gateway, or a deployment's stage module
+    Module = RenderedApp | RenderedGateway | RenderedStage
 
 MANAGED_TAG_KEY = "managed-by"
 MANAGED_TAG_VALUE = "fleetform"
@@ -106,6 +108,12 @@ class InvalidRequest(BackendError):
 
 class BuildFailed(BackendError):
     kind = "build"
+
+
+class StageFailed(BackendError):
+    """The stage function ran and reported that the weights could not be staged (its one line)."""
+
+    kind = "stage"
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -345,6 +353,21 @@ class Backend(abc.ABC):
         it once Modal created it and knows its URL, and stops it when the context closes, however
         it closes (an exception, KeyboardInterrupt included, propagates after the stop)."""
         raise InvalidRequest(f"{type(self).__name__} cannot start ephemeral apps")
+
+    def stage(
+        self, module: RenderedStage, modal_env: str | None, on_event: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """Run a deployment's stage module as an ephemeral app named `run_name(module)` and call its
+        `stage` function: each progress event goes to `on_event`, the final `staged` event is
+        returned, and a `failed` one raises StageFailed. The app stops when the call ends."""
+        raise InvalidRequest(f"{type(self).__name__} cannot stage weights")
+
+    def staged(
+        self, volume: str, modal_env: str | None, repos: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], bool]:
+        """For each (repository, revision): whether the Volume holds its staging marker, i.e. a stage
+        run downloaded and verified that revision there. A missing Volume stages nothing."""
+        raise InvalidRequest(f"{type(self).__name__} cannot read staging markers")
 
 
 # --- credentials ----------------------------------------------------------------------------------
@@ -649,6 +672,47 @@ class ModalBackend(Backend):
         app_id = await self._app_id(client, name, modal_env)
         await client._stub.AppStop(api_pb2.AppStopRequest(app_id=app_id, source=api_pb2.APP_STOP_SOURCE_PYTHON_CLIENT))
 
+    # -- staging weights
+
+    def stage(
+        self, module: RenderedStage, modal_env: str | None, on_event: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        return _stage(module, modal_env, on_event)
+
+    def staged(
+        self, volume: str, modal_env: str | None, repos: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], bool]:
+        return self._call(
+            self._staged,
+            volume,
+            modal_env,
+            list(repos),
+            modal_env=modal_env,
+            action=f"read staging markers of {volume}",
+        )
+
+    async def _staged(
+        self, volume: str, modal_env: str | None, repos: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], bool]:
+        """One `Volume.listdir` of `fleetform-staged/models--ORG--NAME` per repository (VolumeGetOrCreate
+        without create, then VolumeListFiles2): a revision is staged when its marker is listed."""
+        import modal.exception
+        from modal.volume import _Volume
+
+        from renderer.codegen import staging
+
+        vol = _Volume.from_name(volume, environment_name=self._environment(modal_env) or None)
+        found: dict[str, set[str]] = {}
+        for repo in dict.fromkeys(r for r, _ in repos):
+            try:
+                entries = await vol.listdir(staging.marker_folder(repo))
+            except modal.exception.NotFoundError as exc:
+                if "environment" in str(exc).lower():
+                    raise
+                entries = []  # no Volume, or nothing of this repository staged on it
+            found[repo] = {e.path.rsplit("/", 1)[-1] for e in entries}
+        return {(repo, rev): f"{rev}.json" in found[repo] for repo, rev in repos}
+
 
 # --- ephemeral runs (`fleetform run`) ----------------------------------------------------------------
 
@@ -717,6 +781,47 @@ def _ephemeral(app: RenderedApp, modal_env: str | None) -> Iterator[EphemeralApp
             unload_app(app)
     if interrupted is not None:
         raise interrupted
+
+
+# --- staging weights (`fleetform stage`, and `deploy` before each GPU app) ------------------------------------
+
+
+def _stage(module: RenderedStage, modal_env: str | None, on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """`ModalBackend.stage`: the SDK's `App.run()` (as `fleetform run`), then the generator function.
+
+    The sequence of Modal calls: AppCreate (EPHEMERAL, description = the run's name), the objects
+    (ImageGetOrCreate of the stage image, VolumeGetOrCreate of the HF cache Volume, SecretGetOrCreate
+    per Secret, the module's mount, FunctionPrecreate / FunctionCreate of `stage`), AppPublish, with
+    AppHeartbeat meanwhile; then `stage.remote_gen()` (FunctionMap, then the generator's outputs
+    streamed back, one progress event each); closing sends AppClientDisconnect, which stops the app.
+    """
+    action = f"stage {module.deployment.name}"
+    try:
+        import modal.runner  # noqa: F401  (also loads `modal`)
+    except Exception as exc:
+        raise BackendError(f"{action}: the Modal SDK cannot be imported ({_one_line(str(exc))})") from exc
+    final: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="fleetform-stage-") as tmp:
+        modal_app = load_app(module, tmp)
+        function = sys.modules[module_name(module)].stage
+        try:
+            with modal_app.run(name=run_name(module), environment_name=modal_env):
+                for event in function.remote_gen():
+                    if not isinstance(event, dict):
+                        continue
+                    if event.get("event") in ("staged", "failed"):
+                        final = event
+                    else:
+                        on_event(event)
+        except Exception as exc:
+            raise translate(exc, modal_env=modal_env, action=action) from exc
+        finally:
+            unload_app(module)
+    if final is None:
+        raise BackendError(f"{action}: the stage function ended without a result")
+    if final["event"] == "failed":
+        raise StageFailed(f"{action}: {final.get('error') or 'failed'}")
+    return final
 
 
 def default_backend() -> ModalBackend:

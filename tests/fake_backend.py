@@ -51,6 +51,12 @@ class FakeBackend(Backend):
         self.ephemeral_error: BackendError | None = None  # raised when an ephemeral app starts
         self.ephemeral_delay = 0.0  # seconds an ephemeral app takes to start (image builds...)
         self.ephemeral_apps: list[EphemeralApp] = []  # every ephemeral app started, stopped or not
+        # Staging: the markers on each Volume, (modal_env, volume) -> {(repository, revision)}; a
+        # stage run adds its deployment's, unless `stage_errors` names it (raised instead).
+        self.volumes: dict[tuple[str | None, str], set[tuple[str, str]]] = {}
+        self.stage_errors: dict[str, BackendError] = {}  # deployment name -> raised by stage
+        self.stage_calls: list[tuple] = []  # ("staged", volume, env) and ("stage", deployment name, env)
+        self.stage_events: list[tuple[str, dict]] = []  # (deployment name, event) sent to on_event
         self._running = 0
         self._lock = threading.Lock()
 
@@ -170,6 +176,28 @@ class FakeBackend(Backend):
         finally:
             self.calls.append(("ephemeral_stop", name, env))
             run.stopped = True
+
+    def staged(self, volume: str, env: str | None, repos) -> dict[tuple[str, str], bool]:
+        with self._lock:
+            self.stage_calls.append(("staged", volume, env))
+            have = self.volumes.get((env, volume), set())
+            return {tuple(r): tuple(r) in have for r in repos}
+
+    def stage(self, module, env: str | None, on_event) -> dict:
+        name = module.deployment.name
+        with self._lock:
+            self.stage_calls.append(("stage", name, env))
+        for repo, revision in module.repos:
+            event = {"event": "start", "repo": repo, "revision": revision, "files": 2, "bytes": 2000,
+                     "download_files": 2, "download_bytes": 2000}  # fmt: skip
+            self.stage_events.append((name, event))
+            on_event(event)
+        if name in self.stage_errors:
+            raise self.stage_errors[name]
+        with self._lock:
+            self.volumes.setdefault((env, module.deployment.cache.huggingface_volume), set()).update(module.repos)
+        markers = [{"repo": r, "revision": v, "files": 2, "bytes": 2000} for r, v in module.repos]
+        return {"event": "staged", "repos": markers, "downloaded_bytes": 2000 * len(markers)}
 
 
 class FakeSmoke:

@@ -3,8 +3,10 @@
 It speaks the `modal_proto` messages shipped in the installed modal package, over grpclib (as the
 client itself does), on 127.0.0.1 only. It implements just the RPCs fleetform's paths make
 (client hello, app lookup/create/publish/list/tags/history/rollback/stop, an ephemeral app's
-publish, heartbeats and client disconnect (`App.run`, as `fleetform run` uses it), function
-precreate/create/get, image build, mounts, secrets and volumes lookups, and the
+publish, heartbeats and client disconnect (`App.run`, as `fleetform run` and `stage` use it), function
+precreate/create/get, a call of a generator function (FunctionMap, its items and its end: the
+stage function, answered by `handlers`), image build, mounts, secrets and volumes lookups, a
+Volume's file listing (VolumeListFiles2 of `volume_files`), and the
 container list/stop of a `recreate` deploy), keeps state across calls (apps, their deployment
 history and containers, the objects the client created) and records every request with its
 metadata. Any other RPC is recorded and answered UNIMPLEMENTED, so a new SDK
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +106,15 @@ class ControlPlane:
         self.blobs: dict[str, bytes] = {}  # sha256 -> content of an uploaded file
         self.mounts: dict[str, dict[str, str]] = {}  # mount id -> {remote file name: sha256}
         self.urls: dict[str, str] = {}  # app name -> the web URL of its functions
+        # (environment, Volume name) -> {path in the Volume: content}: what `Volume.listdir` lists
+        self.volume_files: dict[tuple[str, str], dict[str, bytes]] = {}
+        self.volume_names: dict[str, tuple[str, str]] = {}  # Volume id -> (environment, name)
+        # Function name -> what a call of it yields (a generator function's items), from its definition
+        # and arguments; a function without one is refused when called. `stage` is fleetform's stage
+        # module: `fake_stage` answers as a successful run would, or fails with `stage_error`.
+        self.handlers: dict[str, Callable[[api_pb2.Function, tuple, dict], list[Any]]] = {"stage": self.fake_stage}
+        self.stage_error: str | None = None
+        self.function_calls: dict[str, tuple[list[Any], str | None]] = {}  # call id -> (items, error)
         self.rollback_tag: Callable[[Version], str] = lambda target: ""  # tag of a rollback's new entry
         self.fail: dict[str, GRPCError] = {}  # method -> error raised instead of answering
         self.delay: dict[str, float] = {}  # method -> seconds to wait before answering (a slow image build)
@@ -197,6 +209,51 @@ class ControlPlane:
             for name, sha in self.mounts.get(mount_id, {}).items()
             if sha in self.blobs
         }
+
+    def fake_stage(self, function: api_pb2.Function, args: tuple, kwargs: dict) -> list[Any]:
+        """What fleetform's stage function yields, without downloading: its module (as mounted) names
+        the model, revision and adapters; every repository is reported verified and its marker is
+        written on the Volume mounted at the HF cache path (so `Volume.listdir` finds it)."""
+        import ast
+
+        constants: dict[str, Any] = {}
+        for text in self.mounted_files(function).values():
+            for node in ast.parse(text).body:
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                    try:
+                        constants[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+        if "MODEL_ID" not in constants:
+            raise RuntimeError("the stage function's module was not mounted")
+        repos = [(constants["MODEL_ID"], constants["MODEL_REVISION"])]
+        repos += [(a["id"], a["revision"]) for a in constants.get("LORA_ADAPTERS", [])]
+        events: list[Any] = []
+        for repo, revision in repos:
+            events.append(
+                {
+                    "event": "start",
+                    "repo": repo,
+                    "revision": revision,
+                    "files": 1,
+                    "bytes": 1,
+                    "download_files": 1,
+                    "download_bytes": 1,
+                }
+            )
+            events.append(
+                {"event": "verified", "repo": repo, "revision": revision, "files": 1, "bytes": 1, "downloaded_bytes": 1}
+            )
+        if self.stage_error:
+            return [*events[:1], {"event": "failed", "error": self.stage_error}]
+        mount = next(m for m in function.volume_mounts if m.mount_path == constants["HF_CACHE_PATH"])
+        files = self.volume_files.setdefault(self.volume_names[mount.volume_id], {})
+        markers = []
+        for repo, revision in repos:
+            marker = {"repo": repo, "revision": revision, "files": 1, "bytes": 1, "verified_at": "now"}
+            files[f"fleetform-staged/models--{repo.replace('/', '--')}/{revision}.json"] = json.dumps(marker).encode()
+            markers.append(marker)
+        return [*events, {"event": "staged", "repos": markers, "downloaded_bytes": len(repos)}]
 
     # -- state helpers
 
@@ -434,10 +491,32 @@ class _Servicer(ModalClientBase):
         )
 
     def rpc_VolumeGetOrCreate(self, req: Any) -> Any:
+        volume_id = self.plane.object_id("vo", req.environment_name, req.deployment_name)
+        self.plane.volume_names[volume_id] = (req.environment_name, req.deployment_name)
         return api_pb2.VolumeGetOrCreateResponse(
-            volume_id=self.plane.object_id("vo", req.environment_name, req.deployment_name),
+            volume_id=volume_id,
             version=api_pb2.VOLUME_FS_VERSION_V2,
+            metadata=api_pb2.VolumeMetadata(name=req.deployment_name, version=api_pb2.VOLUME_FS_VERSION_V2),
         )
+
+    async def rpc_VolumeListFiles2(self, req: Any) -> Any:
+        """The files directly under a folder (or, `recursive`, all below it); NOT_FOUND for a folder
+        that holds nothing, as Modal answers for a path that does not exist."""
+        files = self.plane.volume_files.get(self.plane.volume_names.get(req.volume_id, ("", "")), {})
+        prefix = req.path.strip("/") + "/" if req.path.strip("/") else ""
+        below = sorted(p for p in files if p.startswith(prefix))
+        if not below:
+            raise GRPCError(Status.NOT_FOUND, f"No such file or directory: {req.path}")
+        listed = below if req.recursive else sorted({prefix + p[len(prefix) :].split("/", 1)[0] for p in below})
+        entries = [
+            api_pb2.FileEntry(
+                path=p,
+                type=api_pb2.FileEntry.FileType.FILE if p in files else api_pb2.FileEntry.FileType.DIRECTORY,
+                size=len(files.get(p, b"")),
+            )
+            for p in listed
+        ]
+        yield api_pb2.VolumeListFiles2Response(entries=entries)
 
     def rpc_ImageGetOrCreate(self, req: Any) -> Any:
         image_id = self.plane.object_id("im", "", str(req.image))
@@ -513,17 +592,67 @@ class _Servicer(ModalClientBase):
             handle_metadata=self._handle(app.app_id, req.object_tag, function_id),
         )
 
+    # -- calling a function (`Function.remote_gen`, as `fleetform stage` calls the stage function)
+
+    def rpc_FunctionMap(self, req: Any) -> Any:
+        """Runs the function's handler at once; its items wait for FunctionCallGetDataOut, its end
+        (GeneratorDone, or the failure) for FunctionGetOutputs."""
+        import pickle
+
+        function = self.plane.functions[req.function_id]
+        handler = self.plane.handlers.get(function.function_name)
+        if handler is None:
+            raise GRPCError(Status.UNIMPLEMENTED, f"no handler for function {function.function_name}")
+        item = req.pipelined_inputs[0]
+        args, kwargs = pickle.loads(item.input.args) if item.input.args else ((), {})
+        call_id = self.plane.new_id("fc")
+        try:
+            self.plane.function_calls[call_id] = (list(handler(function, args, kwargs)), None)
+        except Exception as exc:
+            self.plane.function_calls[call_id] = ([], f"{type(exc).__name__}: {exc}")
+        return api_pb2.FunctionMapResponse(
+            function_call_id=call_id,
+            function_call_jwt=f"jwt-{call_id}",
+            pipelined_inputs=[api_pb2.FunctionPutInputsResponseItem(idx=0, input_id=f"in-{call_id}", input_jwt="jwt")],
+        )
+
+    async def rpc_FunctionCallGetDataOut(self, req: Any) -> Any:
+        """The generator's items after `last_index`, then an open stream (the client closes it once
+        FunctionGetOutputs said how many there are; a closed one it would ask again at once)."""
+        import pickle
+
+        items, _ = self.plane.function_calls[req.function_call_id]
+        for index, value in enumerate(items, start=1):
+            if index > req.last_index:
+                yield api_pb2.DataChunk(data_format=api_pb2.DATA_FORMAT_PICKLE, data=pickle.dumps(value), index=index)
+        await asyncio.sleep(3600)
+
+    def rpc_FunctionGetOutputs(self, req: Any) -> Any:
+        items, error = self.plane.function_calls[req.function_call_id]
+        if error is not None:
+            result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE, exception=error)
+            data_format = api_pb2.DATA_FORMAT_UNSPECIFIED
+        else:
+            done = api_pb2.GeneratorDone(items_total=len(items)).SerializeToString()
+            result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS, data=done)
+            data_format = api_pb2.DATA_FORMAT_GENERATOR_DONE
+        output = api_pb2.FunctionGetOutputsItem(
+            result=result, idx=0, input_id=f"in-{req.function_call_id}", data_format=data_format
+        )
+        return api_pb2.FunctionGetOutputsResponse(outputs=[output], num_unfinished_inputs=0)
+
     def _handle(self, app_id: str, name: str, function_id: str) -> Any:
         """A function's metadata: its URL is a server's flash URL, or an ASGI function's web URL."""
         app = self._app(app_id)
         function = self.plane.functions.get(function_id)
         url = self.plane.urls.get(app.name, f"https://{WORKSPACE}-{app.environment}--{app.name}-{name}.modal.run")
         server = function is not None and function.is_server
+        web = function is not None and bool(function.webhook_config.type)  # the gateway's ASGI function
         return api_pb2.FunctionHandleMetadata(
             function_name=name,
-            function_type=api_pb2.Function.FUNCTION_TYPE_FUNCTION,
+            function_type=function.function_type if function is not None else api_pb2.Function.FUNCTION_TYPE_FUNCTION,
             definition_id=f"de-{function_id}",
-            web_url="" if server or function is None else url,
+            web_url=url if web else "",
             _experimental_flash_urls=[url] if server else [],
             app_id=app_id,
         )

@@ -90,11 +90,16 @@ class _RecordingStub:
 
 
 def server_config(path: Path) -> ServerConfig:
+    return function_config(path, "serve")
+
+
+def function_config(path: Path, name: str) -> ServerConfig:
+    """The FunctionCreateRequest of the module's one function, `name` (a server, or a plain function)."""
     module = import_module(path)
     app = synchronizer._translate_in(module.app)
     functions = app._local_state.functions
-    assert list(functions) == ["serve"], f"expected one server named 'serve', got {list(functions)}"
-    fn = functions["serve"]
+    assert list(functions) == [name], f"expected one function named {name!r}, got {list(functions)}"
+    fn = functions[name]
     ids: dict[str, str] = {}
     for i, dep in enumerate(fn._deps()):
         object_id = f"id-{i}"

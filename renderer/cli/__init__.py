@@ -5,6 +5,7 @@
     plan.py       plan, plan --against
     explain.py    explain
     deploy.py     deploy, status, rollback, destroy
+    stage.py      stage
     new.py        new
     init.py       init, schema
     endpoint.py   test, bench, serve
@@ -28,7 +29,7 @@ import argparse
 import os
 import sys
 
-from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, run, tune, validate
+from renderer.cli import deploy, endpoint, explain, extras, init, new, plan, render, run, stage, tune, validate
 from renderer.cli.output import ExitCode, drive, reporter
 
 EPILOG = """\
@@ -41,6 +42,7 @@ examples:
 
 examples (need Modal credentials):
   fleetform deploy --env prod             deploy what changed, smoke test, roll back failures
+  fleetform stage --env prod              download the pinned weights into the Volumes, on CPUs
 
 examples (need the Hugging Face Hub):
   fleetform new ORG/MODEL --revision SHA  size a model and write its deployment file
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_parser(sub)
     explain.add_parser(sub)
     deploy.add_parsers(sub)
+    stage.add_parser(sub)
     new.add_parser(sub)
     init.add_parsers(sub)
     endpoint.add_parsers(sub)

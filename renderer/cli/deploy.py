@@ -27,7 +27,8 @@ def add_parsers(sub: Any) -> None:
         "deploy",
         help="deploy what changed to Modal, smoke test it, roll back what fails",
         description="Render the fleet, compare each deployment with the app Modal runs (its "
-        "ff-<content hash> tag) and deploy only what changed, several at a time. Each "
+        "ff-<content hash> tag) and deploy only what changed, several at a time, each after its weights "
+        "are staged on its Volume by a CPU-only function (as `fleetform stage`; --no-stage skips it). Each "
         "deployed app is smoke tested (health, /v1/models, one chat completion); one that "
         "fails is rolled back to the version live before (a first deploy is stopped). Asks "
         "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
@@ -61,6 +62,13 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--skip-smoke-test", action="store_true", help="do not test deployed apps (so nothing is ever rolled back)"
+    )
+    p.add_argument(
+        "--no-stage",
+        action="store_true",
+        help="do not stage the weights first (a CPU-only Modal function that downloads the pinned revision into "
+        "the Hugging Face cache Volume and verifies it): the first GPU container downloads them itself, billed. "
+        "For a Volume that is managed outside fleetform, or a model already served from it",
     )
     p.add_argument(
         "--adopt",
@@ -164,6 +172,7 @@ def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
         strategy=args.strategy,
         adopt=args.adopt,
         modal_env=resolved.modal_env,
+        stage=not args.no_stage,
     )
     try:
         result = deploy(apps, backend(), options, console(), gateway=gateway(resolved))

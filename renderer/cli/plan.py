@@ -71,21 +71,30 @@ class PlanResult:
     live: list | None  # what `deploy` would do to each app; None without credentials
     error: str | None = None  # why Modal could not tell
     exit_code: int = ExitCode.OK
+    cold_starts: list = field(default_factory=list)  # plan.coldstart.ColdStartDownload, every deployment
+    staging: list | None = None  # plan.coldstart.StagedState per deployment; None without credentials
 
     def to_dict(self) -> dict[str, Any]:
+        from renderer.plan.coldstart import cold_starts_to_dict
         from renderer.plan.live import plan_to_dict
 
         doc = {**self.plan.to_dict(), "live": None if self.live is None else plan_to_dict(self.live)}
+        doc["cold_start_download"] = cold_starts_to_dict(self.cold_starts)
+        doc["staging"] = None if self.staging is None else [s.to_dict() for s in self.staging]
         return doc | ({"error": self.error} if self.error else {})
 
     def render(self, console: Any) -> None:
         from renderer.cli.views import print_plan
+        from renderer.plan.coldstart import render_cold_starts, render_staged
 
         print_plan(self.plan, console)
+        render_cold_starts(self.cold_starts, console)
         if self.live is not None:
             from renderer.plan.live import render_plan
 
             render_plan(self.live, console)
+        if self.staging is not None:
+            render_staged(self.staging, console)
 
 
 def offline_plan(args: argparse.Namespace, resolved: Any, apps: list) -> Any:
@@ -158,7 +167,10 @@ def run(args: argparse.Namespace, report: TextReporter) -> Any:
         if error
         else (plan_exit_code(rows) if args.detailed_exitcode and rows is not None else ExitCode.OK)
     )
-    result = PlanResult(plan, rows, error, code)
+    from renderer.plan.coldstart import cold_start_downloads, staged_states
+
+    staging = staged_states(apps, backend()) if rows is not None else None
+    result = PlanResult(plan, rows, error, code, cold_start_downloads(resolved.deployments, resolved.prices), staging)
     report.result(result)
     if error:
         raise CliError(error)

@@ -190,9 +190,15 @@ def _dotted_names(tree: ast.AST) -> set[str]:
     return found
 
 
-@functools.cache
 def runtime() -> Runtime:
-    source = _RUNTIME.read_text(encoding="utf-8")
+    return sectioned(_RUNTIME)
+
+
+@functools.cache
+def sectioned(path: Path) -> Runtime:
+    """A plain-Python module of fleetform's, copied into rendered modules by sections (`runtime.py`,
+    `staging.py`): its `import` lines and its `# ---- NAME: ...` sections."""
+    source = path.read_text(encoding="utf-8")
     tree = ast.parse(source)
     imports = []
     for node in tree.body:
@@ -201,7 +207,7 @@ def runtime() -> Runtime:
             assert line and len(node.names) == 1 and node.names[0].asname is None, line
             imports.append((node.names[0].name, line))
         elif isinstance(node, ast.ImportFrom):
-            raise AssertionError("runtime.py: write `import module`, so each import's use can be found")
+            raise AssertionError(f"{path.name}: write `import module`, so each import's use can be found")
     marks = list(_SECTION.finditer(source))
     sections = {}
     for m, nxt in zip(marks, [*marks[1:], None], strict=True):

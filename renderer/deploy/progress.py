@@ -41,8 +41,9 @@ class RichProgress:
     """Live per-deployment progress: a table redrawn in place on a terminal, one line per event
     elsewhere (CI logs). Updated from worker threads, hence the lock."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, title: str = "Deploying"):
         self.console = console
+        self.title = title
         self._lock = threading.Lock()
         self._state: dict[str, list[Any]] = {}  # name -> [stage, detail, started]
         self._live: Any = None
@@ -59,7 +60,7 @@ class RichProgress:
     def __rich__(self) -> Any:
         from rich.table import Table
 
-        table = Table(title="Deploying", show_edge=False)
+        table = Table(title=self.title, show_edge=False)
         for col in ("Deployment", "Stage", "Time", "Detail"):
             table.add_column(col)
         with self._lock:
@@ -88,5 +89,6 @@ class RichProgress:
 
 
 def _stage_markup(stage: str) -> str:
-    style = {"deployed": "green", "failed": "red", "skipped": "yellow", "queued": "dim"}.get(stage.split()[0], "cyan")
+    styles = {"deployed": "green", "staged": "green", "failed": "red", "skipped": "yellow", "queued": "dim"}
+    style = {**styles, "already": "dim"}.get(stage.split()[0], "cyan")
     return f"[{style}]{stage}[/{style}]"

@@ -3,8 +3,9 @@
 What it does, in order:
 
 1. Plan: `renderer.plan.live.live_plan` (create / update / unchanged, conflicts, orphans).
-2. Deploy what changed, several at a time, each in its own worker: deploy, smoke test, and on a
-   failed smoke test roll back to the version that was live before (or stop a first deploy).
+2. Deploy what changed, several at a time, each in its own worker: stage the weights onto the
+   deployment's Volume on CPUs (`deploy.stage`; a failure deploys nothing), deploy, smoke test, and
+   on a failed smoke test roll back to the version that was live before (or stop a first deploy).
 3. Report: which succeeded, which failed and what was done about it, as text or JSON.
 
 Everything that reaches Modal goes through a `modal_api.Backend`, and the smoke test through an
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from renderer.deploy.common import ConfirmationUnavailable, Report, ask, error_message, stderr_console
 from renderer.deploy.progress import Progress, RichProgress
 from renderer.deploy.smoke import GATEWAY_HEALTH_TIMEOUT, ClientSmokeTester, SmokeOutcome, SmokeTester
+from renderer.deploy.stage import FAILED as STAGE_FAILED
+from renderer.deploy.stage import StageResult, stage_one
 from renderer.modal_api import NO_CREDENTIALS, STRATEGIES, Backend, BackendError, LiveApp
 from renderer.plan.live import CHANGES, Action, LiveRow, conflict_message, env_label, live_plan, orphan_message
 
@@ -60,6 +63,7 @@ class DeployOptions:
     deploy_timeout: float | None = 1800.0  # seconds for one SDK deploy (image build included)
     adopt: bool = False  # deploy over an app of the same name that fleetform does not manage
     modal_env: str | None = None  # Modal environment scanned for orphans if no deployment names one
+    stage: bool = True  # --no-stage sets False: no staging of the weights before each GPU app
 
 
 @dataclass
@@ -78,6 +82,7 @@ class DeploymentResult:
     recovery_detail: str | None = None
     smoke: SmokeOutcome | None = None
     warnings: tuple[str, ...] = ()
+    staging: StageResult | None = None  # the weights staged before the deploy (None: not staged, --no-stage)
 
     @classmethod
     def from_row(cls, row: LiveRow, status: str, **kw: Any) -> DeploymentResult:
@@ -99,6 +104,7 @@ class DeploymentResult:
             "recovery_detail": self.recovery_detail,
             "smoke_test": None if self.smoke is None else {"ok": self.smoke.ok, "detail": self.smoke.detail},
             "warnings": list(self.warnings),
+            "staging": None if self.staging is None else self.staging.to_dict(),
         }
 
 
@@ -380,6 +386,11 @@ def _deploy_one(
     assert row.app is not None and row.desired_tag is not None
     t0 = time.monotonic()
     result = DeploymentResult.from_row(row, FAILED)
+    if options.stage and not row.gateway:  # the weights onto the Volume, on CPUs, before any GPU starts
+        result.staging = stage_one(row.app.deployment, backend, progress)
+        if result.staging.status == STAGE_FAILED:
+            result.error = f"staging the weights failed, nothing deployed: {result.staging.error}"
+            return _finish(result, t0, progress)
     progress.update(row.name, "deploying", f"{row.action}: {row.live_tag or 'nothing'} -> {row.desired_tag}")
     try:
         outcome = backend.deploy(

@@ -88,7 +88,7 @@ class ImpactRule:
 # First match wins: specific fields before their section.
 IMPACT_RULES: tuple[ImpactRule, ...] = (
     ImpactRule("description", NONE, "not rendered: a note for people"),
-    ImpactRule("model.parameters_b", NONE, "not rendered: only `validate`'s memory estimate reads it"),
+    ImpactRule("model.parameters_b", NONE, "not rendered: only the memory and cold-start estimates read it"),
     ImpactRule("engine.vllm_version", REBUILD, "vLLM is installed into the image"),
     ImpactRule("image.", REBUILD, "the Python version and pip packages are image layers"),
     ImpactRule("environment", MOVE, "each Modal environment holds its own apps"),
