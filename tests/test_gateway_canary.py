@@ -254,6 +254,8 @@ def test_models_list_each_name_once_and_unsplit_deployments_are_untouched():
     [
         ({"nobody": [["alpha", 1]]}, "split for 'nobody': no model routes to a deployment of that name"),
         ({"alpha": [["alpha", 0], ["alpha-canary", 10]]}, "each with a positive weight"),
+        ({"alpha": [["alpha", float("nan")], ["alpha-canary", 10]]}, "each with a positive weight"),
+        ({"alpha": [["alpha", "90"], ["alpha-canary", 10]]}, "each with a positive weight"),
         ({"alpha": []}, "needs one or more upstreams"),
         ({"alpha": [["alpha", 1], ["alpha", 2]]}, "an upstream is named twice"),
         ({"alpha": [["alpha", 90], ["ghost", 10]]}, "no upstream named 'ghost'"),

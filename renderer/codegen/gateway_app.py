@@ -869,7 +869,7 @@ def _splits(routes, splits):
         if name not in deployments:
             raise ValueError(f"split for {name!r}: no model routes to a deployment of that name")
         entries = list(entries)
-        if not entries or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for _, w in entries):
+        if not entries or not all(_positive(w) for _, w in entries):
             raise ValueError(f"split for {name!r}: needs one or more upstreams, each with a positive weight")
         if len({u.name for u, _ in entries}) != len(entries):
             raise ValueError(f"split for {name!r}: an upstream is named twice")
@@ -879,6 +879,11 @@ def _splits(routes, splits):
             cumulative.append(total)
         out[name] = (tuple(u for u, _ in entries), tuple(cumulative), total)
     return out
+
+
+def _positive(weight):
+    """A finite number above 0 (not a bool; NaN fails every comparison, so it fails this one)."""
+    return not isinstance(weight, bool) and isinstance(weight, (int, float)) and 0 < weight < float("inf")
 
 
 def _header(scope, name):
