@@ -345,3 +345,50 @@ def test_metrics_carry_time_per_output_token_of_streamed_answers(monkeypatch):
     assert samples[("fleetform_gateway_upstream_tpot_seconds_bucket", labels + (("le", "0.15"),))] == 1
     first, second = (json.loads(line) for line in log[:2])
     assert first["tpot"] == pytest.approx(tpot, abs=1e-5) and second["tpot"] is None
+
+
+def test_the_rendered_module_splits_through_its_own_lookup(example_fleet, tmp_path, monkeypatch):
+    """End to end: the module rendered with a split, its `serve` factory and its `lookup_url` (Modal's
+    lookup faked), against a live and a canary upstream that both demand the deployment's one key."""
+    from renderer.codegen.gateway_app import GATEWAY_KEY_ENV
+
+    gw = render_gateway(example_fleet.deployments, gateway_from({"enabled": True}), splits=[Split(AWQ, 30)])
+    path = tmp_path / gw.filename
+    path.write_text(gw.text)
+    module = import_module(path)
+    monkeypatch.setenv(GATEWAY_KEY_ENV, KEY)
+    monkeypatch.setenv(spec.upstream_key_env(AWQ), "awq-key")
+    urls: dict[str, str] = {}
+
+    class FakeServer:
+        def __init__(self, app_name):
+            async def aio():
+                return urls.get(app_name)
+
+            self.get_url = type("GetUrl", (), {"aio": staticmethod(aio)})()
+
+    monkeypatch.setattr(
+        module.modal.Server, "from_name", lambda app_name, name, environment_name=None: FakeServer(app_name)
+    )
+    bearer = {"Authorization": "Bearer awq-key"}
+
+    async def body():
+        async with (
+            serve_upstream(UpstreamConfig("live", ["qwen2.5-7b-awq"], require_headers=bearer)) as live,
+            serve_upstream(UpstreamConfig("canary", ["qwen2.5-7b-awq"], require_headers=bearer)) as canary,
+        ):
+            urls.update({AWQ: live.url, spec.canary_app_name(AWQ): canary.url})
+            app = module.serve.local()
+            app.rng = random.Random(7)
+            answers = [
+                await call(app, "POST", "/v1/completions", {"model": "qwen2.5-7b-awq", "prompt": "hi"})
+                for _ in range(60)
+            ]
+            await app.aclose()
+            return answers
+
+    answers = run(body())
+    assert {a.status for a in answers} == {200}
+    served = [a.json()["upstream"] for a in answers]
+    # Binomial(60, 0.3): mean 18, sd 3.5; the seed is fixed, the bounds (4 sd) catch a split not applied
+    assert 4 <= served.count("canary") <= 32 and served.count("live") == 60 - served.count("canary")

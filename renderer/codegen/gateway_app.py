@@ -106,25 +106,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 # Seconds per output token of a streamed answer. Decoding one sequence takes about 5-15 ms a token for
 # 7-8B models on an H100 and 25-50 ms for 70B ones, more as the batch grows: fine steps there (vLLM's
 # own histogram starts at 10 ms, too coarse to tell an 8B canary 20% slower), coarse ones beyond.
-TPOT_BUCKETS = (
-    0.0025,
-    0.005,
-    0.0075,
-    0.01,
-    0.0125,
-    0.015,
-    0.02,
-    0.025,
-    0.03,
-    0.04,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.25,
-    0.5,
-    1.0,
-)
+TPOT_BUCKETS = tuple(ms / 1000 for ms in (2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500, 1000))
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_HEADERS = b"authorization, content-type, accept, x-request-id"
 
