@@ -392,3 +392,16 @@ def test_the_rendered_module_splits_through_its_own_lookup(example_fleet, tmp_pa
     served = [a.json()["upstream"] for a in answers]
     # Binomial(60, 0.3): mean 18, sd 3.5; the seed is fixed, the bounds (4 sd) catch a split not applied
     assert 4 <= served.count("canary") <= 32 and served.count("live") == 60 - served.count("canary")
+
+
+def test_the_relay_benchmark_still_drives_the_relay_loop():
+    """benchmarks/gateway_relay.py reaches into `_proxy` and `_connect`: it must not rot silently."""
+    import importlib.util
+
+    from renderer.codegen import gateway_app
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gateway_relay.py"
+    spec_ = importlib.util.spec_from_file_location("gateway_relay", path)
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    assert run(bench.per_event(gateway_app, 2, 5, "text/event-stream")) > 0
