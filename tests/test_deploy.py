@@ -821,6 +821,7 @@ class _Req:
 
     def __init__(self, model, upstream, status, ttft=0.05):
         self.model, self.upstream, self.status, self.ttft = model, upstream, status, ttft
+        self.tpot = None  # not a streamed answer
         self.bytes_in, self.bytes_out = 100, 1000
 
 

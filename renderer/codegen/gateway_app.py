@@ -28,8 +28,9 @@ What it does:
   cannot be read is a 400, never a 500. An answer cut short keeps its `Content-Length` (or, when
   chunked, never gets its last chunk): the caller sees the truncation.
 - `GET /metrics` (Prometheus text; the gateway key, or FLEETFORM_GATEWAY_METRICS_KEY when set):
-  per model and deployment, requests by status, in-flight, time to the first upstream byte, bytes.
-  `log` gets one JSON line a request: model, upstream, status, ttft, seconds, bytes, error.
+  per model and upstream, requests by status, in-flight, time to the first upstream byte, time per
+  output token of streamed answers, bytes. `log` gets one JSON line a request: model, upstream,
+  status, ttft, tpot, seconds, bytes, error.
 - CORS (optional): `cors_origins` lists the browser origins allowed (`*`: any).
 - Weighted routing (a canary rollout): `splits` gives a deployment several upstreams with weights;
   each request to one of its models goes to one of them, chosen at random in proportion to the
@@ -102,6 +103,10 @@ DROPPED_RESPONSE_HEADERS = (
     "date",
 )
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Seconds per output token of a streamed answer. Decoding one sequence takes about 5-15 ms a token for
+# 7-8B models on an H100 and 25-50 ms for 70B ones, more as the batch grows: fine steps there (vLLM's
+# own histogram starts at 10 ms, too coarse to tell an 8B canary 20% slower), coarse ones beyond.
+TPOT_BUCKETS = tuple(ms / 1000 for ms in (2.5, 5, 7.5, 10, 12.5, 15, 20, 25, 30, 40, 50, 75, 100, 150, 250, 500, 1000))
 CORS_METHODS = b"GET, POST, OPTIONS"
 CORS_HEADERS = b"authorization, content-type, accept, x-request-id"
 
@@ -154,6 +159,45 @@ class GatewayError(Exception):
         self.detail = detail
 
 
+class _Events:
+    """Server-sent events of one streamed answer, counted as they are relayed: a `data:` at the start of
+    a line (JSON escapes every newline inside an event, so none hides in a token), without parsing.
+    vLLM writes one `data:` line an event and `data: [DONE]` last, which `per_token` leaves out. A
+    `data:` cut in two by a chunk boundary (`\nda` | `ta:`) is missed: events are written whole, and
+    a miss only lengthens one answer's figure."""
+
+    __slots__ = ("count", "first", "last", "before", "last_count", "tail", "line_start")
+
+    def __init__(self):
+        self.count = self.last_count = 0
+        self.first = self.last = self.before = 0.0
+        self.tail = b""
+        self.line_start = True  # the stream's start is a line start
+
+    def see(self, chunk):
+        n = chunk.count(b"\ndata:")
+        if self.line_start and chunk.startswith(b"data:"):
+            n += 1
+        self.line_start = chunk.endswith(b"\n")
+        if n:
+            now = time.monotonic()
+            if not self.count:
+                self.first = now
+            self.count += n
+            self.before, self.last, self.last_count, self.tail = self.last, now, n, chunk
+
+    def per_token(self):
+        """(arrival of the last event - the first's) / (events - 1), or None below two events."""
+        count, last = self.count, self.last
+        if count and self.tail.rstrip().endswith(b"[DONE]"):
+            count -= 1
+            if self.last_count == 1:  # [DONE] came alone: the last token's event is the chunk before
+                last = self.before
+        if count < 2:
+            return None
+        return (last - self.first) / (count - 1)
+
+
 class UpstreamBroken(Exception):
     """The upstream's answer broke after its status went out: the connection to the caller must be
     dropped (the ASGI server does that when the app raises), so the truncation shows."""
@@ -168,6 +212,7 @@ class _Request:
         "upstream",
         "status",
         "ttft",
+        "tpot",
         "bytes_in",
         "bytes_out",
         "error",
@@ -178,7 +223,7 @@ class _Request:
 
     def __init__(self, started):
         self.started = started
-        self.model = self.upstream = self.ttft = self.error = self.body = None
+        self.model = self.upstream = self.ttft = self.tpot = self.error = self.body = None
         self.status = 500
         self.bytes_in = self.bytes_out = self.held = 0
         self.answered = False  # the status went out
@@ -196,6 +241,7 @@ class Metrics:
         self.requests = {}  # (model, upstream, status) -> count
         self.in_flight = {}  # (model, upstream) -> requests now
         self.ttft = {}  # (model, upstream) -> [bucket counts..., count, sum]
+        self.tpot = {}  # the same, for seconds per output token of streamed answers
         self.bytes_in = {}
         self.bytes_out = {}
         self.weights = {}  # (deployment, upstream) -> percent of the deployment's requests routed there
@@ -213,14 +259,9 @@ class Metrics:
         self.bytes_in[key] = self.bytes_in.get(key, 0) + req.bytes_in
         self.bytes_out[key] = self.bytes_out.get(key, 0) + req.bytes_out
         if req.ttft is not None:
-            hist = self.ttft.get(key)
-            if hist is None:
-                hist = self.ttft[key] = [0] * (len(TTFT_BUCKETS) + 2)
-            for i, bound in enumerate(TTFT_BUCKETS):
-                if req.ttft <= bound:
-                    hist[i] += 1
-            hist[-2] += 1
-            hist[-1] += req.ttft
+            _observe(self.ttft, TTFT_BUCKETS, key, req.ttft)
+        if req.tpot is not None:
+            _observe(self.tpot, TPOT_BUCKETS, key, req.tpot)
 
     def text(self):
         out = [
@@ -248,24 +289,19 @@ class Metrics:
             f"fleetform_gateway_route_weight{{deployment={_quote(d)},upstream={_quote(u)}}} {w:g}"
             for (d, u), w in sorted(self.weights.items())
         ]
-        out += [
-            (
-                "# HELP fleetform_gateway_upstream_ttft_seconds From the request to the upstream's first body "
-                "byte, as the gateway saw it."
-            ),
-            "# TYPE fleetform_gateway_upstream_ttft_seconds histogram",
-        ]
-        for key, hist in sorted(self.ttft.items()):
-            labels = _labels(*key)
-            out += [
-                f'fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le="{b:g}"}} {hist[i]}'
-                for i, b in enumerate(TTFT_BUCKETS)
-            ]
-            out += [
-                f'fleetform_gateway_upstream_ttft_seconds_bucket{{{labels},le="+Inf"}} {hist[-2]}',
-                f"fleetform_gateway_upstream_ttft_seconds_count{{{labels}}} {hist[-2]}",
-                f"fleetform_gateway_upstream_ttft_seconds_sum{{{labels}}} {hist[-1]:.6f}",
-            ]
+        out += _histogram(
+            "fleetform_gateway_upstream_ttft_seconds",
+            "From the request to the upstream's first body byte, as the gateway saw it.",
+            self.ttft,
+            TTFT_BUCKETS,
+        )
+        out += _histogram(
+            "fleetform_gateway_upstream_tpot_seconds",
+            "Streamed answers: (last event's arrival - first's) / (events - 1), events being data: lines "
+            "other than [DONE].",
+            self.tpot,
+            TPOT_BUCKETS,
+        )
         for name, table, what in (
             ("received", self.bytes_in, "Request body bytes received"),
             ("sent", self.bytes_out, "Answer body bytes relayed"),
@@ -403,6 +439,7 @@ class GatewayApp:
                             "upstream": req.upstream,
                             "status": req.status,
                             "ttft": None if req.ttft is None else round(req.ttft, 4),
+                            "tpot": None if req.tpot is None else round(req.tpot, 5),
                             "seconds": round(time.monotonic() - req.started, 4),
                             "bytes_in": req.bytes_in,
                             "bytes_out": req.bytes_out,
@@ -755,6 +792,7 @@ class GatewayApp:
             req.status, req.answered = response.status, True
             await send({"type": "http.response.start", "status": response.status, "headers": headers + cors})
             content, sent, first = response.content, 0, True
+            events = _Events() if response.headers.get("content-type", "").startswith("text/event-stream") else None
             try:
                 while True:
                     chunk = await content.readany()
@@ -763,9 +801,13 @@ class GatewayApp:
                     if first:
                         req.ttft, first = time.monotonic() - req.started, False
                     sent += len(chunk)
+                    if events is not None:
+                        events.see(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except (TimeoutError, aiohttp.ClientError) as exc:
                 req.bytes_out = sent
+                if events is not None:
+                    req.tpot = events.per_token()
                 detail = f"deployment {upstream.name} broke off its answer after {sent} bytes: {_one_line(exc)}"
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamBroken(detail) from None
@@ -783,6 +825,8 @@ class GatewayApp:
                     {"type": "http.response.body", "body": f"data: {json.dumps(err)}\n\n".encode(), "more_body": True}
                 )
             req.bytes_out = sent
+            if events is not None:
+                req.tpot = events.per_token()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return response.status
         finally:
@@ -807,7 +851,7 @@ def _splits(routes, splits):
         if name not in deployments:
             raise ValueError(f"split for {name!r}: no model routes to a deployment of that name")
         entries = list(entries)
-        if not entries or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w <= 0 for _, w in entries):
+        if not entries or not all(_positive(w) for _, w in entries):
             raise ValueError(f"split for {name!r}: needs one or more upstreams, each with a positive weight")
         if len({u.name for u, _ in entries}) != len(entries):
             raise ValueError(f"split for {name!r}: an upstream is named twice")
@@ -817,6 +861,11 @@ def _splits(routes, splits):
             cumulative.append(total)
         out[name] = (tuple(u for u, _ in entries), tuple(cumulative), total)
     return out
+
+
+def _positive(weight):
+    """A finite number above 0 (not a bool; NaN fails every comparison, so it fails this one)."""
+    return not isinstance(weight, bool) and isinstance(weight, (int, float)) and 0 < weight < float("inf")
 
 
 def _header(scope, name):
@@ -848,6 +897,32 @@ def _upload(body):
 def _bounded(text, limit=200):
     """`text` cut to `limit` characters, for an answer that would otherwise echo whatever it was sent."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _observe(table, buckets, key, value):
+    """One observation into a histogram of `table`: [cumulative count per bucket..., count, sum]."""
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = [0] * (len(buckets) + 2)
+    for i, bound in enumerate(buckets):
+        if value <= bound:
+            hist[i] += 1
+    hist[-2] += 1
+    hist[-1] += value
+
+
+def _histogram(name, what, table, buckets):
+    """A histogram family's lines, one series a (model, upstream)."""
+    out = [f"# HELP {name} {what}", f"# TYPE {name} histogram"]
+    for key, hist in sorted(table.items()):
+        labels = _labels(*key)
+        out += [f'{name}_bucket{{{labels},le="{b:g}"}} {hist[i]}' for i, b in enumerate(buckets)]
+        out += [
+            f'{name}_bucket{{{labels},le="+Inf"}} {hist[-2]}',
+            f"{name}_count{{{labels}}} {hist[-2]}",
+            f"{name}_sum{{{labels}}} {hist[-1]:.6f}",
+        ]
+    return out
 
 
 def _labels(model, upstream):
