@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -79,6 +80,9 @@ def test_the_image_is_the_deployments_python_with_the_pinned_hub_and_no_vllm(exa
 def test_the_pinned_hub_is_the_one_the_staging_tests_run():
     assert importlib.metadata.version("huggingface_hub") == stage_mod.HUB_VERSION
     assert importlib.metadata.version("hf-xet") == stage_mod.XET_VERSION
+    # ... because the test extra installs exactly those (a newer Hub release must not change what CI tests)
+    test_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert {f"huggingface_hub=={stage_mod.HUB_VERSION}", f"hf-xet=={stage_mod.XET_VERSION}"} <= set(test_extra)
 
 
 def test_staging_is_copied_verbatim_and_the_module_imports_only_the_stdlib_and_modal(example_fleet):
