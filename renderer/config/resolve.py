@@ -30,7 +30,15 @@ from typing import Any
 from renderer.config import spec
 from renderer.config.credentials import find_credentials
 from renderer.config.load import Document, LoadedFleet, Node
-from renderer.config.rules import Claim, RuleContext, check_rules, undeclared_environments, unique_across_fleet
+from renderer.config.rules import (
+    Claim,
+    RuleContext,
+    canary_names,
+    canary_without_gateway,
+    check_rules,
+    undeclared_environments,
+    unique_across_fleet,
+)
 from renderer.config.schema import (
     DEPLOYMENT_SCHEMA,
     FLEET_SCHEMA,
@@ -221,6 +229,18 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
     if auth.mode == "api_key" and auth.api_key_secret not in secrets:
         secrets.append(auth.api_key_secret)
     region = d.get("region")
+    r, promote = d["rollout"], d["rollout"]["promote_if"]
+    rollout = spec.Rollout(
+        strategy=r["strategy"],
+        weight=r["weight"],
+        duration=parse_duration(r["duration"]),
+        promote_if=spec.PromoteIf(
+            error_rate_margin=promote["error_rate_margin"],
+            ttft_p90_ratio=promote["ttft_p90_ratio"],
+            tpot_p90_ratio=promote.get("tpot_p90_ratio"),
+            min_requests=promote["min_requests"],
+        ),
+    )
     return spec.Deployment(
         name=d["name"],
         description=d.get("description"),
@@ -238,6 +258,7 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         routing_region=d["routing_region"],
         modal_env=d.get("environment"),
         vllm_args=build_vllm_args(model, gpu, engine),
+        rollout=rollout,
     )
 
 
@@ -498,6 +519,7 @@ def _check(loaded: LoadedFleet) -> _Checked:
         modal_env = overlays[c][1]
         name_claims: list[Claim] = []
         served_claims: list[Claim] = []
+        strategy_claims: list[Claim] = []
         upstreams: list[tuple[str, str | None, str]] = []
         for _doc, tree in clean[c]:
             data = tree.plain()
@@ -512,6 +534,9 @@ def _check(loaded: LoadedFleet) -> _Checked:
             for i, adapter in enumerate(data["model"].get("lora_adapters") or []):
                 path = ("model", "lora_adapters", i, "name")
                 served_claims.append(Claim(adapter["name"], tree.find(path)[1], path))
+            strategy = _child(tree, "rollout", "strategy")
+            if strategy is not None:
+                strategy_claims.append(Claim(strategy.value, strategy.mark, ("rollout", "strategy")))
             environment = modal_env.value if modal_env is not None else data.get("environment")
             auth = (data.get("auth") or {}).get("mode") or schema_defaults()["auth"]["mode"]
             upstreams.append((dname, environment, auth))
@@ -519,6 +544,11 @@ def _check(loaded: LoadedFleet) -> _Checked:
             findings.add(d, None, c, None)
         for d in unique_across_fleet(served_claims, "served model name", "duplicate-served-name"):
             findings.add(d, None, c, None)
+        for d in canary_names(name_claims):
+            findings.add(d, None, c, None)
+        if gateway is None:
+            for d in canary_without_gateway(strategy_claims):
+                findings.add(d, None, c, None)
         if gateway is not None and fleet is not None:
             for d in gateway_diagnostics(fleet, gateway, upstreams):
                 findings.add(d, None, c, None)

@@ -7,6 +7,7 @@ reported there). Every diagnostic carries a hint that says how to fix it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -19,6 +20,7 @@ from renderer import sizing
 from renderer.config import vllm_args
 from renderer.config.load import Node
 from renderer.config.schema import DEPLOYMENT_SCHEMA, load_schema, parse_duration
+from renderer.config.spec import CANARY_SUFFIX
 from renderer.diagnostics import Diagnostic, Mark, Severity, did_you_mean, format_path
 from renderer.diagnostics import Path as FieldPath
 from renderer.gpus import GPU_TYPES, gpu_info
@@ -126,15 +128,29 @@ def duration_out_of_range(raw: Any, lo: int, hi: int) -> tuple[str, str] | None:
 
 @rule
 def durations_in_range(ctx: RuleContext) -> Iterator[Diagnostic]:
-    """The schema's range of each bounded duration, for strings too (a schema can bound only integers)."""
-    for key, prop in load_schema(DEPLOYMENT_SCHEMA)["$defs"]["scaling"]["properties"].items():
-        limits = duration_limits(prop)
-        raw = ctx.get("scaling", key)
-        if limits is None or raw is None:
+    """The schema's range of each bounded duration, in every section, for strings too (a schema can bound
+    only integers)."""
+    for section, key, limits in _bounded_durations():
+        raw = ctx.get(section, key)
+        if raw is None:
             continue
         found = duration_out_of_range(raw, *limits)
         if found:
-            yield ctx.error(("scaling", key), found[0], "range", hint=found[1])
+            yield ctx.error((section, key), found[0], "range", hint=found[1])
+
+
+@functools.cache
+def _bounded_durations() -> tuple[tuple[str, str, tuple[int, int]], ...]:
+    """(section, field, limits) of every bounded duration field of a deployment's sections."""
+    schema = load_schema(DEPLOYMENT_SCHEMA)
+    out = []
+    for section, ref in schema["properties"].items():
+        target = schema["$defs"].get(str(ref.get("$ref", "")).rsplit("/", 1)[-1], {})
+        for key, prop in target.get("properties", {}).items():
+            limits = duration_limits(prop)
+            if limits is not None:
+                out.append((section, key, limits))
+    return tuple(out)
 
 
 def shadowed_module(name: str, extra: Iterable[str] = ()) -> str | None:
@@ -702,6 +718,38 @@ def unique_across_fleet(claims: list[Claim], what: str, code: str) -> list[Diagn
         else:
             first[c.value] = c
     return out
+
+
+def canary_names(names: list[Claim]) -> list[Diagnostic]:
+    """A deployment named as another one's canary app (`NAME-canary`): a canary rollout of that one
+    would deploy over it."""
+    taken = {c.value for c in names}
+    return [
+        Diagnostic(
+            c.mark,
+            c.path,
+            f"deployment name {c.value!r} is the canary app name of deployment {c.value[: -len(CANARY_SUFFIX)]!r}",
+            "canary-name",
+            hint=f"a canary rollout runs the new version as app NAME{CANARY_SUFFIX}: rename this deployment",
+        )
+        for c in names
+        if c.value.endswith(CANARY_SUFFIX) and c.value[: -len(CANARY_SUFFIX)] in taken
+    ]
+
+
+def canary_without_gateway(strategies: list[Claim]) -> list[Diagnostic]:
+    """`rollout.strategy: canary` in a fleet without the gateway: nothing could split the traffic."""
+    return [
+        Diagnostic(
+            c.mark,
+            c.path,
+            "a canary rollout needs the fleet's gateway: Modal's own URL has no traffic split",
+            "canary-needs-gateway",
+            hint="set gateway.enabled: true in fleet.yaml, or rollout.strategy: direct",
+        )
+        for c in strategies
+        if c.value == "canary"
+    ]
 
 
 def undeclared_environments(root: Node, declared: list[str]) -> list[Diagnostic]:

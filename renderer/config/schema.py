@@ -31,7 +31,7 @@ FLEET_SCHEMA = "fleet.schema.json"
 SCHEMAS = (DEPLOYMENT_SCHEMA, FLEET_SCHEMA)
 
 # The deployment's sections, in the order the reference lists them (for misplaced-key hints).
-SECTIONS = ("model", "gpu", "scaling", "engine", "image", "cache", "auth")
+SECTIONS = ("model", "gpu", "scaling", "engine", "image", "cache", "auth", "rollout")
 
 
 def schema_dir() -> Path:

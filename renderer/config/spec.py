@@ -125,6 +125,30 @@ class Auth:
 
 
 @dataclass(frozen=True)
+class PromoteIf:
+    """`rollout.promote_if`: what a canary must show against the live version to be promoted."""
+
+    error_rate_margin: float = 0.01  # canary error rate <= live error rate + this
+    ttft_p90_ratio: float = 1.2  # canary TTFT p90 <= this x live TTFT p90
+    tpot_p90_ratio: float | None = None  # the same for TPOT; None: not judged
+    min_requests: int = 20  # fewer canary requests in the window: not promoted
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """`rollout`: how `deploy` replaces the live version. A deploy-time setting, never rendered."""
+
+    strategy: str = "direct"  # direct | canary
+    weight: int = 10  # percent of the deployment's requests to the canary
+    duration: int = 600  # seconds the canary is watched
+    promote_if: PromoteIf = PromoteIf()
+
+    @property
+    def canary(self) -> bool:
+        return self.strategy == "canary"
+
+
+@dataclass(frozen=True)
 class Deployment:
     name: str
     description: str | None
@@ -142,6 +166,7 @@ class Deployment:
     routing_region: str
     modal_env: str | None  # the Modal environment it deploys to
     vllm_args: tuple[Arg, ...]  # after the executable; see `argv`
+    rollout: Rollout = Rollout()
 
     @property
     def argv(self) -> tuple[str, ...]:

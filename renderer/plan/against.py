@@ -9,7 +9,7 @@ The restart rule, in one place (`IMPACT_RULES`, shown in docs/ci.md):
 * Any change of the rendered module's content hash redeploys the app (`fleetform deploy` compares
   that hash with the live app's tag), and so does a change of Modal environment, which is chosen
   at deploy time rather than written in the module. A change that does not reach the module
-  (`description`, `model.parameters_b`) deploys nothing.
+  (`description`, `model.parameters_b`, `rollout`) deploys nothing.
 * Modal treats every deploy as a new app version and moves traffic to containers of that version
   (the default rolling strategy starts them before the old ones drain). What differs between
   changes is what those containers must do:
@@ -89,6 +89,7 @@ class ImpactRule:
 IMPACT_RULES: tuple[ImpactRule, ...] = (
     ImpactRule("description", NONE, "not rendered: a note for people"),
     ImpactRule("model.parameters_b", NONE, "not rendered: only the memory and cold-start estimates read it"),
+    ImpactRule("rollout.", NONE, "not rendered: how `deploy` brings in the next version (direct or canary)"),
     ImpactRule("engine.vllm_version", REBUILD, "vLLM is installed into the image"),
     ImpactRule("image.", REBUILD, "the Python version and pip packages are image layers"),
     ImpactRule("environment", MOVE, "each Modal environment holds its own apps"),
