@@ -331,10 +331,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def deploy(
-        self, app: Module, modal_env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self,
+        app: Module,
+        modal_env: str | None,
+        tag: str,
+        *,
+        strategy: str | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
     ) -> DeployOutcome:
-        """Deploy a rendered module (a deployment's or the gateway's) as app `app.name`, recording
-        `tag` on the version."""
+        """Deploy a rendered module (a deployment's or the gateway's) as app `app.name`, or as app
+        `name` (a canary: the same module under `spec.canary_app_name`, as `modal deploy --name`
+        does), recording `tag` on the version."""
 
     @abc.abstractmethod
     def rollback(self, name: str, modal_env: str | None, version: int | None = None) -> None:
@@ -599,9 +607,16 @@ class ModalBackend(Backend):
     # -- writes
 
     def deploy(
-        self, app: Module, modal_env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self,
+        app: Module,
+        modal_env: str | None,
+        tag: str,
+        *,
+        strategy: str | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
     ) -> DeployOutcome:
-        name = app.name
+        name = name or app.name
         action = f"deploy {name}"
         if not _TAG_RE.match(tag):
             raise InvalidRequest(f"{action}: deployment tag {tag!r} is not a valid Modal tag")

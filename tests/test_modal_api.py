@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from renderer.codegen.render import render_fleet
+from renderer.config import spec
 from renderer.config.load import load_fleet
 from renderer.config.resolve import gateway_from, resolve
 from renderer.modal_api import (
@@ -508,3 +509,14 @@ def test_importing_the_deploy_stack_does_not_import_modal():
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env).returncode == 0
+
+
+def test_a_canary_is_the_same_module_deployed_under_its_own_app_name(apps, fake_sdk):
+    """`deploy(name=...)`: what `modal deploy --name` does: the module's App, published as another app."""
+    app = apps[1]
+    tag = deployment_tag(app)
+    canary = spec.canary_app_name(app.deployment.name)
+    outcome = ModalBackend().deploy(app, MODAL_ENV, tag, name=canary)
+    assert fake_sdk.deploy_app.calls == [(app.deployment.name, canary, MODAL_ENV, tag, "rolling")]
+    assert fake_sdk.urls == [(canary, SERVER_NAME, MODAL_ENV)]  # the canary's own URL, for its smoke test
+    assert outcome.url == f"https://{canary}.modal.run"
