@@ -127,6 +127,12 @@ class RenderedGateway:
     content_hash: str
     splits: tuple[Split, ...] = ()
     canaries: tuple[UpstreamEntry, ...] = ()
+    source: str = "deployments/fleet.yaml"  # the fleet.yaml it was rendered from, as the header names it
+
+    def with_splits(self, splits: Sequence[Split]) -> RenderedGateway:
+        """The same gateway with these canary splits in force instead of its own (none: the plain
+        module, byte for byte). Raises ValueError for a split the gateway cannot route."""
+        return _render(self.upstreams, self.config, self.source, splits)
 
     @property
     def name(self) -> str:
@@ -187,8 +193,12 @@ def render_gateway(
 ) -> RenderedGateway:
     """Render the gateway module for these deployments; `resolve` has checked the gateway against them.
     `splits`: canary rollouts in progress (raises ValueError for one the gateway cannot route)."""
-    deployments = list(deployments)
-    upstreams = upstream_entries(deployments, config)
+    return _render(upstream_entries(deployments, config), config, source, splits)
+
+
+def _render(
+    upstreams: Sequence[UpstreamEntry], config: spec.Gateway, source: str, splits: Sequence[Split]
+) -> RenderedGateway:
     splits = tuple(sorted(splits, key=lambda s: s.deployment))
     check_splits(splits, (u.name for u in upstreams))
     live = {u.name: u for u in upstreams}
@@ -218,4 +228,4 @@ def render_gateway(
         "hash": Trusted("{hash}"),
     }
     text, digest = render_module(TEMPLATE, context, f"{config.name}.py", "gateway")
-    return RenderedGateway(config, tuple(upstreams), text, digest, splits, tuple(canaries))
+    return RenderedGateway(config, tuple(upstreams), text, digest, splits, tuple(canaries), source)

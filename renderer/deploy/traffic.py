@@ -284,6 +284,63 @@ def _since(now: Histogram | None, then: Histogram | None) -> Histogram | None:
     return None if now is None else now.since(then)
 
 
+def _added(a: Histogram | None, b: Histogram | None) -> Histogram | None:
+    """Two histograms of one metric (other containers' counters) as one; None when the buckets differ."""
+    if a is None or b is None:
+        return a or b
+    if [x for x, _ in a.buckets] != [x for x, _ in b.buckets]:
+        return None
+    return Histogram(tuple((x, n + m) for (x, n), (_, m) in zip(a.buckets, b.buckets, strict=True)), a.sum + b.sum)
+
+
+def merged(parts: Iterable[Traffic]) -> Traffic:
+    """Several containers' figures for one upstream as one: counts and histograms add up."""
+    out = Traffic()
+    for t in parts:
+        out.requests += t.requests
+        out.in_flight += t.in_flight
+        for status, n in t.statuses.items():
+            out.statuses[status] = out.statuses.get(status, 0) + n
+        out.ttft, out.tpot = _added(out.ttft, t.ttft), _added(out.tpot, t.tpot)
+    return out
+
+
+class Window:
+    """What the gateway routed since a moment (`start`, Unix time), over every container a scrape reached.
+
+    A scrape through the public URL reaches one of the gateway's containers. Each container's share of the
+    window is the `delta` between the first and the latest scrape of it, or, for a container whose counters
+    started after `start` (a new container), all of its latest scrape. A container met first later in the
+    window loses what it routed before that first scrape: the window undercounts, never mixes in traffic
+    from before it."""
+
+    def __init__(self, start: float):
+        self.start = start
+        self._first: dict[tuple[str | None, float | None], GatewayTraffic | None] = {}
+        self._latest: dict[tuple[str | None, float | None], GatewayTraffic] = {}
+
+    def add(self, scrape: GatewayTraffic) -> None:
+        key = (scrape.container, scrape.since)
+        if key not in self._first:
+            fresh = scrape.since is not None and scrape.since >= self.start
+            self._first[key] = None if fresh else scrape
+        self._latest[key] = scrape
+
+    @property
+    def containers(self) -> int:
+        return len(self._latest)
+
+    def upstream(self, name: str) -> Traffic:
+        """The window's figures of one upstream (a deployment's live app or its canary)."""
+        parts = []
+        for key, latest in self._latest.items():
+            first = self._first[key]
+            window = latest if first is None else delta(first, latest)
+            if window is not None:
+                parts.append(window.upstream(name))
+        return merged(parts)
+
+
 def metrics_key(environ: Mapping[str, str]) -> str | None:
     return next((environ[v] for v in METRICS_KEY_VARS if environ.get(v)), None)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from renderer.config.spec import canary_app_name
 from renderer.modal_api import Backend, LiveApp, deployment_tag
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class Action(enum.StrEnum):
     UNCHANGED = "unchanged"
     CONFLICT = "conflict"  # an app of that name runs, and fleetform does not manage it
     ORPHAN = "orphan"  # fleetform manages it, and no YAML describes it
+    CANARY = "canary"  # a deployment's canary app (`NAME-canary`): a rollout in progress, or one left unfinished
 
 
 CHANGES = (Action.CREATE, Action.UPDATE)
@@ -53,6 +55,7 @@ class LiveRow:
     live: LiveApp | None = None
     app: Member | None = field(default=None, repr=False, compare=False)
     gateway: bool = False  # the fleet's gateway module, not a deployment
+    canary_of: str | None = None  # for a CANARY row: the deployment whose canary app this is
 
     @property
     def live_tag(self) -> str | None:
@@ -70,6 +73,7 @@ class LiveRow:
             "desired_tag": self.desired_tag,
             "live_tag": self.live_tag,
             "live_version": self.live_version,
+            "canary_of": self.canary_of,
         }
 
 
@@ -114,10 +118,13 @@ def live_plan(
         current = live[e].get(module.name)
         rows.append(LiveRow(module.name, e, _action(current, tag), tag, current, module, is_gateway))
     described = {(e, m.name) for m, e, _ in members}
+    canaries = {(a.deployment.modal_env, canary_app_name(a.name)): a.name for a in apps}
     for e in envs:
         for current in sorted(live[e].values(), key=lambda a: a.name):
             if current.managed and (e, current.name) not in described:
-                rows.append(LiveRow(current.name, e, Action.ORPHAN, None, current))
+                of = canaries.get((e, current.name))
+                action = Action.CANARY if of else Action.ORPHAN
+                rows.append(LiveRow(current.name, e, action, None, current, canary_of=of))
     return rows
 
 
@@ -132,9 +139,10 @@ def _action(current: LiveApp | None, tag: str) -> Action:
 def plan_exit_code(rows: Sequence[LiveRow]) -> int:
     """`plan --detailed-exitcode`: 2 if deploying would change something, else 0.
 
-    Orphans do not count: `deploy` never removes anything (that is `destroy`).
+    Orphans do not count: `deploy` never removes anything (that is `destroy`). A canary app does:
+    `deploy` finishes the rollout that left it, one way or the other.
     """
-    return 2 if any(r.action in (*CHANGES, Action.CONFLICT) for r in rows) else 0
+    return 2 if any(r.action in (*CHANGES, Action.CONFLICT, Action.CANARY) for r in rows) else 0
 
 
 def plan_to_dict(rows: Sequence[LiveRow]) -> dict[str, Any]:
@@ -147,6 +155,7 @@ _ACTION_STYLE = {
     Action.UNCHANGED: "dim",
     Action.CONFLICT: "red",
     Action.ORPHAN: "magenta",
+    Action.CANARY: "cyan",
 }
 
 
@@ -176,6 +185,8 @@ def render_plan(rows: Sequence[LiveRow], console: Console) -> None:
             console.print(f"[red]conflict:[/red] {escape(conflict_message(r))}")
         elif r.action == Action.ORPHAN:
             console.print(f"[magenta]orphan:[/magenta] {escape(orphan_message(r.live))}")
+        elif r.action == Action.CANARY:
+            console.print(f"[cyan]canary:[/cyan] {escape(canary_message(r))}")
 
 
 def conflict_message(row: LiveRow) -> str:
@@ -191,6 +202,15 @@ def orphan_message(live: LiveApp | None) -> str:
     return (
         f"{live.name} (v{live.version}, {live.tag or 'no tag'}) in {env_label(live.modal_env)} is managed by "
         f"fleetform but no YAML describes it; `fleetform destroy {live.name}` removes it"
+    )
+
+
+def canary_message(row: LiveRow) -> str:
+    assert row.live is not None
+    return (
+        f"{row.name} ({row.live.tag or 'no tag'}) runs beside {row.canary_of}: a canary rollout is in progress "
+        f"or was left unfinished; `fleetform deploy` finishes it (--canary resumes watching it), "
+        f"`fleetform rollback {row.canary_of}` ends it and returns all traffic to the live version"
     )
 
 
