@@ -44,6 +44,8 @@ class FakeBackend(Backend):
         self.rollback_error: BackendError | None = None
         self.rollback_tag = ""  # the tag Modal puts on a rollback's new history entry
         self.on_deploy: Callable[[str], None] | None = None  # runs at the start of each deploy
+        self.on_deploy_module: Callable[[str, object], None] | None = None  # the same, with the module
+        self.deployed: list[tuple[str, object]] = []  # (app name, rendered module) of every deploy
         self.started: list[str] = []  # deploys in the order they started
         self.finished: list[str] = []
         self.max_concurrent = 0
@@ -112,17 +114,27 @@ class FakeBackend(Backend):
         return sorted(effective_tags(app.versions), key=lambda v: v.version, reverse=True)
 
     def deploy(
-        self, app: RenderedApp, env: str | None, tag: str, *, strategy: str | None = None, timeout: float | None = None
+        self,
+        app: RenderedApp,
+        env: str | None,
+        tag: str,
+        *,
+        strategy: str | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
     ) -> DeployOutcome:
-        name = app.name  # a deployment's app, or the gateway's
+        name = name or app.name  # a deployment's app, its canary, or the gateway's
         with self._lock:
             self.calls.append(("deploy", name, env, tag, strategy))
+            self.deployed.append((name, app))
             self.started.append(name)
             self._running += 1
             self.max_concurrent = max(self.max_concurrent, self._running)
         try:
             if self.on_deploy:
                 self.on_deploy(name)
+            if self.on_deploy_module:
+                self.on_deploy_module(name, app)
             if self.deploy_delay:
                 time.sleep(self.deploy_delay)
             if name in self.deploy_errors:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from renderer.cli.common import RAW, LazyChoices, add_common, backend, gateway, render_apps, resolve_args
+from renderer.cli.common import RAW, LazyChoices, add_common, backend, gateway, positive, render_apps, resolve_args
 from renderer.cli.output import CliError, ExitCode, TextReporter
 
 NEEDS = "Needs Modal credentials (`modal token new`, or MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)."
@@ -20,6 +20,28 @@ def _strategies() -> tuple[str, ...]:
     from renderer.modal_api import STRATEGIES
 
     return STRATEGIES
+
+
+def _percent(text: str) -> int:
+    """A canary's share: a whole percent from 1 to 99, written `10` or `10%`."""
+    body = text[:-1] if text.endswith("%") else text
+    if not body.isdigit() or not 1 <= int(body) <= 99:
+        raise argparse.ArgumentTypeError(f"expected a whole percent from 1 to 99, such as 10%, got {text!r}")
+    return int(body)
+
+
+def _duration(text: str) -> int:
+    """Seconds, written as the YAML writes durations (600, 10m, 1h30m, 90s), from 10 s to 24 h as
+    `rollout.duration`."""
+    from renderer.config.schema import parse_duration
+
+    try:
+        seconds = parse_duration(int(text) if text.isdigit() else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 600, 10m or 1h30m, got {text!r}") from None
+    if not 10 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected a duration from 10s to 24h, got {text!r}")
+    return seconds
 
 
 def add_parsers(sub: Any) -> None:
@@ -32,12 +54,17 @@ def add_parsers(sub: Any) -> None:
         "deployed app is smoke tested (health, /v1/models, one chat completion); one that "
         "fails is rolled back to the version live before (a first deploy is stopped). Asks "
         "before deploying unless --yes. Ctrl-C starts no new deploy and lets running ones "
-        f"finish. {NEEDS} See docs/deploying.md.",
+        "finish. A deployment whose `rollout.strategy` is canary (or every updated one, with --canary) "
+        "is first tried beside the live version on a share of its traffic through the gateway, then "
+        f"promoted or rolled back on the gateway's figures. {NEEDS} See docs/deploying.md.",
         epilog="examples (need Modal credentials):\n"
         "  fleetform deploy --env prod --dry-run          what would be deployed, nothing more\n"
         "  fleetform deploy --env prod                    ask, then deploy what changed\n"
         "  fleetform deploy --only llama-3-1-8b-fp8 --yes one deployment, no question\n"
         "  fleetform deploy --env prod --yes --format json   for CI: one JSON report on stdout\n"
+        "  fleetform deploy --env prod --only llama-3-1-8b-fp8 --canary 10 --canary-duration 15m\n"
+        "                                                 a tenth of its traffic to the new version for\n"
+        "                                                 15 minutes, then promoted or rolled back\n"
         "\nexit codes: 0 all deployed or unchanged, 1 a deployment or the run failed, "
         "2 usage error",
         formatter_class=RAW,
@@ -77,6 +104,37 @@ def add_parsers(sub: Any) -> None:
         "another tool): its running version is replaced and fleetform manages it from then on, "
         "so whatever deployed it before loses it. Check the name with `fleetform plan` first",
     )
+    g = p.add_argument_group(
+        "canary rollouts",
+        "Need the fleet's gateway and its metrics key (FLEETFORM_GATEWAY_METRICS_KEY or\n"
+        "FLEETFORM_GATEWAY_API_KEY). What is judged and the defaults: `rollout` in docs/schema.md;\n"
+        "the steps, and what Ctrl-C leaves: docs/deploying.md.",
+    )
+    g.add_argument(
+        "--canary",
+        type=_percent,
+        metavar="PERCENT",
+        help="roll out every updated deployment selected as a canary with this share of its traffic, in percent "
+        "(10, or 10 with a percent sign), whatever its `rollout.strategy`",
+    )
+    g.add_argument(
+        "--canary-duration",
+        type=_duration,
+        metavar="DURATION",
+        help="watch each canary this long (600, 10m, 1h) instead of its `rollout.duration`",
+    )
+    g.add_argument(
+        "--no-canary",
+        action="store_true",
+        help="deploy every change directly, even where `rollout.strategy` is canary",
+    )
+    g.add_argument(
+        "--watch-interval",
+        type=positive(float),
+        default=15.0,
+        metavar="S",
+        help="seconds between two reads of the gateway's /metrics while a canary runs (default: 15)",
+    )
     p.set_defaults(func=run_deploy, needs=("modal", "aiohttp"))  # aiohttp: the smoke tests
 
     p = sub.add_parser(
@@ -105,7 +163,10 @@ def add_parsers(sub: Any) -> None:
         help="make an earlier version of a deployed app live again",
         description="Roll a managed app back to the version before the live one (skipping versions "
         "that ran the same module), or to --to VERSION. Modal records the rollback as a "
-        "new version; `status` then shows the app as drifted until the YAML matches. "
+        "new version; `status` then shows the app as drifted until the YAML matches. While a canary "
+        "of the deployment runs (a rollout in progress, or one left unfinished), rollback ends it "
+        "instead: the gateway sends every request to the live version, and the canary app is stopped "
+        "(with --to, the live app is then rolled back too). "
         f"Apps fleetform does not manage are refused. {NEEDS}",
         epilog="examples (need Modal credentials):\n  fleetform rollback llama-3-1-8b-fp8 --env prod\n"
         "  fleetform rollback llama-3-1-8b-fp8 --to v3\n"
@@ -158,6 +219,8 @@ def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
     from renderer.deploy.run import DeployOptions
     from renderer.deploy.run import run_deploy as deploy
 
+    if args.no_canary and (args.canary is not None or args.canary_duration is not None):
+        raise CliError("--no-canary cannot go with --canary or --canary-duration", ExitCode.USAGE)
     resolved = resolve_args(args, report)
     apps = render_apps(resolved)
     options = DeployOptions(
@@ -173,6 +236,10 @@ def run_deploy(args: argparse.Namespace, report: TextReporter) -> int:
         adopt=args.adopt,
         modal_env=resolved.modal_env,
         stage=not args.no_stage,
+        canary_weight=args.canary,
+        canary_duration=args.canary_duration,
+        no_canary=args.no_canary,
+        watch_interval=args.watch_interval,
     )
     try:
         result = deploy(apps, backend(), options, console(), gateway=gateway(resolved))
@@ -208,10 +275,19 @@ def _app_modal_env(args: argparse.Namespace, report: TextReporter) -> str | None
 
 
 def run_rollback(args: argparse.Namespace, report: TextReporter) -> int:
+    from renderer.deploy.canary import abort
     from renderer.deploy.rollback import run_rollback as rollback
+    from renderer.plan.live import modal_env_for
 
-    modal_env = _app_modal_env(args, report)
+    resolved = resolve_args(args, report)
+    modal_env = modal_env_for(args.name, render_apps(resolved), resolved.modal_env)
+    ended = abort(args.name, modal_env, backend(), gateway(resolved), resolved.modal_env)
+    if ended is not None and (not ended.ok or args.to is None):
+        return _emit(report, ended, failed=not ended.ok)
     result = rollback(args.name, backend(), modal_env=modal_env, to=args.to)
+    if ended is not None:  # the canary ended, then --to: one report of both
+        result.message = f"{ended.message}; then {result.message}"
+        result.details = {**(result.details or {}), "canary": ended.details}
     return _emit(report, result, failed=not result.ok)
 
 

@@ -17,95 +17,59 @@ so no app is left half deployed, and the report says which were never started.
 
 from __future__ import annotations
 
-import signal
+import os
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from renderer.deploy.common import ConfirmationUnavailable, Report, ask, error_message, stderr_console
+from renderer.deploy import traffic as gateway_traffic
+from renderer.deploy.app import (
+    DEPLOYED,
+    FAILED,
+    KEPT,
+    PLANNED,
+    RECOVERY_FAILED,
+    ROLLED_BACK,
+    SKIPPED,
+    STOPPED,
+    UNCHANGED,
+    DeploymentResult,
+    DeployOptions,
+    deploy_one,
+    install_sigint,
+)
+from renderer.deploy.canary import CanaryRequest, TrafficSource, canary_traffic_source, run_canaries
+from renderer.deploy.common import ConfirmationUnavailable, Report, ask, stderr_console
 from renderer.deploy.progress import Progress, RichProgress
-from renderer.deploy.smoke import GATEWAY_HEALTH_TIMEOUT, ClientSmokeTester, SmokeOutcome, SmokeTester
-from renderer.deploy.stage import FAILED as STAGE_FAILED
-from renderer.deploy.stage import StageResult, stage_one
-from renderer.modal_api import NO_CREDENTIALS, STRATEGIES, Backend, BackendError, LiveApp
+from renderer.deploy.smoke import ClientSmokeTester, SmokeTester
+from renderer.deploy.verdict import CanaryOutcome, canary_line
+from renderer.modal_api import NO_CREDENTIALS, STRATEGIES, Backend, BackendError, LiveApp, deployment_tag
 from renderer.plan.live import CHANGES, Action, LiveRow, conflict_message, env_label, live_plan, orphan_message
+
+__all__ = [  # the per-app steps live in renderer.deploy.app; run is where callers find them
+    "DEPLOYED",
+    "FAILED",
+    "KEPT",
+    "PLANNED",
+    "RECOVERY_FAILED",
+    "ROLLED_BACK",
+    "SKIPPED",
+    "STOPPED",
+    "UNCHANGED",
+    "DeployOptions",
+    "DeploymentResult",
+    "DeployReport",
+    "run_deploy",
+]
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from renderer.codegen.gateway import RenderedGateway
     from renderer.codegen.render import RenderedApp
-
-# Per-deployment results (`unchanged`: the plan found nothing to do).
-DEPLOYED, UNCHANGED, FAILED, SKIPPED, PLANNED = "deployed", "unchanged", "failed", "skipped", "planned"
-
-# What was done after a failed smoke test.
-ROLLED_BACK, STOPPED, KEPT, RECOVERY_FAILED = "rolled_back", "stopped", "kept", "recovery_failed"
-
-
-@dataclass(frozen=True)
-class DeployOptions:
-    """`fleetform deploy` flags."""
-
-    only: tuple[str, ...] = ()  # --only NAME (repeatable): deploy just these
-    parallel: int = 4  # --parallel N
-    dry_run: bool = False  # --dry-run: plan, deploy nothing
-    yes: bool = False  # --yes: no confirmation prompt
-    rollback: bool = True  # --no-rollback sets False: a failed smoke test leaves the new version live
-    fail_fast: bool = False  # --fail-fast: after the first failure start nothing new
-    format: str = "text"  # --format text|json (json: progress goes to stderr)
-    smoke_test: bool = True  # run the smoke test after each deploy
-    strategy: str = "rolling"  # Modal deployment strategy: rolling | recreate
-    deploy_timeout: float | None = 1800.0  # seconds for one SDK deploy (image build included)
-    adopt: bool = False  # deploy over an app of the same name that fleetform does not manage
-    modal_env: str | None = None  # Modal environment scanned for orphans if no deployment names one
-    stage: bool = True  # --no-stage sets False: no staging of the weights before each GPU app
-
-
-@dataclass
-class DeploymentResult:
-    name: str
-    modal_env: str | None
-    action: str
-    status: str
-    tag: str | None = None
-    previous_tag: str | None = None
-    previous_version: int | None = None
-    url: str | None = None
-    seconds: float | None = None
-    error: str | None = None
-    recovery: str | None = None  # rolled_back | stopped | kept | recovery_failed
-    recovery_detail: str | None = None
-    smoke: SmokeOutcome | None = None
-    warnings: tuple[str, ...] = ()
-    staging: StageResult | None = None  # the weights staged before the deploy (None: not staged, --no-stage)
-
-    @classmethod
-    def from_row(cls, row: LiveRow, status: str, **kw: Any) -> DeploymentResult:
-        return cls(row.name, row.modal_env, row.action, status, row.desired_tag, row.live_tag, row.live_version, **kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "modal_env": self.modal_env,
-            "action": self.action,
-            "status": self.status,
-            "tag": self.tag,
-            "previous_tag": self.previous_tag,
-            "previous_version": self.previous_version,
-            "url": self.url,
-            "seconds": round(self.seconds, 3) if self.seconds is not None else None,
-            "error": self.error,
-            "recovery": self.recovery,
-            "recovery_detail": self.recovery_detail,
-            "smoke_test": None if self.smoke is None else {"ok": self.smoke.ok, "detail": self.smoke.detail},
-            "warnings": list(self.warnings),
-            "staging": None if self.staging is None else self.staging.to_dict(),
-        }
 
 
 @dataclass
@@ -118,6 +82,7 @@ class DeployReport(Report):
     interrupted: bool = False  # Ctrl-C
     stopped_early: bool = False  # --fail-fast
     aborted: bool = False  # the user answered no
+    notes: list[str] = field(default_factory=list)  # what a canary rollout could not put back, leftovers ended
 
     def names(self, status: str) -> list[str]:
         return [r.name for r in self.results if r.status == status]
@@ -143,6 +108,7 @@ class DeployReport(Report):
             "aborted": self.aborted,
             "deployments": [r.to_dict() for r in self.results],
             "orphans": [o.to_dict() for o in self.orphans],
+            "notes": list(self.notes),
             "summary": {s: self.names(s) for s in (DEPLOYED, UNCHANGED, PLANNED, FAILED, SKIPPED)},
         }
 
@@ -161,11 +127,16 @@ def run_deploy(
     confirm: Callable[[str], bool] | None = None,
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
+    traffic_source: TrafficSource | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> DeployReport:
     """Deploy what changed; never raises for Modal failures (they end up in the report).
 
     `gateway` is the fleet's rendered gateway module (when fleet.yaml enables it): deployed into
     `options.modal_env` after the deployments it routes to, and only if none of them failed.
+    Deployments rolled out as canaries (`--canary`, or `rollout.strategy: canary`) go through
+    `renderer.deploy.canary` after the direct deploys, judged from the gateway's /metrics
+    (`traffic_source`; default: scraped through its URL with the key from `environ`).
     `confirm` answers the "go ahead?" question (default: ask on the terminal; refuse without a
     terminal unless `options.yes`). `cancel` is set to stop starting new deploys (Ctrl-C sets it).
     """
@@ -175,8 +146,7 @@ def run_deploy(
         report.error, report.usage_error = problem, True
         return report
     selected = [a for a in apps if not options.only or a.deployment.name in options.only]
-    if gateway is not None and options.only and gateway.name not in options.only:
-        gateway = None
+    direct_gateway = gateway is not None and (not options.only or gateway.name in options.only)
     if not backend.credentials_available():
         report.error = NO_CREDENTIALS
         return report
@@ -187,31 +157,179 @@ def run_deploy(
         return report
     if not options.only:
         report.orphans = [r.live for r in rows if r.action == Action.ORPHAN and r.live]
-    rows = [r for r in rows if r.action != Action.ORPHAN]
+    gateway_row = next((r for r in rows if r.gateway), None)
+    leftovers = {r.canary_of: r for r in rows if r.action == Action.CANARY and r.canary_of}
+    rows = [r for r in rows if r.action not in (Action.ORPHAN, Action.CANARY) and (direct_gateway or not r.gateway)]
     if options.adopt:
         rows = [replace(r, action=Action.UPDATE) if r.action == Action.CONFLICT else r for r in rows]
     results = _results_without_deploying(rows)
     todo = sorted((r for r in rows if r.action in CHANGES), key=lambda r: r.gateway)  # the gateway last
+    canaries = _canary_requests(todo, options, leftovers, report)
+    if canaries:
+        report.error = _canary_problem(canaries, gateway_row, leftovers)
+        source = traffic_source
+        if report.error is None and source is None:
+            key = gateway_traffic.metrics_key(os.environ if environ is None else environ)
+            if key is None:
+                report.error = (
+                    "a canary is judged from the gateway's /metrics: set "
+                    f"{' or '.join(gateway_traffic.METRICS_KEY_VARS)} to its key"
+                )
+            else:
+                assert gateway_row is not None
+                source = canary_traffic_source(backend, gateway_row.name, gateway_row.modal_env, key)
+        if report.error:
+            return report
+        names = {c.name for c in canaries}
+        todo = [r for r in todo if r.name not in names and not r.gateway]  # the rollout deploys the gateway
     tester = smoke_tester if smoke_tester is not None else ClientSmokeTester()
+    if canaries and options.smoke_test and not options.dry_run:
+        assert gateway_row is not None
+        why = getattr(tester, "preflight", lambda app: None)(gateway_row.app)
+        if why:  # a rollout smoke tests the gateway twice: know now that it cannot
+            report.error = (
+                f"a canary rollout deploys the gateway {gateway_row.name}, whose smoke test cannot pass: {why}"
+            )
+            return report
     if options.smoke_test and not options.dry_run:
         todo = _preflight(todo, tester, results)
+        kept = {r.name for r in _preflight([c.row for c in canaries], tester, results)}
+        canaries = [c for c in canaries if c.name in kept]
     if options.dry_run:
         results.update({r.name: DeploymentResult.from_row(r, PLANNED) for r in todo})
-        todo = []
-    if todo and not options.yes and not _confirmed(todo, report, options, console, confirm):
-        results.update({r.name: DeploymentResult.from_row(r, SKIPPED, error="not confirmed") for r in todo})
-        todo = []
-    if todo:
+        for c in canaries:
+            outcome = CanaryOutcome(c.app, c.rollout.weight, c.rollout.duration, resumed=c.leftover is not None)
+            results[c.name] = DeploymentResult.from_row(c.row, PLANNED, canary=outcome)
+        todo, canaries = [], []
+    asked = [*todo, *(c.row for c in canaries)]
+    if asked and not options.yes and not _confirmed(asked, report, options, console, confirm, canaries):
+        results.update({r.name: DeploymentResult.from_row(r, SKIPPED, error="not confirmed") for r in asked})
+        todo, canaries = [], []
+    cancel = cancel or threading.Event()
+    if todo or canaries:
         if progress is None:
             progress = _default_progress(console, options.format)
         failed = [n for n, r in results.items() if r.status == FAILED]
-        executed, interrupted, stopped_early = _execute(
-            todo, backend, options, tester, cancel or threading.Event(), progress, failed
-        )
-        results.update(executed)
-        report.interrupted, report.stopped_early = interrupted, stopped_early
+        if todo:
+            executed, interrupted, stopped_early = _execute(todo, backend, options, tester, cancel, progress, failed)
+            results.update(executed)
+            report.interrupted, report.stopped_early = interrupted, stopped_early
+        if canaries:
+            assert gateway_row is not None and source is not None
+            if cancel.is_set():
+                reason = "not started: interrupted (Ctrl-C)" if report.interrupted else "not started (--fail-fast)"
+                results.update({c.name: DeploymentResult.from_row(c.row, SKIPPED, error=reason) for c in canaries})
+            else:
+                done, notes = _roll_out(canaries, gateway_row, backend, options, tester, source, progress, cancel)
+                results.update(done)
+                report.notes += notes
+                report.interrupted = report.interrupted or cancel.is_set()
+    handled = {c.name for c in canaries}
+    if not options.dry_run and not report.aborted and not report.error:
+        ended = [r for n, r in leftovers.items() if n not in handled]
+        report.notes += _end_leftovers(ended, gateway, options.modal_env, backend)
     report.results = [results[r.name] for r in rows if r.name in results]
     return report
+
+
+def _canary_requests(
+    todo: Sequence[LiveRow], options: DeployOptions, leftovers: Mapping[str, LiveRow], report: DeployReport
+) -> list[CanaryRequest]:
+    """The deployments of `todo` to roll out as canaries: with --canary every updated one, else those whose
+    `rollout.strategy` is canary; --no-canary none. A first deploy has no live version to compare with:
+    it is deployed directly, and the report says so."""
+    if options.no_canary:
+        return []
+    out = []
+    for r in todo:
+        if r.gateway or r.app is None:
+            continue
+        rollout = r.app.deployment.rollout  # type: ignore[union-attr]
+        if options.canary_weight is None and not rollout.canary:
+            continue
+        if r.action == Action.CREATE:
+            report.notes.append(f"{r.name}: first deploy, so no canary (there is no live version to compare it with)")
+            continue
+        rollout = replace(
+            rollout,
+            strategy="canary",
+            weight=options.canary_weight if options.canary_weight is not None else rollout.weight,
+            duration=options.canary_duration if options.canary_duration is not None else rollout.duration,
+        )
+        left = leftovers.get(r.name)
+        out.append(CanaryRequest(r, rollout, left.live if left else None))
+    return out
+
+
+def _canary_problem(
+    canaries: Sequence[CanaryRequest], gateway_row: LiveRow | None, leftovers: Mapping[str, LiveRow]
+) -> str | None:
+    """Why these canaries cannot be rolled out now (nothing is deployed then), or None."""
+    names = ", ".join(c.name for c in canaries)
+    if gateway_row is None:
+        return (
+            f"a canary of {names} needs the fleet's gateway, which splits the traffic (Modal's own URL has "
+            "none): enable `gateway` in fleet.yaml, or deploy with --no-canary"
+        )
+    if gateway_row.action == Action.CREATE:
+        return f"a canary of {names} needs the gateway live: deploy it first (fleetform deploy --no-canary)"
+    if gateway_row.action == Action.UPDATE and not leftovers:
+        return (
+            f"the gateway {gateway_row.name} changes too (a deployment added or removed, served names, auth): "
+            "a canary is judged against the routing that is live; deploy that change first "
+            "(fleetform deploy --no-canary --only OTHER --only " + gateway_row.name + "), then the canary"
+        )
+    if gateway_row.action == Action.CONFLICT:
+        return f"an app named {gateway_row.name} runs that fleetform does not manage: {conflict_message(gateway_row)}"
+    return None
+
+
+def _roll_out(
+    canaries: Sequence[CanaryRequest],
+    gateway_row: LiveRow,
+    backend: Backend,
+    options: DeployOptions,
+    tester: SmokeTester,
+    source: TrafficSource,
+    progress: Progress,
+    cancel: threading.Event,
+) -> tuple[dict[str, DeploymentResult], list[str]]:
+    """`run_canaries` with Ctrl-C routed to `cancel`: the rollout then ends the safe way."""
+
+    def on_interrupt(*_: Any) -> None:
+        cancel.set()
+        progress.note("Interrupted: no canary is promoted; returning every request to the live versions.")
+
+    restore = install_sigint(on_interrupt)
+    progress.start([c.row for c in canaries] + [gateway_row])
+    try:
+        return run_canaries(canaries, gateway_row, backend, options, tester, source, progress, cancel)
+    finally:
+        restore()
+        progress.stop()
+
+
+def _end_leftovers(
+    leftovers: Sequence[LiveRow], gateway: RenderedGateway | None, gateway_env: str | None, backend: Backend
+) -> list[str]:
+    """Stop the canary apps that unfinished rollouts left, once the live gateway sends them nothing (it
+    runs the fleet's module, without splits). Returns what was done, or why not."""
+    notes = []
+    for row in leftovers:
+        try:
+            if gateway is not None:
+                live = backend.get_app(gateway.name, gateway_env)
+                if live is not None and live.tag != deployment_tag(gateway):
+                    notes.append(
+                        f"{row.name} left running: the live gateway may still send it requests; deploy the gateway "
+                        f"too, or `fleetform rollback {row.canary_of}`"
+                    )
+                    continue
+            backend.stop(row.name, row.modal_env)
+            notes.append(f"{row.name}: stopped the canary an unfinished rollout of {row.canary_of} left running")
+        except BackendError as exc:
+            notes.append(f"{row.name}: could not stop the canary an unfinished rollout left: {exc}")
+    return notes
 
 
 def _results_without_deploying(rows: Sequence[LiveRow]) -> dict[str, DeploymentResult]:
@@ -231,12 +349,13 @@ def _confirmed(
     options: DeployOptions,
     console: Console | None,
     confirm: Callable[[str], bool] | None,
+    canaries: Sequence[CanaryRequest] = (),
 ) -> bool:
     """Ask before deploying; records a refusal (or the impossibility to ask) in the report."""
     # With --format json the question goes to stderr: stdout is for the document.
     where = stderr_console() if options.format == "json" else console
     try:
-        go = ask(_confirm_question(todo), where, confirm)
+        go = ask(_confirm_question(todo, canaries), where, confirm)
     except ConfirmationUnavailable as exc:
         report.error = str(exc)
         return False
@@ -272,8 +391,9 @@ def _preflight(todo: list[LiveRow], tester: SmokeTester, results: dict[str, Depl
     return keep
 
 
-def _confirm_question(todo: Sequence[LiveRow]) -> str:
-    parts = ", ".join(f"{r.action} {r.name}" for r in todo)
+def _confirm_question(todo: Sequence[LiveRow], canaries: Sequence[CanaryRequest] = ()) -> str:
+    how = {c.name: f" as a canary ({c.rollout.weight}% for {c.rollout.duration}s)" for c in canaries}
+    parts = ", ".join(f"{r.action} {r.name}{how.get(r.name, '')}" for r in todo)
     envs = sorted({env_label(r.modal_env) for r in todo})
     return f"Deploy to Modal environment {', '.join(envs)}: {parts}?"
 
@@ -319,7 +439,7 @@ def _execute(
             "to finish their smoke test (and rollback if needed)."
         )
 
-    restore = _install_sigint(on_interrupt)
+    restore = install_sigint(on_interrupt)
     progress.start(todo)
     try:
         with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="fleetform-deploy") as pool:
@@ -337,7 +457,7 @@ def _execute(
                                 progress.update(row.name, "skipped", reason)
                                 continue
                         row = pending.popleft()
-                        running[pool.submit(_deploy_one, row, backend, options, tester, progress)] = row
+                        running[pool.submit(deploy_one, row, backend, options, tester, progress)] = row
                     if not running:
                         break
                     done, _ = wait(list(running), timeout=0.1, return_when=FIRST_COMPLETED)
@@ -363,102 +483,11 @@ def _execute(
     return results, interrupted, stopped_early
 
 
-def _install_sigint(handler: Callable[..., None]) -> Callable[[], None]:
-    """Route Ctrl-C to `handler` while deploys run; returns the function that puts things back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
-
-
 def _result_of(fut: Future[DeploymentResult], row: LiveRow) -> DeploymentResult:
     try:
         return fut.result()
-    except Exception as exc:  # _deploy_one catches everything; this guards against a bug in it
+    except Exception as exc:  # deploy_one catches everything; this guards against a bug in it
         return DeploymentResult.from_row(row, FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
-
-
-def _deploy_one(
-    row: LiveRow, backend: Backend, options: DeployOptions, tester: SmokeTester, progress: Progress
-) -> DeploymentResult:
-    """Deploy one app, smoke test it, recover if the test fails. Never raises."""
-    assert row.app is not None and row.desired_tag is not None
-    t0 = time.monotonic()
-    result = DeploymentResult.from_row(row, FAILED)
-    if options.stage and not row.gateway:  # the weights onto the Volume, on CPUs, before any GPU starts
-        result.staging = stage_one(row.app.deployment, backend, progress)
-        if result.staging.status == STAGE_FAILED:
-            result.error = f"staging the weights failed, nothing deployed: {result.staging.error}"
-            return _finish(result, t0, progress)
-    progress.update(row.name, "deploying", f"{row.action}: {row.live_tag or 'nothing'} -> {row.desired_tag}")
-    try:
-        outcome = backend.deploy(
-            row.app, row.modal_env, row.desired_tag, strategy=options.strategy, timeout=options.deploy_timeout
-        )
-    except Exception as exc:
-        result.error = f"deploy failed: {error_message(exc)}"
-        return _finish(result, t0, progress)
-    result.url, result.warnings = outcome.url, tuple(outcome.warnings)
-    if not options.smoke_test:
-        result.status = DEPLOYED
-        return _finish(result, t0, progress)
-    limit = GATEWAY_HEALTH_TIMEOUT if row.gateway else row.app.deployment.scaling.startup_timeout
-    progress.update(row.name, "smoke test", f"waiting for /health (up to {limit:g}s)")
-    result.smoke = _smoke(row, backend, tester, result.url)
-    if result.smoke.ok:
-        result.status = DEPLOYED
-        return _finish(result, t0, progress)
-    result.error = f"smoke test failed: {result.smoke.detail}"
-    _recover(row, backend, options, result, progress)
-    return _finish(result, t0, progress)
-
-
-def _smoke(row: LiveRow, backend: Backend, tester: SmokeTester, url: str | None) -> SmokeOutcome:
-    if not url:
-        try:
-            url = backend.web_url(row.name, row.modal_env)
-        except Exception as exc:
-            return SmokeOutcome(False, f"cannot find the server URL: {error_message(exc)}")
-    if not url:
-        return SmokeOutcome(False, "Modal reports no URL for the server")
-    assert row.app is not None
-    try:
-        return tester(row.app, url)
-    except Exception as exc:
-        return SmokeOutcome(False, f"smoke test crashed: {type(exc).__name__}: {exc}")
-
-
-def _recover(
-    row: LiveRow, backend: Backend, options: DeployOptions, result: DeploymentResult, progress: Progress
-) -> None:
-    """After a failed smoke test: roll back to the version live before, or stop a first deploy."""
-    if not options.rollback:
-        result.recovery, result.recovery_detail = KEPT, "the new version was left live (--no-rollback)"
-        return
-    try:
-        if row.action == Action.CREATE or row.live is None:
-            progress.update(row.name, "stopping", "first deploy failed its smoke test")
-            backend.stop(row.name, row.modal_env)
-            result.recovery, result.recovery_detail = STOPPED, "first deploy stopped"
-        else:
-            progress.update(row.name, "rolling back", f"to v{row.live_version} ({row.live_tag})")
-            backend.rollback(row.name, row.modal_env, row.live_version)
-            result.recovery = ROLLED_BACK
-            result.recovery_detail = f"rolled back to v{row.live_version} ({row.live_tag or 'no tag'})"
-    except Exception as exc:
-        what = "stop" if row.action == Action.CREATE else "rollback"
-        result.recovery = RECOVERY_FAILED
-        result.recovery_detail = f"{what} FAILED: {error_message(exc)}; the failing version may still be live"
-
-
-def _finish(result: DeploymentResult, t0: float, progress: Progress) -> DeploymentResult:
-    result.seconds = time.monotonic() - t0
-    detail = result.error or (result.tag or "")
-    if result.recovery_detail:
-        detail += f"; {result.recovery_detail}"
-    progress.update(result.name, result.status, detail)
-    return result
 
 
 # --- rendering the deploy report ------------------------------------------------------------------
@@ -503,6 +532,11 @@ def render_deploy_report(report: DeployReport, console: Console) -> None:
             console.print(line, highlight=False, soft_wrap=True)
         for w in r.warnings:
             console.print(f"[yellow]{r.name}: warning:[/yellow] {escape(w)}", highlight=False)
+    for r in report.results:
+        if r.canary is not None:
+            console.print(f"[cyan]{r.name}: canary[/cyan] {escape(canary_line(r.canary))}", highlight=False)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
     for o in report.orphans:
         console.print(f"[magenta]orphan:[/magenta] {escape(orphan_message(o))}", highlight=False)
     console.print(escape(_totals(report)), highlight=False)

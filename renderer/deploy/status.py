@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from renderer.codegen.render import RenderedApp
 
 IN_SYNC, DRIFTED, NOT_DEPLOYED, UNMANAGED, ORPHAN = "in_sync", "drifted", "not_deployed", "unmanaged", "orphan"
+CANARY = "canary"  # a deployment's canary app: a rollout in progress, or one left unfinished
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class StatusRow:
     live_tag: str | None
     url: str | None
     gateway: bool = False  # the fleet's gateway module, not a deployment
+    canary_of: str | None = None  # for a canary app: its deployment
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class StatusRow:
             "live_version": self.live_version,
             "live_tag": self.live_tag,
             "url": self.url,
+            "canary_of": self.canary_of,
         }
 
 
@@ -75,7 +78,14 @@ class StatusReport(Report):
         if self.error:
             console.print(f"[red]error:[/red] {escape(self.error)}", highlight=False, soft_wrap=True)
             return
-        styles = {IN_SYNC: "green", DRIFTED: "yellow", NOT_DEPLOYED: "dim", UNMANAGED: "red", ORPHAN: "magenta"}
+        styles = {
+            IN_SYNC: "green",
+            DRIFTED: "yellow",
+            NOT_DEPLOYED: "dim",
+            UNMANAGED: "red",
+            ORPHAN: "magenta",
+            CANARY: "cyan",
+        }
         table = Table(title="Fleet status")
         columns = ["Deployment", "Environment", "State", "Live version", "Live tag", "Rendered tag", "URL"]
         if self.traffic is not None:
@@ -87,7 +97,7 @@ class StatusReport(Report):
             cells = [
                 f"{r.name} (gateway)" if r.gateway else r.name,
                 escape(r.modal_env or "(default)"),
-                f"[{s}]{r.state.replace('_', ' ')}[/{s}]",
+                f"[{s}]{escape(self.state_text(r))}[/{s}]",
                 f"v{r.live_version}" if r.live_version is not None else "-",
                 escape(r.live_tag or "-"),
                 r.desired_tag or "-",
@@ -107,6 +117,9 @@ class StatusReport(Report):
                 )
             table.add_row(*cells)
         console.print(table)
+        for r in self.rows:
+            if r.canary_of:
+                console.print(f"[cyan]canary:[/cyan] {escape(self.canary_note(r))}", highlight=False)
         if self.traffic is not None:
             since = (
                 ""
@@ -123,6 +136,31 @@ class StatusReport(Report):
         elif self.traffic_note:
             console.print(escape(f"Traffic: {self.traffic_note}"), highlight=False)
 
+    def state_text(self, r: StatusRow) -> str:
+        if r.canary_of is None:
+            return r.state.replace("_", " ")
+        share = self.canary_weight(r)
+        return f"canary of {r.canary_of}" + ("" if share is None else f" ({share:g}%)")
+
+    def canary_weight(self, r: StatusRow) -> float | None:
+        """The share of its deployment's requests the gateway sends this canary, when its /metrics was read."""
+        if self.traffic is None or r.canary_of is None:
+            return None
+        return self.traffic.weights.get(r.canary_of, {}).get(r.name)
+
+    def canary_note(self, r: StatusRow) -> str:
+        share = self.canary_weight(r)
+        if share is None and self.traffic is not None:
+            split = "the gateway sends it no request (no split)"
+        elif share is None:
+            split = "its share is in the gateway's /metrics (see Traffic below)"
+        else:
+            split = f"the gateway sends it {share:g}% of {r.canary_of}'s requests"
+        return (
+            f"{r.name} runs {r.live_tag or 'no tag'} beside {r.canary_of}; {split}. A rollout is in progress or "
+            f"was left unfinished: `fleetform deploy` finishes it, `fleetform rollback {r.canary_of}` ends it"
+        )
+
 
 _PLAN_TO_STATE = {
     Action.CREATE: NOT_DEPLOYED,
@@ -130,6 +168,7 @@ _PLAN_TO_STATE = {
     Action.UNCHANGED: IN_SYNC,
     Action.CONFLICT: UNMANAGED,
     Action.ORPHAN: ORPHAN,
+    Action.CANARY: CANARY,
 }
 
 
@@ -166,6 +205,7 @@ def run_status(
                 r.live_tag,
                 urls.get(r.name),
                 r.gateway,
+                r.canary_of,
             )
             for r in rows
         ]
