@@ -211,6 +211,7 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         port=e["port"],
         gpu_memory_utilization=e.get("gpu_memory_utilization"),
         max_num_seqs=e.get("max_num_seqs"),
+        max_num_batched_tokens=e.get("max_num_batched_tokens"),
         enable_prefix_caching=e.get("enable_prefix_caching"),
         kv_cache_dtype=e.get("kv_cache_dtype"),
         extra_args=tuple(e["extra_args"]),
