@@ -152,8 +152,9 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=run_serve, format="text")
 
 
-def add_local_options(p: argparse.ArgumentParser, local_help: str) -> None:
-    """The options of a vLLM run on this machine, one definition for `serve --local` and `tune --local`."""
+def add_local_options(p: argparse.ArgumentParser, local_help: str) -> Any:
+    """The options of a vLLM run on this machine, one definition for `serve --local` and `tune --local`;
+    returns their argument group, for a command's own local options."""
     g = p.add_argument_group("vLLM on this machine")
     g.add_argument("--local", action="store_true", help=local_help)
     g.add_argument("--model-path", metavar="DIR", help="serve a local copy of the model instead of the hub id")
@@ -166,6 +167,7 @@ def add_local_options(p: argparse.ArgumentParser, local_help: str) -> None:
         help='the vLLM executable (default: "vllm"), e.g. "python3 -m vllm.entrypoints.cli.main"',
     )
     g.add_argument("--startup-timeout", type=positive(int), metavar="S", help="seconds to wait for health")
+    return g
 
 
 def local_options(args: argparse.Namespace, host: str | None) -> Any:
