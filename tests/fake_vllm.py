@@ -57,7 +57,14 @@ LOG = os.environ.get("FAKE_VLLM_LOG")
 ROOT_PATH = argv[argv.index("--root-path") + 1] if "--root-path" in argv else ""
 STARTED = time.monotonic()
 STATE = {"sleeping": False}
-MAX_NUM_SEQS = int(argv[argv.index("--max-num-seqs") + 1]) if "--max-num-seqs" in argv else None
+# without the flag, FAKE_VLLM_DEFAULT_SEQS plays vLLM's own default (unset: no queueing at all)
+MAX_NUM_SEQS = (
+    int(argv[argv.index("--max-num-seqs") + 1])
+    if "--max-num-seqs" in argv
+    else int(os.environ["FAKE_VLLM_DEFAULT_SEQS"])
+    if os.environ.get("FAKE_VLLM_DEFAULT_SEQS")
+    else None
+)
 TTFT_MS = float(os.environ.get("FAKE_VLLM_TTFT_MS", "2"))
 QUEUE_MS = float(os.environ.get("FAKE_VLLM_QUEUE_MS", "50"))
 OUTPUT_TOKENS = int(os.environ.get("FAKE_VLLM_OUTPUT_TOKENS", "4"))
