@@ -77,11 +77,10 @@ def add_parser(sub: Any) -> None:
         '  fleetform tune http://127.0.0.1:8000 --deployment llama-3-1-8b-fp8 --slo "e2el_p99<=8s,error_rate<=1%" '
         "--plot tune.html\n"
         '  fleetform tune URL --model llm --gpu H100 --slo "ttft_p50<=200ms" --input-len 512 --format json\n'
-        "\nexamples (need vLLM and a GPU): start vLLM per engine setting, search each, name the best\n"
-        '  fleetform tune llama-3-1-8b-fp8 --local --model-path /models/llama --slo "tpot_p90<=25ms" \\\n'
-        "      --engine max_num_seqs=64,128,256\n"
-        '  fleetform tune llama-3-1-8b-fp8 --local --slo "ttft_p90<=500ms" --engine max_num_seqs=128,256 \\\n'
-        "      --engine kv_cache_dtype=auto,fp8 --write\n"
+        "\nexamples (need vLLM and a GPU): start vLLM for each engine setting, search each, name the best\n"
+        '  fleetform tune llama-3-1-8b-fp8 --local --slo "tpot_p90<=25ms" --engine max_num_seqs=64,128,256\n'
+        "  fleetform tune llama-3-1-8b-fp8 --local --model-path /models/llama --load-format dummy "
+        '--slo "ttft_p90<=500ms" --engine max_num_seqs=128,256 kv_cache_dtype=auto,fp8 --write\n'
         "\n--engine: the grid is every combination of the values; each setting is checked as if the YAML said\n"
         "it (a bad value fails before anything starts, exit 1). The best setting has the highest output tokens\n"
         "per GPU-dollar at its target among those that meet the SLO; --write puts its concurrency numbers and\n"
