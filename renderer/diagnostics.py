@@ -23,14 +23,20 @@ class Severity(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Mark:
-    """A position in a source file; line and column count from 1."""
+    """A position in a source file; line and column count from 1. Line 0: not a file but a command-line
+    option, named by `file` (`--engine max_num_seqs=abc`), and printed as just that."""
 
     file: str
     line: int
     col: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return self.file if self.line == 0 else f"{self.file}:{self.line}:{self.col}"
+
+    @classmethod
+    def option(cls, text: str) -> Mark:
+        """Where a value given on the command line came from: the option as it was written."""
+        return cls(text, 0, 0)
 
 
 @dataclass(frozen=True)

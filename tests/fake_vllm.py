@@ -11,7 +11,17 @@ route, so tests prove the guard the runtime installs. The ASGI scope is built as
 FastAPI build it (`path` percent-decoded, `raw_path` as sent, `root_path` from --root-path), and
 routes are matched as Starlette matches them (exactly, on the path after the root path), so a
 path trick that would reach a route in vLLM reaches it here too. Every request is appended to
-FAKE_VLLM_LOG as JSON lines.
+FAKE_VLLM_LOG as JSON lines, after a first line with its argv and pid.
+
+A streamed chat completion (what `fleetform bench` sends) gets `data:` chunks, a usage chunk and
+`[DONE]` as vLLM sends them, with a latency that follows the engine settings on its command line, so
+`fleetform tune --engine` has a known answer: a request arriving while more than `--max-num-seqs`
+requests are generating (the most since the server was last idle, as tests/openai_server.py counts)
+waits FAKE_VLLM_QUEUE_MS (50) more for its first token per request beyond it, as vLLM queues them;
+the first token comes after FAKE_VLLM_TTFT_MS (2), then one every FAKE_VLLM_ITL_MS: a number, or
+`SEQS:MS,...` by `--max-num-seqs` (bigger batches, slower tokens). FAKE_VLLM_OUTPUT_TOKENS (4) tokens,
+or `max_tokens` with `ignore_eos`. FAKE_VLLM_EXIT_WITH="--flag value" exits at start when the
+command line has that flag with that value (a setting vLLM refuses).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +57,29 @@ LOG = os.environ.get("FAKE_VLLM_LOG")
 ROOT_PATH = argv[argv.index("--root-path") + 1] if "--root-path" in argv else ""
 STARTED = time.monotonic()
 STATE = {"sleeping": False}
+# without the flag, FAKE_VLLM_DEFAULT_SEQS plays vLLM's own default (unset: no queueing at all)
+MAX_NUM_SEQS = (
+    int(argv[argv.index("--max-num-seqs") + 1])
+    if "--max-num-seqs" in argv
+    else int(os.environ["FAKE_VLLM_DEFAULT_SEQS"])
+    if os.environ.get("FAKE_VLLM_DEFAULT_SEQS")
+    else None
+)
+TTFT_MS = float(os.environ.get("FAKE_VLLM_TTFT_MS", "2"))
+QUEUE_MS = float(os.environ.get("FAKE_VLLM_QUEUE_MS", "50"))
+OUTPUT_TOKENS = int(os.environ.get("FAKE_VLLM_OUTPUT_TOKENS", "4"))
+EXIT_WITH = os.environ.get("FAKE_VLLM_EXIT_WITH", "").split()
+LOAD = {"generating": 0, "peak": 0}
+LOAD_LOCK = threading.Lock()
+
+
+def itl_ms() -> float:
+    text = os.environ.get("FAKE_VLLM_ITL_MS", "1")
+    if ":" not in text:
+        return float(text)
+    by_seqs = dict(part.split(":") for part in text.split(","))
+    return float(by_seqs[str(MAX_NUM_SEQS)])
+
 
 MIDDLEWARE = None
 if "--middleware" in argv:
@@ -104,8 +138,16 @@ async def asgi_inner(scope, receive, send):
 
 
 def through_middleware(method: str, path: str, headers: dict[str, str], request: bytes = b"") -> tuple[int, bytes]:
-    app = MIDDLEWARE(asgi_inner) if MIDDLEWARE else asgi_inner
     raw = path.split("?")[0]
+    if MIDDLEWARE is None:  # the same routing, without an event loop per request (load tests send many)
+        try:
+            body = json.loads(request or b"{}")
+        except ValueError:
+            body = {}
+        scope = {"path": urllib.parse.unquote(raw), "root_path": ROOT_PATH}
+        status, reply = route(method, route_path(scope), body if isinstance(body, dict) else {})
+        return status, json.dumps(reply).encode()
+    app = MIDDLEWARE(asgi_inner)
     scope = {
         "type": "http",
         "method": method,
@@ -129,6 +171,39 @@ def through_middleware(method: str, path: str, headers: dict[str, str], request:
     return out["status"], out.get("body", b"")
 
 
+def stream_chat(handler: BaseHTTPRequestHandler, request: dict) -> None:
+    """A streamed chat completion, timed by the load model of the module docstring."""
+    n_out = int(request.get("max_tokens") or OUTPUT_TOKENS)
+    if not request.get("ignore_eos"):
+        n_out = min(n_out, OUTPUT_TOKENS)
+    with LOAD_LOCK:
+        if LOAD["generating"] == 0:
+            LOAD["peak"] = 0
+        LOAD["generating"] += 1
+        LOAD["peak"] = max(LOAD["peak"], LOAD["generating"])
+        extra = max(0, LOAD["peak"] - MAX_NUM_SEQS) if MAX_NUM_SEQS is not None else 0
+    start, ttft, itl = time.monotonic(), (TTFT_MS + extra * QUEUE_MS) / 1000, itl_ms() / 1000
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.end_headers()
+
+    def chunk(body: dict) -> bytes:
+        return b"data: " + json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk", **body}).encode()
+
+    try:
+        for i in range(n_out):
+            time.sleep(max(0.0, start + ttft + i * itl - time.monotonic()))
+            delta = {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
+            handler.wfile.write(chunk({"choices": [{"index": 0, "delta": delta}]}) + b"\n\n")
+            handler.wfile.flush()
+        usage = {"prompt_tokens": len(json.dumps(request.get("messages")).split()), "completion_tokens": n_out}
+    finally:
+        with LOAD_LOCK:
+            LOAD["generating"] -= 1
+    handler.wfile.write(chunk({"choices": [], "usage": usage}) + b"\n\ndata: [DONE]\n\n")
+    handler.wfile.flush()
+
+
 class Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -140,6 +215,9 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, KeyError, TypeError):
             pass
         log(entry)
+        if status == 200 and self.path == "/v1/chat/completions" and json.loads(request).get("stream"):
+            stream_chat(self, json.loads(request))
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -159,9 +237,13 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     if EXIT_EARLY:
         sys.exit(int(EXIT_EARLY))
+    if EXIT_WITH and any(argv[i : i + 2] == EXIT_WITH for i in range(len(argv))):
+        print(f"fake vllm: refusing {' '.join(EXIT_WITH)}", file=sys.stderr)
+        sys.exit(1)
     log(
         {
             "argv": argv,
+            "pid": os.getpid(),
             "env_dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE"),
             "pythonpath": os.environ.get("PYTHONPATH"),
         }

@@ -175,7 +175,7 @@ def test_ordinary_variable_names_are_not_credentials(tmp_path, name):
             tmp_path,
             fleet,
             deployment.replace('description: "x"\n', "")
-            + f"engine:\n  env:\n    {name}: 'true'\n  extra_args: ['--max-num-batched-tokens=8']\n"
+            + f"engine:\n  env:\n    {name}: 'true'\n  extra_args: ['--max-num-partial-prefills=2']\n"
             + "secrets: [hf-token, openai-api-key]\n",
         )
         == []

@@ -293,7 +293,7 @@ def test_a_cached_model_that_does_not_fit_its_gpu_is_refused_and_an_uncached_one
 
 def test_a_negative_number_after_an_option_is_its_value(tmp_path):
     assert validate(
-        tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: [--seed, "-1", --max-num-batched-tokens, "2048"]\n'
+        tmp_path, 'gpu:\n  type: H100\nengine:\n  extra_args: [--seed, "-1", --max-num-partial-prefills, "2"]\n'
     ) == (0, [])
 
 
@@ -304,3 +304,11 @@ def test_a_double_dash_and_a_one_letter_option_with_its_value_attached(tmp_path)
         ("engine.extra_args[0]", "-qfp8 is managed by fleetform (vLLM reads it as -q)"),
         ("engine.extra_args[1]", "`--` would end vLLM's options"),
     ]
+
+
+def test_max_num_batched_tokens_must_hold_a_token_of_every_sequence(tmp_path):
+    body = "gpu:\n  type: H100\nengine:\n  max_num_seqs: 256\n  max_num_batched_tokens: {tokens}\n"
+    code, diags = validate(tmp_path, body.format(tokens=128))
+    assert code == 1 and codes(diags) == ["batched-tokens"]
+    assert diags[0]["path"] == "engine.max_num_batched_tokens" and "below max_num_seqs 256" in diags[0]["message"]
+    assert validate(tmp_path, body.format(tokens=256)) == (0, [])

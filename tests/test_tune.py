@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,222 @@ def test_set_values_refuses_what_it_cannot_edit_in_place(text, says):
     with pytest.raises(EditError) as info:
         set_values("d.yaml", text, "scaling", {"max_concurrency": 3})
     assert str(info.value).startswith(says)
+
+
+# ---------------------------------------------------------------- --local --engine: a grid of local vLLM runs
+
+# The fake vLLM (tests/fake_vllm.py) queues requests beyond its --max-num-seqs, 40 ms of TTFT each, so the
+# TTFT bound below binds exactly there; its ITL grows with the setting as given here, so 4 makes the most
+# output tokens per GPU-dollar at its target: 3 requests x 4 tokens in ~2 + 3 x 2 ms, against 1 request in
+# ~2 + 3 ms (2) and 4 requests in ~2 + 3 x 12 ms (6).
+FAKE = f"{sys.executable} {HERE / 'fake_vllm.py'}"
+GRID_ENV = {"FAKE_VLLM_ITL_MS": "2:1,4:2,6:12", "FAKE_VLLM_QUEUE_MS": "40", "FAKE_VLLM_BOOT_S": "0.1"}
+DEMO = "name: demo\nmodel:\n  id: org/model\n  revision: " + "a" * 40 + "\ngpu:\n  type: H100  # the card\n"
+DEMO += "scaling:\n  target_concurrency: 32\n"
+
+
+def _grid_args(tmp_path: Path, *engine: str) -> list[str]:
+    from gateway_upstreams import free_port
+
+    return [
+        "tune", "demo", str(tmp_path / "demo.yaml"), "--local", "--vllm", FAKE, "--port", str(free_port()),
+        "--startup-timeout", "20", "--slo", "ttft_p90<=30ms", "--output-len", "4", "--tail-samples", "2",
+        "--log-dir", str(tmp_path / "logs"), *(["--engine", *engine] if engine else []),
+    ]  # fmt: skip
+
+
+def _started(log: Path) -> list[dict]:
+    """The command line and pid of every fake vLLM that started, in order."""
+    if not log.exists():
+        return []
+    return [e for e in map(json.loads, log.read_text().splitlines()) if "argv" in e]
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """One grid of three settings through the real CLI, with --write, --plot and --format json."""
+    tmp = tmp_path_factory.mktemp("grid")
+    (tmp / "demo.yaml").write_text(DEMO)
+    log = tmp / "requests.jsonl"
+    args = [*_grid_args(tmp, "max_num_seqs=2,4,6"), "--write", "--plot", str(tmp / "tune.html"), "--format", "json"]
+    result = run_cli(*args, env={**GRID_ENV, "FAKE_VLLM_LOG": str(log)})
+    return tmp, result, _started(log)
+
+
+def test_engine_grid_searches_each_setting_and_names_the_best(grid_run):
+    tmp, result, started = grid_run
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    settings = doc["engine"]["settings"]
+    assert [s["values"] for s in settings] == [{"max_num_seqs": 2}, {"max_num_seqs": 4}, {"max_num_seqs": 6}]
+    for s in settings:  # each setting's knee, within one level (bisection stops within max(1, 10%) of it)
+        knee = s["values"]["max_num_seqs"]
+        assert knee - 1 <= s["answer"]["max_concurrency"] <= knee, [
+            (lv["concurrency"], lv["slo_values"]) for lv in s["answer"]["levels"]
+        ]
+        assert s["boot_s"] > 0 and s["error"] is None and not s["failed"]
+        assert s["output_tokens_per_usd"] == pytest.approx(
+            s["answer"]["at_target"]["output_throughput"] * 3600 / s["answer"]["costs"][0]["usd_per_hour"], rel=1e-3
+        )
+    assert doc["engine"]["best"] == 1  # max_num_seqs=4
+    assert doc["max_concurrency"] == settings[1]["answer"]["max_concurrency"]  # the top level is the best's answer
+    # each server got the deployment's own command line, the setting's flag included, and no other
+    assert [e["argv"][e["argv"].index("--max-num-seqs") + 1] for e in started] == ["2", "4", "6"]
+    assert [e["argv"] for e in started] == [s["argv"][2:] for s in settings]  # after "python fake_vllm.py"
+    assert "[tune] setting 2/3: max_num_seqs=4: booting vLLM" in result.stderr
+    assert "ready after" in result.stderr and "[tune] concurrency 1 (grow" in result.stderr
+    for e in started:  # every server was stopped
+        with pytest.raises(ProcessLookupError):
+            os.kill(e["pid"], 0)
+    documented = (REPO / "docs" / "tune.md").read_text(encoding="utf-8")
+    keys = set(doc["engine"]) | set(settings[0])
+    assert sorted(k for k in keys if f"`{k}`" not in documented) == []
+    assert (tmp / "tune.html").read_text().count("<svg") == 3
+
+
+def test_engine_grid_write_changes_only_the_values_it_names(grid_run):
+    tmp, result, _ = grid_run
+    doc = json.loads(result.stdout)
+    after = (tmp / "demo.yaml").read_text()
+    target, cap = doc["target_concurrency"], doc["max_concurrency"]
+    expected = DEMO.replace("  target_concurrency: 32\n", f"  target_concurrency: {target}\n  max_concurrency: {cap}\n")
+    assert after == expected + "engine:\n  max_num_seqs: 4\n"  # no engine: section before: appended
+    assert "+  max_num_seqs: 4" in doc["write"]["diff"]
+    check = run_cli("validate", str(tmp / "demo.yaml"))
+    assert check.returncode == 0, check.stderr
+
+
+def test_engine_write_replaces_a_value_in_place(tmp_path):
+    text = DEMO + "engine:\n  kv_cache_dtype: 'auto'  # quoted\n  max_num_seqs: 64   # was\n  fast_boot: false\n"
+    (tmp_path / "demo.yaml").write_text(text)
+    result = run_cli(*_grid_args(tmp_path, "max_num_seqs=4", "kv_cache_dtype=fp8"), "--write", env=GRID_ENV)
+    assert result.returncode == 0, result.stderr
+    after = (tmp_path / "demo.yaml").read_text()
+    scaling = after[after.index("scaling:") : after.index("engine:")]
+    assert after == text.replace("'auto'", "'fp8'").replace("64   #", "4   #").replace(
+        DEMO[DEMO.index("scaling:") :], scaling
+    )
+    assert "best setting: max_num_seqs=4 kv_cache_dtype=fp8" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("term", "says"),
+    [
+        (
+            "gpu_memory_utilization=0.9,1.5",
+            "--engine gpu_memory_utilization=1.5: error: engine.gpu_memory_utilization: must be <= 1",
+        ),
+        (
+            "max_num_seqs=abc",
+            "--engine max_num_seqs=abc: error: engine.max_num_seqs: expected integer, got string 'abc'",
+        ),
+        ("max_num_seq=4", "'max_num_seq' is not an engine setting tune varies; did you mean \"max_num_seqs\"?"),
+        (
+            "kv_cache_dtype=fp9",
+            "engine.kv_cache_dtype: expected one of auto, fp8, fp8_e4m3, fp8_e5m2; got string 'fp9'",
+        ),
+        ("max_num_seqs=yes", "'yes' is read as the boolean true by YAML 1.1"),
+    ],
+)
+def test_a_bad_engine_value_fails_before_any_server_starts(tmp_path, term, says):
+    (tmp_path / "demo.yaml").write_text(DEMO)
+    log = tmp_path / "requests.jsonl"
+    engine = ["max_num_seqs=4,8", "max_num_batched_tokens=256", term] if term.startswith("gpu") else [term]
+    result = run_cli(*_grid_args(tmp_path, *engine), env={**GRID_ENV, "FAKE_VLLM_LOG": str(log)})
+    assert result.returncode == 1, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert not log.exists() and not (tmp_path / "logs").exists()  # nothing started
+
+
+def test_engine_values_that_conflict_are_refused_by_the_rules(tmp_path):
+    (tmp_path / "demo.yaml").write_text(DEMO)
+    result = run_cli(*_grid_args(tmp_path, "max_num_seqs=64,512", "max_num_batched_tokens=256"), env=GRID_ENV)
+    assert result.returncode == 1
+    assert "max_num_batched_tokens 256 is below max_num_seqs 512" in result.stderr
+    assert "1 error(s) in --engine; no vLLM was started" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--engine", "max_num_seqs=4,8"], "--engine restarts vLLM for each setting"),
+        (["--local", "--engine", "max_num_seqs"], "expected KEY=V1[,V2...]"),
+        (["--local", "--engine", "max_num_seqs=4,,8"], "an empty value"),
+        (["--local", "--engine", "max_num_seqs=4", "max_num_seqs=8"], "max_num_seqs is given twice"),
+    ],
+)
+def test_engine_usage_errors(tmp_path, args, says):
+    (tmp_path / "demo.yaml").write_text(DEMO)
+    result = run_cli("tune", "demo", str(tmp_path / "demo.yaml"), "--slo", "ttft_p90<=30ms", *args)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_setting_that_fails_to_start_is_reported_and_the_others_run(tmp_path):
+    (tmp_path / "demo.yaml").write_text(DEMO)
+    env = {**GRID_ENV, "FAKE_VLLM_EXIT_WITH": "--max-num-seqs 4"}
+    result = run_cli(*_grid_args(tmp_path, "max_num_seqs=4,2"), "--write", "--format", "json", env=env)
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    failed, ran = doc["engine"]["settings"]
+    assert failed["failed"] and "exited with code 1" in failed["error"] and failed["answer"] is None
+    assert "fake vllm: refusing --max-num-seqs 4" in result.stderr  # the last lines of its output
+    assert not ran["failed"] and 1 <= ran["answer"]["max_concurrency"] <= 2
+    assert doc["engine"]["best"] == 1 and doc["write"] is None
+    assert "nothing written" in doc["notes"][0] and (tmp_path / "demo.yaml").read_text() == DEMO
+
+
+def test_ctrl_c_stops_the_running_server_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    (tmp_path / "demo.yaml").write_text(DEMO)
+    log = tmp_path / "requests.jsonl"
+    args = [sys.executable, "-m", "renderer", *_grid_args(tmp_path, "max_num_seqs=2,4")]
+    env = {**os.environ, **GRID_ENV, "FAKE_VLLM_LOG": str(log)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _started(log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # booting or measuring: either way a vLLM runs
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    [server] = _started(log)  # the second setting never started
+    with pytest.raises(ProcessLookupError):
+        os.kill(server["pid"], 0)
+    assert "Traceback" not in err
+
+
+def test_an_overlay_is_the_top_layer_over_the_environments(tmp_path):
+    from renderer.config.load import load_fleet, load_option
+    from renderer.config.resolve import Overlay, resolve, resolve_with
+
+    (tmp_path / "fleet.yaml").write_text(
+        "environments:\n  prod:\n    modal_environment: llm-prod\n"
+        "    overrides:\n      engine:\n        max_num_seqs: 8\n"
+    )
+    (tmp_path / "demo.yaml").write_text(DEMO + "environments:\n  prod:\n    engine:\n      max_num_seqs: 16\n")
+    fleet = resolve(load_fleet([str(tmp_path)]), "prod")
+    assert fleet.ok and fleet.deployments[0].engine.max_num_seqs == 16
+    overlay = Overlay("demo", load_option("--engine max_num_seqs=4", ("engine", "max_num_seqs"), "4"))
+    deployment, found = resolve_with(fleet, "demo", overlay)
+    assert found == [] and deployment.engine.max_num_seqs == 4 and "4" in deployment.argv
+    assert deployment.argv[deployment.argv.index("--max-num-seqs") + 1] == "4"
+
+
+def test_engine_grid_is_every_combination_in_order():
+    from renderer.endpoint.tune import ENGINE_KEYS, engine_grid
+
+    assert engine_grid(["max_num_seqs=1,2 kv_cache_dtype=auto,fp8"]) == [
+        {"max_num_seqs": "1", "kv_cache_dtype": "auto"},
+        {"max_num_seqs": "1", "kv_cache_dtype": "fp8"},
+        {"max_num_seqs": "2", "kv_cache_dtype": "auto"},
+        {"max_num_seqs": "2", "kv_cache_dtype": "fp8"},
+    ]
+    assert engine_grid([]) == [{}]
+    from renderer.config.schema import DEPLOYMENT_SCHEMA, load_schema
+
+    assert set(ENGINE_KEYS) <= set(load_schema(DEPLOYMENT_SCHEMA)["$defs"]["engine"]["properties"])

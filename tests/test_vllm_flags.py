@@ -58,6 +58,7 @@ def test_every_flag_exists_in_vllm(tmp_path):
         "--enforce-eager",
         "--no-enforce-eager",
         "--kv-cache-dtype",
+        "--max-num-batched-tokens",
     } <= emitted
     unknown = sorted(emitted - options)
     assert unknown == [], f"flags the pinned vLLM does not accept: {unknown}"
@@ -178,10 +179,10 @@ def test_managed_and_unknown_spellings_are_refused(arg):
     "args",
     [
         ["--seed", "1"],
-        ["--max-num-batched-tokens=8192"],
+        ["--max-num-partial-prefills=2"],
         ["--enable-chunked-prefill"],
         ["--no-enable-chunked-prefill"],
-        ["--max_num_batched_tokens", "8192"],
+        ["--max_num_partial_prefills", "2"],
         ["--override-generation-config", '{"temperature": 0.2}'],
         ["--seed", "-1"],
         ["-dp", "2"],

@@ -142,24 +142,57 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("name", help="the deployment to serve")
     p.add_argument("paths", nargs="*", metavar="PATH", help="deployment files or folders (default: deployments/)")
     p.add_argument("--env", metavar="ENV", help="apply this environment's overrides")
-    p.add_argument("--local", action="store_true", help="run on this machine (required)")
-    p.add_argument("--model-path", metavar="DIR", help="serve a local copy of the model instead of the hub id")
-    p.add_argument("--load-format", metavar="FMT", help="vLLM --load-format, e.g. dummy for random weights")
-    p.add_argument("--port", type=port, help="port to listen on (default: the deployment's)")
+    add_local_options(p, "run on this machine (required)")
     p.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens the port to the network)",
     )
-    p.add_argument(
+    p.add_argument("--print-argv", action="store_true", help="print the command line and exit")
+    p.set_defaults(func=run_serve, format="text")
+
+
+def add_local_options(p: argparse.ArgumentParser, local_help: str) -> Any:
+    """The options of a vLLM run on this machine, one definition for `serve --local` and `tune --local`;
+    returns their argument group, for a command's own local options."""
+    g = p.add_argument_group("vLLM on this machine")
+    g.add_argument("--local", action="store_true", help=local_help)
+    g.add_argument("--model-path", metavar="DIR", help="serve a local copy of the model instead of the hub id")
+    g.add_argument("--load-format", metavar="FMT", help="vLLM --load-format, e.g. dummy for random weights")
+    g.add_argument("--port", type=port, help="port to listen on (default: the deployment's)")
+    g.add_argument(
         "--vllm",
         type=command_line,
         metavar="CMD",
         help='the vLLM executable (default: "vllm"), e.g. "python3 -m vllm.entrypoints.cli.main"',
     )
-    p.add_argument("--startup-timeout", type=positive(int), metavar="S", help="seconds to wait for health")
-    p.add_argument("--print-argv", action="store_true", help="print the command line and exit")
-    p.set_defaults(func=run_serve, format="text")
+    g.add_argument("--startup-timeout", type=positive(int), metavar="S", help="seconds to wait for health")
+    return g
+
+
+def local_options(args: argparse.Namespace, host: str | None) -> Any:
+    """`endpoint.serve.LocalOptions` from the options `add_local_options` defines."""
+    from renderer.endpoint.serve import LocalOptions
+
+    return LocalOptions(
+        model_path=args.model_path,
+        load_format=args.load_format,
+        port=args.port,
+        host=host,
+        vllm=args.vllm + ("serve",) if args.vllm else LocalOptions.vllm,
+        startup_timeout=args.startup_timeout,
+    )
+
+
+def require_vllm(opts: Any) -> None:
+    """The vLLM command must be one this machine can run, before anything starts."""
+    import shutil
+
+    if shutil.which(opts.vllm[0]) is None:
+        raise CliError(
+            f"cannot run {opts.vllm[0]!r}: it is not on PATH. Install vLLM (pip install vllm) on a machine "
+            "with a GPU, or name its command with --vllm"
+        )
 
 
 # --- test and bench ---------------------------------------------------------------------------------------------
@@ -334,31 +367,18 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
 
 
 def run_serve(args: argparse.Namespace, report: TextReporter) -> int:
-    import shutil
-
-    from renderer.endpoint.serve import LocalOptions, ServeError, local_argv, run_local
+    from renderer.endpoint.serve import ServeError, local_argv, run_local
 
     if not args.local:
         raise CliError(
             "serve runs on this machine only: add --local (to run on Modal, use `fleetform deploy`)", ExitCode.USAGE
         )
     d = one(resolve_args(args, report), args.name)
-    opts = LocalOptions(
-        model_path=args.model_path,
-        load_format=args.load_format,
-        port=args.port,
-        host=args.host,
-        vllm=args.vllm + ("serve",) if args.vllm else LocalOptions.vllm,
-        startup_timeout=args.startup_timeout,
-    )
+    opts = local_options(args, args.host)
     if args.print_argv:
         print(shlex.join(local_argv(d, opts)))
         return ExitCode.OK
-    if shutil.which(opts.vllm[0]) is None:
-        raise CliError(
-            f"cannot run {opts.vllm[0]!r}: it is not on PATH. Install vLLM (pip install vllm) on a machine "
-            "with a GPU, or name its command with --vllm"
-        )
+    require_vllm(opts)
     try:
         served = run_local(d, opts, log=lambda m: print(f"[fleetform] {m}", file=sys.stderr, flush=True))
     except ServeError as exc:  # said as the log lines before it are

@@ -3,12 +3,16 @@
 Used by `fleetform tune --write`. The positions come from the loader (`load.Node` marks), so only the
 bytes of the replaced scalars change: comments, key order, quoting and blank lines stay. A key missing
 from an existing block mapping is inserted after that mapping's last scalar entry (its indentation
-copied); a missing mapping is appended at the end of the file. Flow mappings (`scaling: {a: 1}`) and
-values that are not plain scalars are refused with an `EditError` naming their position.
+copied); a missing mapping is appended at the end of the file. Values are numbers or strings; a string
+is written plain when YAML reads it back as the same string (`fp8`), else double-quoted, and a quoted
+string it replaces keeps its quotes. Flow mappings (`scaling: {a: 1}`), a number over a quoted value,
+and values that are not plain scalars are refused with an `EditError` naming their position.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 
 from renderer.config.load import LoadError, Node, load_text
@@ -29,11 +33,40 @@ def _scalar_end(line: str, col0: int) -> int:
     return col0 + len(rest[:cut].rstrip())
 
 
-def _format(value: int | float) -> str:
+_PLAIN_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "y", "n", "null", "nan", "inf"}
+
+Value = int | float | str
+
+
+def _format(value: Value) -> str:
+    if isinstance(value, str):
+        plain = _PLAIN_WORD.match(value) and value.lower().lstrip(".") not in _YAML_WORDS
+        return value if plain else json.dumps(value)
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def set_values(path: str, text: str, section: str, values: Mapping[str, int | float]) -> str:
+def _quoted_end(line: str, start: int) -> int | None:
+    """End (exclusive) of the one-line quoted scalar that starts at `start`, or None (it goes on)."""
+    quote, i = line[start], start + 1
+    while i < len(line):
+        if quote == '"' and line[i] == "\\":
+            i += 2
+            continue
+        if line[i] == quote:
+            if quote == "'" and line[i + 1 : i + 2] == "'":
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return None
+
+
+def _requote(value: str, quote: str) -> str:
+    return json.dumps(value) if quote == '"' else "'" + value.replace("'", "''") + "'"
+
+
+def set_values(path: str, text: str, section: str, values: Mapping[str, Value]) -> str:
     """`text` with `section.key: value` set for each of `values`; raise EditError where it cannot."""
     try:
         doc = load_text(path, text.encode("utf-8"))
@@ -62,10 +95,17 @@ def set_values(path: str, text: str, section: str, values: Mapping[str, int | fl
             inserts.append(key)
             continue
         if isinstance(node.value, (dict, list)) or node.value is None or isinstance(node.value, bool):
-            raise EditError(f"{node.mark}: `{section}.{key}` is not a number; set it by hand")
+            raise EditError(f"{node.mark}: `{section}.{key}` is not a number or a word; set it by hand")
         line = lines[node.mark.line - 1]
         start = node.mark.col - 1
-        if line[start : start + 1] in ("'", '"', "&", "!"):
+        first = line[start : start + 1]
+        if first in ("'", '"') and isinstance(value, str) and isinstance(node.value, str):
+            end = _quoted_end(line, start)
+            if end is None:
+                raise EditError(f"{node.mark}: `{section}.{key}` spans lines; set it by hand")
+            edits.append((node.mark.line - 1, start, end, _requote(value, first)))
+            continue
+        if first in ("'", '"', "&", "!", "|", ">"):
             raise EditError(f"{node.mark}: `{section}.{key}` is quoted or tagged; set it by hand")
         edits.append((node.mark.line - 1, start, _scalar_end(line.rstrip("\r\n"), start), _format(value)))
     for idx, start, end, new in sorted(edits, reverse=True):

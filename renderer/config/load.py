@@ -443,6 +443,40 @@ def load_text(file: str, raw: bytes, kind: str = "deployment") -> Document:
     return Document(file, root)
 
 
+def load_option(option: str, path: FieldPath, text: str) -> Node:
+    """A value given on the command line, as the node YAML would make of `text` written at `path`.
+
+    The scalar rules are the files' own (`64` an integer, `0.9` a number, `fp8` a string, `yes`
+    refused as YAML 1.1's boolean); every mark names the option (`Mark.option(option)`). Returns the
+    tree from the root: `path` ("engine", "max_num_seqs") gives `{engine: {max_num_seqs: 64}}`. Raises
+    LoadError when `text` is not one scalar (a list, a mapping, nothing).
+    """
+    mark = Mark.option(option)
+    try:
+        node = yaml.compose(text, Loader=_Loader) if text.strip() else None
+    except yaml.YAMLError:
+        node = None
+    if not isinstance(node, yaml.ScalarNode):
+        raise LoadError(
+            [
+                Diagnostic(
+                    mark,
+                    tuple(path),
+                    f"expected one value, got {text!r}",
+                    "option-value",
+                    hint="a number or a word, e.g. max_num_seqs=128 or kv_cache_dtype=fp8",
+                )
+            ]
+        )
+    builder = _Builder(option)
+    leaf = Node(builder._scalar(node, mark, tuple(path)), mark)
+    if builder.errors:
+        raise LoadError(builder.errors)
+    for key in reversed(path):
+        leaf = Node({key: leaf}, mark, {key: mark})
+    return leaf
+
+
 def _describe_scalar(value: Any) -> str:
     return "null" if value is None else f"the {type(value).__name__} {_cut(str(value))!r}"
 

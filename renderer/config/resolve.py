@@ -11,6 +11,7 @@ Layers, lowest first (maps merge, scalars and lists replace):
 
     schema defaults < fleet.yaml `defaults` < the deployment file
                     < fleet.yaml `environments.ENV.overrides` < the deployment's own `environments.ENV`
+                    < values given on the command line for one deployment (`Overlay`: `tune --engine`)
 
 (what an environment says beats what holds everywhere; what one deployment says beats what the
 whole fleet says at the same level),
@@ -219,6 +220,7 @@ def _build(data: dict, source: str, fleet_env: str | None) -> spec.Deployment:
         port=e["port"],
         gpu_memory_utilization=e.get("gpu_memory_utilization"),
         max_num_seqs=e.get("max_num_seqs"),
+        max_num_batched_tokens=e.get("max_num_batched_tokens"),
         enable_prefix_caching=e.get("enable_prefix_caching"),
         kv_cache_dtype=e.get("kv_cache_dtype"),
         extra_args=tuple(e["extra_args"]),
@@ -418,7 +420,17 @@ class _Checked:
     gateway: spec.Gateway | None
 
 
-_last: tuple[LoadedFleet, _Checked] | None = None
+@dataclass(frozen=True)
+class Overlay:
+    """Values given on the command line for one deployment (`fleetform tune --engine max_num_seqs=64`):
+    the top layer, over its environments, checked as if the deployment file said them. `root` is a
+    tree from `load.load_option`, whose marks name the option, so a problem with a value points there."""
+
+    deployment: str
+    root: Node
+
+
+_last: tuple[LoadedFleet, Overlay | None, _Checked] | None = None
 
 
 def _overlays(fleet: Document | None, env: str | None) -> tuple[Node | None, Node | None]:
@@ -434,7 +446,7 @@ def _deployment_name(doc: Document) -> str:
     return name.value if name is not None and isinstance(name.value, str) else doc.path
 
 
-def _check(loaded: LoadedFleet) -> _Checked:
+def _check(loaded: LoadedFleet, overlay: Overlay | None = None) -> _Checked:
     """Check the fleet in every configuration: without `--env` and in each declared environment."""
     diags: list[Diagnostic] = [*loaded.diagnostics, *loaded.warnings]
     fleet = loaded.fleet
@@ -474,6 +486,7 @@ def _check(loaded: LoadedFleet) -> _Checked:
         if any(d.is_error for d in raw) or not fleet_ok:
             continue
         name = _deployment_name(doc)
+        top = overlay.root if overlay is not None and overlay.deployment == name else None
         base = merge(defaults, _without(doc.root, "environments"))
         assert base is not None
         results: dict[str | None, tuple[Node, list[Diagnostic], bool]] = {}
@@ -483,7 +496,7 @@ def _check(loaded: LoadedFleet) -> _Checked:
             if c is not BASE and overrides is None and own is None:
                 results[c] = results[BASE]  # nothing of this deployment changes: the same tree, checked once
                 continue
-            tree = merge(merge(base, overrides), own)
+            tree = merge(merge(merge(base, overrides), own), top)
             assert tree is not None
             found = [_at_file(d, doc) if d.code == "schema-required" else d for d in schema.check(tree)]
             results[c] = (tree, found, not any(d.is_error for d in found))
@@ -556,20 +569,20 @@ def _check(loaded: LoadedFleet) -> _Checked:
     return _Checked(diags, declared, prices, fleet, fleet_ok, clean, environment_only, gateway)
 
 
-def resolve(loaded: LoadedFleet, env: str | None = None) -> ResolvedFleet:
+def resolve(loaded: LoadedFleet, env: str | None = None, overlay: Overlay | None = None) -> ResolvedFleet:
     """Validate the fleet without `--env` and in every environment fleet.yaml declares, and resolve
-    its deployments for environment `env` (None: no overlay).
+    its deployments for environment `env` (None: no overlay), with `overlay` over its deployment.
 
     A fleet is only as valid as its worst environment: the diagnostics are the same whichever `env`
     is asked for. Raises UnknownEnvironment for an `env` that fleet.yaml does not declare;
     everything wrong in the files is returned as diagnostics, never raised.
     """
     global _last
-    if _last is not None and _last[0] is loaded:
-        checked = _last[1]  # `plan` resolves the same fleet once per environment
+    if _last is not None and _last[0] is loaded and _last[1] is overlay:
+        checked = _last[2]  # `plan` resolves the same fleet once per environment
     else:
-        checked = _check(loaded)
-        _last = (loaded, checked)
+        checked = _check(loaded, overlay)
+        _last = (loaded, overlay, checked)
     if env is not None and checked.fleet_ok and env not in checked.declared:
         raise UnknownEnvironment(env, checked.declared)
     fleet = checked.fleet
@@ -691,3 +704,21 @@ def gateway_diagnostics(
                 "leave gateway.workspace unset to look URLs up at run time",
             )
     return out
+
+
+# --- values from the command line ----------------------------------------------------------------------
+
+
+def resolve_with(fleet: ResolvedFleet, name: str, overlay: Overlay) -> tuple[spec.Deployment | None, list[Diagnostic]]:
+    """Deployment `name` of `fleet` (resolved, without errors) with `overlay` over it, through the same
+    checks and build as the files: (the deployment, None if the overlay makes it invalid; the problems
+    the overlay brings, those `fleet` already had left out)."""
+    if fleet.loaded is None:
+        raise ValueError("the fleet was not resolved from loaded files")
+    over = resolve(fleet.loaded, fleet.fleet_env, overlay)
+    known = set(fleet.diagnostics)
+    found = [d for d in over.diagnostics if d not in known]
+    built = [d for d in over.deployments if d.name == name]
+    if any(d.is_error for d in found) or not built:
+        return None, found
+    return built[0], found

@@ -451,6 +451,19 @@ def concurrency_ordered(ctx: RuleContext) -> Iterator[Diagnostic]:
         )
 
 
+@rule
+def batched_tokens_cover_seqs(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """vLLM refuses to start when one step cannot hold a token of every sequence it batches."""
+    seqs, tokens = ctx.get("engine", "max_num_seqs"), ctx.get("engine", "max_num_batched_tokens")
+    if seqs is not None and tokens is not None and tokens < seqs:
+        yield ctx.error(
+            ("engine", "max_num_batched_tokens"),
+            f"max_num_batched_tokens {tokens} is below max_num_seqs {seqs}: vLLM refuses to start",
+            "batched-tokens",
+            hint=f"raise max_num_batched_tokens to at least {seqs}, or lower max_num_seqs",
+        )
+
+
 # --- endpoint safety --------------------------------------------------------------------------------------
 
 

@@ -100,6 +100,7 @@ class Engine:
     port: int
     gpu_memory_utilization: float | None
     max_num_seqs: int | None
+    max_num_batched_tokens: int | None
     enable_prefix_caching: bool | None
     kv_cache_dtype: str | None
     extra_args: tuple[str, ...]

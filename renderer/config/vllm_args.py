@@ -296,6 +296,16 @@ ARGS: tuple[Row, ...] = (
         ),
     ),
     Row(
+        ("--max-num-batched-tokens",),
+        "engine.max_num_batched_tokens",
+        "",
+        lambda m, g, e: (
+            [A(("--max-num-batched-tokens", str(e.max_num_batched_tokens)), "most tokens scheduled in one step")]
+            if e.max_num_batched_tokens is not None
+            else []
+        ),
+    ),
+    Row(
         ("--enable-prefix-caching", "--no-enable-prefix-caching"),
         "engine.enable_prefix_caching",
         "",

@@ -352,6 +352,131 @@ def search(
     return answer
 
 
+# --- the engine grid (`tune --local --engine KEY=V1,V2`) -------------------------------------------------------
+
+# The engine fields `--engine` varies: each a `vllm serve` flag that moves the concurrency a container sustains.
+ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "kv_cache_dtype")
+ENGINE_SYNTAX = "KEY=V1[,V2...] with KEY one of " + ", ".join(ENGINE_KEYS)
+
+
+class EngineTermError(ValueError):
+    """An `--engine` term that does not follow the syntax (`usage`), or names no tunable key."""
+
+    def __init__(self, message: str, usage: bool = True):
+        super().__init__(message)
+        self.usage = usage
+
+
+def engine_grid(terms: Sequence[str]) -> list[dict[str, str]]:
+    """`["max_num_seqs=64,128", "kv_cache_dtype=auto,fp8"]` -> every combination, the first key varying
+    slowest: [{max_num_seqs: "64", kv_cache_dtype: "auto"}, ...]. Values stay text: the config stage
+    types and checks them as the YAML's own. A term may hold several space-separated terms."""
+    from renderer.diagnostics import did_you_mean
+
+    axes: dict[str, list[str]] = {}
+    for term in (part for text in terms for part in text.split()):
+        key, eq, values = term.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise EngineTermError(f"--engine {term!r}: expected {ENGINE_SYNTAX}")
+        if key not in ENGINE_KEYS:
+            hint = did_you_mean(key, ENGINE_KEYS)
+            raise EngineTermError(
+                f"--engine {term}: {key!r} is not an engine setting tune varies"
+                + (f"; {hint}" if hint else "")
+                + f" (one of {', '.join(ENGINE_KEYS)})",
+                usage=False,
+            )
+        if key in axes:
+            raise EngineTermError(f"--engine {term}: {key} is given twice; put its values in one term")
+        parts = [v.strip() for v in values.split(",")]
+        if not all(parts):
+            raise EngineTermError(f"--engine {term!r}: an empty value; expected {ENGINE_SYNTAX}")
+        if len(set(parts)) < len(parts):
+            raise EngineTermError(f"--engine {term}: a value is given twice")
+        axes[key] = parts
+    combos: list[dict[str, str]] = [{}]
+    for key, parts in axes.items():
+        combos = [{**c, key: v} for c in combos for v in parts]
+    return combos
+
+
+@dataclass
+class SettingRun:
+    """One engine setting of the grid: the values (as resolved), the command line it ran, how its vLLM
+    started, and the search's answer (None: it did not start, or the search could not run)."""
+
+    values: dict[str, Any]
+    argv: list[str]
+    log: str | None = None  # vLLM's own output
+    model: str | None = None  # the served name the load went to
+    boot_s: float | None = None
+    error: str | None = None  # why it failed: vLLM did not start, or the endpoint misbehaved
+    answer: TuneAnswer | None = None
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values.items()) or "(as the deployment says)"
+
+    @property
+    def failed(self) -> bool:
+        """It did not start, or its search could not finish (a dead server): the grid is incomplete."""
+        return self.error is not None or self.answer is None or self.answer.stopped is not None
+
+    @property
+    def output_tokens_per_usd(self) -> float | None:
+        """Output tokens one container makes per dollar of its GPUs at the target (the first GPU type
+        priced), when it met the SLO; None otherwise."""
+        a = self.answer
+        if self.failed or a is None or a.max_concurrency is None or not a.costs:
+            return None
+        tps, usd = a.output_throughput, a.costs[0].usd_per_hour
+        return round(tps * 3600 / usd, 1) if tps and usd else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": self.values,
+            "argv": self.argv,
+            "log": self.log,
+            "model": self.model,
+            "boot_s": None if self.boot_s is None else round(self.boot_s, 2),
+            "error": self.error,
+            "failed": self.failed,
+            "output_tokens_per_usd": self.output_tokens_per_usd,
+            "answer": None if self.answer is None else self.answer.to_dict(),
+        }
+
+
+@dataclass
+class EngineGrid:
+    """Every setting's run, and the best: the highest output tokens per GPU-dollar among those that met
+    the SLO (a tie goes to the higher max_concurrency, then to the setting run first)."""
+
+    keys: list[str]
+    runs: list[SettingRun]
+    log_dir: str | None = None
+
+    @property
+    def best(self) -> SettingRun | None:
+        scored = [r for r in self.runs if r.output_tokens_per_usd is not None]
+        if not scored:
+            return None
+        return max(scored, key=lambda r: (r.output_tokens_per_usd, r.answer.max_concurrency, -self.runs.index(r)))
+
+    @property
+    def failed(self) -> list[SettingRun]:
+        return [r for r in self.runs if r.failed]
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "keys": self.keys,
+            "log_dir": self.log_dir,
+            "best": None if best is None else self.runs.index(best),
+            "settings": [r.to_dict() for r in self.runs],
+        }
+
+
 def level_config(base: BenchConfig, concurrency: int, requests: int) -> BenchConfig:
     """``base`` (the workload) with one closed-loop level of ``requests`` requests."""
     return dataclasses.replace(
