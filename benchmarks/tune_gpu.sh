@@ -28,7 +28,10 @@ TAIL=${TAIL:-5}                   # tune --tail-samples: p90 on 50 requests a le
 MAX_REQUESTS=${MAX_REQUESTS:-512}  # cap on one level's requests, tune's and the sweep's alike
 LIMIT=${LIMIT:-256}               # the highest level, tune's and the sweep's
 ENGINE=${ENGINE:-"max_num_seqs=32,64,128"}
-ENGINE_START=${ENGINE_START:-4}   # the engine phase's first level: 1 and 2 cost a minute each, far below the bound
+START=${START:-32}                # tune's first level: the reference deployment's target_concurrency (a re-tune
+                                  # from where it is; below the bound tune grows, above it shrinks); 1 is tune's
+                                  # default, and levels 1 and 2 cost the most time (one or two workers in series)
+ENGINE_START=${ENGINE_START:-$START}
 FAST_BOOT=${FAST_BOOT:-0}         # 1: eager (engine.fast_boot: true): a few seconds less boot, half the throughput
 WORKLOAD=(--input-len 512 --output-len 128 --ignore-eos)
 mkdir -p "$OUT"
@@ -45,8 +48,8 @@ fi
 python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
   >"$OUT/device.txt" 2>&1 || echo "(vLLM or torch not importable here)" >"$OUT/device.txt"
 cat "$OUT/device.txt"
-printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nfast_boot\t%s\n' \
-  "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$FAST_BOOT" >"$OUT/settings.tsv"
+printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nstart\t%s\nfast_boot\t%s\n' \
+  "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$START" "$FAST_BOOT" >"$OUT/settings.tsv"
 
 search_phase() {
   start_server "$OUT/serve.log" "$NAME" "$paths"
@@ -55,7 +58,7 @@ search_phase() {
 
   t0=$(now)
   ff tune "$url" "$paths" --deployment "$NAME" --auth none --slo "$SLO" "${WORKLOAD[@]}" --tail-samples "$TAIL" \
-     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --plot "$OUT/tune.html" --format json \
+     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$START" --plot "$OUT/tune.html" --format json \
      >"$OUT/tune.json" 2>"$OUT/tune.log"
   echo "tune exit: $?" | tee -a "$OUT/boot.txt"
   printf 'tune_wall_s\t%s\n' "$(since "$t0")" >"$OUT/walls.tsv"

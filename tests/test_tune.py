@@ -133,9 +133,32 @@ def test_search_stops_at_the_limit_and_says_the_answer_is_capped():
     assert answer.max_concurrency == 64 and answer.capped
 
 
+@pytest.mark.parametrize("knee", [1, 5, 12, 24])
+def test_a_start_above_the_knee_shrinks_then_bisects_to_it(knee):
+    """A re-tune started at the current target (32) when the knee is below it: down by the factor to a
+    passing level, then the same bisection; the levels under the first passing one are never run."""
+    calls: list = []
+    config = SearchConfig(start=32)
+    answer = search(_knee_model(knee, calls), parse_slo("ttft_p90<=100ms"), config)
+    step = max(1, math.floor(config.resolution * knee))
+    assert knee - step <= answer.max_concurrency <= knee
+    shrunk = [lv.concurrency for lv in answer.levels if lv.phase == "shrink"]
+    assert shrunk and shrunk == sorted(shrunk, reverse=True) and shrunk[-1] <= knee < 32
+    assert min(c for c, _ in calls) >= min(shrunk[-1], answer.target_concurrency)
+
+
+def test_a_start_above_the_knee_grows_no_further():
+    calls: list = []
+    answer = search(_knee_model(100, calls), parse_slo("ttft_p90<=100ms"), SearchConfig(start=32))
+    assert [lv.phase for lv in answer.levels][:2] == ["grow", "grow"] and calls[0][0] == 32
+    assert "shrink" not in {lv.phase for lv in answer.levels} and 90 <= answer.max_concurrency <= 100
+
+
 def test_no_passing_level_gives_no_answer():
     answer = search(_knee_model(0, []), parse_slo("ttft_p90<=100ms"), SearchConfig())
     assert answer.max_concurrency is None and len(answer.levels) == 1
+    from_above = search(_knee_model(0, []), parse_slo("ttft_p90<=100ms"), SearchConfig(start=8))
+    assert from_above.max_concurrency is None and [lv.concurrency for lv in from_above.levels] == [8, 4, 2, 1]
 
 
 def test_a_level_near_the_bound_is_repeated_with_twice_the_requests():

@@ -110,7 +110,13 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
     g.add_argument("--seed", type=non_negative(int), default=0)
     g = p.add_argument_group("search")
-    g.add_argument("--start", type=positive(int), default=DEFAULTS["start"], metavar="C", help="first level (1)")
+    g.add_argument(
+        "--start",
+        type=positive(int),
+        default=DEFAULTS["start"],
+        metavar="C",
+        help="first level (1); if it fails, the search shrinks from it",
+    )
     g.add_argument("--limit", type=positive(int), default=DEFAULTS["limit"], metavar="C", help="highest level (1024)")
     g.add_argument("--factor", type=_factor, default=DEFAULTS["factor"], metavar="X", help="growth per level (2)")
     g.add_argument(

@@ -9,7 +9,9 @@ An SLO is a comma-separated list of terms, each ``METRIC_STAT<=VALUE``:
 
 The search (closed loop, one level = that many requests in flight):
 
-1. grow geometrically from ``start`` (x ``factor``) until a level fails or ``limit`` is reached;
+1. grow geometrically from ``start`` (x ``factor``) until a level fails or ``limit`` is reached; when
+   ``start`` itself fails (a re-tune started at the current target, say), shrink (/ ``factor``) until a
+   level passes, or 1 fails;
 2. bisect between the last passing and the first failing level until they are within
    ``max(1, resolution x last passing)`` of each other; the highest passing level is ``max_concurrency``;
 3. measure ``target_concurrency`` = ``floor(headroom x max_concurrency)`` (headroom for the autoscaler to
@@ -165,7 +167,7 @@ class Level:
     values: dict[str, float | None]
     passed: bool
     violations: list[str]
-    phase: str  # grow, bisect, target
+    phase: str  # grow, shrink, bisect, target
     requests: int  # requests issued for this level, repeats included
     repeated: bool = False
 
@@ -329,6 +331,15 @@ def search(
             answer.capped = True
             break
         c = min(config.limit, max(c + 1, math.floor(c * config.factor)))
+    while lo is None and c > 1:  # the start level failed: look below it
+        c = max(1, min(c - 1, math.ceil(c / config.factor)))
+        level = run(c, "shrink")
+        if answer.stopped:
+            return answer
+        if level.passed:
+            lo = c
+        else:
+            hi = c
     if lo is None:
         return answer
     while hi is not None and hi - lo > max(1, math.floor(config.resolution * lo)):
