@@ -39,9 +39,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from renderer.codegen.gateway import Split
+from renderer.codegen.gateway import RenderedGateway, Split
 from renderer.config import spec
 from renderer.deploy import traffic as gateway_traffic
 from renderer.deploy.app import (
@@ -73,9 +72,6 @@ from renderer.deploy.verdict import (
 )
 from renderer.modal_api import Backend, BackendError, LiveApp, deployment_tag
 from renderer.plan.live import LiveRow
-
-if TYPE_CHECKING:
-    from renderer.codegen.gateway import RenderedGateway
 
 TrafficSource = Callable[[], gateway_traffic.GatewayTraffic]
 
@@ -189,8 +185,8 @@ class _Rollout:
         """Deploy the gateway with a split for each of `reqs` (none: the plain module) and smoke test it.
         Returns why it failed, after putting back the version that was live before this deploy."""
         gw = self.gateway
-        assert gw.app is not None
-        module: RenderedGateway = gw.app.with_splits([Split(r.name, r.rollout.weight) for r in reqs])  # type: ignore[union-attr]
+        assert isinstance(gw.app, RenderedGateway)
+        module = gw.app.with_splits([Split(r.name, r.rollout.weight) for r in reqs])
         tag = deployment_tag(module)
         try:
             before = self.backend.get_app(gw.name, gw.modal_env)
@@ -267,10 +263,11 @@ class _Rollout:
             if failed and active:  # take the failed canaries out of the split while the others go on
                 names = ", ".join(r.name for r in failed)
                 problem = self.split(list(active.values()), f"split without {names}: its canary failed")
-                for r in failed:
-                    problem = problem or self._stop_canary(r, self.results[r.name])
-                if problem:
+                if problem:  # still in the split: stopped at the end, once the gateway has no split
                     self.notes.append(problem)
+                else:
+                    stopped = (self._stop_canary(r, self.results[r.name]) for r in failed)
+                    self.notes += [p for p in stopped if p]
             if not active:
                 break
             if self.cancel.is_set():
