@@ -91,6 +91,8 @@ class ServerConfig:
     knee: int | None = None
     ttft_ms_per_extra: float = 0.0
     itl_ms_per_extra: float = 0.0
+    # Prometheus text for GET /metrics (a stand-in for the fleet gateway's); None: no such route (404).
+    metrics_text: str | None = None
 
     def latency_at(self, in_flight: int) -> tuple[float, float]:
         """(TTFT, ITL) in ms for a request arriving at a load of `in_flight` requests (itself included)."""
@@ -107,6 +109,7 @@ class ServerState:
     headers: list[dict[str, str]] = field(default_factory=list)
     chat_count: int = 0
     health_count: int = 0
+    metrics_count: int = 0
     in_flight: int = 0  # chat requests being answered now
     # Chat requests still generating (the load model's count): a request leaves before its last write, so
     # a closed-loop client's next request never sees its predecessor still counted.
@@ -157,6 +160,14 @@ async def _health(request: web.Request) -> web.Response:
     if state.health_count <= state.config.health_failures:
         return web.Response(status=503, text="engine starting")
     return web.Response(status=200)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = request.app[STATE].config.metrics_text
+    if text is None:
+        raise web.HTTPNotFound()
+    request.app[STATE].metrics_count += 1
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -384,6 +395,7 @@ def make_app(config: ServerConfig) -> web.Application:
     app[STATE] = ServerState(config=config)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_post("/v1/chat/completions", _chat)
     return app
 

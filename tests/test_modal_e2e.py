@@ -413,3 +413,73 @@ def test_an_rpc_the_plane_does_not_serve_fails_naming_it(plane, fleet):
     result = python(plane, fleet, "-c", code)
     assert result.returncode != 0 and "QueueGetOrCreate is not served by the test control plane" in result.stderr
     assert [r.method for r in plane.calls()] == ["QueueGetOrCreate"]
+
+
+def test_a_canary_rollout_through_the_real_sdk_makes_the_documented_modal_calls(plane, fleet, endpoint):
+    """`deploy --canary` end to end: the real modal client against the control plane, the gateway's
+    /metrics answered by a test server at the gateway's URL. The RPCs, in order: the canary app
+    published under its own name with the new tag, the gateway with the split, the live app with the
+    same tag, the gateway without the split (its plain tag again), then AppStop of the canary."""
+    with (fleet / "deployments" / "fleet.yaml").open("a") as fh:
+        fh.write("gateway:\n  enabled: true\n")
+    canary = f"{SMALL}-canary"
+    metrics = (  # what the split gateway reports: no request yet, so min_requests 0 lets the verdict pass
+        'fleetform_gateway_info{container="ta-e2e"} 1\nfleetform_gateway_start_time_seconds 1\n'
+        f'fleetform_gateway_route_weight{{deployment="{SMALL}",upstream="{SMALL}"}} 90\n'
+        f'fleetform_gateway_route_weight{{deployment="{SMALL}",upstream="{canary}"}} 10\n'
+    )
+    config = ServerConfig(models=list(MODELS), require_headers={"Authorization": "Bearer gk-e2e"}, metrics_text=metrics)
+    context = serve(config)
+    gateway_server = plane.run(context.__aenter__())
+    plane.urls[GATEWAY] = gateway_server.url
+    plane.urls[canary] = endpoint.url
+    env = {**plane.env(), **PROXY, "HOME": str(fleet), "FLEETFORM_GATEWAY_API_KEY": "gk-e2e"}
+
+    def deploy_with_key(*args: str):
+        result = run_cli("deploy", "--env", "dev", "--yes", "--no-stage", "--format", "json", *args, cwd=fleet, env=env)
+        return result, json.loads(result.stdout)
+
+    try:
+        first, doc = deploy_with_key()
+        assert first.returncode == 0 and doc["ok"], first.stderr
+        plain_gateway_tag = plane.app(GATEWAY, "ff-dev").history[-1].tag
+        edit(fleet, SMALL, "scaling:\n", "rollout:\n  promote_if:\n    min_requests: 0\nscaling:\n")
+        edit(fleet, SMALL, "target_concurrency: 24", "target_concurrency: 20")
+        plane.clear()
+        result, doc = deploy_with_key(
+            "--only",
+            SMALL,
+            "--canary",
+            "10%",
+            "--canary-duration",
+            "10",
+            "--watch-interval",
+            "2",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        (row,) = doc["deployments"]
+        assert row["status"] == "deployed" and row["canary"]["outcome"] == "promoted", row
+        assert row["canary"]["verdict"]["notes"] == [
+            "TTFT p90 not judged: the live version had no answer to measure it on"
+        ]
+        published = [(m.name, m.deployment_tag) for m in plane.messages("AppPublish") if m.name]
+        split_tag = published[1][1]
+        assert (
+            published
+            == [
+                (canary, row["tag"]),
+                (GATEWAY, split_tag),
+                (SMALL, row["tag"]),
+                (GATEWAY, plain_gateway_tag),
+            ]
+            and split_tag != plain_gateway_tag
+        )
+        stopped = [plane.apps[m.app_id].name for m in plane.messages("AppStop")]
+        assert stopped == [canary]
+        assert gateway_server.state.metrics_count >= 5  # scraped through the gateway's URL, every 2 s for 10 s
+        assert plane.app(SMALL, "ff-dev").history[-1].tag == row["tag"]
+        assert_environment_everywhere(plane, "ff-dev")
+        states = {r["name"]: r["state"] for r in cli_json(plane, fleet, "status")["deployments"]}
+        assert set(states.values()) == {"in_sync"} and canary not in states
+    finally:
+        plane.run(context.__aexit__(None, None, None))
