@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from renderer.codegen.gateway import RenderedGateway, Split
 from renderer.config import spec
@@ -52,6 +53,7 @@ from renderer.deploy.app import (
     DeployOptions,
     deploy_one,
     finish,
+    install_sigint,
     smoke,
 )
 from renderer.deploy.common import ActionReport, error_message
@@ -305,10 +307,25 @@ def run_canaries(
 ) -> tuple[dict[str, DeploymentResult], list[str]]:
     """Roll out `reqs` as canaries through `gateway` (its row: the fleet's module, without splits, and
     its live version). Returns the results by deployment and notes on what could not be put back.
-    Never raises for Modal failures. `cancel` (Ctrl-C) ends the rollout the safe way."""
-    run = _Rollout(backend, options, tester, progress, cancel, gateway, source)
+    Never raises for Modal failures. Ctrl-C sets `cancel`, which ends the rollout the safe way."""
+
+    def on_interrupt(*_: Any) -> None:
+        cancel.set()
+        progress.note("Interrupted: no canary is promoted; returning every request to the live versions.")
+
+    restore = install_sigint(on_interrupt)
+    progress.start([r.row for r in reqs] + [gateway])
+    try:
+        return _run(_Rollout(backend, options, tester, progress, cancel, gateway, source), reqs)
+    finally:
+        restore()
+        progress.stop()
+
+
+def _run(run: _Rollout, reqs: Sequence[CanaryRequest]) -> tuple[dict[str, DeploymentResult], list[str]]:
+    cancel, progress = run.cancel, run.progress
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="fleetform-canary") as pool:
+    with ThreadPoolExecutor(max_workers=run.options.parallel, thread_name_prefix="fleetform-canary") as pool:
         for req, result in zip(reqs, pool.map(run.start, reqs), strict=True):
             run.results[req.name] = result
     up = [r for r in reqs if run.results[r.name].error is None]

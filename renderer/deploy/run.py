@@ -220,7 +220,7 @@ def run_deploy(
                 reason = "not started: interrupted (Ctrl-C)" if report.interrupted else "not started (--fail-fast)"
                 results.update({c.name: DeploymentResult.from_row(c.row, SKIPPED, error=reason) for c in canaries})
             else:
-                done, notes = _roll_out(canaries, gateway_row, backend, options, tester, source, progress, cancel)
+                done, notes = run_canaries(canaries, gateway_row, backend, options, tester, source, progress, cancel)
                 results.update(done)
                 report.notes += notes
                 report.interrupted = report.interrupted or cancel.is_set()
@@ -280,33 +280,8 @@ def _canary_problem(
             "(fleetform deploy --no-canary --only OTHER --only " + gateway_row.name + "), then the canary"
         )
     if gateway_row.action == Action.CONFLICT:
-        return f"an app named {gateway_row.name} runs that fleetform does not manage: {conflict_message(gateway_row)}"
+        return f"a canary needs the gateway, and {conflict_message(gateway_row)}"
     return None
-
-
-def _roll_out(
-    canaries: Sequence[CanaryRequest],
-    gateway_row: LiveRow,
-    backend: Backend,
-    options: DeployOptions,
-    tester: SmokeTester,
-    source: TrafficSource,
-    progress: Progress,
-    cancel: threading.Event,
-) -> tuple[dict[str, DeploymentResult], list[str]]:
-    """`run_canaries` with Ctrl-C routed to `cancel`: the rollout then ends the safe way."""
-
-    def on_interrupt(*_: Any) -> None:
-        cancel.set()
-        progress.note("Interrupted: no canary is promoted; returning every request to the live versions.")
-
-    restore = install_sigint(on_interrupt)
-    progress.start([c.row for c in canaries] + [gateway_row])
-    try:
-        return run_canaries(canaries, gateway_row, backend, options, tester, source, progress, cancel)
-    finally:
-        restore()
-        progress.stop()
 
 
 def _end_leftovers(
