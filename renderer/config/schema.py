@@ -265,3 +265,11 @@ def parse_duration(value: int | str) -> int:
         raise ValueError(f"not a duration: {value!r}")
     h, mi, s = (int(g) if g else 0 for g in m.groups())
     return h * 3600 + mi * 60 + s
+
+
+def format_duration(seconds: int) -> str:
+    """900 -> "15m", 5400 -> "1h30m", 90 -> "1m30s": as the YAML would write it (`parse_duration`'s inverse)."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return text or "0s"

@@ -43,6 +43,7 @@ from typing import Any
 
 from renderer.codegen.gateway import RenderedGateway, Split
 from renderer.config import spec
+from renderer.config.schema import format_duration
 from renderer.deploy import traffic as gateway_traffic
 from renderer.deploy.app import (
     DEPLOYED,
@@ -100,11 +101,6 @@ class CanaryRequest:
 
 
 # --- the rollout ------------------------------------------------------------------------------------------
-
-
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @dataclass
@@ -244,8 +240,8 @@ class _Rollout:
                 self.progress.update(
                     name,
                     "canary",
-                    f"{req.rollout.weight}%, {_duration(elapsed)} of {_duration(req.rollout.duration)}: "
-                    + summary(live, canary),
+                    f"{req.rollout.weight}%, {format_duration(round(elapsed))} of "
+                    f"{format_duration(req.rollout.duration)}: " + summary(live, canary),
                 )
                 early = early_failure(live, canary, req.rollout.promote_if)
                 if early:
@@ -358,9 +354,11 @@ def _run(run: _Rollout, reqs: Sequence[CanaryRequest]) -> tuple[dict[str, Deploy
         )
     for r in up:
         result, outcome = run.results[r.name], _outcome(run, r)
-        stop_problem = problem or (None if outcome.stopped else run._stop_canary(r, result))
-        if stop_problem and stop_problem != problem:
-            run.notes.append(stop_problem)
+        stop_problem = problem  # the gateway may still send it requests: it keeps running
+        if not problem and not outcome.stopped:
+            stop_problem = run._stop_canary(r, result)
+            if stop_problem:
+                run.notes.append(stop_problem)
         if outcome.outcome != PROMOTED:
             reasons = "; ".join(outcome.verdict.reasons) if outcome.verdict else "interrupted (Ctrl-C)"
             result.status, result.error = FAILED, result.error or f"canary not promoted: {reasons}"

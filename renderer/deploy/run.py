@@ -25,6 +25,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from renderer.config.schema import format_duration
 from renderer.deploy import traffic as gateway_traffic
 from renderer.deploy.app import (
     DEPLOYED,
@@ -367,7 +368,7 @@ def _preflight(todo: list[LiveRow], tester: SmokeTester, results: dict[str, Depl
 
 
 def _confirm_question(todo: Sequence[LiveRow], canaries: Sequence[CanaryRequest] = ()) -> str:
-    how = {c.name: f" as a canary ({c.rollout.weight}% for {c.rollout.duration}s)" for c in canaries}
+    how = {c.name: f" as a canary ({c.rollout.weight}% for {format_duration(c.rollout.duration)})" for c in canaries}
     parts = ", ".join(f"{r.action} {r.name}{how.get(r.name, '')}" for r in todo)
     envs = sorted({env_label(r.modal_env) for r in todo})
     return f"Deploy to Modal environment {', '.join(envs)}: {parts}?"

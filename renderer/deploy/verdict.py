@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from renderer.config import spec
+from renderer.config.schema import format_duration
 from renderer.deploy import traffic as gateway_traffic
 
 # What became of a canary.
@@ -135,10 +136,10 @@ class CanaryOutcome:
 
 def canary_line(c: CanaryOutcome) -> str:
     """What became of one canary, in one line of the deploy report."""
-    how = f"{c.app}, {c.weight}% for {c.duration}s" + (" (resumed)" if c.resumed else "")
+    how = f"{c.app}, {c.weight}% for {format_duration(c.duration)}" + (" (resumed)" if c.resumed else "")
     if c.outcome is None:
         return f"planned: {how}"
-    watched = "" if c.watched_seconds is None else f" after {c.watched_seconds:.0f}s"
+    watched = "" if c.watched_seconds is None else f" after {format_duration(round(c.watched_seconds))}"
     text = f"{c.outcome.replace('_', ' ')}{watched} ({how})"
     if c.verdict is not None:
         text += ": " + summary(c.verdict.live, c.verdict.canary)

@@ -47,6 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from renderer.config.schema import format_duration
 from renderer.diagnostics import Diagnostic, diagnostics_json
 from renderer.plan.cost import UNBOUNDED, Cost
 
@@ -526,14 +527,6 @@ _PLAIN = re.compile(r"^[A-Za-z0-9._/:@+=-]+$")
 MAX_SHOWN = 60
 
 
-def duration(seconds: int) -> str:
-    """900 -> "15m", 5400 -> "1h30m", 90 -> "1m30s": as the YAML would write it."""
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
-    return text or "0s"
-
-
 def show(value: Any, field: str = "") -> str:
     """One value, short: commit hashes to 7 characters, durations as `15m`, long text cut."""
     if value is None:
@@ -541,7 +534,7 @@ def show(value: Any, field: str = "") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if field in DURATIONS and isinstance(value, int):
-        return duration(value)
+        return format_duration(value)
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
