@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from renderer.cli.common import RAW, fraction, non_negative, number, positive
+from renderer.cli.common import RAW, fraction, non_negative, number, one, positive
 from renderer.cli.endpoint import add_local_options
 from renderer.cli.output import CliError, ExitCode, TextReporter, console, literal
 from renderer.endpoint import AUTH_KINDS
@@ -537,7 +537,7 @@ def _settings(args: argparse.Namespace, fleet: Any, name: str, report: TextRepor
             problems.extend(d for d in exc.diagnostics if d not in problems)
             continue
         if not nodes:
-            out.append((one_of(fleet, name), {}))
+            out.append((one(fleet, name), {}))
             continue
         root = nodes[0]
         for node in nodes[1:]:
@@ -558,12 +558,6 @@ def _settings(args: argparse.Namespace, fleet: Any, name: str, report: TextRepor
             doc={"ok": False, "diagnostics": diagnostics_json(problems)},
         )
     return out
-
-
-def one_of(fleet: Any, name: str) -> Any:
-    from renderer.cli.common import one
-
-    return one(fleet, name)
 
 
 def _tail(path: str | None, lines: int = 15) -> str:
@@ -623,7 +617,7 @@ def run_tune_local(args: argparse.Namespace, report: TextReporter) -> TuneRun:
         raise CliError("--local starts the deployment itself: name it as TARGET, not a URL", ExitCode.USAGE)
     search_config, base = _configs(args)
     fleet = resolve_args(args, report)
-    name = one_of(fleet, args.target).name
+    name = one(fleet, args.target).name
     settings = _settings(args, fleet, name, report)
     opts = local_options(args, "127.0.0.1")
     require_vllm(opts)
@@ -692,7 +686,7 @@ def run_tune_local(args: argparse.Namespace, report: TextReporter) -> TuneRun:
         elif best is None:
             run.notes.append("nothing written: no setting met the SLO")
         else:
-            _write(run, one_of(fleet, name), args.env, best.values if args.engine else {})
+            _write(run, one(fleet, name), args.env, best.values if args.engine else {})
     return run
 
 
