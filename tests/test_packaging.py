@@ -1,5 +1,5 @@
 """Install profiles: the lean core (`pip install fleetform`) runs validate, render, plan and explain
-without modal, aiohttp or huggingface_hub; every command that needs one of them says in one line
+without modal, aiohttp, huggingface_hub or matplotlib; every command that needs one of them says in one line
 which extra to install. The lean install is simulated by blocking those packages' imports in the
 CLI's process; `.ci/run` also installs the built wheel into a fresh venv and runs the same commands."""
 
@@ -17,7 +17,7 @@ from renderer.cli.extras import EXTRA_OF
 
 from conftest import REPO
 
-OPTIONAL = ("modal", "aiohttp", "huggingface_hub")
+OPTIONAL = ("modal", "aiohttp", "huggingface_hub", "matplotlib")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 # The CLI with the optional packages made unimportable (as in a venv that has only the core).
@@ -57,11 +57,11 @@ def _names(requirements: list[str]) -> set[str]:
 def test_the_core_leaves_out_the_optional_packages_and_the_extras_bring_them():
     core = _names(PYPROJECT["dependencies"])
     assert {"pyyaml", "jsonschema", "jinja2", "rich", "packaging"} <= core
-    assert core.isdisjoint({"modal", "aiohttp", "huggingface-hub"})
+    assert core.isdisjoint({"modal", "aiohttp", "huggingface-hub", "matplotlib"})
     extras = PYPROJECT["optional-dependencies"]
     for module, extra in EXTRA_OF.items():  # the extra the message names is the one that installs it
         assert module.replace("_", "-") in _names(extras[extra]), (module, extra)
-    assert extras["all"] == ["fleetform[modal,hub]"]
+    assert extras["all"] == ["fleetform[modal,hub,plot]"]
     assert "fleetform[all]" in extras["test"]  # `pip install -e '.[test]'` installs everything the tests need
 
 

@@ -205,9 +205,9 @@ def test_requests_per_level_follow_the_percentile_and_the_level():
 
 
 def test_tune_finds_the_servers_knee(knee_server, tmp_path):
-    plot = tmp_path / "tune.html"
+    plot, png = tmp_path / "tune.html", tmp_path / "tune.png"
     args = ["tune", knee_server, "--slo", "ttft_p90<=40ms", "--output-len", "4", "--tail-samples", "3"]
-    result = run_cli(*args, "--gpu", "H100:2", "--format", "json", "--plot", str(plot))
+    result = run_cli(*args, "--gpu", "H100:2", "--format", "json", "--plot", str(plot), "--plot", str(png))
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert KNEE - 1 <= doc["max_concurrency"] <= KNEE, [(lv["concurrency"], lv["slo_values"]) for lv in doc["levels"]]
@@ -228,6 +228,114 @@ def test_tune_finds_the_servers_knee(knee_server, tmp_path):
     assert sorted(k for k in keys if f"`{k}`" not in documented) == []
     page = plot.read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3 and "SLO 40" in page
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (640, 720)  # three panels of 6.4 x 2.4 in at 100 dpi
+    assert doc["notes"] == [f"chart written to {plot}", f"chart written to {png}"]
+
+
+# ---------------------------------------------------------------- the charts
+
+
+def test_the_png_chart_draws_each_series_its_verdicts_and_the_slo_bound():
+    from matplotlib.colors import to_hex
+
+    from renderer.cli.charts import FAIL_COLOR, PASS_COLOR, png_figure
+
+    answer = search(_knee_model(24, []), parse_slo("ttft_p90<=100ms,error_rate<=1%"), SearchConfig(tail_samples=2))
+    last = {lv.concurrency: lv for lv in answer.levels}  # a repeated level is drawn with its last measurement
+    levels = sorted(last)
+    assert any(not lv.passed for lv in last.values()) and any(lv.passed for lv in last.values())
+    fig = png_figure(answer, "tune")
+    ttft, tpot, tps = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ["ttft_p90 (ms)", "tpot_p90 (ms)", "output throughput (tok/s)"]
+    assert (answer.max_concurrency, answer.target_concurrency, levels) == (24, 19, [1, 2, 4, 8, 16, 19, 24, 26, 28, 32])
+    labels = ["1", "2", "4", "8", "16", "19", "24", "", "", "32"]  # 26 and 28: too close to the answer's 24
+    for ax in fig.axes:
+        assert ax.get_xscale() == "log" and ax.get_ylim()[0] == 0
+        assert list(ax.get_xticks()) == levels and [t.get_text() for t in ax.get_xticklabels()] == labels
+    curve, bound = ttft.lines
+    assert list(curve.get_xdata()) == levels
+    assert list(curve.get_ydata()) == [last[c].values["ttft_p90"] for c in levels]
+    assert list(bound.get_ydata()) == [100, 100] and bound.get_linestyle() == "--"
+    [points] = ttft.collections
+    colors = [to_hex(c) for c in points.get_facecolors()]
+    assert colors == [PASS_COLOR if last[c].passed else FAIL_COLOR for c in levels]
+    assert len(tpot.lines) == 1 and tpot.get_legend() is None  # charted for context: no bound to draw
+    assert list(tps.lines[0].get_ydata()) == [last[c].result.output_throughput for c in levels]
+
+
+def test_axis_labels_leave_out_what_would_overlap_the_answer_first():
+    from renderer.cli.charts import axis_labels
+
+    # On a log axis from 1 to 32 (5 doublings) 24 and 26 are 0.023 of it apart, 26 and 28 0.021, 28 and 32 0.039.
+    assert axis_labels([1, 2, 4, 8, 16, 24, 26, 28, 32], first=[26, 20]) == [
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+        "",
+        "26",
+        "",
+        "32",
+    ]
+    assert axis_labels([1, 2, 4, 8, 16, 24, 26, 28, 32], first=[None, None])[5:] == ["24", "", "", "32"]
+    assert axis_labels([7], first=[7]) == ["7"] and axis_labels([], first=[None]) == []
+
+
+def test_the_png_is_the_same_bytes_for_the_same_figures():
+    from renderer.cli.charts import png_chart
+
+    answer = search(_knee_model(5, []), parse_slo("ttft_p90<=100ms"), SearchConfig())
+    first = png_chart(answer, "tune")
+    assert first.startswith(b"\x89PNG\r\n\x1a\n") and png_chart(answer, "tune") == first
+
+
+def test_the_benchmarks_replot_of_saved_json_draws_the_same_chart(tmp_path):
+    """benchmarks/tune_plot.py draws a run that came back from the GPU device as JSON: byte for byte the
+    chart that tune itself draws of the same answer."""
+    import importlib.util
+
+    from renderer.cli.charts import html_chart, png_chart
+
+    spec = importlib.util.spec_from_file_location("tune_plot", REPO / "benchmarks" / "tune_plot.py")
+    tune_plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune_plot)
+    answer = search(_knee_model(24, []), parse_slo("ttft_p90<=100ms,itl_p99<=5ms"), SearchConfig(tail_samples=2))
+    (tmp_path / "tune.json").write_text(json.dumps(answer.to_dict()))
+    for name, draw in (("tune.png", png_chart), ("tune.html", html_chart)):
+        tune_plot.main([str(tmp_path / "tune.json"), str(tmp_path / name), "t"])
+        drawn = draw(answer, "t")
+        assert (tmp_path / name).read_bytes() == (drawn if isinstance(drawn, bytes) else drawn.encode())
+
+
+@pytest.mark.parametrize(
+    ("plot", "says"),
+    [
+        ("tune.svg", "the suffix picks the format: .html (self-contained page) or .png, not .svg"),
+        ("tune", "the suffix picks the format: .html (self-contained page) or .png, not none"),
+    ],
+)
+def test_plot_refuses_a_format_it_cannot_write_before_measuring(plot, says):
+    result = run_cli("tune", "http://127.0.0.1:9", "--slo", "ttft_p90<=1s", "--plot", plot)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_png_without_matplotlib_names_the_extra_before_measuring(tmp_path):
+    """As in an install without the plot extra: matplotlib cannot be imported."""
+    code = (
+        "import runpy, sys; sys.modules['matplotlib'] = None; "
+        "sys.argv = ['fleetform', 'tune', 'http://127.0.0.1:9', '--slo', 'ttft_p90<=1s', '--plot', 't.png']; "
+        "runpy.run_module('renderer', run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr == (
+        "error: fleetform tune --plot t.png needs matplotlib, which this install of fleetform leaves out: "
+        "pip install 'fleetform[plot]' (or 'fleetform[all]')\n"
+    )
 
 
 def test_tune_text_has_the_table_the_answer_and_the_chart(knee_server):

@@ -328,3 +328,10 @@ def test_write_file_failure_leaves_no_temporary_file(tmp_path, monkeypatch, name
     with pytest.raises(OSError, match="No space left"):
         write_file(target, "new\n", replace=replace)
     assert [p.name for p in tmp_path.iterdir()] == ["d.yaml"] and path.read_text() == "old\n"
+
+
+def test_write_file_writes_bytes_as_they_are(tmp_path):
+    path = tmp_path / "chart.png"
+    write_mod.write_file(path, b"\x89PNG\r\n\x00\xff")
+    write_mod.write_file(path, b"\r\n\x01", replace=True)
+    assert path.read_bytes() == b"\r\n\x01" and os.listdir(tmp_path) == ["chart.png"]

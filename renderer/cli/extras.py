@@ -1,12 +1,13 @@
 """Install profiles: which optional package a command needs, and the one message its absence gives.
 
 `pip install fleetform` is the lean core: validate, render, plan (and plan --against), explain,
-serve --local, `new --from-dir`, and the pre-commit hook. Three packages come with extras
+serve --local, `new --from-dir`, and the pre-commit hook. Four packages come with extras
 (docs/install.md):
 
-    modal  modal, aiohttp    deploy, status, rollback, destroy; test and bench; `test NAME`
+    modal  modal, aiohttp    deploy, status, rollback, destroy; test, bench and tune; `test NAME`
     hub    huggingface_hub   new ORG/MODEL from the Hugging Face Hub; validate's weights-fit check
-    all    both
+    plot   matplotlib        tune --plot FILE.png
+    all    all three
 
 A command declares what it needs up front (`set_defaults(needs=...)`), so a missing extra stops it
 before it does anything, and `run` also turns any later import of a missing optional package into
@@ -21,7 +22,7 @@ from typing import Any
 
 from renderer.cli.output import CliError, ExitCode, TextReporter
 
-EXTRA_OF = {"modal": "modal", "aiohttp": "modal", "huggingface_hub": "hub"}
+EXTRA_OF = {"modal": "modal", "aiohttp": "modal", "huggingface_hub": "hub", "matplotlib": "plot"}
 
 # `plan` with Modal credentials but without the SDK (the lean install on a machine that also uses Modal).
 NO_SDK_PLAN_NOTE = (

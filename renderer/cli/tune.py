@@ -1,22 +1,22 @@
 """`fleetform tune`: the per-container concurrency that meets a latency SLO, and the autoscaling numbers.
 
 The search is `renderer.endpoint.tune`; this module parses the options, measures each level with
-`bench`'s load generator, prints progress on stderr, and renders the answer (table, terminal chart,
-`--plot` HTML, `--write` into the deployment's YAML). With `--local` it starts the deployment's vLLM on
-this machine (`endpoint.serve.LocalServer`, as `serve --local`) once per `--engine` setting, each setting
-resolved as if the YAML said it, searches each, and names the best.
+`bench`'s load generator, prints progress on stderr, and renders the answer (table, the charts of
+`cli.charts` in the terminal and as `--plot` HTML or PNG, `--write` into the deployment's YAML). With
+`--local` it starts the deployment's vLLM on this machine (`endpoint.serve.LocalServer`, as
+`serve --local`) once per `--engine` setting, each setting resolved as if the YAML said it, searches
+each, and names the best.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import html
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from renderer.cli.charts import chart, plot_file, require_writers, terminal_chart
 from renderer.cli.common import RAW, fraction, non_negative, number, one, positive
 from renderer.cli.endpoint import add_local_options
 from renderer.cli.output import CliError, ExitCode, TextReporter, console, literal
@@ -150,7 +150,13 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--max-requests", type=positive(int), metavar="N", help="cap on the requests of one level")
     g = p.add_argument_group("output")
     g.add_argument("--gpu", type=_gpu, metavar="TYPE[:COUNT]", help="price this GPU (default: the deployment's)")
-    g.add_argument("--plot", metavar="FILE.html", help="write the chart as a self-contained HTML page (SVG)")
+    g.add_argument(
+        "--plot",
+        type=plot_file,
+        action="append",
+        metavar="FILE",
+        help="write the chart to FILE: .html (a self-contained page) or .png (needs the plot extra); repeatable",
+    )
     g.add_argument(
         "--write",
         action="store_true",
@@ -214,7 +220,6 @@ class TuneRun:
         from rich.table import Table
 
         a = self.answer
-        lat = [t for t in a.slo if t.stat]
         table = Table(title=literal(f"tune: {self.model} at {self.base_url}"))
         for col in ("concurrency", "phase", "requests", *(t.name for t in a.slo), "output tok/s", "verdict"):
             table.add_column(col, justify="left" if col in ("phase", "verdict") else "right")
@@ -252,7 +257,7 @@ class TuneRun:
         out.print(literal(f"{a.requests} requests over {len(a.levels)} levels"))
         for note in self.notes:
             out.print(literal(note), soft_wrap=True)
-        out.print(literal(terminal_chart(a, lat)))
+        out.print(literal(terminal_chart(a)))
         if self.written:
             out.print(literal(f"wrote {self.written}:"), soft_wrap=True)
             out.print(literal(self.diff.rstrip("\n")), soft_wrap=True)
@@ -262,112 +267,6 @@ def _value(term: Any, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f}" if term.stat else f"{value * 100:.1f}%"
-
-
-def _series(slo: list) -> list:
-    """Latency series to chart: the SLO's terms, plus TTFT and TPOT at p90 where the SLO has neither."""
-    from renderer.endpoint.tune import SloTerm
-
-    series = list(slo)
-    for metric in ("ttft", "tpot"):
-        if not any(t.metric == metric for t in slo):
-            series.append(SloTerm(metric, "p90", float("nan")))
-    return series
-
-
-def terminal_chart(answer: Any, slo: list, width: int = 40) -> str:
-    """Bars per level for each latency series (`|` marks the SLO bound) and for output throughput."""
-    levels = sorted({lv.concurrency: lv for lv in answer.levels}.items())
-    if not levels:
-        return ""
-    lines: list[str] = []
-    for term in _series(slo):
-        values = [lv.values.get(term.name, term.value(lv.result)) for _, lv in levels]
-        bound = term.bound if not math.isnan(term.bound) else None
-        top = max([v for v in values if v is not None] + [bound or 0.0]) or 1.0
-        top *= 1.05
-        mark = None if bound is None else min(width - 1, round(bound / top * width))
-        head = f"{term.name} (ms)" + (f", | = SLO {bound:g} ms" if bound is not None else "")
-        lines.append(head)
-        for (c, _lv), v in zip(levels, values, strict=True):
-            n = 0 if v is None else round(v / top * width)
-            cells = ["#" if i < n else " " for i in range(width)]
-            if mark is not None:
-                cells[mark] = "|" if cells[mark] == " " else "+"
-            shown = "-" if v is None else f"{v:.1f}"
-            lines.append(f"{c:>6} {''.join(cells)} {shown}")
-        lines.append("")
-    top = max(lv.result.output_throughput for _, lv in levels) * 1.05 or 1.0
-    lines.append("output throughput (tok/s)")
-    for c, lv in levels:
-        n = round(lv.result.output_throughput / top * width)
-        lines.append(f"{c:>6} {'#' * n}{' ' * (width - n)} {lv.result.output_throughput:.1f}")
-    return "\n".join(lines)
-
-
-def html_chart(answer: Any, title: str) -> str:
-    """A self-contained HTML page: one SVG panel per series, concurrency on a log axis, SLO bounds dashed."""
-    levels = sorted({lv.concurrency: lv for lv in answer.levels}.items())
-    panels = [
-        (t.name + " (ms)", [lv.values.get(t.name, t.value(lv.result)) for _, lv in levels], t.bound)
-        for t in _series([t for t in answer.slo if t.stat])
-    ]
-    panels.append(("output throughput (tok/s)", [lv.result.output_throughput for _, lv in levels], float("nan")))
-    xs = [c for c, _ in levels]
-    w, h, pad = 420, 240, 44
-    lo, hi = math.log2(min(xs)), math.log2(max(xs))
-    span = (hi - lo) or 1.0
-
-    def x_of(c: int) -> float:
-        return pad + (math.log2(c) - lo) / span * (w - 2 * pad)
-
-    svgs = []
-    for name, values, bound in panels:
-        known = [v for v in values if v is not None]
-        top = max(known + ([bound] if not math.isnan(bound) else []) + [1e-9]) * 1.1
-
-        def y_of(v: float, top: float = top) -> float:
-            return h - pad - v / top * (h - 2 * pad)
-
-        points = " ".join(f"{x_of(c):.1f},{y_of(v):.1f}" for c, v in zip(xs, values, strict=True) if v is not None)
-        parts = [
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">',
-            f'<text x="{w / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(name)}</text>',
-            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>',
-            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>',
-            f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end" font-size="10">{top:.3g}</text>',
-            f'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="{points}"/>',
-        ]
-        for c, v in zip(xs, values, strict=True):
-            lv = dict(levels)[c]
-            parts.append(f'<text x="{x_of(c):.1f}" y="{h - pad + 14}" text-anchor="middle" font-size="10">{c}</text>')
-            if v is not None:
-                color = "#16a34a" if lv.passed else "#dc2626"
-                parts.append(f'<circle cx="{x_of(c):.1f}" cy="{y_of(v):.1f}" r="3.5" fill="{color}"/>')
-        if not math.isnan(bound):
-            yb = y_of(bound)
-            parts.append(
-                f'<line x1="{pad}" y1="{yb:.1f}" x2="{w - pad}" y2="{yb:.1f}" stroke="#dc2626" stroke-dasharray="6 4"/>'
-            )
-            parts.append(f'<text x="{w - pad}" y="{yb - 4:.1f}" text-anchor="end" font-size="10">SLO {bound:g}</text>')
-        parts.append(f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle" font-size="10">concurrency</text>')
-        parts.append("</svg>")
-        svgs.append("".join(parts))
-    summary = (
-        f"max_concurrency {answer.max_concurrency}, target_concurrency {answer.target_concurrency}; "
-        f"SLO {', '.join(t.text() for t in answer.slo)}"
-    )
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
-        + html.escape(title)
-        + '</title></head>\n<body style="font-family: sans-serif">\n<h1>'
-        + html.escape(title)
-        + "</h1>\n<p>"
-        + html.escape(summary)
-        + "</p>\n"
-        + "\n".join(svgs)
-        + "\n</body></html>\n"
-    )
 
 
 def _resolve_target(args: argparse.Namespace, report: TextReporter) -> tuple[Any, list[str], Any, dict]:
@@ -455,6 +354,7 @@ def _price(answer: Any, gpus: list[tuple[str, int]], prices: dict) -> None:
 
 
 def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
+    require_writers(args.plot)
     if args.local or args.engine:
         return run_tune_local(args, report)
     import asyncio
@@ -503,16 +403,15 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
     return run
 
 
-def _plot(run: TuneRun, path: str | None, title: str) -> None:
-    if not path:
-        return
+def _plot(run: TuneRun, paths: list[str] | None, title: str) -> None:
     from renderer.codegen.write import write_file
 
-    try:
-        write_file(path, html_chart(run.answer, title), replace=True)
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
-    run.notes.append(f"chart written to {path}")
+    for path in paths or []:
+        try:
+            write_file(path, chart(path, run.answer, title), replace=True)
+        except OSError as exc:
+            raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+        run.notes.append(f"chart written to {path}")
 
 
 # --- --local: vLLM on this machine, once per engine setting -------------------------------------------------------

@@ -65,9 +65,14 @@ def is_generated(path: str | Path) -> bool:
     return first.startswith(GENERATED_PREFIX) and second.startswith(HASH_PREFIX + "sha256:")
 
 
-def _create(path: Path, text: str) -> None:
-    """Write a new file (it must not exist). Mode 0666 less the umask, as the kernel applies it."""
+def _create(path: Path, text: str | bytes) -> None:
+    """Write a new file (it must not exist): text as UTF-8 with LF line ends, bytes as they are. Mode
+    0666 less the umask, as the kernel applies it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    if isinstance(text, bytes):
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text)
+        return
     with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
 
@@ -149,7 +154,7 @@ def _swap(targets: list[Path], new_dir: Path, old_dir: Path, pruned: list[Path])
         raise
 
 
-def write_file(path: str | Path, text: str, *, replace: bool = False) -> Path:
+def write_file(path: str | Path, text: str | bytes, *, replace: bool = False) -> Path:
     """Write one file atomically: a temporary file beside it, then one rename.
 
     An existing file is replaced only with `replace`; else `FileExistsError`. A reader sees the old
