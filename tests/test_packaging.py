@@ -118,6 +118,7 @@ def test_plan_with_credentials_but_no_sdk_shows_the_offline_plan():
         (["destroy", "qwen2-5-7b-instruct", "--yes"], "modal", "modal"),
         (["test", "http://127.0.0.1:9"], "aiohttp", "modal"),
         (["bench", "http://127.0.0.1:9", "--model", "m"], "aiohttp", "modal"),
+        (["tune", "http://127.0.0.1:9", "--slo", "ttft_p90<=1s", "--plot", "t.png"], "aiohttp", "modal"),
         (
             ["new", "Qwen/Qwen2.5-0.5B", "--revision", "7ae557604adf67be50417f59c2c2f167def9a775"],
             "huggingface_hub",

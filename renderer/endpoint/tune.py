@@ -32,9 +32,10 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from renderer.endpoint.bench import BenchConfig, BenchResult
+if TYPE_CHECKING:  # bench imports aiohttp: parsing an SLO (argparse's --slo) must not need it
+    from renderer.endpoint.bench import BenchConfig, BenchResult
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 STATS = {"p50": "median", "p90": "p90", "p99": "p99"}
@@ -286,7 +287,7 @@ def near_bound(values: dict[str, float | None], slo: Sequence[SloTerm], noise: f
 
 
 # A function that measures one level: (concurrency, requests) -> BenchResult.
-Measure = Callable[[int, int], BenchResult]
+Measure = Callable[[int, int], "BenchResult"]
 
 
 def search(
