@@ -35,6 +35,9 @@ ENGINE_START=${ENGINE_START:-$START}
 FAST_BOOT=${FAST_BOOT:-0}         # 1: eager (engine.fast_boot: true): a few seconds less boot, half the throughput
 WORKLOAD=(--input-len 512 --output-len 128 --ignore-eos)
 mkdir -p "$OUT"
+# The charts: HTML always; PNG too where matplotlib is importable (the device has none: draw it back here
+# from the JSON with benchmarks/tune_plot.py).
+plots() { echo "--plot $OUT/$1.html"; python3 -c "import matplotlib" 2>/dev/null && echo "--plot $OUT/$1.png"; }
 trap stop_server EXIT
 url="http://127.0.0.1:$PORT"
 now() { date +%s.%N; }
@@ -58,7 +61,7 @@ search_phase() {
 
   t0=$(now)
   ff tune "$url" "$paths" --deployment "$NAME" --auth none --slo "$SLO" "${WORKLOAD[@]}" --tail-samples "$TAIL" \
-     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$START" --plot "$OUT/tune.html" --format json \
+     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$START" $(plots tune) --format json \
      >"$OUT/tune.json" 2>"$OUT/tune.log"
   echo "tune exit: $?" | tee -a "$OUT/boot.txt"
   printf 'tune_wall_s\t%s\n' "$(since "$t0")" >"$OUT/walls.tsv"
@@ -126,7 +129,7 @@ engine_phase() {
   ff tune "$NAME" "$paths" --local --model-path "$MODEL_DIR" --load-format dummy --vllm "$VLLM" --port "$PORT" \
      --startup-timeout "$BOOT_TIMEOUT" --slo "$SLO" "${WORKLOAD[@]}" --tail-samples "$TAIL" \
      --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$ENGINE_START" --engine $ENGINE \
-     --log-dir "$OUT/engine-logs" --plot "$OUT/engine.html" --format json >"$OUT/engine.json" 2>"$OUT/engine.log"
+     --log-dir "$OUT/engine-logs" $(plots engine) --format json >"$OUT/engine.json" 2>"$OUT/engine.log"
   code=$?
   printf 'engine_exit\t%s\nengine_wall_s\t%s\n' "$code" "$(since "$t0")" | tee "$OUT/engine-walls.tsv"
   python3 - "$OUT" <<'PY' | tee "$OUT/engine-summary.md"
