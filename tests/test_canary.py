@@ -235,28 +235,20 @@ def harness(fleet, request):
     h.close()
 
 
-def rollout(fleet, backend, harness, *, cancel=None, **options):
+def deploy(fleet, backend, options: dict, **run):
+    """run_deploy of the fleet's apps with its gateway, `--yes --only NAME` in MODAL_ENV and smoke tests
+    that pass, unless `options` (DeployOptions) or `run` (run_deploy's keywords) say otherwise."""
     apps, gateway = fleet
+    options = {"yes": True, "only": (NAME,), "modal_env": MODAL_ENV, **options}
+    run = {"gateway": gateway, "smoke_tester": FakeSmoke(), "progress": NullProgress(), **run}
+    return run_deploy(apps, backend, DeployOptions(**options), **run)
+
+
+def rollout(fleet, backend, harness, *, cancel=None, **options):
+    """A canary rollout against the harness: its upstreams answer, its gateway's /metrics is watched."""
     backend.on_deploy_module = harness.on_deploy
-    options = {
-        "yes": True,
-        "only": (NAME,),
-        "modal_env": MODAL_ENV,
-        "canary_weight": 50,
-        "canary_duration": 2,
-        "watch_interval": 0.1,
-        **options,
-    }
-    return run_deploy(
-        apps,
-        backend,
-        DeployOptions(**options),
-        gateway=gateway,
-        smoke_tester=FakeSmoke(),
-        progress=NullProgress(),
-        traffic_source=harness.source,
-        cancel=cancel,
-    )
+    options = {"canary_weight": 50, "canary_duration": 2, "watch_interval": 0.1, **options}
+    return deploy(fleet, backend, options, traffic_source=harness.source, cancel=cancel)
 
 
 def deploys(backend) -> list[tuple[str, str]]:
@@ -432,14 +424,7 @@ def test_a_plain_deploy_finishes_a_rollout_left_unfinished_the_yamls_way(fleet, 
     monkeypatch.setattr(harness, "source", die_mid_watch(harness))
     with pytest.raises(Died):
         rollout(fleet, b, harness, canary_duration=60)
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, modal_env=MODAL_ENV),
-        gateway=gateway,
-        smoke_tester=FakeSmoke(),
-        progress=NullProgress(),
-    )
+    report = deploy(fleet, b, {"only": ()})
     assert report.ok, report.to_dict()
     assert (live_tag(b, NAME), live_tag(b, gateway.name), live_tag(b, CANARY_APP)) == (
         deployment_tag(next(a for a in apps if a.name == NAME)),
@@ -453,31 +438,15 @@ def test_a_plain_deploy_finishes_a_rollout_left_unfinished_the_yamls_way(fleet, 
 
 
 def test_a_canary_without_the_gateway_is_refused_before_anything_deploys(fleet):
-    apps, _ = fleet
     b = live_fleet(fleet)
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, only=(NAME,), canary_weight=10),
-        smoke_tester=FakeSmoke(),
-        progress=NullProgress(),
-    )
+    report = deploy(fleet, b, {"canary_weight": 10, "modal_env": None}, gateway=None)
     assert report.error.startswith(f"a canary of {NAME} needs the fleet's gateway")
     assert "Modal's own URL has none" in report.error and not b.calls_of("deploy") and report.exit_code == 1
 
 
 def test_a_canary_without_the_metrics_key_is_refused(fleet):
-    apps, gateway = fleet
     b = live_fleet(fleet)
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, only=(NAME,), canary_weight=10, modal_env=MODAL_ENV),
-        gateway=gateway,
-        smoke_tester=FakeSmoke(),
-        progress=NullProgress(),
-        environ={},
-    )
+    report = deploy(fleet, b, {"canary_weight": 10}, environ={})
     assert "FLEETFORM_GATEWAY_METRICS_KEY" in report.error and not b.calls_of("deploy")
 
 
@@ -485,14 +454,8 @@ def test_a_canary_while_the_gateway_changes_too_is_refused(fleet):
     apps, gateway = fleet
     b = live_fleet(fleet)
     b.add_live(gateway.name, "ff-0thergateway", env=MODAL_ENV)
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, canary_weight=10, modal_env=MODAL_ENV),
-        gateway=gateway,
-        smoke_tester=FakeSmoke(),
-        progress=NullProgress(),
-        traffic_source=lambda: gateway_traffic.GatewayTraffic(None, None),
+    report = deploy(
+        fleet, b, {"only": (), "canary_weight": 10}, traffic_source=lambda: gateway_traffic.GatewayTraffic(None, None)
     )
     assert report.error.startswith(f"the gateway {gateway.name} changes too") and not b.calls_of("deploy")
 
@@ -517,15 +480,7 @@ def test_a_canary_that_fails_its_smoke_test_never_gets_traffic(fleet, harness):
     def failing_canary(app, url):
         return real(app, url) if "canary" not in url else type(real(app, url))(False, "health: not healthy")
 
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, only=(NAME,), canary_weight=10, modal_env=MODAL_ENV),
-        gateway=gateway,
-        smoke_tester=failing_canary,
-        progress=NullProgress(),
-        traffic_source=harness.source,
-    )
+    report = deploy(fleet, b, {"canary_weight": 10}, smoke_tester=failing_canary, traffic_source=harness.source)
     r = report.results[0]
     assert r.status == FAILED and r.error == "canary smoke test failed: health: not healthy"
     assert deploys(b) == [(CANARY_APP, deployment_tag(next(a for a in apps if a.name == NAME)))]  # no split
@@ -666,17 +621,10 @@ def test_cli_status_shows_a_canary_in_progress_with_its_share(cli_backend, capsy
 
 
 def test_a_canary_whose_gateway_smoke_test_cannot_pass_is_refused_before_anything_deploys(fleet, harness):
-    apps, gateway = fleet
+    _, gateway = fleet
     b = live_fleet(fleet)
-    report = run_deploy(
-        apps,
-        b,
-        DeployOptions(yes=True, only=(NAME,), canary_weight=10, modal_env=MODAL_ENV),
-        gateway=gateway,
-        smoke_tester=FakeSmoke(preflight_failing={gateway.name}),
-        progress=NullProgress(),
-        traffic_source=harness.source,
-    )
+    run = {"smoke_tester": FakeSmoke(preflight_failing={gateway.name}), "traffic_source": harness.source}
+    report = deploy(fleet, b, {"canary_weight": 10}, **run)
     assert report.error == (
         f"a canary rollout deploys the gateway {gateway.name}, whose smoke test cannot pass: no proxy token"
     )
