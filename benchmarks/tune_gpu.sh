@@ -79,10 +79,11 @@ print(SearchConfig(tail_samples=$TAIL, max_requests=$MAX_REQUESTS).requests_for(
   done
   stop_server
   python3 - "$OUT" "$SLO" <<'PY' | tee "$OUT/summary.md"
-import csv, json, math, sys
-from types import SimpleNamespace
+import csv, json, sys
 
+sys.path.insert(0, "benchmarks")
 from renderer.endpoint.tune import judge, parse_slo
+from tune_plot import result_of
 
 out, slo = sys.argv[1], parse_slo(sys.argv[2])
 tune = json.load(open(f"{out}/tune.json"))
@@ -91,8 +92,7 @@ rows, sweep_requests, sweep_wall, best = [], 0, 0.0, None
 for line in csv.DictReader(open(f"{out}/sweep-walls.tsv"), delimiter="\t"):
     c = int(line["concurrency"])
     r = json.load(open(f"{out}/sweep-c{c}.json"))["results"][0]
-    stats = {m: SimpleNamespace(**r[f"{m}_ms"]) for m in ("ttft", "tpot", "itl", "e2el")}
-    values, violations = judge(SimpleNamespace(completed=r["completed"], failed=r["failed"], **{f"{m}_ms": s for m, s in stats.items()}), slo)
+    values, violations = judge(result_of(r), slo)
     issued = r["completed"] + r["failed"]
     sweep_requests += issued
     sweep_wall += float(line["wall_s"])

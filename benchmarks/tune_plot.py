@@ -18,20 +18,25 @@ from renderer.cli.charts import chart
 from renderer.endpoint.tune import METRICS, SloTerm
 
 
+def result_of(r: dict) -> SimpleNamespace:
+    """What the SLO's judge and the charts read of a BenchResult, from its JSON (`bench --output`, or a
+    level of tune's)."""
+    stats = {f"{m}_ms": SimpleNamespace(**r[f"{m}_ms"]) for m in METRICS}
+    return SimpleNamespace(
+        completed=r["completed"], failed=r["failed"], output_throughput=r["output_throughput"], **stats
+    )
+
+
 def answer_of(doc: dict) -> SimpleNamespace:
     """What the charts read of a TuneAnswer (levels, verdicts, figures, SLO, answer), from its JSON."""
-
-    def result(r: dict) -> SimpleNamespace:
-        stats = {f"{m}_ms": SimpleNamespace(**r[f"{m}_ms"]) for m in METRICS}
-        return SimpleNamespace(
-            completed=r["completed"], failed=r["failed"], output_throughput=r["output_throughput"], **stats
-        )
-
     return SimpleNamespace(
         slo=[SloTerm(t["metric"], t["stat"], t["bound"]) for t in doc["slo"]],
         levels=[
             SimpleNamespace(
-                concurrency=lv["concurrency"], passed=lv["passed"], values=lv["slo_values"], result=result(lv["result"])
+                concurrency=lv["concurrency"],
+                passed=lv["passed"],
+                values=lv["slo_values"],
+                result=result_of(lv["result"]),
             )
             for lv in doc["levels"]
         ],
