@@ -285,6 +285,17 @@ def test_axis_labels_leave_out_what_would_overlap_the_answer_first():
     assert axis_labels([7], first=[7]) == ["7"] and axis_labels([], first=[None]) == []
 
 
+def test_the_png_draws_a_model_name_as_it_is_not_as_tex():
+    from renderer.cli.charts import png_chart, png_figure
+
+    answer = search(_knee_model(5, []), parse_slo("ttft_p90<=100ms"), SearchConfig())
+    title = "fleetform tune: org/m$\\frac{$x^2$"  # a served model's name, unbalanced TeX and all
+    fig = png_figure(answer, title)
+    [suptitle] = fig.texts
+    assert suptitle.get_text().splitlines()[0] == title and not suptitle.get_parse_math()
+    assert png_chart(answer, title).startswith(b"\x89PNG")
+
+
 def test_the_png_is_the_same_bytes_for_the_same_figures():
     from renderer.cli.charts import png_chart
 

@@ -188,7 +188,9 @@ def png_figure(answer: Any, title: str) -> Any:
 
     drawn = panels(answer)
     fig = Figure(figsize=(6.4, 2.4 * len(drawn)), dpi=100, layout="constrained")
-    fig.suptitle("\n".join([title, *summary(answer)]), fontsize=10)
+    # Every text drawn as it is: a title holds the served model's name, and matplotlib would read `$...$`
+    # in it as TeX math (and raise on an unbalanced one, after the whole search).
+    fig.suptitle("\n".join([title, *summary(answer)]), fontsize=10, parse_math=False)
     for ax, panel in zip(fig.subplots(len(drawn), 1, squeeze=False)[:, 0], drawn, strict=True):
         measured = zip(panel.concurrency, panel.values, panel.passed, strict=True)
         points = [(c, v, ok) for c, v, ok in measured if v is not None]
@@ -202,7 +204,7 @@ def png_figure(answer: Any, title: str) -> Any:
         ax.set_xticks(panel.concurrency, panel.labels)
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
-        ax.set_title(panel.title, fontsize=10)
+        ax.set_title(panel.title, fontsize=10, parse_math=False)
         ax.set_xlabel("concurrency", fontsize=8)
     return fig
 
