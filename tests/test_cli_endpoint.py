@@ -107,6 +107,31 @@ def test_bench_output_file_and_json_are_the_same_document(markup_server, tmp_pat
 # --- options that cannot run are usage errors ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "args", [["bench", "http://127.0.0.1:9", "--model", "m", "--output"], ["tune", "http://127.0.0.1:9", "--plot"]]
+)
+def test_a_file_written_at_the_end_is_checked_before_the_work_starts(args, tmp_path):
+    """bench --output and tune --plot: a folder, a FIFO (opening it for writing would block) or a missing
+    folder is a usage error while the options are read; nothing is written, the FIFO stays a FIFO."""
+    import os
+    import stat
+
+    suffix = ".json" if args[0] == "bench" else ".html"
+    (tmp_path / f"dir{suffix}").mkdir()
+    os.mkfifo(tmp_path / f"fifo{suffix}")
+    cases = {
+        f"dir{suffix}": f"'{tmp_path}/dir{suffix}' is not a regular file",
+        f"fifo{suffix}": f"'{tmp_path}/fifo{suffix}' is not a regular file",
+        f"none/x{suffix}": f"'{tmp_path}/none/x{suffix}': there is no folder '{tmp_path}/none'",
+    }
+    for name, says in cases.items():
+        result = run_cli(*args, str(tmp_path / name), *(["--slo", "ttft_p90<=1s"] if args[0] == "tune" else []))
+        assert result.returncode == 2 and f"argument {args[-1]}: {says}" in result.stderr, result.stderr
+        assert "checking http" not in result.stderr  # refused before the health check
+    assert stat.S_ISFIFO(os.stat(tmp_path / f"fifo{suffix}").st_mode)
+    assert sorted(os.listdir(tmp_path)) == [f"dir{suffix}", f"fifo{suffix}"]
+
+
 @pytest.mark.parametrize("command", ["test", "bench"])
 @pytest.mark.parametrize("flag", ["--timeout", "--health-timeout"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "soon"])

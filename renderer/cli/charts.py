@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from renderer.cli.common import output_file
+
 PASS_COLOR, FAIL_COLOR, LINE_COLOR = "#16a34a", "#dc2626", "#2563eb"
 
 
@@ -223,13 +225,13 @@ PLOT_FORMATS = {".html": html_chart, ".htm": html_chart, ".png": png_chart}
 
 
 def plot_file(text: str) -> str:
-    """argparse type of `--plot`: a FILE whose suffix names a format this installation can write."""
+    """argparse type of `--plot`: a FILE whose suffix names a format, at a path `output_file` accepts."""
     suffix = Path(text).suffix.lower()
     if suffix not in PLOT_FORMATS:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the suffix picks the format: .html (self-contained page) or .png, not {suffix or 'none'}"
         )
-    return text
+    return output_file(text)
 
 
 def require_writers(paths: list[str] | None) -> None:

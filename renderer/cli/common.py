@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from renderer.cli.output import FORMATS, CliError, ExitCode, TextReporter
@@ -78,6 +80,20 @@ def port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {text!r}")
     return value
+
+
+def output_file(text: str) -> str:
+    """argparse type of an option naming a file that a command writes when its long work is done
+    (`bench --output`, `tune --plot`): checked while the options are read, so the work never ends in
+    a file it cannot write. Its folder must exist, and what is there already must be a regular file
+    (`codegen.write.write_file` replaces it in one rename); a folder, FIFO or device is refused, never
+    written to nor replaced."""
+    path = Path(text)
+    if os.path.lexists(path) and not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular file")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: there is no folder {str(path.parent)!r}")
+    return text
 
 
 def positive_list(kind: type) -> Callable[[str], list]:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from renderer.cli.common import RAW, non_negative, one, port, positive, positive_list, resolve_args
+from renderer.cli.common import RAW, non_negative, one, output_file, port, positive, positive_list, resolve_args
 from renderer.cli.output import CliError, ExitCode, TextReporter, console, dumps
 from renderer.endpoint import AUTH_KINDS
 
@@ -125,7 +125,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dataset", metavar="FILE", help='JSONL prompts: {"prompt": ...} or {"messages": [...]} a line')
     p.add_argument("--seed", type=non_negative(int), default=0)
     p.add_argument(
-        "--output", metavar="FILE", help="write config and results as JSON (the document --format json prints)"
+        "--output",
+        type=output_file,
+        metavar="FILE",
+        help="write config and results as JSON (the document --format json prints)",
     )
     p.set_defaults(func=run_bench, needs=("aiohttp",))
 
@@ -354,10 +357,10 @@ def run_bench(args: argparse.Namespace, report: TextReporter) -> BenchRun:
         raise CliError(exc.message) from None
     result = BenchRun(config, endpoint.base_url, results)
     if args.output:
-        text = dumps(result.to_dict())
+        from renderer.codegen.write import write_file
+
         try:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
+            write_file(args.output, dumps(result.to_dict()) + "\n", replace=True)
         except OSError as exc:
             raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     return result
