@@ -16,11 +16,15 @@ FAKE_VLLM_LOG as JSON lines, after a first line with its argv and pid.
 A streamed chat completion (what `fleetform bench` sends) gets `data:` chunks, a usage chunk and
 `[DONE]` as vLLM sends them, with a latency that follows the engine settings on its command line, so
 `fleetform tune --engine` has a known answer: a request arriving while more than `--max-num-seqs`
-requests are generating (the most since the server was last idle, as tests/openai_server.py counts)
-waits FAKE_VLLM_QUEUE_MS (50) more for its first token per request beyond it, as vLLM queues them;
-the first token comes after FAKE_VLLM_TTFT_MS (2), then one every FAKE_VLLM_ITL_MS: a number, or
-`SEQS:MS,...` by `--max-num-seqs` (bigger batches, slower tokens). FAKE_VLLM_OUTPUT_TOKENS (4) tokens,
-or `max_tokens` with `ignore_eos`. FAKE_VLLM_EXIT_WITH="--flag value" exits at start when the
+clients are busy waits FAKE_VLLM_QUEUE_MS (50) more for its first token per client beyond it, as vLLM
+queues them. The busy clients are the connections that have streamed a chat completion since the
+server was last idle (none generating), as tests/openai_server.py counts them: the server speaks
+HTTP/1.1 with keep-alive, so a closed-loop client at concurrency c holds c connections for its level
+and its load reads c however slowly a loaded machine sends the first requests, where counting the
+requests generating at once can stay below c when the last first request arrives after the first
+one is done. The first token comes after FAKE_VLLM_TTFT_MS (2), then one every FAKE_VLLM_ITL_MS: a
+number, or `SEQS:MS,...` by `--max-num-seqs` (bigger batches, slower tokens). FAKE_VLLM_OUTPUT_TOKENS
+(4) tokens, or `max_tokens` with `ignore_eos`. FAKE_VLLM_EXIT_WITH="--flag value" exits at start when the
 command line has that flag with that value (a setting vLLM refuses).
 """
 
@@ -69,7 +73,7 @@ TTFT_MS = float(os.environ.get("FAKE_VLLM_TTFT_MS", "2"))
 QUEUE_MS = float(os.environ.get("FAKE_VLLM_QUEUE_MS", "50"))
 OUTPUT_TOKENS = int(os.environ.get("FAKE_VLLM_OUTPUT_TOKENS", "4"))
 EXIT_WITH = os.environ.get("FAKE_VLLM_EXIT_WITH", "").split()
-LOAD = {"generating": 0, "peak": 0}
+LOAD: dict = {"generating": 0, "clients": set()}  # the connections streaming since the server was last idle
 LOAD_LOCK = threading.Lock()
 
 
@@ -178,33 +182,42 @@ def stream_chat(handler: BaseHTTPRequestHandler, request: dict) -> None:
         n_out = min(n_out, OUTPUT_TOKENS)
     with LOAD_LOCK:
         if LOAD["generating"] == 0:
-            LOAD["peak"] = 0
+            LOAD["clients"] = set()
         LOAD["generating"] += 1
-        LOAD["peak"] = max(LOAD["peak"], LOAD["generating"])
-        extra = max(0, LOAD["peak"] - MAX_NUM_SEQS) if MAX_NUM_SEQS is not None else 0
+        LOAD["clients"].add(handler.client_address)
+        load = len(LOAD["clients"])
+    extra = max(0, load - MAX_NUM_SEQS) if MAX_NUM_SEQS is not None else 0
     start, ttft, itl = time.monotonic(), (TTFT_MS + extra * QUEUE_MS) / 1000, itl_ms() / 1000
     handler.send_response(200)
     handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")  # no length up front, and the connection stays open
     handler.end_headers()
 
-    def chunk(body: dict) -> bytes:
+    def send(data: bytes) -> None:
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        handler.wfile.flush()
+
+    def event(body: dict) -> bytes:
         return b"data: " + json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk", **body}).encode()
 
     try:
         for i in range(n_out):
             time.sleep(max(0.0, start + ttft + i * itl - time.monotonic()))
             delta = {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
-            handler.wfile.write(chunk({"choices": [{"index": 0, "delta": delta}]}) + b"\n\n")
-            handler.wfile.flush()
+            send(event({"choices": [{"index": 0, "delta": delta}]}) + b"\n\n")
         usage = {"prompt_tokens": len(json.dumps(request.get("messages")).split()), "completion_tokens": n_out}
     finally:
         with LOAD_LOCK:
             LOAD["generating"] -= 1
-    handler.wfile.write(chunk({"choices": [], "usage": usage}) + b"\n\ndata: [DONE]\n\n")
+    send(event({"choices": [], "usage": usage}) + b"\n\ndata: [DONE]\n\n")
+    handler.wfile.write(b"0\r\n\r\n")
     handler.wfile.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as vLLM's uvicorn: every reply has a length or is chunked
+    disable_nagle_algorithm = True  # as asyncio's sockets: else each token waits for the last one's ACK
+
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         request = self.rfile.read(length) if length else b""
@@ -234,6 +247,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Server(ThreadingHTTPServer):
+    # uvicorn's backlog: with socketserver's 5, the 6th of many connects at once waits for the client to
+    # send its SYN again, a second of TTFT that no engine setting explains
+    request_queue_size = 2048
+
+
 if __name__ == "__main__":
     if EXIT_EARLY:
         sys.exit(int(EXIT_EARLY))
@@ -248,4 +267,4 @@ if __name__ == "__main__":
             "pythonpath": os.environ.get("PYTHONPATH"),
         }
     )
-    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+    Server(("127.0.0.1", PORT), Handler).serve_forever()

@@ -15,7 +15,7 @@ every error path is exercised offline). This module provides:
 
 Timing: the first token is sent ``ttft_ms`` after the request arrives, then one
 token every ``itl_ms`` (scheduled against absolute times, so no drift). With a
-``knee``, both grow with the requests in flight beyond it (``ServerConfig.latency_at``),
+``knee``, both grow with the client connections busy beyond it (``ServerConfig.latency_at``),
 so a concurrency search has a known answer: the knee. A
 request gets ``output_tokens`` tokens, capped by its ``max_tokens``; with
 ``ignore_eos`` it gets exactly ``max_tokens``. Usage is reported with
@@ -84,19 +84,21 @@ class ServerConfig:
     record_requests: bool = True
     # Text of token i (str.format with i): tests put markup-like text here to check it prints as sent.
     token_text: str = "tok{i} "
-    # Latency that degrades with load: the load is the most chat requests generating at once since the
-    # server was last idle (a closed-loop level at concurrency c reaches c with its first wave, never more,
-    # and levels drain in between); beyond `knee` each request in it adds `ttft_ms_per_extra` of TTFT and
-    # `itl_ms_per_extra` of ITL to a request arriving now. None: no load model, latency is constant.
+    # Latency that degrades with load: the load is the connections that have sent a chat request since the
+    # server was last idle (none generating). A closed-loop level at concurrency c keeps c connections
+    # alive, so it reads c however slowly a loaded machine sends their first requests (the most requests
+    # generating at once can stay below c), never more, and levels drain in between. Beyond `knee` each
+    # connection adds `ttft_ms_per_extra` of TTFT and `itl_ms_per_extra` of ITL to a request arriving now.
+    # None: no load model, latency is constant.
     knee: int | None = None
     ttft_ms_per_extra: float = 0.0
     itl_ms_per_extra: float = 0.0
     # Prometheus text for GET /metrics (a stand-in for the fleet gateway's); None: no such route (404).
     metrics_text: str | None = None
 
-    def latency_at(self, in_flight: int) -> tuple[float, float]:
-        """(TTFT, ITL) in ms for a request arriving at a load of `in_flight` requests (itself included)."""
-        extra = max(0, in_flight - self.knee) if self.knee is not None else 0
+    def latency_at(self, load: int) -> tuple[float, float]:
+        """(TTFT, ITL) in ms for a request arriving at a load of `load` connections (its own included)."""
+        extra = max(0, load - self.knee) if self.knee is not None else 0
         return self.ttft_ms + extra * self.ttft_ms_per_extra, self.itl_ms + extra * self.itl_ms_per_extra
 
 
@@ -111,10 +113,10 @@ class ServerState:
     health_count: int = 0
     metrics_count: int = 0
     in_flight: int = 0  # chat requests being answered now
-    # Chat requests still generating (the load model's count): a request leaves before its last write, so
-    # a closed-loop client's next request never sees its predecessor still counted.
+    # Chat requests still generating: a request leaves before its last write, so a closed-loop client's next
+    # request finds the server idle when it was the only one (the load model starts a new count there).
     generating: int = 0
-    peak: int = 0  # the most generating at once since the server was last idle
+    clients: set[Any] = field(default_factory=set)  # the connections (peer addresses) since last idle
     max_in_flight: int = 0
     dead: bool = False
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -246,10 +248,10 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
     if state.generating == 0:
-        state.peak = 0
+        state.clients = set()
     state.generating += 1
-    state.peak = max(state.peak, state.generating)
-    ttft_ms, itl_ms = config.latency_at(state.peak)
+    state.clients.add(request.transport.get_extra_info("peername") if request.transport else None)
+    ttft_ms, itl_ms = config.latency_at(len(state.clients))
     done = _Done(state)
     try:
         if body.get("stream"):
@@ -471,7 +473,7 @@ if __name__ == "__main__":
     parser.add_argument("--output-tokens", type=int, default=16)
     parser.add_argument("--model", action="append", help="a served model name (repeatable)")
     parser.add_argument("--token-text", help="text of token i, e.g. 'tok{i} '")
-    parser.add_argument("--knee", type=int, help="requests in flight beyond which latency grows")
-    parser.add_argument("--ttft-ms-per-extra", type=float, default=0.0, help="TTFT added per request beyond --knee")
-    parser.add_argument("--itl-ms-per-extra", type=float, default=0.0, help="ITL added per request beyond --knee")
+    parser.add_argument("--knee", type=int, help="client connections busy beyond which latency grows")
+    parser.add_argument("--ttft-ms-per-extra", type=float, default=0.0, help="TTFT added per connection beyond --knee")
+    parser.add_argument("--itl-ms-per-extra", type=float, default=0.0, help="ITL added per connection beyond --knee")
     asyncio.run(_main(parser.parse_args()))
