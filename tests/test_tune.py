@@ -193,6 +193,69 @@ def test_errors_fail_a_level_and_a_dead_server_stops_the_search():
     assert [lv.concurrency for lv in answer.levels] == [1, 2, 4]
 
 
+def _records(ms: list[float], metric: str) -> list:
+    """Requests of 4 tokens whose `metric` (ttft, tpot or e2el) measures these milliseconds."""
+    from renderer.endpoint.bench import RequestRecord
+
+    def one(v: float) -> StreamResult:
+        s = v / 1000
+        ttft, latency = {"ttft": (s, s + 0.003), "tpot": (0.001, 0.001 + 3 * s), "e2el": (s / 2, s)}[metric]
+        return StreamResult(0.0, ttft, latency, [0.001] * 3, 10, 4, "")
+
+    return [RequestRecord(True, one(v)) for v in ms]
+
+
+@pytest.mark.parametrize("metric", ["ttft", "tpot", "e2el"])
+@pytest.mark.parametrize("stat", ["p50", "p90", "p99"])
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 50, 101, 256])
+def test_a_level_is_cut_short_exactly_when_its_percentile_must_fail(metric, stat, n):
+    from renderer.endpoint.bench import compute_metrics
+    from renderer.endpoint.tune import CertainFailure
+
+    (term, _) = parse_slo(f"{metric}_{stat}<=100ms")
+    rule = lambda: CertainFailure([term], n, noise=0.1)  # noqa: E731 - a fresh count per level
+    high, low = 110.5, 0.0  # just beyond the bound's noise margin (110 ms), and as far below as can be
+    # The fewest slow requests that decide: each alone in order, the rest of the level unknown.
+    k = next(k for k in range(1, n + 1) if rule()(_records([high] * k, metric)))
+    for slow in (k - 1, k):  # however fast the other n - slow requests are, the level's figure is ...
+        value = term.value(compute_metrics(_records([high] * slow + [low] * (n - slow), metric), 1.0))
+        assert (value > 110) == (slow == k), (slow, value)  # ... beyond the margin from the k-th on, not before
+    assert rule()(_records([low] * (n - k) + [high] * k, metric)) is not None  # the fast ones first: the same
+    assert rule()(_records([110.0] * n, metric)) is None  # at the margin, not beyond it: the level decides
+    decided = rule()
+    for i in range(1, k + 1):  # called after each request, as bench does, counting each request once
+        reason = decided(_records([high] * k, metric)[:i])
+    assert reason.startswith(f"{k} of its {n} requests had {metric} above 110 ms (100 ms and 10% noise)")
+
+
+def test_errors_and_itl_cut_a_level_short_only_when_they_must():
+    from renderer.endpoint.bench import RequestRecord
+    from renderer.endpoint.tune import CertainFailure
+
+    fast, failed = _records([1.0], "ttft"), [RequestRecord(False, error="boom")]
+    strict = CertainFailure(parse_slo("itl_p90<=1ms"), 100, noise=0.1)  # no errors allowed
+    assert strict(failed) == "1 of its 100 requests failed, more than 0% allows"
+    lenient = CertainFailure(parse_slo("itl_p90<=1ms,error_rate<=5%"), 100, noise=0.1)
+    assert lenient(fast * 10 + failed * 5) is None and lenient(fast * 10 + failed * 6).startswith("6 of its 100")
+    slow = _records([50.0] * 100, "ttft")  # token gaps of 1 ms, so ITL is judged when the level ends
+    assert CertainFailure(parse_slo("itl_p90<=0.5ms,error_rate<=100%"), 100, noise=0.1)(slow) is None
+
+
+def test_a_level_cut_short_is_not_repeated_though_another_figure_is_near_its_bound():
+    calls = []
+
+    def measure(concurrency: int, requests: int):
+        calls.append(requests)
+        result = _result(concurrency, requests, 0.095 if concurrency == 1 else 0.5)  # 1: near 100 ms, passes
+        result.decided = None if concurrency == 1 else "certain"
+        return result
+
+    # at 2, TTFT (500 ms) decided the level; its E2E latency (503 ms) lies within the noise of 520 ms
+    answer = search(measure, parse_slo("ttft_p90<=100ms,e2el_p90<=520ms"), SearchConfig(limit=2))
+    assert [(lv.concurrency, lv.passed, lv.repeated) for lv in answer.levels] == [(1, True, True), (2, False, False)]
+    assert calls == [100, 200, 100]  # 1, and again with twice the requests (near its bound); 2 once
+
+
 def test_requests_per_level_follow_the_percentile_and_the_level():
     config = SearchConfig()
     assert config.requests_for(1, parse_slo("ttft_p50<=1ms")) == 20
@@ -353,6 +416,26 @@ def test_a_png_without_matplotlib_names_the_extra_before_measuring(tmp_path):
         "error: fleetform tune --plot t.png needs matplotlib, which this install of fleetform leaves out: "
         "pip install 'fleetform[plot]' (or 'fleetform[all]')\n"
     )
+
+
+def test_a_failing_level_stops_once_it_must_fail_and_counts_what_it_sent(knee_server):
+    args = ["tune", knee_server, "--slo", "ttft_p90<=40ms", "--output-len", "4", "--tail-samples", "10"]
+    result = run_cli(*args, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert KNEE - 1 <= doc["max_concurrency"] <= KNEE
+    config, slo = SearchConfig(tail_samples=10), parse_slo("ttft_p90<=40ms")
+    failing = [lv for lv in doc["levels"] if not lv["passed"]]
+    assert failing and all(lv["concurrency"] > KNEE for lv in failing)
+    for lv in doc["levels"]:
+        planned, r = config.requests_for(lv["concurrency"], slo), lv["result"]
+        assert lv["requests"] == r["completed"] + r["failed"]  # what was sent, in flight at the stop included
+        if lv["passed"]:  # a passing level runs all its requests (twice as many again when near the bound)
+            assert r["decided"] is None and lv["requests"] == planned * (3 if lv["repeated"] else 1)
+        else:  # 100 planned, 11 beyond 44 ms decide p90: the first wave and what started while it ran
+            assert r["decided"].startswith(f"11 of its {planned} requests had ttft above 44 ms"), r["decided"]
+            assert not lv["repeated"] and lv["requests"] < planned / 2
+    assert "stopped early: 11 of its 100 requests had ttft above 44 ms" in result.stderr
 
 
 def test_tune_text_has_the_table_the_answer_and_the_chart(knee_server):

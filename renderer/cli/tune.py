@@ -145,7 +145,8 @@ def add_parser(sub: Any) -> None:
         type=_fraction_below_one,
         default=DEFAULTS["noise"],
         metavar="F",
-        help="repeat a level, with twice the requests, when a figure is within F of its bound (0.1)",
+        help="repeat a level, with twice the requests, when a figure is within F of its bound (0.1); a level "
+        "stops early once enough requests lie beyond a bound and F that it must fail",
     )
     g.add_argument("--max-requests", type=positive(int), metavar="N", help="cap on the requests of one level")
     g = p.add_argument_group("output")
@@ -326,6 +327,8 @@ def _on_level(slo: list) -> Any:
         figures = "  ".join(f"{t.name} {_value(t, level.values.get(t.name))}" for t in slo)
         verdict = "pass" if level.passed else "FAIL (" + "; ".join(level.violations) + ")"
         again = ", repeated" if level.repeated else ""
+        if level.result.decided:
+            again += f", stopped early: {level.result.decided}"
         print(
             f"[tune] concurrency {level.concurrency} ({level.phase}, {level.requests} requests{again}): {figures}  "
             f"output {level.result.output_throughput:.1f} tok/s  {verdict}",
@@ -362,7 +365,7 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
     from renderer.cli.endpoint import say_waiting
     from renderer.endpoint.bench import resolve_model, run_bench_sync
     from renderer.endpoint.client import ClientError, open_session, wait_for_health
-    from renderer.endpoint.tune import level_config, search
+    from renderer.endpoint.tune import CertainFailure, level_config, search
 
     search_config, base = _configs(args)
     if args.log_dir:
@@ -385,7 +388,8 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
 
     def measure(concurrency: int, requests: int) -> Any:
         config = level_config(base, concurrency, requests)
-        return run_bench_sync(endpoint, model, config, progress=sys.stderr.isatty(), console=err)[0]
+        until = CertainFailure(args.slo, requests, search_config.noise)
+        return run_bench_sync(endpoint, model, config, progress=sys.stderr.isatty(), console=err, until=until)[0]
 
     try:
         model = asyncio.run(first_model())
@@ -475,7 +479,7 @@ def _search_setting(
 
     from renderer.endpoint.bench import resolve_model, run_bench
     from renderer.endpoint.client import Endpoint, open_session
-    from renderer.endpoint.tune import level_config, search
+    from renderer.endpoint.tune import CertainFailure, level_config, search
 
     endpoint = Endpoint.from_env(url, args.auth or "none", api_key_var=args.api_key_env)
     names = list(args.model or deployment.model.names)
@@ -488,7 +492,8 @@ def _search_setting(
 
     def measure(concurrency: int, requests: int) -> Any:
         config = level_config(base, concurrency, requests)
-        return asyncio.run(run_bench(endpoint, model, config, sys.stderr.isatty(), console=err))[0]
+        until = CertainFailure(args.slo, requests, search_config.noise)
+        return asyncio.run(run_bench(endpoint, model, config, sys.stderr.isatty(), console=err, until=until))[0]
 
     run.answer = search(measure, args.slo, search_config, _on_level(args.slo))
 

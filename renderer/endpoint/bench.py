@@ -254,6 +254,8 @@ class BenchResult:
     missing_usage: int = 0
     # Why the level stopped early, if it did.
     aborted: str | None = None
+    # Why the caller's `until` rule ended the level before all its requests were sent (run_bench).
+    decided: str | None = None
 
     @property
     def label(self) -> str:
@@ -273,6 +275,17 @@ class BenchResult:
             for stat in ("mean", "median", "std", "p90", "p99"):
                 doc[f"{stat}_{metric}_ms"] = getattr(stats, stat)
         return doc
+
+
+def tpot_of(res: StreamResult) -> float | None:
+    """One request's time per output token after the first, in seconds (None: one token or none)."""
+    out = res.output_tokens or 0
+    return (res.latency - res.ttft) / (out - 1) if out > 1 else None
+
+
+# Decides, after each request of a level, whether the level has seen enough: a reason ends it (no
+# new requests start; those in flight finish and count), None lets it go on.
+Until = Callable[[Sequence[RequestRecord]], "str | None"]
 
 
 def compute_metrics(
@@ -316,8 +329,9 @@ def compute_metrics(
         ttfts.append(res.ttft)
         e2els.append(res.latency)
         itls.extend(res.itl)
-        if out > 1:
-            tpots.append((res.latency - res.ttft) / (out - 1))
+        tpot = tpot_of(res)
+        if tpot is not None:
+            tpots.append(tpot)
     completed = len(ttfts)
     dur = duration_s if duration_s > 0 else float("inf")
     return BenchResult(
@@ -355,9 +369,10 @@ class _Budget:
         self.max_failures = config.max_consecutive_failures
         self.consecutive_failures = 0
         self.aborted: str | None = None
+        self.decided: str | None = None
 
     def take(self) -> bool:
-        if self.aborted is not None or (self.stop is not None and self.stop.is_set()):
+        if self.aborted is not None or self.decided is not None or (self.stop is not None and self.stop.is_set()):
             return False
         if self.deadline is not None and time.perf_counter() >= self.deadline:
             return False
@@ -388,9 +403,11 @@ class _Level:
         prompts: Iterator[list[dict[str, Any]]],
         on_done: Callable[[RequestRecord], None],
         stop: asyncio.Event | None = None,
+        until: Until | None = None,
     ) -> None:
         self.session = session
         self.stop = stop
+        self.until = until
         self.endpoint = endpoint
         self.model = model
         self.config = config
@@ -412,6 +429,8 @@ class _Level:
             record = RequestRecord(False, failure=exc.kind, error=exc.message)
         self.records.append(record)
         self.budget.settle(record)
+        if self.until is not None and self.budget.decided is None:
+            self.budget.decided = self.until(self.records)
         self.on_done(record)
 
     async def closed_loop(self, workers: int) -> None:
@@ -501,6 +520,7 @@ async def run_bench(
     *,
     console: Console | None = None,
     stop: asyncio.Event | None = None,
+    until: Until | None = None,
 ) -> list[BenchResult]:
     """Run every level of ``config`` against ``endpoint``; one result per level.
 
@@ -512,7 +532,8 @@ async def run_bench(
     ``max_consecutive_failures`` requests all failed (a dead server) stops
     early with ``aborted`` set, keeping the figures gathered so far. Setting
     ``stop`` ends the run the same way: the current level is cut short and
-    reported, later levels are skipped.
+    reported, later levels are skipped. ``until`` (see ``Until``) may end a level
+    once its outcome is known, with ``decided`` set to its reason.
     """
     config.validate()
     # Separate streams, so the prompts do not depend on the arrival times drawn.
@@ -526,7 +547,7 @@ async def run_bench(
             for concurrency, rate in _levels(config):
                 label = f"{rate:g} req/s" if rate is not None else f"concurrency {concurrency}"
                 on_done = _progress_callback(bar, label, config.num_requests)
-                level = _Level(session, endpoint, model, config, prompts, on_done, stop)
+                level = _Level(session, endpoint, model, config, prompts, on_done, stop, until)
                 start = time.perf_counter()
                 if rate is not None:
                     await level.open_loop(rate, rng, concurrency)
@@ -541,6 +562,7 @@ async def run_bench(
                     request_rate=rate,
                 )
                 result.aborted = level.budget.aborted
+                result.decided = level.budget.decided
                 results.append(result)
                 if stop is not None and stop.is_set():
                     break
@@ -554,6 +576,7 @@ def run_bench_sync(
     progress: bool = True,
     *,
     console: Console | None = None,
+    until: Until | None = None,
 ) -> list[BenchResult]:
     """Blocking wrapper around :func:`run_bench` for the CLI.
 
@@ -561,11 +584,16 @@ def run_bench_sync(
     level cut short has ``aborted`` set); a second one aborts at once with
     KeyboardInterrupt.
     """
-    return asyncio.run(_run_bench_stoppable(endpoint, model, config, progress, console))
+    return asyncio.run(_run_bench_stoppable(endpoint, model, config, progress, console, until))
 
 
 async def _run_bench_stoppable(
-    endpoint: Endpoint, model: str | None, config: BenchConfig, progress: bool, console: Console | None
+    endpoint: Endpoint,
+    model: str | None,
+    config: BenchConfig,
+    progress: bool,
+    console: Console | None,
+    until: Until | None = None,
 ) -> list[BenchResult]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -580,7 +608,7 @@ async def _run_bench_stoppable(
     except (NotImplementedError, RuntimeError, ValueError):  # no Unix signals, or not the main thread
         installed = False
     try:
-        return await run_bench(endpoint, model, config, progress, console=console, stop=stop)
+        return await run_bench(endpoint, model, config, progress, console=console, stop=stop, until=until)
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGINT)

@@ -21,7 +21,9 @@ How long a level runs: a percentile of ``n`` samples rests on the ``n x (1 - p)`
 ``max(ceil(tail_samples / (1 - p)), rounds x concurrency)`` requests, ``p`` the highest percentile the SLO
 names (p90 and 10 tail samples: 100 requests), and every worker completes ``rounds`` requests so no level is
 judged by its first, simultaneous wave alone. A level whose figure lies within ``noise`` (relative) of a bound
-is run once more with twice the requests, and that larger run decides. A level that stops on consecutive
+is run once more with twice the requests, and that larger run decides. A level stops sending requests once it
+must fail (``CertainFailure``: enough of its requests already lie beyond a bound and its noise margin that
+the percentile does, whatever the rest measure), and is not repeated. A level that stops on consecutive
 failures (a dead server) ends the search.
 """
 
@@ -35,11 +37,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # bench imports aiohttp: parsing an SLO (argparse's --slo) must not need it
-    from renderer.endpoint.bench import BenchConfig, BenchResult
+    from renderer.endpoint.bench import BenchConfig, BenchResult, RequestRecord
 
 METRICS = ("ttft", "tpot", "itl", "e2el")
 STATS = {"p50": "median", "p90": "p90", "p99": "p99"}
 PERCENTILE = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+PERCENT = {"p50": 50, "p90": 90, "p99": 99}  # as statistics.quantiles counts them (exact integers)
 SLO_SYNTAX = "METRIC_STAT<=VALUE[,...]: METRIC ttft|tpot|itl|e2el, STAT p50|p90|p99, VALUE in ms or s; error_rate<=1%"
 
 _TERM = re.compile(r"^([a-z0-9_]+)\s*<=\s*(.+)$")
@@ -286,6 +289,56 @@ def near_bound(values: dict[str, float | None], slo: Sequence[SloTerm], noise: f
     return False
 
 
+class CertainFailure:
+    """``bench``'s ``until`` rule for a level of ``requests`` requests: a reason once the level must fail.
+
+    Of ``N`` samples sorted, the percentile ``i`` (``Stats.of``: linear interpolation, as
+    ``statistics.quantiles`` inclusive) lies at or above sample ``j = i x (N - 1) // 100``; so once
+    ``N - j`` samples exceed a value, the percentile does, whatever the other samples measure. That count
+    grows with ``N``, so the count for the level's ``requests`` holds for a level with fewer samples (failed
+    requests, or in flight when it stopped) too. The value is the bound plus ``noise`` of it: a figure that
+    certain is beyond the margin that would repeat the level. ``error_rate`` decides once more than
+    ``bound x requests`` requests failed. ``itl`` terms pool token gaps, whose number is not known in
+    advance, and never decide.
+    """
+
+    def __init__(self, slo: Sequence[SloTerm], requests: int, noise: float) -> None:
+        self.requests, self.noise = requests, noise
+        self.terms = [t for t in slo if t.stat is None or t.metric != "itl"]
+        self.needed = {
+            t.name: requests - PERCENT[t.stat] * (requests - 1) // 100 for t in self.terms if t.stat is not None
+        }
+        self.limit = {t.name: t.bound * (1 + noise) for t in self.terms}
+        self.above = dict.fromkeys(self.limit, 0)
+        self.seen = 0
+
+    def __call__(self, records: Sequence[RequestRecord]) -> str | None:
+        from renderer.endpoint.bench import tpot_of
+
+        for record in records[self.seen :]:
+            res = record.result
+            for term in self.terms:
+                if term.stat is None:
+                    self.above[term.name] += not record.ok
+                    continue
+                if not record.ok or res is None:
+                    continue
+                seconds = {"ttft": res.ttft, "e2el": res.latency, "tpot": tpot_of(res)}[term.metric]
+                self.above[term.name] += seconds is not None and seconds * 1000 > self.limit[term.name]
+        self.seen = len(records)
+        for term in self.terms:
+            count = self.above[term.name]
+            if term.stat is None:
+                if count > term.bound * self.requests:
+                    return f"{count} of its {self.requests} requests failed, more than {_bound(term)} allows"
+            elif count >= self.needed[term.name]:
+                return (
+                    f"{count} of its {self.requests} requests had {term.metric} above {self.limit[term.name]:.4g} ms "
+                    f"({_bound(term)} and {self.noise:.0%} noise), so its {term.stat} is too"
+                )
+        return None
+
+
 # A function that measures one level: (concurrency, requests) -> BenchResult.
 Measure = Callable[[int, int], "BenchResult"]
 
@@ -305,7 +358,7 @@ def search(
         result = measure(concurrency, n)
         values, violations = judge(result, slo)
         requests, repeated = result.completed + result.failed, False
-        if result.aborted is None and near_bound(values, slo, config.noise):
+        if result.aborted is None and result.decided is None and near_bound(values, slo, config.noise):
             result = measure(concurrency, 2 * n)
             values, violations = judge(result, slo)
             requests += result.completed + result.failed
