@@ -11,7 +11,9 @@
 #   engine: `fleetform tune --local --engine max_num_seqs=...` (three values): tune starts vLLM itself
 #           for each setting, searches each, names the best per GPU-dollar.
 # Run from the repository root with vLLM importable; PHASE=search|engine|all (default all; each phase
-# fits one 10-minute call: see benchmarks/README.md for the times). Offline, the script's logic runs
+# fits one 10-minute call: see benchmarks/README.md for the times). PHASE=tune runs search's tune without
+# its sweep; PHASE=summary then writes summary.md from OUT's files (a tune.json and walls.tsv beside the
+# sweep-*.json and sweep-walls.tsv of an earlier search), without vLLM. Offline, the script's logic runs
 # against the test suite's fake vLLM:
 #   VLLM="python3 tests/fake_vllm.py" FAKE_VLLM_DEFAULT_SEQS=24 FAKE_VLLM_QUEUE_MS=200 \
 #     SLO="ttft_p90<=100ms" OUT=/tmp/t bash benchmarks/tune_gpu.sh
@@ -48,13 +50,27 @@ if [[ $FAST_BOOT == 1 ]]; then
   variant "$OUT/fleet" fast_boot true
   paths="$OUT/fleet"
 fi
-python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
-  >"$OUT/device.txt" 2>&1 || echo "(vLLM or torch not importable here)" >"$OUT/device.txt"
-cat "$OUT/device.txt"
-printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nstart\t%s\nfast_boot\t%s\n' \
-  "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$START" "$FAST_BOOT" >"$OUT/settings.tsv"
+if [[ $PHASE != summary ]]; then
+  python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
+    >"$OUT/device.txt" 2>&1 || echo "(vLLM or torch not importable here)" >"$OUT/device.txt"
+  cat "$OUT/device.txt"
+  printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nstart\t%s\nfast_boot\t%s\n' \
+    "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$START" "$FAST_BOOT" >"$OUT/settings.tsv"
+fi
 
-search_phase() {
+search_phase() {  # tune, then the sweep on the same server
+  tune_part || return 1
+  sweep_part
+  stop_server
+  summary
+}
+
+tune_phase() {
+  tune_part || return 1
+  stop_server
+}
+
+tune_part() {
   start_server "$OUT/serve.log" "$NAME" "$paths"
   boot=$(wait_serving "$OUT/serve.log") || return 1
   echo "boot to healthy: ${boot} s" | tee "$OUT/boot.txt"
@@ -65,7 +81,9 @@ search_phase() {
      >"$OUT/tune.json" 2>"$OUT/tune.log"
   echo "tune exit: $?" | tee -a "$OUT/boot.txt"
   printf 'tune_wall_s\t%s\n' "$(since "$t0")" >"$OUT/walls.tsv"
+}
 
+sweep_part() {
   printf 'concurrency\trequests\twall_s\n' >"$OUT/sweep-walls.tsv"
   c=1
   while ((c <= LIMIT)); do
@@ -77,7 +95,9 @@ print(SearchConfig(tail_samples=$TAIL, max_requests=$MAX_REQUESTS).requests_for(
     printf '%s\t%s\t%s\n' "$c" "$n" "$(since "$s0")" | tee -a "$OUT/sweep-walls.tsv"
     c=$((c * 2))
   done
-  stop_server
+}
+
+summary() {
   python3 - "$OUT" "$SLO" <<'PY' | tee "$OUT/summary.md"
 import csv, json, sys
 
@@ -154,5 +174,7 @@ case $PHASE in
   search) search_phase ;;
   engine) engine_phase ;;
   all) search_phase && engine_phase ;;
-  *) echo "PHASE is search, engine or all, not $PHASE" >&2; exit 2 ;;
+  tune) tune_phase ;;
+  summary) summary ;;
+  *) echo "PHASE is search, engine, all, tune or summary, not $PHASE" >&2; exit 2 ;;
 esac
