@@ -30,6 +30,7 @@ TAIL=${TAIL:-5}                   # tune --tail-samples: p90 on 50 requests a le
 MAX_REQUESTS=${MAX_REQUESTS:-512}  # cap on one level's requests, tune's and the sweep's alike
 LIMIT=${LIMIT:-256}               # the highest level, tune's and the sweep's
 ENGINE=${ENGINE:-"max_num_seqs=32,64,128"}
+RESOLUTION=${RESOLUTION:-0.1}     # tune --resolution (below 1): bisect until the levels are this share of the answer apart
 START=${START:-32}                # tune's first level: the reference deployment's target_concurrency (a re-tune
                                   # from where it is; below the bound tune grows, above it shrinks); 1 is tune's
                                   # default, and levels 1 and 2 cost the most time (one or two workers in series)
@@ -54,8 +55,8 @@ if [[ $PHASE != summary ]]; then
   python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name(0))" \
     >"$OUT/device.txt" 2>&1 || echo "(vLLM or torch not importable here)" >"$OUT/device.txt"
   cat "$OUT/device.txt"
-  printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nstart\t%s\nfast_boot\t%s\n' \
-    "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$START" "$FAST_BOOT" >"$OUT/settings.tsv"
+  printf 'SLO\t%s\nworkload\t%s\ntail_samples\t%s\nmax_requests\t%s\nlimit\t%s\nstart\t%s\nfast_boot\t%s\nresolution\t%s\n' \
+    "$SLO" "${WORKLOAD[*]}" "$TAIL" "$MAX_REQUESTS" "$LIMIT" "$START" "$FAST_BOOT" "$RESOLUTION" >"$OUT/settings.tsv"
 fi
 
 search_phase() {  # tune, then the sweep on the same server
@@ -77,7 +78,8 @@ tune_part() {
 
   t0=$(now)
   ff tune "$url" "$paths" --deployment "$NAME" --auth none --slo "$SLO" "${WORKLOAD[@]}" --tail-samples "$TAIL" \
-     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$START" $(plots tune) --format json \
+     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$START" --resolution "$RESOLUTION" $(plots tune) \
+     --format json \
      >"$OUT/tune.json" 2>"$OUT/tune.log"
   echo "tune exit: $?" | tee -a "$OUT/boot.txt"
   printf 'tune_wall_s\t%s\n' "$(since "$t0")" >"$OUT/walls.tsv"
@@ -148,7 +150,7 @@ engine_phase() {
   t0=$(now)
   ff tune "$NAME" "$paths" --local --model-path "$MODEL_DIR" --load-format dummy --vllm "$VLLM" --port "$PORT" \
      --startup-timeout "$BOOT_TIMEOUT" --slo "$SLO" "${WORKLOAD[@]}" --tail-samples "$TAIL" \
-     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$ENGINE_START" --engine $ENGINE \
+     --max-requests "$MAX_REQUESTS" --limit "$LIMIT" --start "$ENGINE_START" --resolution "$RESOLUTION" --engine $ENGINE \
      --log-dir "$OUT/engine-logs" $(plots engine) --format json >"$OUT/engine.json" 2>"$OUT/engine.log"
   code=$?
   printf 'engine_exit\t%s\nengine_wall_s\t%s\n' "$code" "$(since "$t0")" | tee "$OUT/engine-walls.tsv"
