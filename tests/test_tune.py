@@ -101,7 +101,7 @@ def _result(concurrency: int, requests: int, ttft_s: float, failed: int = 0, abo
 
 
 def _knee_model(knee: int, calls: list):
-    def measure(concurrency: int, requests: int):
+    def measure(concurrency: int, requests: int, until):
         calls.append((concurrency, requests))
         return _result(concurrency, requests, 0.005 if concurrency <= knee else 0.5)
 
@@ -164,7 +164,7 @@ def test_no_passing_level_gives_no_answer():
 def test_a_level_near_the_bound_is_repeated_with_twice_the_requests():
     calls: list = []
 
-    def measure(concurrency: int, requests: int):
+    def measure(concurrency: int, requests: int, until):
         calls.append((concurrency, requests))
         return _result(concurrency, requests, 0.095 if concurrency == 1 else 0.5)  # 95 ms against 100 ms
 
@@ -174,7 +174,7 @@ def test_a_level_near_the_bound_is_repeated_with_twice_the_requests():
 
 
 def test_errors_fail_a_level_and_a_dead_server_stops_the_search():
-    def erring(concurrency: int, requests: int):
+    def erring(concurrency: int, requests: int, until):
         return _result(concurrency, requests, 0.005, failed=2 if concurrency >= 8 else 0)
 
     answer = search(erring, parse_slo("ttft_p90<=100ms"), SearchConfig())
@@ -182,7 +182,7 @@ def test_errors_fail_a_level_and_a_dead_server_stops_the_search():
     answer = search(erring, parse_slo("ttft_p90<=100ms,error_rate<=5%"), SearchConfig(limit=64))
     assert answer.max_concurrency == 64
 
-    def dying(concurrency: int, requests: int):
+    def dying(concurrency: int, requests: int, until):
         dead = concurrency >= 4
         return _result(
             concurrency, 10 if dead else requests, 0.005, failed=10 if dead else 0, aborted="dead" if dead else None
@@ -244,8 +244,9 @@ def test_errors_and_itl_cut_a_level_short_only_when_they_must():
 def test_a_level_cut_short_is_not_repeated_though_another_figure_is_near_its_bound():
     calls = []
 
-    def measure(concurrency: int, requests: int):
+    def measure(concurrency: int, requests: int, until):
         calls.append(requests)
+        assert until.requests == requests  # each run, a repeat too, judged against its own number of requests
         result = _result(concurrency, requests, 0.095 if concurrency == 1 else 0.5)  # 1: near 100 ms, passes
         result.decided = None if concurrency == 1 else "certain"
         return result

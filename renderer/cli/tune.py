@@ -365,7 +365,7 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
     from renderer.cli.endpoint import say_waiting
     from renderer.endpoint.bench import resolve_model, run_bench_sync
     from renderer.endpoint.client import ClientError, open_session, wait_for_health
-    from renderer.endpoint.tune import CertainFailure, level_config, search
+    from renderer.endpoint.tune import level_config, search
 
     search_config, base = _configs(args)
     if args.log_dir:
@@ -386,9 +386,8 @@ def run_tune(args: argparse.Namespace, report: TextReporter) -> TuneRun:
 
     err = console(stderr=True)
 
-    def measure(concurrency: int, requests: int) -> Any:
+    def measure(concurrency: int, requests: int, until: Any) -> Any:
         config = level_config(base, concurrency, requests)
-        until = CertainFailure(args.slo, requests, search_config.noise)
         return run_bench_sync(endpoint, model, config, progress=sys.stderr.isatty(), console=err, until=until)[0]
 
     try:
@@ -479,7 +478,7 @@ def _search_setting(
 
     from renderer.endpoint.bench import resolve_model, run_bench
     from renderer.endpoint.client import Endpoint, open_session
-    from renderer.endpoint.tune import CertainFailure, level_config, search
+    from renderer.endpoint.tune import level_config, search
 
     endpoint = Endpoint.from_env(url, args.auth or "none", api_key_var=args.api_key_env)
     names = list(args.model or deployment.model.names)
@@ -490,9 +489,8 @@ def _search_setting(
 
     model = run.model = asyncio.run(first_model())
 
-    def measure(concurrency: int, requests: int) -> Any:
+    def measure(concurrency: int, requests: int, until: Any) -> Any:
         config = level_config(base, concurrency, requests)
-        until = CertainFailure(args.slo, requests, search_config.noise)
         return asyncio.run(run_bench(endpoint, model, config, sys.stderr.isatty(), console=err, until=until))[0]
 
     run.answer = search(measure, args.slo, search_config, _on_level(args.slo))

@@ -339,8 +339,9 @@ class CertainFailure:
         return None
 
 
-# A function that measures one level: (concurrency, requests) -> BenchResult.
-Measure = Callable[[int, int], "BenchResult"]
+# A function that measures one level: (concurrency, requests, until) -> BenchResult, where `until` is the
+# level's CertainFailure, to hand `run_bench` (a stand-in that returns whole levels may ignore it).
+Measure = Callable[[int, int, CertainFailure], "BenchResult"]
 
 
 def search(
@@ -355,11 +356,11 @@ def search(
 
     def run(concurrency: int, phase: str) -> Level:
         n = config.requests_for(concurrency, slo)
-        result = measure(concurrency, n)
+        result = measure(concurrency, n, CertainFailure(slo, n, config.noise))
         values, violations = judge(result, slo)
         requests, repeated = result.completed + result.failed, False
         if result.aborted is None and result.decided is None and near_bound(values, slo, config.noise):
-            result = measure(concurrency, 2 * n)
+            result = measure(concurrency, 2 * n, CertainFailure(slo, 2 * n, config.noise))
             values, violations = judge(result, slo)
             requests += result.completed + result.failed
             repeated = True
