@@ -386,26 +386,25 @@ def search(
             answer.capped = True
             break
         c = min(config.limit, max(c + 1, math.floor(c * config.factor)))
-    while lo is None and c > 1:  # the start level failed: look below it
-        c = max(1, min(c - 1, math.ceil(c / config.factor)))
-        level = run(c, "shrink")
-        if answer.stopped:
-            return answer
-        if level.passed:
+
+    def narrow(c: int, phase: str) -> bool:
+        """Measure ``c``: the new lowest failing or highest passing level; False once the search stopped."""
+        nonlocal lo, hi
+        if run(c, phase).passed:
             lo = c
         else:
             hi = c
+        return not answer.stopped
+
+    while lo is None and c > 1:  # the start level failed: look below it
+        c = max(1, min(c - 1, math.ceil(c / config.factor)))
+        if not narrow(c, "shrink"):
+            return answer
     if lo is None:
         return answer
     while hi is not None and hi - lo > max(1, math.floor(config.resolution * lo)):
-        mid = (lo + hi) // 2
-        level = run(mid, "bisect")
-        if answer.stopped:
+        if not narrow((lo + hi) // 2, "bisect"):
             return answer
-        if level.passed:
-            lo = mid
-        else:
-            hi = mid
     answer.max_concurrency = lo
     answer.target_concurrency = max(1, math.floor(config.headroom * lo))
     if answer.at(answer.target_concurrency) is None:
